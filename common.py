@@ -1,0 +1,467 @@
+"""
+The plumbing every training script shares, written once: config handling, device/precision/DDP
+set-up, checkpoints, model initialisation, optimizer and schedule, logging, and the few tensor
+helpers (log-probs with the one-position shift, masked means) that every loss is built from.
+"""
+
+import ast
+import json
+import math
+import os
+import pickle
+import runpy
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# config: defaults live at the top of each script as a dict; a config file (python assignments)
+# and --key=value arguments override them. Types must match the default's type.
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(key, value, default, where):
+    """Check that `value` may replace `default` (same type; an int is accepted for a float)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, type(default)):
+        return value
+    raise ConfigError(f"{where}: config key '{key}' must be {type(default).__name__} "
+                      f"(default {default!r}), got {type(value).__name__} {value!r}")
+
+
+def _parse_cli_value(key, text, default):
+    if isinstance(default, str):
+        return text  # strings need no quotes on the command line
+    if isinstance(default, bool) and text.lower() in ("true", "false", "1", "0"):
+        return text.lower() in ("true", "1")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"command line: cannot parse --{key}={text}: expected a "
+                          f"{type(default).__name__} like {default!r}") from None
+
+
+def format_help(defaults, doc=""):
+    lines = [doc.strip(), "", "config keys (override with a config file and/or --key=value):"]
+    width = max(len(k) for k in defaults)
+    lines += [f"  --{k:<{width}} = {v!r}" for k, v in defaults.items()]
+    return "\n".join(lines)
+
+
+def parse_config(defaults, argv=None, doc=""):
+    """
+    Resolve a run's config: `defaults` (a dict), then each config file named on the command line
+    (a python file of assignments), then each --key=value, in order. Unknown keys and wrong types
+    raise ConfigError naming the key and where it came from. --help prints every key and exits.
+    Returns a SimpleNamespace; `vars(cfg)` is the plain dict saved in checkpoints.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = dict(defaults)
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(format_help(defaults, doc))
+            sys.exit(0)
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                raise ConfigError(f"command line: config file {arg!r} does not exist")
+            try:
+                values = runpy.run_path(arg)
+            except Exception as e:
+                raise ConfigError(f"{arg}: the config file failed to run: {e!r}") from e
+            for k, v in values.items():
+                if k.startswith("_") or callable(v) or type(v).__name__ == "module":
+                    continue
+                if k not in defaults:
+                    raise ConfigError(f"{arg}: unknown config key '{k}'")
+                cfg[k] = _coerce(k, v, defaults[k], arg)
+        else:
+            if "=" not in arg:
+                raise ConfigError(f"command line: expected --key=value, got {arg!r}")
+            k, text = arg[2:].split("=", 1)
+            if k not in defaults:
+                raise ConfigError(f"command line: unknown config key '{k}' (see --help)")
+            cfg[k] = _coerce(k, _parse_cli_value(k, text, defaults[k]), defaults[k], "command line")
+    return SimpleNamespace(**cfg)
+
+
+def require(cond, msg):
+    """Reject a bad config value before any training starts."""
+    if not cond:
+        raise ConfigError(msg)
+
+
+def require_positive(cfg, *keys):
+    for k in keys:
+        require(getattr(cfg, k) > 0, f"config key '{k}' must be > 0, got {getattr(cfg, k)!r}")
+
+# -----------------------------------------------------------------------------
+# runtime: device, precision, seeds, DDP
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def pick_device(device="auto"):
+    """cuda > mps > cpu, unless a device is named."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def init_runtime(cfg):
+    """
+    Set up one process: device, DDP (when launched by torchrun), autocast and seeds.
+    Uses cfg.device ('auto'|'cpu'|'cuda'|'mps'), cfg.dtype ('auto'|'float32'|'bfloat16') and
+    cfg.seed. Every rank seeds with seed + rank: ranks see different data and draw different
+    samples, while DDP broadcasts rank 0's initial weights so the models start identical.
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+        device = pick_device(cfg.device)
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+        device = pick_device(cfg.device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # bf16 autocast keeps fp32 master weights and optimizer state: no grad scaler needed
+    autocast = (torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+                if dtype == "bfloat16" else nullcontext())
+    torch.manual_seed(cfg.seed + rank)
+    return SimpleNamespace(device=device, device_type=device_type, dtype=dtype, ddp=ddp,
+                           rank=rank, local_rank=local_rank, world_size=world_size,
+                           master=rank == 0, autocast=autocast)
+
+
+def all_reduce_mean(x):
+    """Average a tensor (or float) over DDP ranks; identity in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t /= dist.get_world_size()
+    return t.item() if not torch.is_tensor(x) else t.to(x.device, x.dtype)
+
+
+def unwrap(model):
+    """The plain module under DDP and/or torch.compile wrappers."""
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)
+
+
+def no_sync_unless(model, last_micro_step):
+    """Under DDP, all-reduce gradients only on the last micro-step of an accumulation."""
+    if hasattr(model, "no_sync") and not last_micro_step:
+        return model.no_sync()
+    return nullcontext()
+
+# -----------------------------------------------------------------------------
+# checkpoints: one dict per file, written atomically and read back with weights_only=True
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, ckpt):
+    """Write to a temp file then rename: a crash mid-write leaves the previous file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
+def strip_prefixes(state_dict):
+    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes from keys."""
+    out = {}
+    for k, v in state_dict.items():
+        for p in ("_orig_mod.", "module."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_checkpoint(path, expect_kind=None, expect_tokenizer=None):
+    """
+    Load a checkpoint written by save_checkpoint. weights_only=True means the file can hold only
+    tensors and plain containers: a checkpoint from the internet cannot run code when loaded.
+    expect_kind ('policy' or 'scalar') and expect_tokenizer guard against loading the wrong model.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain "
+            f"containers, which could run code (weights_only=True). Detail: {str(e)[:300]}") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path}: not a nanoRLHF checkpoint (expected a dict with "
+                              f"'model' and 'model_args')")
+    ckpt["model"] = strip_prefixes(ckpt["model"])
+    kind, tok = ckpt.get("kind"), ckpt.get("tokenizer")
+    if expect_kind is not None and kind != expect_kind:
+        raise CheckpointError(f"{path}: holds a {kind!r} model (stage {ckpt.get('stage')!r}), "
+                              f"but a {expect_kind!r} model is needed here")
+    if expect_tokenizer is not None and tok != expect_tokenizer:
+        raise CheckpointError(f"{path}: was trained with the {tok!r} tokenizer, "
+                              f"but this run uses {expect_tokenizer!r}")
+    return ckpt
+
+
+def make_checkpoint(model, kind, stage, tokenizer, cfg, step, optimizer=None, **extra):
+    """The checkpoint dict: weights, architecture, provenance, and what resuming needs."""
+    m = unwrap(model)
+    ckpt = {"model": m.state_dict(), "model_args": asdict(m.config), "kind": kind,
+            "stage": stage, "tokenizer": tokenizer, "config": dict(vars(cfg)), "step": step,
+            "rng": rng_state()}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
+    ckpt.update(extra)
+    return ckpt
+
+
+def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
+    """
+    Refuse to silently overwrite a previous run: an out_dir holding ckpt_last.pt needs an
+    explicit --resume=True (continue it) or --overwrite=True (start again). Also fail early
+    when out_dir cannot be written. Returns the checkpoint path to resume from, or None.
+    """
+    last = os.path.join(out_dir, "ckpt_last.pt")
+    if resume:
+        if not os.path.isfile(last):
+            raise ConfigError(f"--resume=True but {last} does not exist")
+        return last
+    if os.path.exists(last) and not overwrite:
+        raise ConfigError(f"out_dir {out_dir!r} already holds a run ({last}); pass --resume=True "
+                          f"to continue it, --overwrite=True to replace it, or another out_dir")
+    if master:
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            probe = os.path.join(out_dir, f".write_test.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
+        for name in os.listdir(out_dir):  # a fresh run starts with fresh logs
+            if name.endswith(".jsonl") or name.startswith("ckpt_"):
+                os.remove(os.path.join(out_dir, name))
+    return None
+
+# -----------------------------------------------------------------------------
+# models: where a stage's starting weights come from
+
+
+def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
+    """
+    A GPT policy from 'scratch' (model_args, a dict of GPTConfig fields), 'gpt2'...'gpt2-xl'
+    (the hub), a local Hugging Face directory, or a nanoRLHF checkpoint file (.pt).
+    Returns (model, tokenizer_name).
+    """
+    from model import GPT, GPTConfig
+    if init_from == "scratch":
+        from tokenizer import get_tokenizer
+        args = dict(model_args or {})
+        args["vocab_size"] = get_tokenizer(tokenizer).n_vocab
+        return GPT(GPTConfig(**{**args, "dropout": dropout})), tokenizer
+    if os.path.isfile(init_from):
+        ckpt = load_checkpoint(init_from, expect_kind="policy")
+        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+        model.load_state_dict(ckpt["model"])
+        return model, ckpt["tokenizer"]
+    if os.path.isdir(init_from) or init_from in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        model = GPT.from_pretrained(init_from, dropout=dropout)
+        return model, "byte" if model.config.vocab_size == 257 else "gpt2"
+    raise ConfigError(f"init_from={init_from!r}: not 'scratch', a gpt2 name, an existing "
+                      f"checkpoint file or a Hugging Face directory")
+
+
+def init_scalar(init_from, tokenizer="byte", model_args=None, dropout=0.0):
+    """
+    A ScalarModel (reward model or critic): from a scalar checkpoint as is, or a new head on the
+    trunk of any policy source accepted by init_policy. Returns (model, tokenizer_name).
+    """
+    from model import GPTConfig, ScalarModel
+    if os.path.isfile(init_from):
+        ckpt = load_checkpoint(init_from)
+        if ckpt["kind"] == "scalar":
+            model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+            model.load_state_dict(ckpt["model"])
+            return model, ckpt["tokenizer"]
+    gpt, tok = init_policy(init_from, tokenizer, model_args, dropout)
+    return ScalarModel.from_gpt(gpt), tok
+
+
+def check_block_size(model, block_size):
+    n_pos = unwrap(model).config.block_size
+    require(0 < block_size <= n_pos, f"block_size={block_size} must be in 1..{n_pos}, "
+            f"the model's number of positions")
+
+# -----------------------------------------------------------------------------
+# optimisation
+
+
+def configure_optimizer(model, lr, weight_decay, betas, eps, device_type):
+    """AdamW; weight decay only on >=2-D weights (matmuls, embeddings), not biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device_type == "cuda"  # the fused kernel is CUDA-only
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+def get_lr(it, lr, min_lr, warmup_iters, max_iters):
+    """Linear warmup for warmup_iters, then cosine decay from lr to min_lr at max_iters."""
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if it >= max_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, max_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def maybe_compile(model, compile):
+    return torch.compile(model) if compile else model
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+def check_finite(step, **quantities):
+    """Stop the run, naming the step and the quantity, when a loss or gradient is NaN or inf."""
+    for name, value in quantities.items():
+        v = float(value)
+        if not math.isfinite(v):
+            raise NonFiniteError(f"step {step}: {name} is {v}; stopping without writing a "
+                                 f"checkpoint (the last good one is kept)")
+
+# -----------------------------------------------------------------------------
+# tensor helpers shared by the losses
+
+
+def token_logprobs(logits, idx):
+    """
+    log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T, V), (B, T) -> (B, T-1).
+    The one-position shift lives here and only here: logits at t predict the token at t+1.
+    """
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return torch.gather(logp, 2, idx[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x where mask is 1 (over all elements, or along dim)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+# -----------------------------------------------------------------------------
+# stop signals: Ctrl-C or SIGTERM ask the loop to checkpoint and exit at the next step boundary
+
+_stop = {"signal": None}
+
+
+def install_stop_handlers():
+    def handler(signum, frame):
+        if _stop["signal"] is not None:  # a second Ctrl-C really interrupts
+            raise KeyboardInterrupt
+        _stop["signal"] = signal.Signals(signum).name
+        print(f"\n{_stop['signal']} received: saving a checkpoint and exiting after this step",
+              flush=True)
+    _stop["signal"] = None
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_requested():
+    return _stop["signal"] is not None
+
+# -----------------------------------------------------------------------------
+# logging: a line a person reads, plus one JSON object per line for plots
+
+
+class MetricsLogger:
+    def __init__(self, out_dir, name, resume_step=None, enabled=True):
+        self.path = os.path.join(out_dir, f"{name}.jsonl")
+        self.enabled = enabled
+        self.t0 = time.time()
+        if enabled and resume_step is not None and os.path.exists(self.path):
+            # drop lines written after the checkpoint we resume from: they will be redone
+            with open(self.path) as f:
+                keep = [l for l in f if json.loads(l).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+
+    def log(self, step, **metrics):
+        if not self.enabled:
+            return
+        parts = [f"step {step:5d}"]
+        for k, v in metrics.items():
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        print(" | ".join(parts), flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics, "time": round(time.time() - self.t0, 3)}) + "\n")

@@ -1,0 +1,548 @@
+"""
+GPT-2 in one file, shaped for RLHF.
+
+Differences from a plain language model, all needed by the RLHF stages:
+- logits for EVERY position (log-probs of whole responses), not just the last one;
+- exact attention masks: left-padded prompts (generation) and right-padded batches (training)
+  give the same numbers at real positions as each row run alone;
+- ScalarModel: the same trunk with a scalar head, used as reward model and as PPO critic;
+- generate() with a pre-allocated KV cache, per-row EOS stopping and the sampled tokens'
+  log-probs;
+- loading Hugging Face GPT-2 weights (hub or local directory) with nothing but the standard
+  library, numpy and torch: safetensors is read and written by hand below.
+
+Module names mirror Hugging Face's GPT-2, so its state dict maps one to one onto ours, except
+that HF stores the four projection weights as Conv1D (in, out) and we use nn.Linear (out, in).
+"""
+
+import json
+import math
+import os
+import struct
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# where GPT.from_pretrained('gpt2') downloads from; read at call time so tests can point it at a
+# file:// directory
+HF_HUB_URL = os.environ.get("NANORLHF_HUB_URL", "https://huggingface.co")
+PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# HF Conv1D weights are (in, out); our nn.Linear weights are (out, in): these four get transposed
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+
+# -----------------------------------------------------------------------------
+# masks and positions
+
+
+def attention_mask_4d(key_mask, q_len):
+    """
+    Boolean SDPA mask, True = may attend. key_mask (B, Tk): 1 for real keys, 0 for pads; the
+    queries are the last q_len of the Tk positions. Causal AND key-padding, plus every query may
+    always see itself: a pad query would otherwise attend to nothing and SDPA returns NaN for it
+    (its output is garbage but finite, and no real query ever looks at a pad key).
+    Returns (B, 1, q_len, Tk).
+    """
+    Tk = key_mask.size(1)
+    q_pos = torch.arange(Tk - q_len, Tk, device=key_mask.device)[:, None]  # (Tq, 1)
+    k_pos = torch.arange(Tk, device=key_mask.device)[None, :]  # (1, Tk)
+    causal = k_pos <= q_pos  # (Tq, Tk)
+    allowed = causal & key_mask.bool()[:, None, :]  # (B, Tq, Tk)
+    allowed = allowed | (k_pos == q_pos)  # the diagonal
+    return allowed[:, None]  # (B, 1, Tq, Tk): broadcast over heads
+
+
+def position_ids_from_mask(attention_mask):
+    """Real tokens are numbered 0, 1, 2, ... whatever the padding; pads get 0. (B, T) long."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class KVCache:
+    """
+    Keys and values of every layer for a whole generation, allocated once:
+    k, v (n_layer, B, nh, T_max, hs). `pos` is how many positions are filled; a forward of T
+    new tokens writes [pos, pos + T) in every layer, then advance(T) moves the pointer.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_size):
+        self.shape = (n_layer, batch_size, n_head, max_len, head_size)
+        self.k = self.v = None  # allocated on first use, in the dtype the model computes in
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        # k, v (B, nh, T, hs) for the new tokens -> all keys/values so far (B, nh, pos + T, hs)
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n):
+        self.pos += n
+
+# -----------------------------------------------------------------------------
+# the network
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        # q, k, v projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs)
+        # no mask: plain causal attention (the fast path); else the boolean mask says it all
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU ('gelu_new' in HF)
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The trunk shared by GPT and ScalarModel: embeddings, blocks, final LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        # GPT-2 init: N(0, 0.02) everywhere; the residual projections get 1/sqrt(2 * n_layer)
+        # more, since each block adds two of them to the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            elif name.endswith(".weight") and p.dim() == 2:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name.endswith(".bias") and "ln_" not in name:
+                nn.init.zeros_(p)
+
+    def forward(self, idx, attention_mask=None, position_ids=None, cache=None):
+        """idx (B, T) -> hidden states after ln_f (B, T, C). See GPT.forward for the masks."""
+        B, T = idx.size()
+        past = cache.pos if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds block_size "
+                             f"{self.config.block_size}")
+        if past == 0 and idx.numel() > 0 and not torch.compiler.is_compiling():
+            lo, hi = idx.min().item(), idx.max().item()  # one sync: cheap next to the forward
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got "
+                                 f"min {lo} max {hi} (wrong tokenizer for this model?)")
+        if position_ids is None:
+            if attention_mask is not None and cache is None:
+                position_ids = position_ids_from_mask(attention_mask)
+            else:
+                position_ids = torch.arange(past, past + T, device=idx.device)[None, :]
+        if attention_mask is None:
+            assert cache is None or past == 0, "decoding with a cache needs the full key mask"
+            attn_mask = None  # SDPA's is_causal fast path
+        else:
+            # with a cache, attention_mask covers all past + new keys (B, past + T)
+            attn_mask = attention_mask_4d(attention_mask, T)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        return self.ln_f(x)
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # tied input/output embeddings (weight tying, as GPT-2 does)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+
+    def hidden_states(self, idx, attention_mask=None, position_ids=None):
+        """Final hidden states after ln_f, (B, T, C)."""
+        return self.transformer(idx, attention_mask, position_ids)
+
+    def forward(self, idx, attention_mask=None, position_ids=None):
+        """
+        idx (B, T) token ids; attention_mask (B, T) 1 = real token, 0 = pad, left or right
+        padding; position_ids (B, T), by default counted over real tokens only.
+        Returns logits (B, T, vocab_size) at every position; pad positions hold garbage.
+        A RIGHT-padded batch needs no mask: causal attention never lets a real token see the pads
+        after it, and real positions are 0..n-1 either way, so attention_mask=None gives the
+        same logits at real positions and keeps SDPA's fast causal kernel.
+        """
+        return self.lm_head(self.transformer(idx, attention_mask, position_ids))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """GPT-2 weights from the hub ('gpt2' ... 'gpt2-xl') or a local Hugging Face directory."""
+        config, sd = load_hf_gpt2(name_or_path)
+        config.dropout = dropout
+        model = cls(config)
+        load_hf_state_dict(model, sd)
+        return model
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None,
+                 top_p=None, greedy=False, eos_token_id=None, generator=None):
+        """
+        Continue LEFT-padded prompts idx (B, T0) (attention_mask (B, T0), 1 = real).
+        One prefill forward fills the KV cache, then one forward per new token.
+        Returns (tokens (B, N) long, mask (B, N) long, logprobs (B, N) float), N <= max_new_tokens:
+        mask is 1 up to and including a row's first EOS and 0 after it (those tokens are
+        eos_token_id, or 0); logprobs = log_softmax(logits / temperature) at the sampled token,
+        from the unfiltered distribution (the one training recomputes), 0 where mask is 0.
+        """
+        B, T0 = idx.size()
+        dev = idx.device
+        if T0 + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt length {T0} + max_new_tokens {max_new_tokens} exceeds "
+                             f"block_size {self.config.block_size}")
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        attention_mask = attention_mask.long()
+        if T0 == 0 or not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate() needs LEFT-padded prompts with at least one real token "
+                             "each: attention_mask[:, -1] must be 1 in every row")
+        # the key mask over the whole cache: the prompt's mask, then ones for generated tokens
+        # (a finished row keeps running on filler tokens; its outputs are simply thrown away)
+        key_mask = torch.ones(B, T0 + max_new_tokens, dtype=torch.long, device=dev)
+        key_mask[:, :T0] = attention_mask
+        next_pos = attention_mask.sum(-1, keepdim=True)  # (B, 1) position of the first new token
+        C = self.config
+        cache = KVCache(C.n_layer, B, C.n_head, T0 + max_new_tokens, C.n_embd // C.n_head)
+        h = self.transformer(idx, key_mask[:, :T0], position_ids_from_mask(attention_mask),
+                             cache)
+        logits = self.lm_head(h[:, -1])  # (B, V) prefill: only the last position is needed
+        fill = eos_token_id if eos_token_id is not None else 0
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        tokens, masks, logprobs = [], [], []
+        for step in range(max_new_tokens):
+            logits = logits.float() / temperature  # (B, V)
+            if greedy:
+                tok = logits.argmax(-1)  # (B,)
+            else:
+                probs = F.softmax(top_p_filter(top_k_filter(logits, top_k), top_p), dim=-1)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            lp = F.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # (B,)
+            tokens.append(torch.where(done, torch.full_like(tok, fill), tok))
+            masks.append((~done).long())
+            logprobs.append(torch.where(done, torch.zeros_like(lp), lp))
+            if eos_token_id is not None:
+                done = done | (tok == eos_token_id)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            # decode one token: it attends to the whole cache so far through key_mask
+            h = self.transformer(tokens[-1][:, None], key_mask[:, :cache.pos + 1],
+                                 next_pos + step, cache)
+            logits = self.lm_head(h[:, -1])
+        return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1)
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits (ties at the boundary kept), -inf elsewhere. (..., V)
+    k None or 0: no filtering."""
+    if not k or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """
+    Nucleus sampling (Holtzman et al. 2019): keep the smallest set of most likely tokens whose
+    probability sums to >= p; the top token is always kept. -inf elsewhere. (..., V)
+    """
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    # drop a token when the tokens ranked above it already reach p
+    drop = (probs.cumsum(-1) - probs) >= p
+    drop[..., 0] = False
+    drop = drop.scatter(-1, order, drop)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+# -----------------------------------------------------------------------------
+# reward model / critic
+
+
+class ScalarModel(nn.Module):
+    """
+    The GPT trunk (same `transformer.*` names, so a policy's trunk loads directly) and a linear
+    head to one number per position. As a reward model the score is read at the last real token;
+    as a PPO critic values() gives one per position.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.head = nn.Linear(config.n_embd, 1)
+        # N(0, 1/sqrt(d+1)) as in the OpenAI lm-human-preferences reward head
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(config.n_embd + 1))
+        nn.init.zeros_(self.head.bias)
+        # subtracted from scores so that reference responses score 0 on average (set after RM
+        # training); a buffer, so it is saved in the state dict
+        self.register_buffer("reward_bias", torch.zeros(()))
+
+    @classmethod
+    def from_gpt(cls, gpt):
+        """A fresh head on a copy of gpt's trunk (e.g. RM from the SFT policy)."""
+        model = cls(gpt.config)
+        model.transformer.load_state_dict(gpt.transformer.state_dict())
+        return model.to(gpt.lm_head.weight.device, gpt.lm_head.weight.dtype)
+
+    def values(self, idx, attention_mask=None, position_ids=None):
+        """Head at every position (B, T), no reward_bias: the PPO critic."""
+        return self.head(self.transformer(idx, attention_mask, position_ids)).squeeze(-1)
+
+    def forward(self, idx, attention_mask=None, position_ids=None):
+        """Scores (B,) at each row's last real token (left or right padding), minus reward_bias."""
+        h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
+        B, T, _ = h.size()
+        if attention_mask is None:
+            last = torch.full((B,), T - 1, dtype=torch.long, device=idx.device)
+        else:
+            # index of the last 1 in each row: the largest position index where mask is 1
+            pos = torch.arange(T, device=idx.device)[None, :]
+            last = (pos * (attention_mask != 0)).argmax(-1)  # (B,)
+        h_last = h[torch.arange(B, device=idx.device), last]  # (B, C)
+        return self.head(h_last).squeeze(-1) - self.reward_bias
+
+# -----------------------------------------------------------------------------
+# safetensors, by hand
+#
+# A .safetensors file is: 8 bytes, a little-endian uint64 N; N bytes of JSON mapping each tensor
+# name to {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]} (byte offsets counted from
+# the end of the header), plus an optional "__metadata__" dict of str -> str; then the raw
+# little-endian, row-major tensor bytes. No pickle, so loading can never run code.
+
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+             "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict name -> CPU tensor."""
+    assert sys.byteorder == "little", "this reader assumes a little-endian machine"
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        base = 8 + n
+        out = {}
+        for name, info in header.items():
+            if info["dtype"] not in ST_DTYPES:
+                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            dtype, shape = ST_DTYPES[info["dtype"]], info["shape"]
+            begin, end = info["data_offsets"]
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != nbytes:
+                raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
+                                 f"expected {nbytes}")
+            f.seek(base + begin)
+            buf = bytearray(nbytes)  # read straight into a writable buffer torch can share
+            if f.readinto(buf) != nbytes:
+                raise ValueError(f"{path}: file is truncated (tensor {name!r})")
+            t = torch.frombuffer(buf, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(shape)
+    return out
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write a dict name -> tensor as .safetensors, atomically (temp file, then rename)."""
+    header, offset = {}, 0
+    if metadata:  # the format allows only str -> str here
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    for name, t in tensors.items():
+        if t.dtype not in ST_NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} has no safetensors name here")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * (-len(hbytes) % 8)  # pad with spaces so the data starts 8-byte aligned
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for t in tensors.values():
+            # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+    os.replace(tmp, path)
+
+# -----------------------------------------------------------------------------
+# Hugging Face GPT-2 checkpoints
+
+
+def _download(url, path):
+    """Download url to path through path.tmp, printing a progress line."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fname = os.path.basename(path)
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "nanorlhf"})
+        with urllib.request.urlopen(req, timeout=60) as r, open(tmp, "wb") as f:
+            total, done = int(r.headers.get("Content-Length") or 0), 0
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                pct = f"{100 * done / total:5.1f}%" if total else "?"
+                print(f"\rdownloading {fname}: {pct} ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
+                      end="", flush=True)
+        print()
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise RuntimeError(
+            f"could not download {url} ({e}). No network? Download config.json and "
+            f"model.safetensors elsewhere and pass their local directory instead of the name "
+            f"(or set NANORLHF_CACHE to a directory that already holds them).") from None
+
+
+def download_pretrained(name):
+    """config.json + model.safetensors of a hub GPT-2 into the cache dir; returns the dir."""
+    root = os.environ.get("NANORLHF_CACHE") or os.path.expanduser("~/.cache/nanorlhf")
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    for fname in ("config.json", "model.safetensors"):
+        path = os.path.join(d, fname)
+        if not os.path.isfile(path):
+            _download(f"{HF_HUB_URL}/{name}/resolve/main/{fname}", path)
+    return d
+
+
+def load_hf_gpt2(name_or_path):
+    """(GPTConfig, raw HF state dict) from a hub name or a local HF GPT-2 directory."""
+    if os.path.isdir(name_or_path):
+        d = name_or_path
+    elif name_or_path in PRETRAINED:
+        d = download_pretrained(name_or_path)
+    else:
+        raise ValueError(f"{name_or_path!r} is neither one of {PRETRAINED} nor a directory")
+    cfg_path = os.path.join(d, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"{d}: no config.json (expected a Hugging Face GPT-2 directory)")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{d}: model_type {hf.get('model_type')!r}, only 'gpt2' is supported")
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{d}: activation {hf['activation_function']!r} is not GPT-2's gelu_new")
+    if (hf.get("n_inner") not in (None, 4 * hf["n_embd"])
+            or hf.get("scale_attn_by_inverse_layer_idx")
+            or not hf.get("scale_attn_weights", True) or not hf.get("tie_word_embeddings", True)):
+        raise ValueError(f"{d}: a GPT-2 variant this model does not implement (n_inner, "
+                         f"attention scaling or untied embeddings differ from GPT-2's)")
+    config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
+                       n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True)
+    if os.path.isfile(os.path.join(d, "model.safetensors")):
+        sd = read_safetensors(os.path.join(d, "model.safetensors"))
+    elif os.path.isfile(os.path.join(d, "pytorch_model.bin")):
+        # weights_only: a pickle from the internet must not be able to run code
+        sd = torch.load(os.path.join(d, "pytorch_model.bin"), map_location="cpu",
+                        weights_only=True)
+    else:
+        raise ValueError(f"{d}: neither model.safetensors nor pytorch_model.bin found")
+    return config, sd
+
+
+def load_hf_state_dict(model, sd):
+    """
+    Copy a HF GPT-2 state dict into our GPT. Accepts both layouts: the hub's original files
+    (no 'transformer.' prefix, attn.bias/masked_bias buffers, lm_head.weight) and recent
+    transformers' (prefixed, lm_head omitted because tied).
+    """
+    ours = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    theirs = {}
+    for k, v in sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffers of old GPT-2 files: SDPA does the masking
+        if k == "lm_head.weight":
+            wte = sd.get("transformer.wte.weight", sd.get("wte.weight"))
+            if wte is not None and not torch.equal(v, wte):
+                raise ValueError("lm_head.weight differs from wte.weight: untied embeddings are "
+                                 "not supported (GPT-2 ties them)")
+            continue
+        k = k if k.startswith("transformer.") else "transformer." + k
+        theirs[k] = v.t() if k.endswith(CONV1D) else v
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    if missing or unexpected:
+        raise ValueError(f"GPT-2 state dict does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for k, v in theirs.items():
+        if v.shape != ours[k].shape:
+            raise ValueError(f"{k}: shape {tuple(v.shape)} in the file, model expects "
+                             f"{tuple(ours[k].shape)}")
+    with torch.no_grad():
+        for k, v in theirs.items():
+            ours[k].copy_(v)

@@ -1,0 +1,169 @@
+import json
+import math
+import os
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from model import GPT, GPTConfig
+
+
+DEFAULTS = dict(n_layer=2, lr=1e-3, name="run", compile=False, betas=[0.9, 0.95])
+
+
+def test_parse_config_file_then_cli(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("import math\nn_layer = 4\nlr = 3\n_private = 1\n")
+    cfg = common.parse_config(DEFAULTS, [str(cfg_file), "--name=hello", "--compile=True",
+                                         "--lr=0.5"])
+    assert vars(cfg) == dict(n_layer=4, lr=0.5, name="hello", compile=True, betas=[0.9, 0.95])
+    assert isinstance(cfg.lr, float)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--nlayer=3"], "unknown config key 'nlayer'"),
+    (["--n_layer=2.5"], "'n_layer' must be int"),
+    (["--lr=abc"], "cannot parse --lr=abc"),
+    (["--compile=yes"], "cannot parse --compile=yes"),
+    (["n_layer=3"], "config file 'n_layer=3' does not exist"),
+    (["--n_layer"], "expected --key=value"),
+])
+def test_parse_config_errors_name_the_key(argv, msg):
+    with pytest.raises(common.ConfigError, match=msg):
+        common.parse_config(DEFAULTS, argv)
+
+
+def test_config_file_with_unknown_key_names_the_file(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text("n_layers = 4\n")
+    with pytest.raises(common.ConfigError, match=r"bad\.py: unknown config key 'n_layers'"):
+        common.parse_config(DEFAULTS, [str(f)])
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit):
+        common.parse_config(DEFAULTS, ["--help"], "the doc")
+    out = capsys.readouterr().out
+    assert "the doc" in out and all(f"--{k}" in out for k in DEFAULTS)
+
+
+def _tiny():
+    return GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=8))
+
+
+def test_checkpoint_round_trip_and_prefix_stripping(tmp_path):
+    torch.manual_seed(0)
+    model = _tiny()
+    opt = common.configure_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
+    model(torch.randint(0, 11, (2, 5)))[..., 0].sum().backward()
+    opt.step()
+    cfg = common.parse_config(DEFAULTS, [])
+    ckpt = common.make_checkpoint(model, "policy", "sft", "byte", cfg, step=7, optimizer=opt)
+    ckpt["model"] = {"_orig_mod.module." + k: v for k, v in ckpt["model"].items()}
+    path = str(tmp_path / "ckpt_last.pt")
+    common.save_checkpoint(path, ckpt)
+    assert os.listdir(tmp_path) == ["ckpt_last.pt"]  # no temp file left behind
+    back = common.load_checkpoint(path, expect_kind="policy", expect_tokenizer="byte")
+    assert back["step"] == 7 and back["config"]["n_layer"] == 2 and back["stage"] == "sft"
+    model2 = GPT(GPTConfig(**back["model_args"]))
+    model2.load_state_dict(back["model"])  # prefixes gone
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    opt2 = common.configure_optimizer(model2, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
+    opt2.load_state_dict(back["optimizer"])
+    with pytest.raises(common.CheckpointError, match="holds a 'policy' model"):
+        common.load_checkpoint(path, expect_kind="scalar")
+    with pytest.raises(common.CheckpointError, match="trained with the 'byte' tokenizer"):
+        common.load_checkpoint(path, expect_tokenizer="gpt2")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "model_args": {}, "payload": Evil()}, path)
+    with pytest.raises(common.CheckpointError, match="refused to load"):
+        common.load_checkpoint(str(path))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(common.CheckpointError, match="junk.pt"):
+        common.load_checkpoint(str(tmp_path / "junk.pt"))
+    with pytest.raises(common.CheckpointError, match="does not exist"):
+        common.load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_rng_state_round_trip():
+    state = common.rng_state()
+    a = torch.rand(3)
+    common.set_rng_state(state)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_get_lr_warmup_then_cosine():
+    lrs = [common.get_lr(i, 1.0, 0.1, 4, 14) for i in range(16)]
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[9] == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi * 0.5)) * 0.9)
+    assert lrs[14] == lrs[15] == 0.1
+    assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))
+
+
+def test_optimizer_decays_only_matrices():
+    opt = common.configure_optimizer(_tiny(), 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+
+
+def test_token_logprobs_shift_by_one():
+    torch.manual_seed(0)
+    logits, idx = torch.randn(2, 4, 5), torch.randint(0, 5, (2, 4))
+    lp = common.token_logprobs(logits, idx)
+    assert lp.shape == (2, 3)
+    expected = F.log_softmax(logits[1, 2], -1)[idx[1, 3]]
+    assert torch.allclose(lp[1, 2], expected)
+
+
+def test_masked_mean():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
+    m = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert common.masked_mean(x, m).item() == 2.0
+    assert common.masked_mean(x, m, dim=1).tolist() == [1.5, 3.0]
+
+
+def test_check_finite_names_step_and_quantity():
+    common.check_finite(3, loss=1.0)
+    with pytest.raises(common.NonFiniteError, match="step 12: grad_norm is nan"):
+        common.check_finite(12, loss=0.5, grad_norm=float("nan"))
+
+
+def test_out_dir_is_never_silently_overwritten(tmp_path):
+    out = str(tmp_path / "run")
+    assert common.prepare_out_dir(out, resume=False) is None
+    common.save_checkpoint(os.path.join(out, "ckpt_last.pt"), {"x": 1})
+    with pytest.raises(common.ConfigError, match="already holds a run"):
+        common.prepare_out_dir(out, resume=False)
+    assert common.prepare_out_dir(out, resume=True).endswith("ckpt_last.pt")
+    assert common.prepare_out_dir(out, resume=False, overwrite=True) is None
+    assert not os.path.exists(os.path.join(out, "ckpt_last.pt"))
+    with pytest.raises(common.ConfigError, match="does not exist"):
+        common.prepare_out_dir(str(tmp_path / "other"), resume=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(common.ConfigError, match="not writable"):
+        common.prepare_out_dir(str(blocker / "sub"), resume=False)
+
+
+def test_metrics_logger_drops_lines_after_the_resumed_step(tmp_path, capsys):
+    log = common.MetricsLogger(str(tmp_path), "log")
+    for s in range(5):
+        log.log(s, loss=1.0 / (s + 1))
+    assert "step     4 | loss 0.2" in capsys.readouterr().out
+    common.MetricsLogger(str(tmp_path), "log", resume_step=2)
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "log.jsonl")]
+    assert steps == [0, 1, 2]
