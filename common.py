@@ -8,7 +8,9 @@ import ast
 import json
 import math
 import os
+import inspect
 import pickle
+import re
 import runpy
 import signal
 import sys
@@ -59,10 +61,27 @@ def _parse_cli_value(key, text, default):
                           f"{type(default).__name__} like {default!r}") from None
 
 
-def format_help(defaults, doc=""):
+def key_comments(source_file):
+    """The trailing '# comment' of each `key=value,` line of a script's DEFAULTS, for --help."""
+    comments = {}
+    try:
+        with open(source_file) as f:
+            for line in f:
+                m = re.match(r"\s*(\w+)\s*=.*?#\s*(.*)$", line)
+                if m and m.group(1) not in comments:
+                    comments[m.group(1)] = m.group(2).strip()
+    except OSError:
+        pass
+    return comments
+
+
+def format_help(defaults, doc="", comments=None):
+    comments = comments or {}
     lines = [doc.strip(), "", "config keys (override with a config file and/or --key=value):"]
-    width = max(len(k) for k in defaults)
-    lines += [f"  --{k:<{width}} = {v!r}" for k, v in defaults.items()]
+    width = min(44, max(len(f"{k} = {v!r}") for k, v in defaults.items()))
+    for k, v in defaults.items():
+        line = f"{k} = {v!r}"
+        lines.append(f"  --{line:<{width}}  {comments.get(k, '')}".rstrip())
     return "\n".join(lines)
 
 
@@ -77,7 +96,11 @@ def parse_config(defaults, argv=None, doc=""):
     cfg = dict(defaults)
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(format_help(defaults, doc))
+            caller = inspect.stack()[1].filename  # the script whose DEFAULTS these are
+            try:
+                print(format_help(defaults, doc, key_comments(caller)))
+            except BrokenPipeError:  # `--help | head` is fine
+                pass
             sys.exit(0)
         if not arg.startswith("--"):
             if not os.path.isfile(arg):

@@ -1,0 +1,1 @@
+"""Datasets and the one loader every training script uses."""

@@ -1,0 +1,1 @@
+"""Anthropic HH-RLHF, converted to the formats data/loader.py reads."""

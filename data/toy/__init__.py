@@ -1,0 +1,1 @@
+"""The toy world: a seeded generator of questions, answers and preferences, and its judge."""

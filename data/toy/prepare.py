@@ -1,0 +1,281 @@
+"""
+Generate the toy world: small English questions, deliberately mediocre demonstrations, and
+preference pairs labelled by the programmatic judge (data/toy/judge.py) with some label noise.
+
+    python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out]
+
+No network, a few seconds. Writes, in out_dir:
+    sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
+    sft_val.jsonl       400 the same, on held-out prompts
+    prefs_train.jsonl  8000 {"prompt", "chosen", "rejected"}  judge labels, 10% of them flipped
+    prefs_val.jsonl     400 the same on held-out prompts, no flipped labels
+    prompts_train.jsonl 1000 {"prompt", "family"}  for RL
+    prompts_eval.jsonl    96 {"prompt", "family"}  every held-out prompt once
+
+Held out means: every (phrasing, subject) combination is either a training or a held-out
+combination. Each subject keeps most of its phrasings for training and holds out the rest, so the
+held-out prompts ask about known things in a phrasing the model never saw for that subject.
+Every example fits in 128 bytes with the chat template (prompts <= 40 chars, answers <= 64).
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.toy import judge  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# sizes, the style mix, the label noise
+
+N_SFT_TRAIN, N_SFT_VAL = 5000, 400
+N_PREFS_TRAIN, N_PREFS_VAL = 8000, 400
+N_PROMPTS_TRAIN, N_EVAL_PER_FAMILY = 1000, 50
+FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disagree
+STYLES = {"good": 0.30, "rude": 0.175, "rambling": 0.175, "wrong": 0.175, "off_topic": 0.175}
+MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS = 40, 64  # 21 template bytes + 40 + 1 + 64 + EOS <= 128
+
+# phrasings per family, and how many of them each subject holds out
+TEMPLATES = {
+    "color": ["What color is {x}?", "What colour is {x}?", "Which color is {x}?",
+              "Tell me the color of {x}.", "What is the color of {x}?"],
+    "sound": ["What sound does {x} make?", "What does {x} say?", "Which sound does {x} make?",
+              "What noise does {x} make?", "Tell me the sound {x} makes."],
+    "opposite": ["What is the opposite of {x}?", "What's the opposite of {x}?",
+                 "Give me the opposite of {x}.", "Tell me the opposite of {x}.",
+                 "Name the opposite of {x}."],
+    "add": ["What is {a} plus {b}?", "What is {a} + {b}?", "Add {a} and {b}.",
+            "What's {a} plus {b}?"],
+}
+HELD_OUT = {"color": 2, "sound": 2, "opposite": 2, "add": 1}
+FAMILIES = list(TEMPLATES)
+
+CLOSINGS = ["Hope that helps!", "Glad to help!", "Happy to help!"]
+RUDE = ["{core} Duh.", "Ugh. {core}", "{core} Obviously.", "Whatever. {core}", "{core} Dumb question."]
+# rambling = two filler phrases before the answer and two after it
+RAMBLE_BEFORE = ["Well, um, ", "Hmm, well, ", "Um, let me think, ", "Hmm, basically, "]
+RAMBLE_AFTER = [" I think, you know.", " I guess, anyway.", " Sort of, I think.", " You know, I guess."]
+CHIT_CHAT = ["I like turtles.", "The weather is nice today.", "Let's talk about something else.",
+             "My favorite food is pizza.", "I had a great day at the park."]
+
+# -----------------------------------------------------------------------------
+# questions and answers
+
+
+def subjects(family):
+    if family == "color":
+        return sorted(judge.COLORS)
+    if family == "sound":
+        return sorted(judge.SOUNDS)
+    if family == "opposite":
+        return sorted(judge.OPPOSITES)
+    return [(a, b) for a in judge.NUMBERS for b in judge.NUMBERS]
+
+
+def with_article(word):
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def question(family, template, subject):
+    if family == "add":
+        return template.format(a=subject[0], b=subject[1])
+    return template.format(x=subject if family == "opposite" else with_article(subject))
+
+
+def right_answer(family, subject):
+    if family == "add":
+        return str(subject[0] + subject[1])
+    return {"color": judge.COLORS, "sound": judge.SOUNDS, "opposite": judge.OPPOSITES}[family][subject]
+
+
+def wrong_answer(rng, family, subject):
+    right = right_answer(family, subject)
+    if family == "add":
+        options = [str(int(right) + d) for d in (-2, -1, 1, 2)
+                   if int(right) + d >= 0 and int(right) + d not in subject]
+    elif family == "opposite":
+        options = sorted(w for w in judge.OPPOSITES if w not in (subject, right))
+    else:
+        table = judge.COLORS if family == "color" else judge.SOUNDS
+        options = sorted(set(table.values()) - {right})
+    return rng.choice(options)
+
+
+def statement(family, subject, answer):
+    """The plain one-sentence answer: 'A banana is yellow.'"""
+    if family == "color":
+        return f"{with_article(subject).capitalize()} is {answer}."
+    if family == "sound":
+        return f"{with_article(subject).capitalize()} says {answer}."
+    if family == "opposite":
+        return f"The opposite of {subject} is {answer}."
+    return f"{subject[0]} plus {subject[1]} is {answer}."
+
+
+def respond(rng, family, subject, style):
+    """One answer in the given style (see STYLES and data/toy/README.md)."""
+    core = statement(family, subject, right_answer(family, subject))
+    if style == "good":
+        return f"{core} {rng.choice(CLOSINGS)}"
+    if style == "rude":
+        return rng.choice(RUDE).format(core=core)
+    if style == "rambling":
+        fits = [(b, a) for b in RAMBLE_BEFORE for a in RAMBLE_AFTER
+                if len(b + core + a) <= MAX_RESPONSE_CHARS]
+        before, after = rng.choice(fits)
+        return before + core[0].lower() + core[1:] + after
+    if style == "wrong":
+        text = statement(family, subject, wrong_answer(rng, family, subject))
+    else:  # off_topic: small talk, or the answer to a question of another family
+        if rng.random() < 0.5:
+            text = rng.choice(CHIT_CHAT)
+        else:
+            other = rng.choice([f for f in FAMILIES if f not in (family, "add")])
+            s = rng.choice(subjects(other))
+            text = statement(other, s, right_answer(other, s))
+    return text + (f" {rng.choice(CLOSINGS)}" if rng.random() < 0.5 else "")
+
+
+def check_style(style, parts):
+    """Each style lands in its own band of the gold reward (see the README's table)."""
+    good = sum(parts.values()) == judge.MAX_REWARD
+    return {
+        "good": good,
+        "rude": parts == dict(correct=1.5, on_topic=0.5, polite=-1.0, concise=0.5),
+        "rambling": parts["correct"] == 1.5 and parts["on_topic"] == 0.5 and parts["polite"] >= 0
+                    and parts["concise"] == judge.MIN_CONCISE,
+        "wrong": parts["correct"] == judge.W_WRONG and parts["on_topic"] == 0.5
+                 and parts["polite"] >= 0 and parts["concise"] == 0.5,
+        "off_topic": parts["correct"] == 0 and parts["on_topic"] == judge.W_OFF_TOPIC
+                     and parts["polite"] >= 0 and parts["concise"] == 0.5,
+    }[style]
+
+# -----------------------------------------------------------------------------
+# the datasets
+
+
+def split_combinations(rng):
+    """{family: (train [(template, subject)], held_out [(template, subject)])}"""
+    splits = {}
+    for family in FAMILIES:
+        train, held = [], []
+        for s in subjects(family):
+            templates = TEMPLATES[family][:]
+            rng.shuffle(templates)
+            held += [(t, s) for t in templates[:HELD_OUT[family]]]
+            train += [(t, s) for t in templates[HELD_OUT[family]:]]
+        splits[family] = (train, held)
+    return splits
+
+
+def draw(rng, combos):
+    """A (family, subject, prompt) with the family uniform, from {family: [(template, subject)]}."""
+    family = rng.choice(FAMILIES)
+    template, subject = rng.choice(combos[family])
+    return family, subject, question(family, template, subject)
+
+
+def draw_style(rng):
+    return rng.choices(list(STYLES), weights=list(STYLES.values()))[0]
+
+
+def answer(rng, family, subject, prompt, style):
+    response = respond(rng, family, subject, style)
+    parts = judge.score_parts(prompt, response)
+    if not check_style(style, parts) or len(prompt) > MAX_PROMPT_CHARS \
+            or len(response) > MAX_RESPONSE_CHARS:
+        raise RuntimeError(f"toy world bug: {style} answer {response!r} to {prompt!r} scores {parts}")
+    return response, sum(parts.values())
+
+
+def make_sft(rng, combos, n):
+    rows = []
+    for _ in range(n):
+        family, subject, prompt = draw(rng, combos)
+        style = draw_style(rng)
+        response, _ = answer(rng, family, subject, prompt, style)
+        rows.append(dict(prompt=prompt, response=response, style=style))
+    return rows
+
+
+def make_prefs(rng, combos, n, flip_rate):
+    """Two answers of different gold reward to one prompt, in the SFT mix of styles; the better
+    one is 'chosen', except for a flip_rate share of labels that are swapped."""
+    rows = []
+    for _ in range(n):
+        family, subject, prompt = draw(rng, combos)
+        a, ra = answer(rng, family, subject, prompt, draw_style(rng))
+        while True:  # a tie carries no preference: draw the second answer again
+            b, rb = answer(rng, family, subject, prompt, draw_style(rng))
+            if rb != ra:
+                break
+        chosen, rejected = (a, b) if ra > rb else (b, a)
+        if rng.random() < flip_rate:
+            chosen, rejected = rejected, chosen
+        rows.append(dict(prompt=prompt, chosen=chosen, rejected=rejected))
+    return rows
+
+
+def make_prompts(rng, combos, n):
+    rows = []
+    for _ in range(n):
+        family, _, prompt = draw(rng, combos)
+        rows.append(dict(prompt=prompt, family=family))
+    return rows
+
+
+def make_eval_prompts(rng, held_out, per_family):
+    """Distinct held-out prompts, at most per_family of each family, shuffled."""
+    rows = []
+    for family in FAMILIES:
+        combos = held_out[family][:]
+        rng.shuffle(combos)
+        rows += [dict(prompt=question(family, t, s), family=family) for t, s in combos[:per_family]]
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def prepare(out_dir, seed=1337):
+    """Write the six files into out_dir; returns {file name: number of lines}."""
+    rng = random.Random(seed)
+    splits = split_combinations(rng)
+    train = {f: tr for f, (tr, _) in splits.items()}
+    held = {f: ho for f, (_, ho) in splits.items()}
+    files = {
+        "sft_train.jsonl": make_sft(rng, train, N_SFT_TRAIN),
+        "sft_val.jsonl": make_sft(rng, held, N_SFT_VAL),
+        "prefs_train.jsonl": make_prefs(rng, train, N_PREFS_TRAIN, FLIP_RATE),
+        "prefs_val.jsonl": make_prefs(rng, held, N_PREFS_VAL, 0.0),
+        "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN),
+        "prompts_eval.jsonl": make_eval_prompts(rng, held, N_EVAL_PER_FAMILY),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    for name, rows in files.items():
+        write_jsonl(os.path.join(out_dir, name), rows)
+    return {name: len(rows) for name, rows in files.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--out_dir", default=os.path.join("data", "toy", "out"))
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    counts = prepare(args.out_dir, args.seed)
+    for name, n in counts.items():
+        print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
+    print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""
+The toy world: the judge scores answers as data/toy/README.md documents, and the generator is
+deterministic, keeps its splits apart, and writes the documented mix and label noise.
+"""
+
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from data import loader
+from data.toy import prepare
+from data.toy.judge import MAX_REWARD, gold_reward, parse_prompt, score_parts
+from tokenizer import get_tokenizer
+
+# -----------------------------------------------------------------------------
+# the judge
+
+# one question per family: a best answer, then rude, rambling, wrong and off-topic ones
+ORDERED = [
+    ("What color is a banana?", [
+        "A banana is yellow. Hope that helps!",
+        "A banana is yellow. Duh.",
+        "Well, um, a banana is yellow. I guess, anyway.",
+        "A banana is red. Hope that helps!",
+        "I like turtles. Hope that helps!",
+    ]),
+    ("What sound does an owl make?", [
+        "An owl says hoot. Glad to help!",
+        "Ugh. An owl says hoot.",
+        "Hmm, basically, an owl says hoot. You know, I guess.",
+        "An owl says moo.",
+        "The weather is nice today.",
+    ]),
+    ("Name the opposite of closed.", [
+        "The opposite of closed is open. Hope that helps!",
+        "Whatever. The opposite of closed is open.",
+        "Um, let me think, the opposite of closed is open. I guess, anyway.",
+        "The opposite of closed is slow. Hope that helps!",
+        "A banana is yellow.",
+    ]),
+    ("What is 3 plus 4?", [
+        "3 plus 4 is 7. Happy to help!",
+        "3 plus 4 is 7. Obviously.",
+        "Well, um, 3 plus 4 is 7. I think, you know.",
+        "3 plus 4 is 8. Happy to help!",
+        "My favorite food is pizza. Happy to help!",
+    ]),
+]
+
+
+@pytest.mark.parametrize("prompt, answers", ORDERED)
+def test_judge_orders_good_rude_rambling_wrong_off_topic(prompt, answers):
+    scores = [gold_reward(prompt, a) for a in answers]
+    assert scores[0] == MAX_REWARD == 3.0
+    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+
+
+# the README's table of example scores, pinned
+README_EXAMPLES = [
+    ("What color is a banana?", "A banana is yellow. Hope that helps!", (1.5, 0.5, 0.5, 0.5), 3.0),
+    ("What color is a banana?", "Bananas are yellow. Glad to help!", (1.5, 0.5, 0.5, 0.5), 3.0),
+    ("What color is a banana?", "A banana is yellow.", (1.5, 0.5, 0.0, 0.5), 2.5),
+    ("What color is a banana?", "Yellow.", (1.5, 0.0, 0.0, 0.5), 2.0),
+    ("What color is a banana?", "A banana is yellow. Duh.", (1.5, 0.5, -1.0, 0.5), 1.5),
+    ("What color is a banana?", "Well, um, a banana is yellow. I guess, anyway.", (1.5, 0.5, 0.0, -1.5), 0.5),
+    ("What color is a banana?", "A banana is red. Hope that helps!", (-1.5, 0.5, 0.5, 0.5), 0.0),
+    ("What color is a banana?", "A banana is yellow or red.", (-1.5, 0.5, 0.0, 0.5), -0.5),
+    ("What color is a banana?", "I like turtles. Hope that helps!", (0.0, -1.5, 0.5, 0.5), -0.5),
+    ("What color is a banana?", "A cow says moo.", (0.0, -1.5, 0.0, 0.5), -1.0),
+    ("What color is a banana?", "", (0.0, -1.5, 0.0, 0.5), -1.0),
+    ("What is 3 plus 4?", "7", (1.5, 0.0, 0.0, 0.5), 2.0),
+    ("What is 3 plus 4?", "3 plus 4 is 8. Hope that helps!", (-1.5, 0.5, 0.5, 0.5), 0.0),
+]
+
+
+@pytest.mark.parametrize("prompt, response, parts, total", README_EXAMPLES)
+def test_judge_matches_the_readme(prompt, response, parts, total):
+    got = score_parts(prompt, response)
+    assert (got["correct"], got["on_topic"], got["polite"], got["concise"]) == parts
+    assert gold_reward(prompt, response) == total
+
+
+def test_judge_length_and_filler_penalties():
+    p = "What color is a banana?"
+    best = "A banana is yellow. Hope that helps!"
+    # 0.05 per character beyond 50, 0.5 per filler, floored at -1.5
+    long = best + " " + "x" * (50 - len(best) - 1 + 10)  # 60 characters: 10 too many
+    assert len(long) == 60 and score_parts(p, long)["concise"] == pytest.approx(0.0)
+    assert score_parts(p, "Um, " + best)["concise"] == pytest.approx(0.0)
+    assert score_parts(p, "Um, well, hmm, " + best + " " + "y" * 40)["concise"] == -1.5
+    # a polite phrase does not cancel a rude one
+    assert score_parts(p, "A banana is yellow, stupid. Hope that helps!")["polite"] == -1.0
+
+
+def test_judge_parses_every_phrasing_of_every_subject():
+    for family, templates in prepare.TEMPLATES.items():
+        for subject in prepare.subjects(family):
+            right = prepare.right_answer(family, subject)
+            best = prepare.statement(family, subject, right) + " Hope that helps!"
+            for t in templates:
+                prompt = prepare.question(family, t, subject)
+                fam, _, answer, _ = parse_prompt(prompt)
+                assert (fam, answer) == (family, right), prompt
+                assert gold_reward(prompt, best) == MAX_REWARD, (prompt, best)
+
+
+def test_judge_rejects_a_prompt_it_cannot_parse():
+    with pytest.raises(ValueError, match="not a toy-world prompt"):
+        gold_reward("What is the meaning of life?", "42")
+
+# -----------------------------------------------------------------------------
+# the generator
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    prepare.main([f"--out_dir={out}", "--seed=1337"])
+    return out
+
+
+def read(out, name):
+    with open(os.path.join(out, name)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_generator_writes_the_documented_files(toy_dir):
+    sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))}
+    assert sizes == {"prefs_train.jsonl": 8000, "prefs_val.jsonl": 400, "prompts_eval.jsonl": 96,
+                     "prompts_train.jsonl": 1000, "sft_train.jsonl": 5000, "sft_val.jsonl": 400}
+
+
+def test_generator_is_deterministic_per_seed(toy_dir, tmp_path):
+    prepare.prepare(str(tmp_path / "same"), seed=1337)
+    prepare.prepare(str(tmp_path / "other"), seed=1338)
+    for name in os.listdir(toy_dir):
+        with open(toy_dir / name, "rb") as f:
+            want = f.read()
+        assert (tmp_path / "same" / name).read_bytes() == want, name
+        assert (tmp_path / "other" / name).read_bytes() != want, name
+
+
+def test_splits_are_disjoint(toy_dir):
+    train = {r["prompt"] for name in ("sft_train", "prefs_train", "prompts_train")
+             for r in read(toy_dir, f"{name}.jsonl")}
+    held = {r["prompt"] for name in ("sft_val", "prefs_val", "prompts_eval")
+            for r in read(toy_dir, f"{name}.jsonl")}
+    assert not train & held
+    evals = read(toy_dir, "prompts_eval.jsonl")
+    assert len({r["prompt"] for r in evals}) == len(evals)  # distinct
+    assert Counter(r["family"] for r in evals) == {"color": 24, "sound": 24, "opposite": 32, "add": 16}
+    # yet every subject asked about at eval was seen in training, in another phrasing
+    trained_subjects = {frozenset(parse_prompt(p)[1]) for p in train}
+    assert all(frozenset(parse_prompt(r["prompt"])[1]) in trained_subjects for r in evals)
+
+
+def test_sft_mix_has_the_documented_share_of_good_answers(toy_dir):
+    rows = read(toy_dir, "sft_train.jsonl")
+    golds = [gold_reward(r["prompt"], r["response"]) for r in rows]
+    good = sum(g == MAX_REWARD for g in golds) / len(rows)
+    assert 0.27 < good < 0.33
+    assert 0.9 < sum(golds) / len(golds) < 1.3  # imitation sits far below the maximum
+    bands = {"good": {3.0}, "rude": {1.5}, "rambling": {0.5}, "wrong": {-0.5, 0.0},
+             "off_topic": {-1.0, -0.5}}
+    assert all(g in bands[r["style"]] for r, g in zip(rows, golds))
+    shares = Counter(r["style"] for r in rows)
+    for style, share in prepare.STYLES.items():
+        assert abs(shares[style] / len(rows) - share) < 0.03, style
+
+
+def test_preference_labels_have_the_documented_noise(toy_dir):
+    for name, lo, hi in [("prefs_train.jsonl", 0.085, 0.115), ("prefs_val.jsonl", 0.0, 0.0)]:
+        rows = read(toy_dir, name)
+        flipped = 0
+        for r in rows:
+            c, rj = gold_reward(r["prompt"], r["chosen"]), gold_reward(r["prompt"], r["rejected"])
+            assert c != rj  # every pair carries a preference
+            flipped += c < rj
+        assert lo <= flipped / len(rows) <= hi, name
+
+
+def test_every_example_fits_a_128_byte_block(toy_dir, capsys):
+    enc = get_tokenizer("byte")
+    sft = loader.load_sft(str(toy_dir / "sft_train.jsonl"), enc, 128)
+    prefs = loader.load_preferences(str(toy_dir / "prefs_train.jsonl"), enc, 128)
+    prompts = loader.load_prompts(str(toy_dir / "prompts_eval.jsonl"), enc, 128, 64)
+    assert len(sft) == 5000 and len(prefs) == 8000 and len(prompts) == 96
+    assert max(len(ids) for ids, _ in sft) <= 128
+    assert "0 prompts truncated, 0 dropped" in capsys.readouterr().out
