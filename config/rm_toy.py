@@ -1,0 +1,29 @@
+# Reward model on the offline toy world, from the toy SFT policy: CPU, about a minute on 2 cores.
+#   python data/toy/prepare.py && python train_sft.py && python train_reward_model.py config/rm_toy.py
+# These are the values train_reward_model.py's DEFAULTS already use, written out to copy and edit.
+out_dir = "out/rm_toy"
+init_from = "out/sft_toy/ckpt_best.pt"
+train_data = "data/toy/out/prefs_train.jsonl"   # 10% of the labels flipped, like real annotators
+val_data = "data/toy/out/prefs_val.jsonl"       # no flipped labels: accuracy against the truth
+block_size = 128
+
+use_margin = False
+center_coef = 0.0
+bias_ref = "sft"                                # reward_bias = mean score of the SFT answers
+bias_data = "data/toy/out/sft_train.jsonl"
+bias_examples = 1024
+
+batch_size = 32
+grad_accum = 1
+num_epochs = 1.0
+max_iters = -1
+lr = 1e-3
+min_lr = 1e-4
+warmup_iters = 10
+weight_decay = 0.1
+grad_clip = 1.0
+dropout = 0.0
+
+log_interval = 10
+eval_interval = 50
+ckpt_interval = 100

@@ -1,0 +1,507 @@
+"""
+Evaluation on held-out prompts: every policy (SFT, PPO, DPO, ...) answers the same prompts with
+the same sampling noise, and the answers are judged by the gold judge (toy world) and by the
+reward model, against the baseline policy's answers, and against the reference policy's KL.
+
+Run it:
+    python eval.py                        # the toy world's SFT, PPO and DPO checkpoints, CPU
+    python eval.py --policies=sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt \\
+        --reward_model=out/rm_toy/ckpt_best.pt --reference=out/sft_toy/ckpt_best.pt --baseline=sft
+    python eval.py --policies=gpt2:gpt2,sft:out/sft_hh/ckpt_best.pt --gold_judge='' \\
+        --prompts=data/hh/out/prompts_eval.jsonl --block_size=512    # one GPU, Anthropic HH
+    python eval.py --sweep=out/ppo_toy --policies=''   # only the over-optimisation sweep
+    python eval.py --help                 # every config key and its default
+
+Per policy it reports:
+    gold_reward   mean gold reward (data/toy/judge.py) of the answers      (toy world only)
+    rm_score      mean reward-model score, read from the exact generated token ids
+    win_rate_vs_{baseline}     share of prompts where the answer beats the baseline policy's
+                               answer to the SAME prompt under the gold judge (ties count half);
+    win_rate_vs_{baseline}_rm  the same under the reward model
+    kl            mean over answers of sum_t log pi(y_t|x, y_<t) - log pi_ref(y_t|x, y_<t), on
+                  the policy's own samples, response tokens and the EOS only, from logits / T
+    length        mean response tokens (EOS included);  eos_rate: share of answers that end
+and once: the reward model's accuracy on held-out preference pairs (prefs_val.jsonl has no
+flipped labels in the toy world, so this is accuracy against the truth).
+Standard errors are over prompts: with num_samples_per_prompt > 1 the answers to one prompt are
+averaged first (they are not independent of each other).
+
+Writes {out_dir}/results.md (the table and a few answers side by side), results.json and
+samples.jsonl (every answer with its scores). --sweep=DIR[,DIR...] evaluates every ckpt_iter*.pt
+of PPO runs (ckpt_last.pt when a run kept none: train with --save_every=N) and the reference
+at KL 0, and writes {out_dir}/overoptimization.json for plot.py.
+
+Deliberately left out: greedy decoding, best-of-n, pairwise judging by a language model, and
+length-controlled win rates.
+"""
+
+import glob
+import json
+import math
+import os
+import re
+import time
+from contextlib import nullcontext
+
+import torch
+
+import common
+from common import ConfigError, print0, token_logprobs
+from data import loader
+from tokenizer import decode, get_tokenizer
+from train_reward_model import score_ids
+
+# -----------------------------------------------------------------------------
+# default config: the toy world's three policies
+DEFAULTS = dict(
+    # what to evaluate: name:checkpoint pairs (a .pt file, 'gpt2'...'gpt2-xl' or an HF directory)
+    policies="sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt",  # name:ckpt,...
+    reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint; '' = no reward-model scores
+    reference="out/sft_toy/ckpt_best.pt",    # the KL anchor; '' = no KL
+    baseline="sft",                          # win rates against this policy's answers; '' = none
+    gold_judge="toy",                        # 'toy' (data/toy/judge.py) | '' (no gold reward)
+    sweep="",                                # PPO out_dir(s), comma-separated: over-optimisation
+    # data
+    prompts="data/toy/out/prompts_eval.jsonl",  # JSONL {"prompt"}
+    pairs="data/toy/out/prefs_val.jsonl",       # JSONL pairs for the RM accuracy; '' = skip it
+    max_prompts=-1,                          # the first N prompts (-1 = all)
+    block_size=128,                          # prompt + response tokens; prompts lose their left
+    # sampling: one seed, the same for every policy
+    max_new_tokens=64,                       # answers are cut here (no EOS: counted by eos_rate)
+    temperature=1.0,                         # sampling AND the KL's log-probs use logits / T
+    top_k=0,                                 # 0 = off
+    top_p=1.0,                               # 1.0 = off
+    num_samples_per_prompt=1,                # answers per prompt and policy, each judged
+    batch_size=64,                           # rows per generation / scoring batch
+    seed=1337,                               # the sampling generator's seed, for every policy
+    # output
+    out_dir="out/eval",                      # results.md, results.json, samples.jsonl, ...
+    num_examples=5,                          # prompts shown with every policy's answer
+    # system
+    device="auto",                           # 'auto' | 'cpu' | 'cuda' | 'mps'
+    dtype="auto",                            # 'auto' | 'float32' | 'bfloat16'
+)
+
+# -----------------------------------------------------------------------------
+# the metrics: pure functions
+
+
+def mean_and_stderr(x):
+    """
+    (mean, standard error of the mean) of a 1-D sequence: the sample standard deviation (n - 1
+    in the denominator) over sqrt(n). One value gives (x, nan): its spread is unknown, not 0.
+    No values give (nan, nan).
+    """
+    x = torch.as_tensor(x, dtype=torch.float64).flatten()
+    n = x.numel()
+    if n == 0:
+        return math.nan, math.nan
+    if n == 1:
+        return x.item(), math.nan
+    return x.mean().item(), (x.std(correction=1) / math.sqrt(n)).item()
+
+
+def win_outcomes(a, b):
+    """Per item: 1 where a > b, 0.5 where a == b, 0 where a < b. a, b: (N,) scores of two
+    answers to the same N prompts."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return 0.5 * (torch.sign(a - b) + 1.0)
+
+
+def win_rate(a, b):
+    """Share of items where a beats b, ties counting half (the pairwise win rate used to compare
+    RLHF policies, e.g. Stiennon et al. 2020; Rafailov et al. 2023, Sec. 6). a, b: (N,) scores of
+    answers to the SAME prompts, item i against item i. A policy against itself gives 0.5."""
+    return win_outcomes(a, b).mean().item()
+
+
+def sequence_kl(logprobs, ref_logprobs, mask):
+    """
+    Per-sequence KL estimate (B,): sum over valid response tokens of log pi - log pi_ref at the
+    sampled tokens. Averaged over samples y ~ pi it is an unbiased estimate of KL(pi || pi_ref)
+    (the 'k1' estimator; Schulman 2020, "Approximating KL divergence"): a single sample may be
+    negative, the mean may not. logprobs, ref_logprobs, mask (B, N); mask 1 on the response
+    tokens and the EOS.
+    """
+    return ((logprobs.float() - ref_logprobs.float()) * mask).sum(-1)
+
+# -----------------------------------------------------------------------------
+# models
+
+
+def load_reward_model(path):
+    """A ScalarModel from a reward-model checkpoint (kind 'scalar'), and its tokenizer name."""
+    from model import GPTConfig, ScalarModel
+    ckpt = common.load_checkpoint(path, expect_kind="scalar")
+    model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": 0.0}))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["tokenizer"]
+
+
+def response_logprobs(model, seq, mask, P, temperature):
+    """log pi(y_t | x, y_<t) (B, N) under logits / T of the response tokens seq[:, P:], with the
+    prompts left-padded to P columns (the hidden state in column P - 1 + t predicts token t)."""
+    h = model.hidden_states(seq, mask)[:, P - 1:]  # (B, N + 1, C); the last column is unused
+    logits = model.lm_head(h).float() / temperature  # (B, N + 1, V)
+    return token_logprobs(logits, seq[:, P - 1:])  # (B, N); garbage after a row's EOS
+
+
+@torch.inference_mode()
+def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None, *,
+                       max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0, batch_size=64,
+                       seed=1337, device="cpu", autocast=None):
+    """
+    Sample one answer per row of prompt_ids (a list of token-id lists) from model, in batches of
+    left-padded prompts, with a generator seeded with `seed`: two policies given the same seed
+    and prompts draw the same noise, and the same policy draws the same answers.
+    Returns per-row lists: tokens (answer ids, EOS included), rm (score or None), kl (or None),
+    length (tokens) and eos (0/1).
+    """
+    autocast = autocast or nullcontext()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = dict(tokens=[], rm=[], kl=[], length=[], eos=[])
+    for start in range(0, len(prompt_ids), batch_size):
+        idx, attn = loader.collate_left(prompt_ids[start:start + batch_size], enc.eot_token)
+        idx, attn = idx.to(device), attn.to(device)  # (B, P)
+        with autocast:
+            tokens, resp_mask, _ = model.generate(
+                idx, attention_mask=attn, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_k=top_k or None, top_p=top_p if top_p < 1.0 else None,
+                eos_token_id=enc.eot_token, generator=gen)  # (B, N) each
+        P = idx.size(1)
+        seq, mask = torch.cat([idx, tokens], 1), torch.cat([attn, resp_mask], 1)  # (B, P + N)
+        with autocast:
+            if reward_model is not None:  # the ids the policy produced, never re-tokenised text
+                out["rm"] += score_ids(reward_model, seq, mask).float().tolist()
+            if reference is not None:
+                # both sides through the same full forward: identical models give exactly 0
+                lp = response_logprobs(model, seq, mask, P, temperature)
+                ref_lp = response_logprobs(reference, seq, mask, P, temperature)
+                out["kl"] += sequence_kl(lp, ref_lp, resp_mask).tolist()
+        ended = ((tokens == enc.eot_token) & resp_mask.bool()).any(1)  # (B,)
+        out["tokens"] += [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), resp_mask.cpu())]
+        out["length"] += resp_mask.sum(1).tolist()
+        out["eos"] += ended.long().tolist()
+    for k in ("rm", "kl"):
+        out[k] = out[k] or None
+    return out
+
+
+def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gold_fn=None,
+                  baseline=None, num_samples_per_prompt=1, cache=None, **sampling):
+    """
+    Evaluate several policies on the same prompts with the same sampling noise.
+    policies: {name: checkpoint path (anything common.init_policy takes) or a GPT module on
+    the sampling device};
+    prompts: [dict(prompt, ids)] as data.loader.load_prompts returns; reward_model, reference:
+    modules on the sampling device, or None; gold_fn(prompt, response) -> float or None;
+    baseline: the name of the policy the win rates compare against, or None; cache: a dict
+    path -> samples that saves re-generating a checkpoint evaluated earlier with the same
+    settings; sampling: generate_and_score's keyword arguments (max_new_tokens, temperature,
+    top_k, top_p, batch_size, seed, device, autocast).
+    Returns {name: metrics}; metrics hold the summary numbers of the module docstring, with
+    their *_stderr, and 'samples' (every answer and its scores, prompt-major).
+    """
+    k = num_samples_per_prompt
+    rows = [p["ids"] for p in prompts for _ in range(k)]  # prompt-major: row i * k + j
+    texts = [p["prompt"] for p in prompts for _ in range(k)]
+    device = sampling.get("device", "cpu")
+    samples = {}
+    for name, source in policies.items():
+        t0 = time.time()
+        key = source if isinstance(source, str) else None
+        if cache is not None and key in cache:
+            samples[name] = cache[key]
+            print0(f"{name}: the answers of {key}, evaluated above")
+            continue
+        if isinstance(source, str):
+            model, tok = common.init_policy(source)
+            if tok != enc.name:
+                raise ConfigError(f"policy {name} ({source}) uses the {tok!r} tokenizer, the "
+                                  f"evaluation {enc.name!r}")
+        else:
+            model = source
+        was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
+        model.to(device).eval()
+        s = generate_and_score(model, rows, enc, reward_model, reference, **sampling)
+        model.train(was_training)
+        # the template renders an answer as " " + answer: drop that one space
+        s["response"] = [decode(enc, t).removeprefix(" ") for t in s["tokens"]]
+        s["gold"] = [float(gold_fn(p, r)) for p, r in zip(texts, s["response"])] if gold_fn else None
+        samples[name] = s
+        if cache is not None and key is not None:
+            cache[key] = s
+        print0(f"{name}: {len(rows)} answers in {time.time() - t0:.1f}s")
+        del model
+
+    def per_prompt(values):  # (n * k,) -> (n,): answers to one prompt are averaged first
+        return torch.as_tensor(values, dtype=torch.float64).view(-1, k).mean(1)
+
+    results = {}
+    base = samples.get(baseline) if baseline else None
+    for name, s in samples.items():
+        m = {}
+        for key, field in (("gold_reward", "gold"), ("rm_score", "rm"), ("kl", "kl")):
+            mean, se = mean_and_stderr(per_prompt(s[field])) if s[field] else (None, None)
+            m[key], m[f"{key}_stderr"] = mean, se
+        for suffix, field in (("", "gold"), ("_rm", "rm")):
+            key = f"win_rate_vs_{baseline or 'baseline'}{suffix}"
+            if base is not None and s[field]:
+                # answer j to prompt i against the baseline's answer j to the same prompt
+                mean, se = mean_and_stderr(per_prompt(win_outcomes(s[field], base[field])))
+            else:
+                mean, se = None, None
+            m[key], m[f"{key}_stderr"] = mean, se
+        m["length"] = sum(s["length"]) / len(s["length"])
+        m["eos_rate"] = sum(s["eos"]) / len(s["eos"])
+        m["samples"] = s
+        results[name] = m
+    return results
+
+
+@torch.inference_mode()
+def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autocast=None):
+    """Share of preference pairs (data.loader.load_preferences) where the reward model scores
+    the chosen answer above the rejected one, ties half; returns (accuracy, stderr)."""
+    autocast = autocast or nullcontext()
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        b = loader.collate_pairs(pairs[start:start + batch_size], pad_id)
+        with autocast:
+            r = score_ids(reward_model, b["idx"].to(device), b["attention_mask"].to(device)).cpu()
+        B = r.size(0) // 2  # chosen rows first, then the rejected rows in the same order
+        chosen.append(r[:B])
+        rejected.append(r[B:])
+    return mean_and_stderr(win_outcomes(torch.cat(chosen), torch.cat(rejected)))
+
+# -----------------------------------------------------------------------------
+# the report
+
+
+def parse_policies(spec):
+    """'name:path,name:path' -> {name: path}, names unique."""
+    out = {}
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, sep, path = item.partition(":")
+        if not sep or not name or not path:
+            raise ConfigError(f"policies: expected name:checkpoint items, got {item!r}")
+        if name in out:
+            raise ConfigError(f"policies: the name {name!r} is used twice")
+        out[name] = path
+    return out
+
+
+def sweep_checkpoints(run_dirs):
+    """[(run, iteration, path)] of every ckpt_iter{N}.pt in each run dir, by iteration; a run
+    without any contributes its ckpt_last.pt (its iteration read from the checkpoint)."""
+    found = []
+    for d in [d.strip() for d in run_dirs.split(",") if d.strip()]:
+        run = os.path.normpath(d)
+        its = sorted((int(re.search(r"ckpt_iter(\d+)\.pt$", p).group(1)), p)
+                     for p in glob.glob(os.path.join(d, "ckpt_iter*.pt"))
+                     if re.search(r"ckpt_iter(\d+)\.pt$", p))
+        if not its:
+            last = os.path.join(d, "ckpt_last.pt")
+            if not os.path.isfile(last):
+                raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
+            print0(f"sweep: no ckpt_iter*.pt in {d} (train PPO with --save_every=N to keep them); "
+                   f"using ckpt_last.pt")
+            its = [(int(common.load_checkpoint(last).get("step", 0)), last)]
+        found += [(run, it, p) for it, p in its]
+    return found
+
+
+def fmt(mean, se=None, digits=3):
+    if mean is None:
+        return "-"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def cell(text, width=120):
+    """Answer text that fits in one markdown table cell."""
+    text = text if len(text) <= width else text[:width] + "..."
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n") or "(empty)"
+
+
+def results_table(results, baseline, rm_acc):
+    win = f"win_rate_vs_{baseline or 'baseline'}"
+    lines = [f"| policy | gold reward | RM score | win vs {baseline or '-'} (gold) | "
+             f"win vs {baseline or '-'} (RM) | KL | length | EOS rate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
+                     f"{fmt(m['rm_score'], m['rm_score_stderr'])} | "
+                     f"{fmt(m[win], m[f'{win}_stderr'])} | "
+                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | "
+                     f"{fmt(m['kl'], m['kl_stderr'])} | {m['length']:.1f} | {m['eos_rate']:.2f} |")
+    if rm_acc is not None:
+        lines += ["", f"Reward-model accuracy on held-out pairs: {fmt(*rm_acc)}"]
+    return "\n".join(lines)
+
+
+def examples_table(results, prompts, n, k):
+    names = list(results)
+    lines = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(min(n, len(prompts))):
+        row = []
+        for name in names:
+            s = results[name]["samples"]
+            scores = [f"gold {s['gold'][i * k]:+.2f}" if s["gold"] else "",
+                      f"RM {s['rm'][i * k]:+.2f}" if s["rm"] else ""]
+            scores = ", ".join(x for x in scores if x)
+            row.append(cell(s["response"][i * k]) + (f" ({scores})" if scores else ""))
+        lines.append(f"| {cell(prompts[i]['prompt'])} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def json_safe(x):
+    """NaN and inf become null: strict JSON has neither."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    common.require_positive(cfg, "max_new_tokens", "temperature", "num_samples_per_prompt",
+                            "batch_size", "block_size")
+    common.require(cfg.gold_judge in ("toy", ""), f"gold_judge={cfg.gold_judge!r}: expected "
+                   f"'toy' or ''")
+    common.require(0.0 < cfg.top_p <= 1.0 and cfg.top_k >= 0, "top_k must be >= 0 and top_p in (0, 1]")
+    common.require(cfg.max_prompts == -1 or cfg.max_prompts > 0,
+                   f"max_prompts={cfg.max_prompts} must be > 0, or -1 for all")
+    policies = parse_policies(cfg.policies)
+    common.require(policies or cfg.sweep, "nothing to evaluate: give --policies and/or --sweep")
+    common.require(not cfg.baseline or not policies or cfg.baseline in policies,
+                   f"baseline={cfg.baseline!r} is not one of the policies {list(policies)}")
+    common.require(not cfg.sweep or cfg.reference, "--sweep needs --reference (the PPO runs' "
+                   "init_from): its answers are the KL-0 point")
+    for name, path in list(policies.items()) + [("reference", cfg.reference),
+                                                ("reward_model", cfg.reward_model)]:
+        if path.endswith(".pt") and not os.path.isfile(path):  # fail before any work
+            raise ConfigError(f"{name}: checkpoint {path} does not exist")
+    ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iter, path)]
+    rt = common.init_runtime(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    # -------------------------------------------------------------------------
+    # the judges and the anchor, loaded once
+    # (without a reference, the first policy is loaded here only to learn its tokenizer)
+    anchor, tok_name = common.init_policy(cfg.reference or next(iter(policies.values())))
+    reference = anchor.to(rt.device).eval() if cfg.reference else None
+    del anchor
+    enc = get_tokenizer(tok_name)  # every policy's tokenizer is checked against it
+    reward_model = None
+    if cfg.reward_model:
+        reward_model, rm_tok = load_reward_model(cfg.reward_model)
+        common.require(rm_tok == tok_name, f"the reward model uses the {rm_tok!r} tokenizer, the "
+                       f"policies {tok_name!r}")
+        reward_model.to(rt.device).eval()
+    gold_fn = None
+    if cfg.gold_judge == "toy":
+        from data.toy.judge import gold_reward
+
+        def gold_fn(prompt, response):
+            try:
+                return gold_reward(prompt, response)
+            except ValueError as e:
+                raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
+                                  f"--gold_judge='' for prompts outside the toy world") from None
+
+    # -------------------------------------------------------------------------
+    # data
+    prompts = loader.load_prompts(cfg.prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    if cfg.max_prompts > 0:
+        prompts = prompts[:cfg.max_prompts]
+    k = cfg.num_samples_per_prompt
+    sampling = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                    top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
+                    device=rt.device, autocast=rt.autocast)
+    print0(f"{len(prompts)} prompts x {k} answers, temperature {cfg.temperature}, seed {cfg.seed}")
+    cache = {}
+    out = dict(config=dict(vars(cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
+               baseline=cfg.baseline or None)
+    md = []
+
+    # -------------------------------------------------------------------------
+    # the policies
+    if policies:
+        results = eval_policies(policies, prompts, enc, reward_model, reference, gold_fn,
+                                cfg.baseline or None, k, cache, **sampling)
+        rm_acc = None
+        if reward_model is not None and cfg.pairs:
+            pairs = loader.load_preferences(cfg.pairs, enc, reward_model.config.block_size)
+            rm_acc = rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size, rt.device,
+                                 rt.autocast)
+            out["n_pairs"] = len(pairs)
+        out["rm_accuracy"], out["rm_accuracy_stderr"] = rm_acc or (None, None)
+        with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
+            for name, m in results.items():
+                s = m["samples"]
+                for r in range(len(s["response"])):
+                    f.write(json.dumps(json_safe(dict(
+                        policy=name, prompt=prompts[r // k]["prompt"], sample=r % k,
+                        response=s["response"][r], gold=s["gold"][r] if s["gold"] else None,
+                        rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
+                        length=s["length"][r], eos=s["eos"][r]))) + "\n")
+        out["policies"] = {name: {**{key: v for key, v in m.items() if key != "samples"},
+                                  "rm_accuracy": out["rm_accuracy"],
+                                  "rm_accuracy_stderr": out["rm_accuracy_stderr"]}
+                           for name, m in results.items()}
+        md += [f"## Results: {len(prompts)} held-out prompts x {k} answers "
+               f"(temperature {cfg.temperature})", "", results_table(results, cfg.baseline, rm_acc),
+               "", "## Answers side by side (first answer to each prompt)", "",
+               examples_table(results, prompts, cfg.num_examples, k), ""]
+
+    # -------------------------------------------------------------------------
+    # the over-optimisation sweep: PPO snapshots along the KL axis, the reference at KL 0
+    if cfg.sweep:
+        sweep_policies = {"reference": cfg.reference}
+        sweep_policies.update({f"{run}/iter{it}": path for run, it, path in ckpts})
+        res = eval_policies(sweep_policies, prompts, enc, reward_model, reference, gold_fn,
+                            None, k, cache, **sampling)
+        points = [("reference", 0, cfg.reference)] + ckpts
+        sweep = {key: [] for key in ("run", "iter", "checkpoint", "kl", "kl_stderr", "gold",
+                                     "gold_stderr", "rm", "rm_stderr")}
+        for (run, it, path), m in zip(points, res.values()):
+            for key, v in (("run", run), ("iter", it), ("checkpoint", path), ("kl", m["kl"]),
+                           ("kl_stderr", m["kl_stderr"]), ("gold", m["gold_reward"]),
+                           ("gold_stderr", m["gold_reward_stderr"]), ("rm", m["rm_score"]),
+                           ("rm_stderr", m["rm_score_stderr"])):
+                sweep[key].append(v)
+        sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
+        with open(os.path.join(cfg.out_dir, "overoptimization.json"), "w") as f:
+            json.dump(json_safe(sweep), f, indent=1)
+        out["sweep"] = sweep
+        md += ["## Over-optimisation sweep: gold reward and RM score against KL", "",
+               "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
+        md += [f"| {name} | {it} | {fmt(m['kl'], m['kl_stderr'])} | "
+               f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
+               f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
+               for (name, m), (_, it, _) in zip(res.items(), points)]
+        md.append("")
+
+    # -------------------------------------------------------------------------
+    # save
+    text = "\n".join(md)
+    print0("\n" + text)
+    with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
+        f.write(text)
+    out = json_safe(out)
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print0(f"wrote {cfg.out_dir}/results.md, results.json"
+           + (", samples.jsonl" if policies else "") + (", overoptimization.json" if cfg.sweep else ""))
+    return out
+
+
+if __name__ == "__main__":
+    main()

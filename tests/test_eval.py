@@ -1,0 +1,162 @@
+"""
+Evaluation: the metric functions pinned to hand-computed numbers, the KL of a policy against
+itself exactly 0, and a tiny end-to-end evaluation (two random byte-level GPTs, a random reward
+model, a handful of toy prompts) with its over-optimisation sweep.
+"""
+
+import json
+import math
+import os
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import common
+import eval as evaluate
+from eval import mean_and_stderr, sequence_kl, win_rate
+from model import GPT, GPTConfig, ScalarModel
+from tokenizer import encode_prompt, get_tokenizer
+
+TINY = dict(block_size=64, vocab_size=257, n_layer=1, n_head=2, n_embd=32)
+PROMPTS = ["What color is a banana?", "What does a cow say?", "What is 2 plus 3?",
+           "Name the opposite of hot."]
+
+# -----------------------------------------------------------------------------
+# the metric functions
+
+
+def test_win_rate_counts_ties_half():
+    a = torch.tensor([1.0, 2.0, 3.0, 3.0])
+    b = torch.tensor([0.0, 2.0, 4.0, 1.0])
+    assert win_rate(a, b) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert win_rate(b, a) == pytest.approx(1 - 0.625)  # the two sides add up to 1
+    assert win_rate([3.0, -1.0], [3.0, -1.0]) == 0.5  # a policy against itself
+
+
+def test_mean_and_stderr_hand_computation():
+    mean, se = mean_and_stderr([1.0, 2.0, 3.0, 4.0])
+    # sample variance: (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3; stderr = sqrt(5/3) / sqrt(4)
+    assert mean == pytest.approx(2.5)
+    assert se == pytest.approx(math.sqrt(5 / 3) / 2)
+    mean, se = mean_and_stderr([7.0])
+    assert mean == 7.0 and math.isnan(se)  # one value: the spread is unknown
+    assert mean_and_stderr([2.0, 2.0, 2.0]) == (2.0, 0.0)
+
+
+def test_sequence_kl_hand_computation_and_sign():
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -9.0], [-1.0, -0.25, -7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    # row 0: (-1 + 1.5) + (-2 + 1) = -0.5; row 1: 0.5 - 0.25 = 0.25; masked tokens ignored
+    assert torch.allclose(sequence_kl(lp, ref, mask), torch.tensor([-0.5, 0.25]))
+    # positive when the policy puts more mass than the reference on its own sample
+    assert sequence_kl(torch.tensor([[-0.1]]), torch.tensor([[-2.0]]), torch.ones(1, 1)) > 0
+
+
+def test_kl_of_a_policy_against_itself_is_exactly_zero():
+    torch.manual_seed(0)
+    enc = get_tokenizer("byte")
+    policy = GPT(GPTConfig(**TINY))
+    ref = GPT(GPTConfig(**TINY))
+    ref.load_state_dict(policy.state_dict())  # a separate copy, as loaded from the checkpoint
+    other = GPT(GPTConfig(**TINY))
+    rows = [encode_prompt(enc, p) for p in PROMPTS]
+    same = evaluate.generate_and_score(policy, rows, enc, reference=ref, max_new_tokens=8,
+                                       batch_size=3)
+    assert same["kl"] == [0.0] * len(PROMPTS)
+    diff = evaluate.generate_and_score(other, rows, enc, reference=ref, max_new_tokens=8)
+    assert all(math.isfinite(x) for x in diff["kl"]) and any(x != 0 for x in diff["kl"])
+
+# -----------------------------------------------------------------------------
+# end to end
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    cfg = SimpleNamespace()
+    for name in ("a", "b"):
+        policy = GPT(GPTConfig(**TINY))
+        with torch.no_grad():  # make EOS likely, so some answers end
+            policy.transformer.wte.weight[256] *= 8
+        common.save_checkpoint(str(root / f"{name}.pt"), common.make_checkpoint(
+            policy, "policy", "sft", "byte", cfg, 0))
+    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+        ScalarModel(GPTConfig(**TINY)), "scalar", "rm", "byte", cfg, 0))
+    # a PPO run dir with two snapshots
+    os.makedirs(root / "ppo")
+    shutil.copy(root / "b.pt", root / "ppo" / "ckpt_iter10.pt")
+    shutil.copy(root / "a.pt", root / "ppo" / "ckpt_iter5.pt")
+    write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    write_jsonl(root / "pairs.jsonl", [
+        dict(prompt="What color is a banana?", chosen="A banana is yellow.", rejected="Duh."),
+        dict(prompt="What is 2 plus 3?", chosen="5", rejected="2 plus 3 is 7.")])
+    return root
+
+
+def eval_args(world, out, **kw):
+    args = dict(policies=f"sft:{world}/a.pt,copy:{world}/a.pt,other:{world}/b.pt",
+                reward_model=f"{world}/rm.pt", reference=f"{world}/a.pt", baseline="sft",
+                prompts=f"{world}/prompts.jsonl", pairs=f"{world}/pairs.jsonl", block_size=64,
+                max_new_tokens=8, batch_size=3, out_dir=str(out), device="cpu", dtype="float32")
+    args.update(kw)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def test_end_to_end_results(world, tmp_path):
+    out = tmp_path / "eval"
+    res = evaluate.main(eval_args(world, out, num_samples_per_prompt=2,
+                                  sweep=f"{world}/ppo"))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == res
+    pol = saved["policies"]
+    assert list(pol) == ["sft", "copy", "other"]
+    for m in pol.values():
+        for key in ("win_rate_vs_sft", "gold_reward", "rm_score", "kl", "rm_accuracy",
+                    "win_rate_vs_sft_rm", "length", "eos_rate"):
+            assert key in m and m[key] is not None, key
+        for key in ("win_rate_vs_sft", "gold_reward", "rm_score", "kl", "win_rate_vs_sft_rm"):
+            assert f"{key}_stderr" in m
+        assert 0 <= m["eos_rate"] <= 1 and 1 <= m["length"] <= 8
+    # the baseline, and the same checkpoint under another name (same seed: the same answers)
+    for name in ("sft", "copy"):
+        assert pol[name]["win_rate_vs_sft"] == 0.5 and pol[name]["win_rate_vs_sft_rm"] == 0.5
+        assert pol[name]["kl"] == 0.0
+    assert pol["copy"]["gold_reward"] == pol["sft"]["gold_reward"]
+    assert pol["other"]["kl"] != 0.0
+    assert saved["rm_accuracy"] in (0.0, 0.5, 1.0) and saved["n_pairs"] == 2
+    assert saved["n_prompts"] == 4 and saved["num_samples_per_prompt"] == 2
+    # every answer is in samples.jsonl; results.md holds the table and the answers
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3 * 4 * 2
+    md = (out / "results.md").read_text()
+    assert "| other |" in md and "What is 2 plus 3?" in md
+    # the sweep: the reference at KL 0, then the snapshots by iteration
+    sweep = json.loads((out / "overoptimization.json").read_text())
+    assert sweep["iter"] == [0, 5, 10]
+    assert sweep["kl"][0] == 0.0 and sweep["kl"][1] == 0.0 and sweep["kl"][2] != 0.0
+    assert sweep["gold"][0] == pol["sft"]["gold_reward"]
+    assert sweep["rm"][2] == pol["other"]["rm_score"]
+
+
+def test_config_errors_before_any_work(world, tmp_path):
+    with pytest.raises(common.ConfigError, match="baseline"):
+        evaluate.main(eval_args(world, tmp_path, baseline="nope"))
+    with pytest.raises(common.ConfigError, match="missing.pt"):
+        evaluate.main(eval_args(world, tmp_path, policies=f"sft:{world}/missing.pt"))
+    with pytest.raises(common.ConfigError, match="name:checkpoint"):
+        evaluate.main(eval_args(world, tmp_path, policies=f"{world}/a.pt", baseline=""))
+    with pytest.raises(common.ConfigError, match="gold_judge"):
+        evaluate.main(eval_args(world, tmp_path, gold_judge="gpt4"))
+    with pytest.raises(common.ConfigError, match="no ckpt_iter"):
+        evaluate.main(eval_args(world, tmp_path, sweep=f"{tmp_path}/nothing_here"))

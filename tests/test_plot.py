@@ -1,0 +1,92 @@
+"""
+Figures: PNGs drawn from synthetic log.jsonl files and a synthetic over-optimisation sweep
+(skipped without matplotlib), and the message when matplotlib is missing.
+"""
+
+import json
+import math
+import sys
+
+import pytest
+
+import plot
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_log(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """out/{sft,rm,ppo,dpo}_toy/log.jsonl with the training scripts' keys, and out/eval."""
+    root = tmp_path / "out"
+    steps = range(1, 11)
+    write_log(root / "sft_toy" / "log.jsonl",
+              [dict(step=0, val_loss=5.5)] + [dict(step=s, loss=5.0 / s, lr=1e-3) for s in steps]
+              + [dict(step=10, val_loss=0.7)])
+    write_log(root / "rm_toy" / "log.jsonl",
+              [dict(step=s, loss=0.7 - 0.02 * s, accuracy=0.5 + 0.03 * s, margin=0.1 * s)
+               for s in steps] + [dict(step=10, val_accuracy=0.8, val_margin=0.9, val_loss=0.5)])
+    write_log(root / "ppo_toy" / "log.jsonl",
+              [dict(step=s, score=0.1 * s, gold=1.0 + 0.1 * s - 0.02 * s * s, kl=0.5 * s,
+                    beta=0.05, entropy=2.0 - 0.1 * s, clipfrac=0.1, vclipfrac=0.05, resp_len=20.0,
+                    eos_rate=1.0) for s in steps] + [dict(step=10, val_score=1.0, val_kl=4.0)])
+    # DPO logs only some of its metrics: the missing ones are left out, not an error
+    (root / "dpo_toy").mkdir()
+    with open(root / "dpo_toy" / "log.jsonl", "w") as f:
+        for s in steps:
+            f.write(json.dumps(dict(step=s, loss=0.69 - 0.03 * s, margin=0.2 * s,
+                                    accuracy=min(1.0, 0.5 + 0.05 * s))) + "\n")
+        f.write('{"step": 11, "loss": 0.3')  # a run killed mid-write: the line is skipped
+    iters = [0, 10, 20, 30]
+    (root / "eval").mkdir()
+    (root / "eval" / "overoptimization.json").write_text(json.dumps(dict(
+        run=["reference"] + ["out/ppo_toy"] * 3, iter=iters, kl=[0.0, 2.0, 6.0, 15.0],
+        gold=[1.1, 1.9, 2.2, 1.4], rm=[0.0, 1.0, 2.0, 3.0], gold_stderr=[0.1] * 4,
+        rm_stderr=[0.05] * 4, kl_stderr=[None, 0.1, 0.2, 0.4])))
+    return root
+
+
+def test_writes_every_figure(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    written = plot.main([f"--runs={runs}", f"--eval_dir={runs}/eval", f"--out_dir={out}"])
+    assert set(written) == {"sft", "rm", "ppo", "dpo", "overoptimization"}
+    for name in written:
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    assert "not JSON, skipped" in capsys.readouterr().out
+
+
+def test_missing_runs_are_skipped(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for stage in ("rm", "dpo"):
+        (runs / f"{stage}_toy" / "log.jsonl").unlink()
+    (runs / "eval" / "overoptimization.json").unlink()
+    out = tmp_path / "plots"
+    written = plot.main([f"--runs={runs}", f"--out_dir={out}"])  # eval_dir defaults to runs/eval
+    assert set(written) == {"sft", "ppo"}
+    assert not (out / "rm.png").exists() and not (out / "overoptimization.png").exists()
+    printed = capsys.readouterr().out
+    assert "rm: no" in printed and "dpo: no" in printed and "overoptimization: no" in printed
+
+
+def test_series_keeps_only_finite_numbers():
+    records = [dict(step=1, kl=0.5), dict(step=2), dict(step=3, kl=math.nan), dict(step=4, kl=True),
+               dict(step=5, kl=2)]
+    assert plot.series(records, "kl") == ([1, 5], [0.5, 2])
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    # a None entry in sys.modules makes `import matplotlib` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(SystemExit) as e:
+        plot.main([f"--runs={tmp_path}", f"--out_dir={tmp_path / 'plots'}"])
+    assert e.value.code == 1
+    assert "plot.py needs matplotlib: pip install matplotlib" in capsys.readouterr().err

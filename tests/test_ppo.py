@@ -1,0 +1,255 @@
+"""
+PPO: the estimators and losses pinned to hand-computed numbers and naive loops, the log-prob
+bookkeeping of the rollout, the invariants of the first update, a short real run against a
+programmatic reward, and exact resume.
+"""
+
+import json
+import math
+import os
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import common
+import train_ppo
+from model import GPT, GPTConfig, ScalarModel
+from tokenizer import encode_prompt, get_tokenizer
+from train_ppo import compute_gae, kl_shaped_rewards, whiten
+
+# -----------------------------------------------------------------------------
+# pure functions
+
+
+def test_compute_gae_hand_example():
+    # gamma = 1, lam = 0.5. Row 0 has 3 valid tokens, row 1 two (its third reward and value
+    # must be ignored). Row 0, backwards:
+    #   t=2: delta = 1 + 0 - 0.5 = 0.5                A = 0.5
+    #   t=1: delta = 0 + 0.5 - 0.25 = 0.25            A = 0.25 + 0.5 * 0.5 = 0.5
+    #   t=0: delta = 0 + 0.25 - 0.5 = -0.25           A = -0.25 + 0.5 * 0.5 = 0
+    # Row 1: t=1: delta = 1 + 0 - 0.25 = 0.75 (value after the last token is 0)  A = 0.75
+    #        t=0: delta = 0 + 0.25 - 0.5 = -0.25      A = -0.25 + 0.5 * 0.75 = 0.125
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.25, 0.5], [0.5, 0.25, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.5, 0.5], [0.125, 0.75, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.5, 0.75, 1.0], [0.625, 1.0, 0.0]]))
+
+
+def naive_gae(rewards, values, lengths, gamma, lam):
+    """The textbook sum A_t = sum_l (gamma lam)^l delta_{t+l}, one row and one token at a time."""
+    B, T = rewards.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        L = lengths[b]
+        v = [values[b, t].item() for t in range(L)] + [0.0]  # V after the last token is 0
+        deltas = [rewards[b, t].item() + gamma * v[t + 1] - v[t] for t in range(L)]
+        for t in range(L):
+            adv[b, t] = sum((gamma * lam) ** l * deltas[t + l] for l in range(L - t))
+    return adv, (adv + values.double()) * (adv != 0).double()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.7)])
+def test_compute_gae_matches_naive_loop(masked, gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    B, T = 5, 9
+    rewards, values = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+    lengths = [9, 1, 4, 9, 6] if masked else [T] * B
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
+    ref_adv, _ = naive_gae(rewards, values, lengths, gamma, lam)
+    torch.testing.assert_close(adv.double(), ref_adv, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ret.double(), (ref_adv + values.double()) * mask, atol=1e-5, rtol=1e-5)
+
+
+def test_kl_shaped_rewards_hand_example():
+    scores = torch.tensor([2.0, -1.0])
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.0, -9.0]])
+    ref_logprobs = torch.tensor([[-1.5, -2.0, -1.0], [-1.0, -1.0, -2.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # beta = 0.5: -0.5 * (logp - ref) = row 0 [-0.25, 0, 1], row 1 [-0.25, 0, (masked)];
+    # the score lands on the last valid token: row 0 at t=2, row 1 at t=1
+    rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, 0.5)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.25, 0.0, 3.0], [-0.25, -1.0, 0.0]]))
+    # summed over a response: score - beta * KL (k1)
+    k1, k3 = train_ppo.kl_estimates(logprobs, ref_logprobs, mask)
+    torch.testing.assert_close(rewards.sum(1), scores - 0.5 * k1)
+    torch.testing.assert_close(k1, torch.tensor([-1.5, 0.5]))
+    r = torch.tensor([math.exp(-0.5), 1.0, math.exp(2.0)])  # pi_ref / pi, row 0
+    torch.testing.assert_close(k3[0], ((r - 1) - r.log()).sum())
+
+
+def test_whiten_uses_only_masked_entries():
+    # valid entries 2, 4, 6: mean 4, unbiased variance 4; the pad (100) must not count
+    x = torch.tensor([[2.0, 4.0], [6.0, 100.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    torch.testing.assert_close(whiten(x, mask), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[3.0, 4.0], [5.0, 0.0]]),
+                               atol=1e-6, rtol=0)
+
+
+def test_policy_and_value_losses_hand_example():
+    # ratios e^0 = 1, e^0.5 = 1.65 (clipped to 1.2 for A > 0), e^-0.5 = 0.61 (clipped to 0.8 for A < 0)
+    old = torch.zeros(1, 4)
+    logprobs = torch.tensor([[0.0, 0.5, -0.5, 0.5]])
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, clipfrac, approx_kl, ratio = train_ppo.ppo_policy_loss(logprobs, old, adv, mask, 0.2)
+    # per token max(-A rho, -A clip(rho)): -1, -1.2, 0.8 -> mean -0.4667; two of three clipped
+    torch.testing.assert_close(loss, torch.tensor(-1.4 / 3))
+    torch.testing.assert_close(clipfrac, torch.tensor(2 / 3))
+    torch.testing.assert_close(approx_kl, torch.tensor(0.5 * 0.5 / 3))
+    # values 0 -> 1 with returns 1 and old 0: the clipped value 0.2 gives the larger error 0.64
+    v_loss, vclip = train_ppo.ppo_value_loss(torch.tensor([[1.0, 0.1]]), torch.zeros(1, 2),
+                                             torch.tensor([[1.0, 0.0]]), torch.ones(1, 2), 0.2)
+    torch.testing.assert_close(v_loss, torch.tensor(0.5 * (0.64 + 0.01) / 2))
+    torch.testing.assert_close(vclip, torch.tensor(0.5))
+
+
+def test_adaptive_kl_coef():
+    # KL twice the target: error clipped to +0.2; beta grows by 0.2 * 64 / 10000
+    assert train_ppo.adaptive_kl_coef(0.1, 12.0, 6.0, 10000, 64) == pytest.approx(0.1 * 1.00128)
+    assert train_ppo.adaptive_kl_coef(0.1, 5.4, 6.0, 100, 10) == pytest.approx(0.1 * 0.99)
+    assert train_ppo.adaptive_kl_coef(0.1, 6.0, 6.0, 100, 10) == pytest.approx(0.1)
+
+
+def test_entropy_from_logits():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(train_ppo.entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
+
+# -----------------------------------------------------------------------------
+# rollout bookkeeping on a tiny random model
+
+
+def tiny_config(**kw):
+    return GPTConfig(**{**dict(block_size=96, vocab_size=257, n_layer=2, n_head=2, n_embd=32), **kw})
+
+
+def left_pad(prompts, pad):
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):], attn[i, P - len(p):] = torch.tensor(p), 1
+    return ids, attn
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_training_logprobs_equal_sampling_logprobs(temperature):
+    torch.manual_seed(0)
+    enc = get_tokenizer("byte")
+    policy = GPT(tiny_config()).eval()
+    with torch.no_grad():  # make EOS likely so that some rows stop early and get padded
+        policy.transformer.wte.weight[enc.eot_token] *= 20
+    prompts = [encode_prompt(enc, p) for p in ["hi", "a longer prompt here", "mid one"]] * 2
+    ids, attn = left_pad(prompts, enc.eot_token)
+    tokens, mask, sample_lp = policy.generate(ids, attn, max_new_tokens=24, temperature=temperature,
+                                              eos_token_id=enc.eot_token)
+    assert 0 < mask.sum() < mask.numel()  # some padding after an EOS, or the test checks less
+    seq, full_mask = torch.cat([ids, tokens], 1), torch.cat([attn, mask], 1)
+    with torch.no_grad():
+        lp, ent, values = train_ppo.policy_forward(policy, seq, full_mask, ids.size(1), temperature,
+                                                   critic=ScalarModel.from_gpt(policy))
+    assert lp.shape == ent.shape == values.shape == tokens.shape
+    torch.testing.assert_close(lp * mask, sample_lp, atol=1e-5, rtol=0)
+    # a wrong temperature would be caught
+    with torch.no_grad():
+        lp_wrong, _, _ = train_ppo.policy_forward(policy, seq, full_mask, ids.size(1), temperature * 2)
+    assert ((lp_wrong - sample_lp).abs() * mask).max() > 1e-2
+
+# -----------------------------------------------------------------------------
+# end-to-end runs on a tiny policy, a tiny reward model and a handful of prompts
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo")
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    policy = GPT(cfg)
+    with torch.no_grad():  # an "SFT" policy that ends its answers: EOS is likely
+        policy.transformer.wte.weight[256] *= 8
+    common.save_checkpoint(str(root / "sft.pt"), common.make_checkpoint(
+        policy, "policy", "sft", "byte", SimpleNamespace(), 0))
+    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+        ScalarModel(cfg), "scalar", "rm", "byte", SimpleNamespace(), 0))
+    # toy-world questions, so that the gold judge can score the answers too
+    things = ["a banana", "a crow", "a lime", "a swan", "a plum", "a carrot", "a lemon", "a frog"]
+    for split, n in (("train", 64), ("val", 16)):
+        with open(root / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"prompt": f"What color is {things[(i * 3 + n) % 8]}?"}) + "\n")
+    return root
+
+
+def ppo_args(world, out, **kw):
+    args = dict(init_from=str(world / "sft.pt"), reward_model=str(world / "rm.pt"),
+                train_prompts=str(world / "train.jsonl"), val_prompts=str(world / "val.jsonl"),
+                out_dir=str(out), gold_judge="", block_size=96, rollout_batch_size=16,
+                minibatch_size=8, micro_batch_size=4, max_new_tokens=12, max_iters=3,
+                eval_interval=100, eval_prompts=16, sample_interval=100, num_samples=1,
+                ckpt_interval=100, device="cpu", dtype="float32")
+    args.update(kw)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.parametrize("shared_critic", [False, True])
+def test_first_update_invariants(world, tmp_path, shared_critic):
+    """policy == reference at the start: KL exactly 0, first minibatch ratio exactly 1."""
+    out = train_ppo.main(ppo_args(world, tmp_path, max_iters=1, shared_critic=shared_critic,
+                                  gold_judge="toy"))
+    assert out["init_kl"] == 0.0
+    assert out["init_ratio_dev"] == 0.0  # same rows, same weights, same forward: bitwise equal
+    assert out["logprob_gap"] < 1e-4  # log-probs recomputed == those seen while sampling
+    assert out["kl"] == pytest.approx(0.0, abs=1e-5)
+    for key in ("vf_loss", "val_score", "val_gold", "gold"):
+        assert math.isfinite(out[key]), key
+
+
+@pytest.mark.slow
+def test_ppo_raises_a_programmatic_reward(world, tmp_path):
+    """reward = number of 'e' in the response: PPO must raise it while the KL stays bounded."""
+    out = train_ppo.main(ppo_args(world, tmp_path, reward_fn="byte_count:e", max_iters=25,
+                                  rollout_batch_size=32, minibatch_size=16, micro_batch_size=16,
+                                  lr=3e-3, critic_lr=3e-3, kl_coef=0.02, eval_interval=25,
+                                  missing_eos_mode=""))
+    log = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
+    val = [r["val_score"] for r in log if "val_score" in r]
+    train = [r["score"] for r in log if "score" in r]
+    assert val[-1] > val[0] + 1.0, val
+    assert sum(train[-5:]) / 5 > sum(train[:5]) / 5 + 1.0, train
+    assert all(math.isfinite(r["kl"]) and r["kl"] < 50 for r in log if "kl" in r)
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(world, tmp_path):
+    args = dict(adaptive_kl=True, kl_horizon=50, kl_coef=0.1, target_kl=0.5, lr=1e-3,
+                critic_lr=1e-3, max_iters=3, eval_interval=2, save_every=1)
+    full = train_ppo.main(ppo_args(world, tmp_path / "full", **args))
+    train_ppo.main(ppo_args(world, tmp_path / "split", **args, stop_iter=1))
+    resumed = train_ppo.main(ppo_args(world, tmp_path / "split", **args, resume=True))
+    assert resumed["iters"] == full["iters"] == 3
+    a = common.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
+    b = common.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
+    assert (a["kind"], a["stage"], a["step"]) == ("policy", "ppo", 3)
+    assert a["kl_coef"] == b["kl_coef"] != 0.1
+    for part in ("model", "critic"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], atol=1e-6, rtol=0)
+    assert full["score"] == pytest.approx(resumed["score"], abs=1e-6)
+    # the log is continued, not restarted: one line per iteration
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "split" / "log.jsonl") if '"score"' in l]
+    assert steps == [1, 2, 3]
+    # per-iteration snapshots for the reward-vs-KL plot
+    assert all(os.path.isfile(tmp_path / "full" / f"ckpt_iter{i}.pt") for i in (1, 2, 3))
+
+
+def test_bad_config_is_rejected_before_training(world, tmp_path):
+    with pytest.raises(common.ConfigError, match="reward_fn"):
+        train_ppo.main(ppo_args(world, tmp_path, reward_fn="bytecount:e"))
+    with pytest.raises(common.ConfigError, match="minibatch_size"):
+        train_ppo.main(ppo_args(world, tmp_path, minibatch_size=5))

@@ -1,0 +1,226 @@
+"""
+Reward model: the Bradley-Terry loss pinned to hand-computed numbers, scores that do not depend
+on padding or batch-mates, config errors, and short end-to-end runs (the toy world's preferences,
+a K-wise ranking file, the stored reward_bias, exact resume).
+"""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import common
+import train_reward_model
+from model import GPTConfig, ScalarModel
+from tokenizer import encode_example, get_tokenizer
+from train_reward_model import reward_model_loss, score, score_ids
+
+TINY = ["--init_from=scratch", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=128",
+        "--device=cpu", "--dtype=float32"]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """The toy world, generated once for this file (about a second)."""
+    from data.toy.prepare import prepare
+    out = tmp_path_factory.mktemp("toy")
+    prepare(str(out), seed=1337)
+    return out
+
+
+@pytest.fixture
+def small_prefs(tmp_path):
+    """A few hand-made pairs (polite + right vs rude or wrong) and SFT answers for the bias."""
+    rows = [dict(prompt="What color is a banana?", chosen="A banana is yellow. Glad to help!",
+                 rejected="A banana is blue. Duh."),
+            dict(prompt="What does a cow say?", chosen="A cow says moo.", rejected="Ugh. Whatever.",
+                 margin=1.0),
+            dict(prompt="What is 2 plus 3?", chosen="2 plus 3 is 5.", rejected="2 plus 3 is 7."),
+            dict(prompt="What is the opposite of hot?", chosen="The opposite of hot is cold.",
+                 rejected="I like turtles.")]
+    sft = [dict(prompt=r["prompt"], response=r["chosen"]) for r in rows]
+    return (write_jsonl(tmp_path / "prefs.jsonl", rows), write_jsonl(tmp_path / "sft.jsonl", sft),
+            tmp_path)
+
+# -----------------------------------------------------------------------------
+# the loss
+
+
+def test_loss_matches_hand_computation():
+    rc = torch.tensor([1.0, 0.5, -2.0])
+    rr = torch.tensor([0.0, 1.5, -1.0])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # plain Bradley-Terry: -log sigma(r_c - r_r), averaged over pairs
+    want = -(math.log(sig(1.0)) + math.log(sig(-1.0)) + math.log(sig(-1.0))) / 3
+    loss, m = reward_model_loss(rc, rr)
+    assert loss.item() == pytest.approx(want, abs=1e-6)
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["margin"] == pytest.approx((1.0 - 1.0 - 1.0) / 3)
+    # with a per-pair margin and the centering term lambda * (r_c + r_r)^2
+    margin = torch.tensor([0.5, 0.0, 2.0])
+    lam = 0.01
+    bt = -(math.log(sig(1.0 - 0.5)) + math.log(sig(-1.0 - 0.0)) + math.log(sig(-1.0 - 2.0))) / 3
+    center = lam * ((1.0 + 0.0) ** 2 + (0.5 + 1.5) ** 2 + (-2.0 - 1.0) ** 2) / 3
+    loss, m = reward_model_loss(rc, rr, margin=margin, center_coef=lam)
+    assert loss.item() == pytest.approx(bt + center, abs=1e-6)
+    assert m["bt_loss"] == pytest.approx(bt, abs=1e-6)
+    # the BT term sees only differences; the centering term pulls the sum of scores to 0
+    rc2, rr2 = rc.clone().requires_grad_(True), rr.clone().requires_grad_(True)
+    reward_model_loss(rc2 + 10, rr2 + 10, center_coef=0.0)[0].backward()
+    g_shift = rc2.grad.clone()
+    rc2.grad = None
+    reward_model_loss(rc2, rr2)[0].backward()
+    torch.testing.assert_close(rc2.grad, g_shift)
+    # extreme margins stay finite (logsigmoid, not log(sigmoid))
+    loss, _ = reward_model_loss(torch.tensor([-200.0]), torch.tensor([200.0]))
+    assert loss.item() == pytest.approx(400.0)
+
+# -----------------------------------------------------------------------------
+# scoring
+
+
+def test_score_invariant_to_padding_and_batch():
+    torch.manual_seed(0)
+    model = ScalarModel(GPTConfig(block_size=256, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        model.reward_bias.fill_(0.25)
+    prompts = ["What color is a lime?", "What is 4 plus 4?",
+               "Tell me the sound a frog makes, and say it twice please."]
+    responses = ["Green.", "4 plus 4 is 8. Hope that helps! Anything else you want to know?",
+                 "Ribbit ribbit, and a frog might also croak at night near the pond."]
+    alone = score(model, prompts[:1], responses[:1])
+    batch = score(model, prompts, responses, batch_size=3)
+    assert alone.shape == (1,) and batch.shape == (3,)
+    torch.testing.assert_close(batch[:1], alone, atol=1e-5, rtol=0)  # the shortest, most padded
+    one_by_one = torch.cat([score(model, [p], [r]) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(batch, one_by_one, atol=1e-5, rtol=0)
+    # the bias is subtracted, and score() equals the model on the same ids
+    enc = get_tokenizer("byte")
+    ids, _ = encode_example(enc, prompts[0], responses[0])
+    raw = model.head(model.transformer(torch.tensor([ids])))[0, -1, 0]
+    assert alone.item() == pytest.approx(raw.item() - 0.25, abs=1e-5)
+    # score_ids: left padding (as PPO has it) gives the same scores as right padding
+    rows = [encode_example(enc, p, r)[0] for p, r in zip(prompts, responses)]
+    T = max(map(len, rows)) + 3
+    left = torch.full((3, T), enc.eot_token)
+    lmask = torch.zeros(3, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        left[i, T - len(r):], lmask[i, T - len(r):] = torch.tensor(r), 1
+    torch.testing.assert_close(score_ids(model, left, lmask), batch, atol=1e-5, rtol=0)
+    assert model.training  # score leaves the model's mode as it found it
+    # a text longer than block_size is scored on its last block_size tokens (the prompt's start
+    # is cut, the response and its EOS are kept)
+    long_prompt = "Tell me about colours. " * 20 + prompts[0]
+    ids, _ = encode_example(enc, long_prompt, responses[0])
+    assert len(ids) > 256
+    raw = model.head(model.transformer(torch.tensor([ids[-256:]])))[0, -1, 0]
+    assert score(model, [long_prompt], responses[:1]).item() == pytest.approx(raw.item() - 0.25,
+                                                                              abs=1e-5)
+
+# -----------------------------------------------------------------------------
+# config errors
+
+
+@pytest.mark.parametrize("arg,key", [("--center_coef=-0.1", "center_coef"),
+                                     ("--bias_ref=mean", "bias_ref"),
+                                     ("--num_epochs=0", "num_epochs"),
+                                     ("--batch_size=0", "batch_size"),
+                                     ("--not_a_key=1", "not_a_key"),
+                                     ("--use_margin=maybe", "use_margin"),
+                                     ("--train_data=/nonexistent/prefs.jsonl", "train_data")])
+def test_bad_config_is_a_clear_error(arg, key, small_prefs, tmp_path):
+    prefs, sft, _ = small_prefs
+    with pytest.raises(common.ConfigError, match=key):
+        train_reward_model.main(TINY + [f"--train_data={prefs}", f"--val_data={prefs}",
+                                        f"--bias_data={sft}", f"--out_dir={tmp_path / 'rm'}", arg])
+
+
+def test_warmup_longer_than_derived_max_iters_is_an_error(small_prefs, tmp_path):
+    prefs, sft, _ = small_prefs
+    # 4 pairs, batch 2, one epoch -> 2 steps: a 10-step warmup cannot fit
+    with pytest.raises(common.ConfigError, match="warmup_iters"):
+        train_reward_model.main(TINY + [f"--train_data={prefs}", f"--val_data={prefs}",
+                                        f"--bias_data={sft}", f"--out_dir={tmp_path / 'rm'}",
+                                        "--batch_size=2", "--warmup_iters=10"])
+
+# -----------------------------------------------------------------------------
+# end to end
+
+
+@pytest.mark.slow
+def test_toy_preferences_above_chance(toy_dir, tmp_path):
+    # a tiny byte-level model from scratch, 80 steps of 16 pairs (a sixth of an epoch), reaches
+    # ~0.73; the 90% of the toy default needs the SFT trunk and a whole epoch. The held-out pairs
+    # are labelled by the noise-free gold judge, so this is accuracy against gold.
+    out = train_reward_model.main(
+        TINY + [f"--train_data={toy_dir / 'prefs_train.jsonl'}",
+                f"--val_data={toy_dir / 'prefs_val.jsonl'}",
+                f"--bias_data={toy_dir / 'sft_train.jsonl'}", f"--out_dir={tmp_path / 'rm'}",
+                "--batch_size=16", "--max_iters=80", "--lr=3e-3", "--min_lr=3e-4",
+                "--eval_interval=1000", "--log_interval=20", "--eval_pairs=200",
+                "--bias_examples=200"])
+    assert out["max_iters"] == 80 and out["step"] == 80
+    assert out["val_accuracy"] >= 0.65, out
+    # PPO's view: the stored model scores the SFT answers at about 0 on average
+    model, tok = common.init_scalar(str(tmp_path / "rm" / "ckpt_best.pt"))
+    assert tok == "byte"
+    assert model.reward_bias.item() != 0.0
+    sft = [json.loads(l) for l in open(toy_dir / "sft_train.jsonl")][:200]
+    s = score(model, [r["prompt"] for r in sft], [r["response"] for r in sft])
+    assert abs(s.mean().item()) < 1e-3
+
+
+@pytest.mark.slow
+def test_kwise_ranking_file_trains(tmp_path):
+    rows = [dict(prompt="What color is a banana?",
+                 responses=["Ugh. Purple.", "A banana is yellow. Glad to help!", "A banana is yellow."],
+                 ranks=[3, 1, 2]),
+            dict(prompt="What does a dog say?",
+                 responses=["A dog says woof.", "Whatever.", "Um, a dog says woof, I guess.",
+                            "A dog says woof. Happy to help!"],
+                 scores=[2.0, -3.0, 0.5, 3.0])]
+    data = write_jsonl(tmp_path / "ranked.jsonl", rows)
+    # 3 + 6 = 9 pairs, each better answer chosen; 4 epochs of 3-pair batches = 12 steps
+    out = train_reward_model.main(TINY + [f"--train_data={data}", f"--val_data={data}",
+                                          f"--out_dir={tmp_path / 'rm'}", "--batch_size=3",
+                                          "--num_epochs=4", "--warmup_iters=0", "--lr=1e-2",
+                                          "--eval_interval=100", "--bias_ref=chosen"])
+    assert out["max_iters"] == 12 and out["step"] == 12
+    assert out["val_accuracy"] == 1.0, out  # the ranking is learned
+    assert math.isfinite(out["reward_bias"]) and out["reward_bias"] != 0.0
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights(small_prefs):
+    prefs, sft, tmp = small_prefs
+    args = TINY + [f"--train_data={prefs}", f"--val_data={prefs}", f"--bias_data={sft}",
+                   "--batch_size=2", "--num_epochs=3", "--warmup_iters=2", "--eval_interval=2",
+                   "--ckpt_interval=100", "--use_margin=True", "--center_coef=0.01",
+                   "--dropout=0.1"]  # dropout: the RNG state must be restored too
+    full = train_reward_model.main(args + [f"--out_dir={tmp / 'full'}"])
+    assert full["max_iters"] == 6
+    part = train_reward_model.main(args + [f"--out_dir={tmp / 'part'}", "--stop_iter=3"])
+    assert part["step"] == 3 and part["reward_bias"] is None  # normalised only at the end
+    resumed = train_reward_model.main(args + [f"--out_dir={tmp / 'part'}", "--resume=True"])
+    assert resumed["step"] == 6
+    a = common.load_checkpoint(str(tmp / "full" / "ckpt_last.pt"), expect_kind="scalar")
+    b = common.load_checkpoint(str(tmp / "part" / "ckpt_last.pt"), expect_kind="scalar")
+    assert a["stage"] == b["stage"] == "rm" and a["step"] == b["step"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=0, msg=k)
+    assert resumed["reward_bias"] == pytest.approx(full["reward_bias"], abs=1e-6)
+    assert resumed["val_accuracy"] == full["val_accuracy"]
+    # ckpt_best.pt holds its own weights' reward_bias: scoring the references with it gives ~0
+    model, _ = common.init_scalar(str(tmp / "full" / "ckpt_best.pt"))
+    rows = [json.loads(l) for l in open(sft)]
+    s = score(model, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    assert abs(s.mean().item()) < 1e-4
