@@ -63,7 +63,7 @@ DEFAULTS = dict(
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
     batch_size=16,                         # pairs per micro-batch (2x sequences per forward)
     grad_accum=1,
-    max_iters=200,
+    max_iters=400,
     lr=3e-4,
     min_lr=3e-5,
     warmup_iters=10,

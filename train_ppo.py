@@ -68,7 +68,7 @@ DEFAULTS = dict(
     missing_eos_penalty=1.0,  # for responses cut at max_new_tokens without an EOS:
     missing_eos_mode="replace",  # 'replace' the score by -penalty | 'subtract' it | '' = none
     # reward shaping, KL control, advantages
-    kl_coef=0.05,             # beta (the initial one when adaptive_kl)
+    kl_coef=0.2,              # beta (the initial one when adaptive_kl)
     adaptive_kl=False,        # Ziegler et al.'s proportional controller towards target_kl
     target_kl=6.0,            # nats per response
     kl_horizon=10000,         # responses

@@ -1,4 +1,4 @@
-# DPO on the offline toy world, from the toy SFT policy: CPU, about 2 minutes on 2 cores.
+# DPO on the offline toy world, from the toy SFT policy: CPU, under 2 minutes on 2 cores.
 #   python data/toy/prepare.py && python train_sft.py && python train_dpo.py config/dpo_toy.py
 # These are the values train_dpo.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/dpo_toy"
@@ -10,18 +10,17 @@ block_size = 128
 loss_type = "sigmoid"
 beta = 0.1
 label_smoothing = 0.0
-rpo_alpha = 0.0
+rpo_alpha = 1.0               # the chosen answer's NLL: without it chosen log-probs drift down
 precompute_ref_logps = False
 
 batch_size = 16
 grad_accum = 1
-max_iters = 200
-lr = 1e-4
-min_lr = 1e-5
+max_iters = 400
+lr = 3e-4
+min_lr = 3e-5
 warmup_iters = 10
 weight_decay = 0.0
 
 log_interval = 10
 eval_interval = 50
 ckpt_interval = 100
-device = "cpu"

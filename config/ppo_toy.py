@@ -16,7 +16,7 @@ temperature = 1.0
 missing_eos_penalty = 1.0
 missing_eos_mode = "replace"
 
-kl_coef = 0.05
+kl_coef = 0.2                      # 0.05 lets PPO exploit the reward model: gold falls (README)
 adaptive_kl = False
 gamma = 1.0
 lam = 0.95

@@ -1,4 +1,5 @@
-# Reward model on the offline toy world, from the toy SFT policy: CPU, about a minute on 2 cores.
+# Reward model on the offline toy world, from the toy SFT policy: CPU, about 1.5 minutes
+# on 2 cores.
 #   python data/toy/prepare.py && python train_sft.py && python train_reward_model.py config/rm_toy.py
 # These are the values train_reward_model.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/rm_toy"

@@ -1,0 +1,37 @@
+"""Every config file names only keys its script knows; the toy configs repeat the defaults."""
+
+import glob
+import os
+import runpy
+
+import pytest
+
+import train_dpo
+import train_ppo
+import train_reward_model
+import train_sft
+
+SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": train_dpo}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+
+
+def settings(path):
+    return {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_keys_and_types_match_the_script(path):
+    script = SCRIPTS[os.path.basename(path).split("_")[0]]
+    for key, value in settings(path).items():
+        assert key in script.DEFAULTS, f"{path}: unknown key {key}"
+        assert type(value) is type(script.DEFAULTS[key]) or (
+            isinstance(value, (int, float)) and isinstance(script.DEFAULTS[key], float)), key
+
+
+@pytest.mark.parametrize("stage", sorted(SCRIPTS))
+def test_toy_config_equals_the_defaults(stage):
+    cfg = settings(os.path.join(ROOT, "config", f"{stage}_toy.py"))
+    differ = {k: (v, SCRIPTS[stage].DEFAULTS[k]) for k, v in cfg.items()
+              if SCRIPTS[stage].DEFAULTS[k] != v}
+    assert not differ, differ
