@@ -18,6 +18,7 @@ import eval as evaluate
 from eval import mean_and_stderr, sequence_kl, win_rate
 from model import GPT, GPTConfig, ScalarModel
 from tokenizer import encode_prompt, get_tokenizer
+from data.toy.prepare import write_jsonl
 
 TINY = dict(block_size=64, vocab_size=257, n_layer=1, n_head=2, n_embd=32)
 PROMPTS = ["What color is a banana?", "What does a cow say?", "What is 2 plus 3?",
@@ -71,13 +72,6 @@ def test_kl_of_a_policy_against_itself_is_exactly_zero():
 
 # -----------------------------------------------------------------------------
 # end to end
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

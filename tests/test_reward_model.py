@@ -16,16 +16,10 @@ import train_reward_model
 from model import GPTConfig, ScalarModel
 from tokenizer import encode_example, get_tokenizer
 from train_reward_model import reward_model_loss, score, score_ids
+from data.toy.prepare import write_jsonl
 
 TINY = ["--init_from=scratch", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=128",
         "--device=cpu", "--dtype=float32"]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import common
 import train_sft
 from model import GPT, GPTConfig
 from tokenizer import encode_prompt, get_tokenizer
+from data.toy.prepare import write_jsonl
 
 # a handful of examples a tiny model can learn by heart
 EXAMPLES = [
@@ -25,13 +26,6 @@ EXAMPLES = [
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--device=cpu",
         "--num_samples=1", "--sample_tokens=8", "--eval_iters=1"]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture

@@ -240,9 +240,11 @@ def make_eval_prompts(rng, held_out, per_family):
 
 
 def write_jsonl(path, rows):
+    """One JSON object per line; returns the path as a string (the tests build files with it)."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    return str(path)
 
 
 def prepare(out_dir, seed=1337):
