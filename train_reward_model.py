@@ -4,7 +4,7 @@ pairs (prompt, chosen, rejected), so that PPO can ask "how good is this answer?"
 
 Run it:
     python data/toy/prepare.py && python train_sft.py    # the toy world and its SFT model
-    python train_reward_model.py                          # offline CPU default, about 2 minutes
+    python train_reward_model.py                          # offline CPU default, about 1.5 minutes
     python train_reward_model.py config/rm_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py --grad_accum=1
     python train_reward_model.py --help                   # every config key and its default
