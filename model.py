@@ -509,8 +509,8 @@ def load_hf_gpt2(name_or_path):
         sd = read_safetensors(os.path.join(d, "model.safetensors"))
     elif os.path.isfile(os.path.join(d, "pytorch_model.bin")):
         # weights_only: a pickle from the internet must not be able to run code
-        sd = torch.load(os.path.join(d, "pytorch_model.bin"), map_location="cpu",
-                        weights_only=True)
+        path = os.path.join(d, "pytorch_model.bin")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     else:
         raise ValueError(f"{d}: neither model.safetensors nor pytorch_model.bin found")
     return config, sd

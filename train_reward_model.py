@@ -34,6 +34,7 @@ import copy
 import math
 import os
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -165,16 +166,20 @@ def score(model, prompts, responses, enc=None, batch_size=64, device=None):
     rows = [encode_example(enc, p, r)[0][-T_max:] for p, r in zip(prompts, responses)]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths pad less
     out = torch.zeros(len(rows))
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
-        T = max(len(rows[i]) for i in chunk)
-        idx = torch.full((len(chunk), T), enc.eot_token, dtype=torch.long)  # pad id = EOS id
-        attn = torch.zeros((len(chunk), T), dtype=torch.long)
-        for j, i in enumerate(chunk):
-            idx[j, :len(rows[i])] = torch.tensor(rows[i])
-            attn[j, :len(rows[i])] = 1
-        out[chunk] = score_ids(model, idx.to(device), attn.to(device)).cpu()
+    out[order] = score_rows(model, [rows[i] for i in order], enc.eot_token, batch_size, device)
     return out
+
+
+def score_rows(model, rows, pad_id, batch_size, device, autocast=None):
+    """Scores (N,) float on the CPU of token-id lists, right-padded in consecutive chunks of
+    batch_size (in the order given) and scored with score_ids."""
+    from data import loader
+    out = []
+    for k in range(0, len(rows), batch_size):
+        idx, attn, _ = loader.collate([(r, []) for r in rows[k:k + batch_size]], pad_id)
+        with autocast or nullcontext():
+            out.append(score_ids(model, idx.to(device), attn.to(device)).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
 
 # -----------------------------------------------------------------------------
 
@@ -439,18 +444,7 @@ def set_reward_bias(model, rows, cfg, enc, rt, name):
     model.reward_bias.zero_()
     if not rows:
         return 0.0
-    scores = []
-    for k in range(0, len(rows), 2 * cfg.batch_size):
-        chunk = rows[k:k + 2 * cfg.batch_size]
-        T = max(len(r) for r in chunk)
-        idx = torch.full((len(chunk), T), enc.eot_token, dtype=torch.long)
-        attn = torch.zeros((len(chunk), T), dtype=torch.long)
-        for j, r in enumerate(chunk):
-            idx[j, :len(r)] = torch.tensor(r)
-            attn[j, :len(r)] = 1
-        with rt.autocast:
-            scores.append(score_ids(model, idx.to(rt.device), attn.to(rt.device)))
-    scores = torch.cat(scores)
+    scores = score_rows(model, rows, enc.eot_token, 2 * cfg.batch_size, rt.device, rt.autocast)
     bias = scores.mean().item()
     model.reward_bias.fill_(bias)
     print0(f"reward_bias ({name} weights) = {bias:.4f}: the mean score of {len(rows)} "
