@@ -360,15 +360,21 @@ def init_scalar(init_from, tokenizer="byte", model_args=None, dropout=0.0):
     A ScalarModel (reward model or critic): from a scalar checkpoint as is, or a new head on the
     trunk of any policy source accepted by init_policy. Returns (model, tokenizer_name).
     """
-    from model import GPTConfig, ScalarModel
+    from model import ScalarModel
     if os.path.isfile(init_from):
         ckpt = load_checkpoint(init_from)
         if ckpt["kind"] == "scalar":
-            model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
-            model.load_state_dict(ckpt["model"])
-            return model, ckpt["tokenizer"]
+            return scalar_from_checkpoint(ckpt, dropout)
     gpt, tok = init_policy(init_from, tokenizer, model_args, dropout)
     return ScalarModel.from_gpt(gpt), tok
+
+
+def scalar_from_checkpoint(ckpt, dropout=0.0):
+    """A ScalarModel holding a loaded scalar checkpoint's weights, and its tokenizer name."""
+    from model import GPTConfig, ScalarModel
+    model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["tokenizer"]
 
 
 def check_block_size(model, block_size):

@@ -131,11 +131,7 @@ def sequence_kl(logprobs, ref_logprobs, mask):
 
 def load_reward_model(path):
     """A ScalarModel from a reward-model checkpoint (kind 'scalar'), and its tokenizer name."""
-    from model import GPTConfig, ScalarModel
-    ckpt = common.load_checkpoint(path, expect_kind="scalar")
-    model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": 0.0}))
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt["tokenizer"]
+    return common.scalar_from_checkpoint(common.load_checkpoint(path, expect_kind="scalar"))
 
 
 def response_logprobs(model, seq, mask, P, temperature):
