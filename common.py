@@ -191,15 +191,32 @@ def init_runtime(cfg):
                            master=rank == 0, autocast=autocast)
 
 
-def all_reduce_mean(x):
-    """Average a tensor (or float) over DDP ranks; identity in a single process."""
+def _all_reduce(x, op, mean=False):
+    """x (a tensor or a number) reduced over DDP ranks in float64, returned in x's own type;
+    identity in a single process. A collective: every rank must call it, in the same order."""
     if not (dist.is_available() and dist.is_initialized()):
         return x
     t = torch.as_tensor(x, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= dist.get_world_size()
+    dist.all_reduce(t, op=op)
+    if mean:
+        t /= dist.get_world_size()
     return t.item() if not torch.is_tensor(x) else t.to(x.device, x.dtype)
+
+
+def all_reduce_mean(x):
+    """Average a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.SUM, mean=True)
+
+
+def all_reduce_sum(x):
+    """Sum a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(x):
+    """Maximum of a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def unwrap(model):
@@ -239,11 +256,16 @@ def save_checkpoint(path, ckpt):
     """Write to a temp file then rename: a crash mid-write leaves the previous file intact."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:  # a full disk or a Ctrl-C mid-write: keep no half-written file around
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def strip_prefixes(state_dict):
@@ -257,11 +279,12 @@ def strip_prefixes(state_dict):
     return out
 
 
-def load_checkpoint(path, expect_kind=None, expect_tokenizer=None):
+def load_checkpoint(path, expect_kind=None, expect_tokenizer=None, expect_stage=None):
     """
     Load a checkpoint written by save_checkpoint. weights_only=True means the file can hold only
     tensors and plain containers: a checkpoint from the internet cannot run code when loaded.
-    expect_kind ('policy' or 'scalar') and expect_tokenizer guard against loading the wrong model.
+    expect_kind ('policy' or 'scalar') and expect_tokenizer guard against loading the wrong model;
+    expect_stage ('sft', 'rm', 'ppo', 'dpo') against resuming another script's run.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
@@ -273,9 +296,10 @@ def load_checkpoint(path, expect_kind=None, expect_tokenizer=None):
             f"containers, which could run code (weights_only=True). Detail: {str(e)[:300]}") from None
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
+            and isinstance(ckpt.get("model_args"), dict)):
         raise CheckpointError(f"{path}: not a nanoRLHF checkpoint (expected a dict with "
-                              f"'model' and 'model_args')")
+                              f"'model' and 'model_args' dicts)")
     ckpt["model"] = strip_prefixes(ckpt["model"])
     kind, tok = ckpt.get("kind"), ckpt.get("tokenizer")
     if expect_kind is not None and kind != expect_kind:
@@ -284,6 +308,9 @@ def load_checkpoint(path, expect_kind=None, expect_tokenizer=None):
     if expect_tokenizer is not None and tok != expect_tokenizer:
         raise CheckpointError(f"{path}: was trained with the {tok!r} tokenizer, "
                               f"but this run uses {expect_tokenizer!r}")
+    if expect_stage is not None and ckpt.get("stage") != expect_stage:
+        raise CheckpointError(f"{path}: was written by the {ckpt.get('stage')!r} stage, so this "
+                              f"{expect_stage!r} run cannot resume it; use another out_dir")
     return ckpt
 
 
@@ -309,6 +336,10 @@ def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
     if resume:
         if not os.path.isfile(last):
             raise ConfigError(f"--resume=True but {last} does not exist")
+        if master:  # half-written temp files of a killed run: never read, only in the way
+            for name in os.listdir(out_dir):
+                if ".tmp." in name:
+                    os.remove(os.path.join(out_dir, name))
         return last
     if os.path.exists(last) and not overwrite:
         raise ConfigError(f"out_dir {out_dir!r} already holds a run ({last}); pass --resume=True "
@@ -323,7 +354,7 @@ def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
         except OSError as e:
             raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
         for name in os.listdir(out_dir):  # a fresh run starts with fresh logs
-            if name.endswith(".jsonl") or name.startswith("ckpt_"):
+            if name.endswith(".jsonl") or name.startswith("ckpt_") or ".tmp." in name:
                 os.remove(os.path.join(out_dir, name))
     return None
 
@@ -345,9 +376,7 @@ def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
         return GPT(GPTConfig(**{**args, "dropout": dropout})), tokenizer
     if os.path.isfile(init_from):
         ckpt = load_checkpoint(init_from, expect_kind="policy")
-        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
-        model.load_state_dict(ckpt["model"])
-        return model, ckpt["tokenizer"]
+        return model_from_checkpoint(GPT, ckpt, init_from, dropout), ckpt["tokenizer"]
     if os.path.isdir(init_from) or init_from in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
         model = GPT.from_pretrained(init_from, dropout=dropout)
         return model, "byte" if model.config.vocab_size == 257 else "gpt2"
@@ -363,24 +392,52 @@ def init_scalar(init_from, tokenizer="byte", model_args=None, dropout=0.0):
     from model import ScalarModel
     if os.path.isfile(init_from):
         ckpt = load_checkpoint(init_from)
-        if ckpt["kind"] == "scalar":
-            return scalar_from_checkpoint(ckpt, dropout)
+        if ckpt.get("kind") == "scalar":
+            return scalar_from_checkpoint(ckpt, dropout, init_from)
     gpt, tok = init_policy(init_from, tokenizer, model_args, dropout)
     return ScalarModel.from_gpt(gpt), tok
 
 
-def scalar_from_checkpoint(ckpt, dropout=0.0):
-    """A ScalarModel holding a loaded scalar checkpoint's weights, and its tokenizer name."""
-    from model import GPTConfig, ScalarModel
-    model = ScalarModel(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt["tokenizer"]
+def scalar_from_checkpoint(ckpt, dropout=0.0, path="the checkpoint"):
+    """A ScalarModel holding a loaded scalar checkpoint's weights, and its tokenizer name. A
+    reward-model path must be loaded with load_checkpoint(path, expect_kind='scalar') first:
+    init_scalar would also take a policy and silently put a fresh random head on it."""
+    from model import ScalarModel
+    return model_from_checkpoint(ScalarModel, ckpt, path, dropout), ckpt["tokenizer"]
 
 
-def check_block_size(model, block_size):
+# ids each tokenizer can produce, known without loading it (tiktoken fetches gpt2's files)
+TOKENIZER_VOCAB = {"byte": 257, "gpt2": 50257}
+
+
+def model_from_checkpoint(cls, ckpt, path, dropout=0.0):
+    """
+    A GPT or ScalarModel built from a loaded checkpoint's model_args and weights. Fails with a
+    CheckpointError naming the file when its tokenizer's ids do not fit its vocabulary (a byte
+    model labelled 'gpt2' would index past its embedding at the first batch) or when the weights
+    do not match the architecture (a hand-edited or mixed-up file).
+    """
+    from model import GPTConfig
+    tok, n_vocab = ckpt.get("tokenizer"), ckpt["model_args"].get("vocab_size")
+    if tok not in TOKENIZER_VOCAB:
+        raise CheckpointError(f"{path}: unknown tokenizer {tok!r} (expected 'byte' or 'gpt2')")
+    if not isinstance(n_vocab, int) or n_vocab < TOKENIZER_VOCAB[tok]:
+        raise CheckpointError(f"{path}: model_args vocab_size={n_vocab!r} is smaller than the "
+                              f"{tok!r} tokenizer's {TOKENIZER_VOCAB[tok]} ids: token ids would be "
+                              f"out of range")
+    try:
+        model = cls(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its model_args "
+                              f"({type(e).__name__}: {str(e)[:300]})") from None
+    return model
+
+
+def check_block_size(model, block_size, name="the model"):
     n_pos = unwrap(model).config.block_size
     require(0 < block_size <= n_pos, f"block_size={block_size} must be in 1..{n_pos}, "
-            f"the model's number of positions")
+            f"the number of positions of {name}")
 
 # -----------------------------------------------------------------------------
 # optimisation
@@ -448,6 +505,23 @@ def masked_mean(x, mask, dim=None):
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
+
+def global_masked_mean_var(x, mask, unbiased=False):
+    """
+    Mean and variance of x over the entries where mask is 1 of EVERY rank's x under DDP (sums and
+    counts all-reduced, so each rank gets the same two numbers), of this process's x otherwise.
+    Two passes, mean then squared deviations, with masked_mean's operations: in one process the
+    result is bitwise masked_mean's. unbiased divides by n - 1 instead of n. A collective: every
+    rank must call it. x, mask (any shape, the same) -> (mean, var), 0-d tensors.
+    """
+    mask = mask.to(x.dtype)
+    n = all_reduce_sum(mask.sum())
+    mean = all_reduce_sum((x * mask).sum()) / n.clamp(min=1)
+    var = all_reduce_sum(((x - mean) ** 2 * mask).sum()) / n.clamp(min=1)
+    if unbiased:
+        var = var * n / (n - 1).clamp(min=1)
+    return mean, var
+
 # -----------------------------------------------------------------------------
 # stop signals: Ctrl-C or SIGTERM ask the loop to checkpoint and exit at the next step boundary
 
@@ -467,10 +541,26 @@ def install_stop_handlers():
 
 
 def stop_requested():
-    return _stop["signal"] is not None
+    """Whether a stop signal arrived, under DDP on ANY rank: a signal that reached one process
+    alone would otherwise make it stop while the others wait for it forever in their next
+    all-reduce. A collective under DDP: every rank calls it at the same point of its loop."""
+    stop = _stop["signal"] is not None
+    if dist.is_available() and dist.is_initialized():
+        stop = all_reduce_max(float(stop)) > 0
+    return stop
 
 # -----------------------------------------------------------------------------
 # logging: a line a person reads, plus one JSON object per line for plots
+
+
+def _whole_record(line):
+    """A complete JSONL line: newline-terminated and a JSON object."""
+    if not line.endswith("\n"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 class MetricsLogger:
@@ -479,11 +569,16 @@ class MetricsLogger:
         self.enabled = enabled
         self.t0 = time.time()
         if enabled and resume_step is not None and os.path.exists(self.path):
-            # drop lines written after the checkpoint we resume from: they will be redone
-            with open(self.path) as f:
-                keep = [l for l in f if json.loads(l).get("step", 0) <= resume_step]
-            with open(self.path, "w") as f:
+            # drop lines written after the checkpoint we resume from: they will be redone. A run
+            # killed mid-write can leave a cut last line: whole lines only. The rewrite is atomic,
+            # so a kill right now cannot lose the log either.
+            with open(self.path, errors="replace") as f:
+                keep = [l for l in f
+                        if _whole_record(l) and json.loads(l).get("step", 0) <= resume_step]
+            tmp = f"{self.path}.tmp.{os.getpid()}"
+            with open(tmp, "w") as f:
                 f.writelines(keep)
+            os.replace(tmp, self.path)
 
     def log(self, step, **metrics):
         if not self.enabled:

@@ -131,7 +131,8 @@ def sequence_kl(logprobs, ref_logprobs, mask):
 
 def load_reward_model(path):
     """A ScalarModel from a reward-model checkpoint (kind 'scalar'), and its tokenizer name."""
-    return common.scalar_from_checkpoint(common.load_checkpoint(path, expect_kind="scalar"))
+    return common.scalar_from_checkpoint(common.load_checkpoint(path, expect_kind="scalar"),
+                                         path=path)
 
 
 def response_logprobs(model, seq, mask, P, temperature):

@@ -5,7 +5,8 @@ policy and learning from pairs (prompt, chosen, rejected) with no reward model a
     python data/toy/prepare.py && python train_sft.py     # the toy world and its SFT policy
     python train_dpo.py                                   # CPU toy default, a few minutes
     python train_dpo.py config/dpo_gpt2_hh.py             # one GPU, GPT-2 124M on Anthropic HH
-    torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py
+    torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py \
+        --grad_accum=1                                    # 8 GPUs, the same 64 pairs per step
     python train_dpo.py --loss_type=simpo                 # reference-free: SimPO or ORPO
 
 The policy starts as the SFT model; the reference is a frozen copy of it. Each pair's chosen and
@@ -36,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from data import loader
+from model import GPT
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -202,10 +204,12 @@ def pair_logprobs(model, batch, autocast):
     """
     Summed and length-averaged response log-probs of the chosen and rejected answers, from one
     forward over the concatenated batch (chosen rows, then rejected rows): 4 tensors of (B,).
+    The rows are right-padded (loader.collate_pairs), so no attention mask is needed
+    (GPT.forward): the same logits at real positions, and SDPA's fast causal kernel on a GPU.
     """
-    idx, attn, loss_mask = batch["idx"], batch["attention_mask"], batch["loss_mask"]
+    idx, loss_mask = batch["idx"], batch["loss_mask"]
     with autocast:
-        logits = model(idx, attention_mask=attn)  # (2B, T, V)
+        logits = model(idx)  # (2B, T, V)
     total = sequence_logprobs(logits, idx, loss_mask)  # (2B,)
     avg = total / loss_mask[:, 1:].sum(-1).clamp(min=1)
     B = idx.size(0) // 2
@@ -249,6 +253,25 @@ def validate(cfg):
     common.require(not (cfg.loss_type in REFERENCE_FREE and cfg.precompute_ref_logps),
                    f"loss_type={cfg.loss_type!r} uses no reference model: "
                    f"precompute_ref_logps must be False")
+    # a negative grad_clip would flip the gradient's sign inside clip_grad_norm_, silently
+    common.require(cfg.weight_decay >= 0 and cfg.grad_clip >= 0 and cfg.eps > 0,
+                   "weight_decay and grad_clip must be >= 0 (grad_clip=0 turns clipping off), "
+                   "eps > 0")
+    common.require(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1, beta2 must be in [0, 1)")
+    common.require(cfg.eval_iters == -1 or cfg.eval_iters > 0,
+                   f"eval_iters={cfg.eval_iters} must be > 0, or -1 for all held-out batches")
+    common.require(cfg.tokenizer in ("byte", "gpt2"),
+                   f"tokenizer={cfg.tokenizer!r}: 'byte' or 'gpt2'")
+    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
+                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
+    for key in ("train_data", "val_data"):
+        common.require(os.path.isfile(getattr(cfg, key)), f"{key}={getattr(cfg, key)!r} does not "
+                       f"exist (toy data: python data/toy/prepare.py)")
+    hub = ("scratch", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+    for key in ("init_from", "ref_from"):  # fail before any model is built
+        path = getattr(cfg, key)
+        common.require(not path or path in hub or os.path.exists(path), f"{key}={path!r} does "
+                       f"not exist (the toy SFT model: python train_sft.py)")
 
 
 def main(argv=None):
@@ -261,16 +284,22 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # models: the policy (from the SFT checkpoint, or the run we resume), the frozen reference
-    model, tok_name = common.init_policy(resume_path or cfg.init_from, cfg.tokenizer,
-                                         dropout=cfg.dropout)
+    if resume_path:  # our own last checkpoint: it must be a DPO run's
+        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="dpo")
+        model = common.model_from_checkpoint(GPT, ckpt, resume_path, cfg.dropout)
+        tok_name = ckpt["tokenizer"]
+    else:
+        model, tok_name = common.init_policy(cfg.init_from, cfg.tokenizer, dropout=cfg.dropout)
     common.check_block_size(model, cfg.block_size)
     enc = get_tokenizer(tok_name)
     model.to(rt.device)
     ref_model = None
     if not reference_free:
-        ref_model, ref_tok = common.init_policy(cfg.ref_from or cfg.init_from, cfg.tokenizer)
-        common.require(ref_tok == tok_name, f"the reference uses the {ref_tok!r} tokenizer, the "
-                       f"policy {tok_name!r}")
+        ref_from = cfg.ref_from or cfg.init_from
+        ref_model, ref_tok = common.init_policy(ref_from, cfg.tokenizer)
+        common.require(ref_tok == tok_name, f"the reference {ref_from} uses the {ref_tok!r} "
+                       f"tokenizer, the policy {tok_name!r}")
+        common.check_block_size(ref_model, cfg.block_size, f"the reference {ref_from}")
         ref_model.to(rt.device).eval().requires_grad_(False)
 
     # -------------------------------------------------------------------------
@@ -337,7 +366,6 @@ def main(argv=None):
                                            cfg.eps, rt.device_type)
     step, best_val = 0, float("inf")
     if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy")
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best_val = ckpt["step"], ckpt["best_val_loss"]
         common.set_rng_state(ckpt["rng"])
@@ -375,24 +403,27 @@ def main(argv=None):
                                       best_val_loss=best_val)
         common.save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
 
+    def evaluate_and_log():
+        """Held-out metrics at `step`, logged; ckpt_best.pt when the held-out loss improves."""
+        nonlocal val_metrics, best_val, t0
+        t_eval = time.time()
+        val_metrics = evaluate()
+        logger.log(step, **val_metrics)
+        if val_metrics["val_loss"] < best_val:
+            best_val = val_metrics["val_loss"]
+            if rt.master:
+                save("ckpt_best.pt", step)
+        t0 += time.time() - t_eval  # the step timer measures training only
+
     # -------------------------------------------------------------------------
-    # the loop
+    # the loop. Step s is evaluated before its checkpoint is written, so a run resumed from
+    # that checkpoint neither repeats the evaluation nor skips it.
     model.train()
     train_metrics, val_metrics = {}, {}
     t0, last_logged = time.time(), step
-    while True:
-        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-            t_eval = time.time()
-            val_metrics = evaluate()
-            logger.log(step, **val_metrics)
-            if val_metrics["val_loss"] < best_val:
-                best_val = val_metrics["val_loss"]
-                if rt.master:
-                    save("ckpt_best.pt", step)
-            t0 += time.time() - t_eval  # the step timer measures training only
-        if step == cfg.max_iters:
-            break
-
+    if step == 0:
+        evaluate_and_log()
+    while step < cfg.max_iters:
         lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         common.set_lr(optimizer, lr)
         sums = dict.fromkeys(METRICS, 0.0)
@@ -418,6 +449,8 @@ def main(argv=None):
             dt = (time.time() - t0) / (step - last_logged)
             t0, last_logged = time.time(), step
             logger.log(step, **train_metrics, grad_norm=float(grad_norm), lr=lr, ms=1000 * dt)
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+            evaluate_and_log()
         stopping = step == cfg.stop_iter or common.stop_requested()
         if rt.master and (step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping):
             save("ckpt_last.pt", step)

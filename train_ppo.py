@@ -7,7 +7,8 @@ Run it:
     python data/toy/prepare.py && python train_sft.py && python train_reward_model.py
     python train_ppo.py                           # offline CPU default: the toy world, minutes
     python train_ppo.py config/ppo_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH prompts
-    torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py
+    torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py \
+        --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # 8 GPUs, same batches
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
     python train_ppo.py --help                    # every config key and its default
 
@@ -27,7 +28,9 @@ to the proxy 'score': when the score keeps rising while gold falls, PPO is hacki
 Deliberately left out: InstructGPT's pretraining-mix loss (PPO-ptx), several samples per prompt
 (RLOO/GRPO-style baselines), reward-model ensembles, a critic warm-up phase, torch.compile (the
 shapes change every iteration), and a DDP wrapper: under torchrun each rank rolls out its own
-prompts and whitens its own advantages, and the gradients are averaged by hand.
+prompts (rollout_batch_size each) and the gradients are averaged by hand; the whitening statistics,
+the adaptive controller's KL and the logged metrics are reduced over all ranks, so that every rank
+takes the same decisions.
 """
 
 import copy
@@ -151,11 +154,11 @@ def whiten(x, mask, shift_mean=True):
     Normalise x to unit variance over the entries where mask is 1, the advantage "whitening" of
     PPO implementations since OpenAI baselines (masked as in Ziegler et al.'s lm-human-preferences).
     shift_mean=False adds the mean back (for rewards, whose sign matters). The variance is the
-    unbiased one. Entries where mask is 0 come back as 0.
+    unbiased one. Entries where mask is 0 come back as 0. Under DDP the mean and variance are
+    those of every rank's batch, so all ranks scale alike (a collective: every rank calls it).
     """
     mask = mask.to(x.dtype)
-    mean, n = masked_mean(x, mask), mask.sum()
-    var = masked_mean((x - mean) ** 2, mask) * n / (n - 1).clamp(min=1)
+    mean, var = common.global_masked_mean_var(x, mask, unbiased=True)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 
@@ -231,10 +234,10 @@ def adaptive_kl_coef(kl_coef, kl, target, horizon, n_steps):
 
 
 def explained_variance(values, returns, mask):
-    """1 - Var[R - V] / Var[R] over valid tokens: 1 = the critic predicts the returns, <= 0 = no
-    better than a constant."""
+    """1 - Var[R - V] / Var[R] over valid tokens (of every rank under DDP: a collective): 1 = the
+    critic predicts the returns, <= 0 = no better than a constant."""
     def var(x):
-        return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+        return common.global_masked_mean_var(x, mask)[1]
     return (1.0 - var(returns - values) / var(returns).clamp(min=1e-8)).item()
 
 
@@ -300,7 +303,9 @@ def rollout(policy, ref, critic, reward_model, prompt_ids, prompt_mask, prompts,
                 scores = reward_model(s, m).float() if reward_model is not None else None
         parts.append((logprobs, entropy, values, ref_logprobs, scores))
     logprobs, entropy, values, ref_logprobs = (torch.cat([p[k] for p in parts]) for k in range(4))
-    responses = [decode(enc, t[m.bool()].tolist()) for t, m in zip(tokens, resp_mask)]
+    # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
+    responses = [decode(enc, [t for t, keep in zip(row, row_mask) if keep])
+                 for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]
     if score_fn is not None:
         scores = torch.tensor([score_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
     else:
@@ -350,6 +355,8 @@ def main(argv=None):
     common.require(0 < cfg.cliprange < 1 and cfg.cliprange_value > 0 and 0 < cfg.top_p <= 1,
                    "cliprange must be in (0, 1), cliprange_value > 0, top_p in (0, 1]")
     common.require(0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, "gamma and lam must be in [0, 1]")
+    common.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
+                   f"leaves no room for a prompt in block_size={cfg.block_size}")
     common.require(cfg.stop_iter == -1 or 0 < cfg.stop_iter <= cfg.max_iters,
                    f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={cfg.max_iters}")
     common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
@@ -370,11 +377,13 @@ def main(argv=None):
     policy, tok_name = common.init_policy(cfg.init_from, dropout=0.0)
     ref = copy.deepcopy(policy).requires_grad_(False)
     reward_model = None
-    if cfg.reward_fn == "":
-        reward_model, rm_tok = common.init_scalar(cfg.reward_model)
-        common.require(rm_tok == tok_name, f"the reward model uses the {rm_tok!r} tokenizer, "
-                       f"the policy {tok_name!r}")
+    if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
+        rm_ckpt = common.load_checkpoint(cfg.reward_model, expect_kind="scalar",
+                                         expect_tokenizer=tok_name)
+        reward_model, _ = common.scalar_from_checkpoint(rm_ckpt, path=cfg.reward_model)
+        common.check_block_size(reward_model, cfg.block_size, f"reward_model {cfg.reward_model}")
         reward_model.requires_grad_(False)
+        del rm_ckpt
     if cfg.shared_critic:  # a ScalarModel-style head on the policy's hidden states
         critic = nn.Linear(policy.config.n_embd, 1)
         nn.init.normal_(critic.weight, std=1.0 / math.sqrt(policy.config.n_embd + 1))
@@ -386,6 +395,10 @@ def main(argv=None):
     for m in (policy, ref, reward_model, critic):
         if m is not None:
             m.to(rt.device).eval()
+    if rt.ddp:  # as the DDP wrapper would: every rank starts from rank 0's weights (a fresh value
+        # head is drawn from each rank's own seed, and the ranks must train one model)
+        for t in [*policy.parameters(), *critic.parameters(), *critic.buffers()]:
+            dist.broadcast(t.data, src=0)
     common.check_block_size(policy, cfg.block_size)
     enc = get_tokenizer(tok_name)
     score_fn = make_reward_fn(cfg.reward_fn)
@@ -413,7 +426,7 @@ def main(argv=None):
                                             cfg.eps, rt.device_type)
     it, kl_coef, best_val, sanity = 0, cfg.kl_coef, -math.inf, {}
     if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy")
+        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="ppo")
         policy.load_state_dict(ckpt["model"])
         critic.load_state_dict(ckpt["critic"])
         opt_policy.load_state_dict(ckpt["optimizer"])
@@ -482,7 +495,8 @@ def main(argv=None):
                                     kl_coef)
         if cfg.whiten_rewards:
             rewards = whiten(rewards, resp_mask, shift_mean=False)
-        # 5. advantages and returns; advantages whitened over the valid tokens of the batch
+        # 5. advantages and returns; advantages whitened over the valid tokens of the batch (of
+        # every rank's batch under DDP)
         advantages, returns = compute_gae(rewards, old_values, resp_mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, resp_mask)
         if it == 0 and not resume_path:  # policy == reference: this must be exactly 0
@@ -540,15 +554,20 @@ def main(argv=None):
             score=ro["scores"].mean().item(),
             reward=(ro["scores"] - beta * kl_k1).mean().item(),  # sum_t r_t: the objective
             kl=kl_k1.mean().item(), kl_k3=kl_k3.mean().item(), beta=beta,
-            entropy=masked_mean(ro["entropy"], resp_mask).item(), approx_kl=approx_kl,
+            entropy=common.global_masked_mean_var(ro["entropy"], resp_mask)[0].item(),
+            approx_kl=approx_kl,
             clipfrac=clipfrac, vclipfrac=vclipfrac, pg_loss=pg_loss, vf_loss=vf_loss,
             explained_var=explained_variance(old_values, returns, resp_mask),
             ratio_mean=ratio_mean, ratio_var=ratio_var, resp_len=n_tokens / B,
             eos_rate=ro["has_eos"].float().mean().item(),
             # a temperature or masking mismatch between sampling and training shows up here
-            logprob_gap=((ro["sample_logprobs"] - old_logprobs).abs() * resp_mask).max().item())
+            logprob_gap=common.all_reduce_max(
+                ((ro["sample_logprobs"] - old_logprobs).abs() * resp_mask).max().item()))
         metrics.update(dict(gold=ro["gold"].mean().item()) if gold_fn else {})
-        metrics = {k: common.all_reduce_mean(v) for k, v in metrics.items()}
+        # every rank has B responses and as many minibatches, so the mean over ranks of the other
+        # means is the mean over all responses; these four are the same on every rank already
+        same = ("beta", "entropy", "explained_var", "logprob_gap")
+        metrics = {k: v if k in same else common.all_reduce_mean(v) for k, v in metrics.items()}
         if it % cfg.log_interval == 0 or it == 1 or it == cfg.max_iters:
             logger.log(it, **metrics, tok_per_s=round(n_tokens * rt.world_size / dt),
                        rollout_frac=round(t_rollout / dt, 2), lr=cfg.lr * lr_scale)

@@ -6,7 +6,8 @@ Run it:
     python data/toy/prepare.py && python train_sft.py    # the toy world and its SFT model
     python train_reward_model.py                          # offline CPU default, about 1.5 minutes
     python train_reward_model.py config/rm_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH
-    torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py --grad_accum=1
+    torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py \
+        --batch_size=8 --grad_accum=1                     # 8 GPUs, the same 64 pairs per step
     python train_reward_model.py --help                   # every config key and its default
     python train_reward_model.py --resume=True            # continue an interrupted run
 
@@ -235,8 +236,11 @@ def main(argv=None):
     # model: a new scalar head on the SFT trunk, or the run we resume (a scalar checkpoint)
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                       block_size=cfg.block_size, bias=cfg.bias)
-    model, tok_name = common.init_scalar(resume_path or cfg.init_from, cfg.tokenizer, model_args,
-                                         cfg.dropout)
+    if resume_path:  # our own last checkpoint: it must be a reward model's run
+        ckpt = common.load_checkpoint(resume_path, expect_kind="scalar", expect_stage="rm")
+        model, tok_name = common.scalar_from_checkpoint(ckpt, cfg.dropout, resume_path)
+    else:
+        model, tok_name = common.init_scalar(cfg.init_from, cfg.tokenizer, model_args, cfg.dropout)
     model.reward_bias.zero_()  # training sees raw scores; the offset is set once, at the end
     common.check_block_size(model, cfg.block_size)
     model.to(rt.device)
@@ -288,11 +292,12 @@ def main(argv=None):
     optimizer = common.configure_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                            cfg.eps, rt.device_type)
     step, best, train_metrics, val_metrics = 0, (-1.0, 0.0), {}, {}
+    reward_bias = None  # set at the end; a resumed checkpoint that has it is a finished run
     if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="scalar")
         optimizer.load_state_dict(ckpt["optimizer"])
         step, best = ckpt["step"], tuple(ckpt["best"])
         train_metrics, val_metrics = ckpt["train_metrics"], ckpt["val_metrics"]
+        reward_bias = ckpt.get("reward_bias")
         common.set_rng_state(ckpt["rng"])
         print0(f"resumed from {resume_path} at step {step}")
         del ckpt
@@ -392,12 +397,11 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # normalisation: reward_bias = the mean raw score of reference responses, so that the scores
     # PPO sees are centred on "as good as the SFT answers". Done for the final weights and for the
-    # best ones (ckpt_best.pt may hold an earlier step), each with its own mean.
-    reward_bias = None
-    if step == max_iters and rt.master:
+    # best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt is
+    # written last: until it holds reward_bias, a resumed run redoes this block (idempotent).
+    if step == max_iters and rt.master and reward_bias is None:
         ref_rows = reference_rows(cfg, loader, enc, train)
         reward_bias = set_reward_bias(raw_model, ref_rows, cfg, enc, rt, "final")
-        save("ckpt_last.pt", reward_bias=reward_bias)
         best_path = os.path.join(cfg.out_dir, "ckpt_best.pt")
         ckpt = common.load_checkpoint(best_path, expect_kind="scalar")
         if ckpt["best_step"] == step:  # the best weights are the final ones
@@ -412,6 +416,7 @@ def main(argv=None):
         common.save_checkpoint(best_path, ckpt)
         logger.log(step, reward_bias=reward_bias, best_reward_bias=ckpt["reward_bias"],
                    best_step=ckpt["best_step"])
+        save("ckpt_last.pt", reward_bias=reward_bias)
 
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
            f"{val_metrics.get('val_accuracy', math.nan):.4f} (best {best[0]:.4f})")

@@ -191,7 +191,7 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # model: a fresh start comes from init_from; a resumed run from its own last checkpoint
     if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy")
+        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="sft")
         model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": cfg.dropout}))
         model.load_state_dict(ckpt["model"])
         tok_name = ckpt["tokenizer"]
@@ -282,10 +282,10 @@ def main(argv=None):
                      len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed,
                      rt.rank, rt.world_size, lengths)], enc.eot_token)
                  for k in range(cfg.grad_accum)]
-        # weight each micro-batch by its share of the step's trained tokens: the step's loss is
-        # then the mean over all of them, as one big batch would give (under DDP, the gradient
-        # is the mean over ranks of each rank's token mean)
-        n_trained = max(sum(int(lm[:, 1:].sum()) for _, _, lm in micro), 1)
+        # weight each micro-batch by its share of the step's trained tokens, counted over every
+        # rank: the step's loss is then the mean over all of them, as one big batch would give,
+        # however the rows are split into micro-batches and ranks
+        n_trained = max(common.all_reduce_sum(sum(int(lm[:, 1:].sum()) for _, _, lm in micro)), 1)
         n_tokens = sum(int(attn.sum()) for _, attn, _ in micro)  # real (non-pad) tokens
         loss_sum = torch.zeros((), device=rt.device)
         for k, (idx, attn, loss_mask) in enumerate(micro):
@@ -293,9 +293,12 @@ def main(argv=None):
             idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
             with common.no_sync_unless(model, k == cfg.grad_accum - 1):
                 with rt.autocast:
-                    logits = model(idx, attention_mask=attn)  # (B, T, V)
+                    # right-padded rows need no mask (GPT.forward): the same logits at real
+                    # positions, and SDPA keeps its fast causal (flash) kernel on a GPU
+                    logits = model(idx)  # (B, T, V)
                 loss = sft_loss(logits, idx, loss_mask) * share
-                loss.backward()
+                # DDP averages the gradients over ranks; the global mean needs their sum
+                (loss * rt.world_size).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
@@ -304,7 +307,7 @@ def main(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        train_loss = common.all_reduce_mean(loss_sum)
+        train_loss = common.all_reduce_sum(loss_sum)  # each rank holds its share of the mean
         losses.append(train_loss)
         dt = time.time() - t0
 

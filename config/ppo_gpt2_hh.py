@@ -2,7 +2,8 @@
 #   python data/hh/prepare.py && python train_sft.py config/sft_gpt2_hh.py
 #   python train_reward_model.py config/rm_gpt2_hh.py
 #   python train_ppo.py config/ppo_gpt2_hh.py
-#   torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py
+#   torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py \
+#       --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2   # 8 GPUs, same batches
 # Expected cost, ESTIMATES (not measured): four 124M models (policy, reference, reward model,
 # critic) plus AdamW state for two of them are ~5 GB in fp32; a micro-batch of 8 responses x 512
 # tokens adds ~2-3 GB of activations per trained model, plus the (8, 54, 50257) response logits

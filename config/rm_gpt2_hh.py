@@ -1,7 +1,8 @@
 # Reward model for GPT-2 124M on Anthropic HH-RLHF, one GPU, from the HH SFT policy:
 #   python data/hh/prepare.py && python train_sft.py config/sft_gpt2_hh.py
 #   python train_reward_model.py config/rm_gpt2_hh.py
-#   torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py --grad_accum=1
+#   torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py \
+#       --batch_size=8 --grad_accum=1       # 8 GPUs, the same 64 pairs per step
 # Expected cost, ESTIMATES (not measured): about 12-15 GB of GPU memory at batch_size=16 pairs
 # (32 sequences) x 512 tokens in bf16: weights + grads + AdamW state ~2 GB, activations ~10 GB at
 # the longest batch; no vocabulary-sized logits, the head is one number per token. helpful-base +
