@@ -330,7 +330,8 @@ def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
     """
     Refuse to silently overwrite a previous run: an out_dir holding ckpt_last.pt needs an
     explicit --resume=True (continue it) or --overwrite=True (start again). Also fail early
-    when out_dir cannot be written. Returns the checkpoint path to resume from, or None.
+    when out_dir cannot be written. Deletes nothing of a previous run: that is clear_out_dir's
+    job, once every input has loaded. Returns the checkpoint path to resume from, or None.
     """
     last = os.path.join(out_dir, "ckpt_last.pt")
     if resume:
@@ -353,10 +354,20 @@ def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
             os.remove(probe)
         except OSError as e:
             raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
-        for name in os.listdir(out_dir):  # a fresh run starts with fresh logs
-            if name.endswith(".jsonl") or name.startswith("ckpt_") or ".tmp." in name:
-                os.remove(os.path.join(out_dir, name))
     return None
+
+
+def clear_out_dir(out_dir, master=True):
+    """
+    A fresh run starts with fresh logs: remove the checkpoints, logs and temp files that an
+    --overwrite=True run replaces. Called right before training, after every input (config,
+    data, models) has loaded, so that a bad input never costs the previous run.
+    """
+    if not master:
+        return
+    for name in os.listdir(out_dir):
+        if name.endswith(".jsonl") or name.startswith("ckpt_") or ".tmp." in name:
+            os.remove(os.path.join(out_dir, name))
 
 # -----------------------------------------------------------------------------
 # models: where a stage's starting weights come from
@@ -478,7 +489,11 @@ class NonFiniteError(FloatingPointError):
 
 
 def check_finite(step, **quantities):
-    """Stop the run, naming the step and the quantity, when a loss or gradient is NaN or inf."""
+    """
+    Stop the run, naming the step and the quantity, when a loss or gradient is NaN or inf.
+    `step` is the update being attempted, numbered as the log numbers it (the first is 1): a
+    loop whose counter holds the updates already done passes counter + 1.
+    """
     for name, value in quantities.items():
         v = float(value)
         if not math.isfinite(v):

@@ -16,7 +16,7 @@ import os
 import torch
 
 import common
-from model import CONV1D, GPT, GPTConfig, write_safetensors
+from model import CONV1D, GPT, write_safetensors
 
 DEFAULTS = dict(
     ckpt="out/ppo/ckpt_best.pt",  # a nanoRLHF policy checkpoint (kind 'policy')
@@ -62,10 +62,13 @@ def export_hf(model_or_checkpoint, out_dir, eos_token_id=None):
     if isinstance(model_or_checkpoint, GPT):
         model = model_or_checkpoint
     else:
-        ckpt = common.load_checkpoint(str(model_or_checkpoint), expect_kind="policy")
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-        tokenizer = ckpt.get("tokenizer")
+        path = str(model_or_checkpoint)
+        ckpt = common.load_checkpoint(path, expect_kind="policy")
+        # the training scripts' loader and checks: a vocabulary too small for its tokenizer or
+        # weights that do not fit model_args fail here, naming the file, not in someone's HF code
+        model = common.model_from_checkpoint(GPT, ckpt, path,
+                                             ckpt["model_args"].get("dropout", 0.0))
+        tokenizer = ckpt["tokenizer"]
     if eos_token_id is None:
         if tokenizer is None:
             tokenizer = "byte" if model.config.vocab_size == 257 else "gpt2"

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from data import loader
-from model import GPT
+from model import GPT, position_ids_from_mask
 from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -206,10 +206,12 @@ def pair_logprobs(model, batch, autocast):
     forward over the concatenated batch (chosen rows, then rejected rows): 4 tensors of (B,).
     The rows are right-padded (loader.collate_pairs), so no attention mask is needed
     (GPT.forward): the same logits at real positions, and SDPA's fast causal kernel on a GPU.
+    Positions still come from the mask, so that a CPU run is bitwise the masked one.
     """
     idx, loss_mask = batch["idx"], batch["loss_mask"]
+    positions = position_ids_from_mask(batch["attention_mask"])
     with autocast:
-        logits = model(idx)  # (2B, T, V)
+        logits = model(idx, position_ids=positions)  # (2B, T, V)
     total = sequence_logprobs(logits, idx, loss_mask)  # (2B,)
     avg = total / loss_mask[:, 1:].sum(-1).clamp(min=1)
     B = idx.size(0) // 2
@@ -230,6 +232,33 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, logps):
                 accuracy=(chosen_rewards > rejected_rewards).float().mean().item(),
                 logps_chosen=logps[0].detach().mean().item(),
                 logps_rejected=logps[1].detach().mean().item())
+
+
+def load_ref_cache(path, meta, device):
+    """
+    The reference log-probs cached by an earlier process of this run: {'train': (n_train, 2),
+    'val': (n_val, 2) float32 tensors, 'meta': meta}. Returns None, with a printed note, when the
+    file is unreadable (cut by a kill, overwritten by hand) or was made for other data, another
+    reference or another dtype: it is only a cache, and the caller recomputes it.
+    """
+    try:
+        cache = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or a pickle that is not plain data
+        problem = f"unreadable ({type(e).__name__}: {str(e)[:200]})"
+    else:
+        want = dict(train=(meta["n_train"], 2), val=(meta["n_val"], 2))
+        if not (isinstance(cache, dict) and set(cache) == {"train", "val", "meta"}):
+            problem = "not a reference cache (expected the keys 'train', 'val', 'meta')"
+        elif cache["meta"] != meta:
+            problem = "made for another reference model, data, block_size or dtype"
+        elif not all(torch.is_tensor(cache[k]) and tuple(cache[k].shape) == want[k]
+                     and cache[k].dtype == torch.float32 and bool(cache[k].isfinite().all())
+                     for k in want):
+            problem = f"its tensors are not finite float32 of shapes {want}"
+        else:
+            return cache
+    common.print0(f"note: {path}: {problem}; recomputing the reference log-probs")
+    return None
 
 
 def validate(cfg):
@@ -337,10 +366,9 @@ def main(argv=None):
                     val_data=cfg.val_data, block_size=cfg.block_size, n_train=len(train),
                     n_val=len(val), dtype=rt.dtype)
         if resume_path and os.path.isfile(cache_path):  # a resumed run reuses what it computed
-            ref_cache = torch.load(cache_path, map_location=rt.device, weights_only=True)
-            if ref_cache.get("meta") != meta:
-                ref_cache = None
-        if ref_cache is None:
+            ref_cache = load_ref_cache(cache_path, meta, rt.device)
+        # computing is a collective: every rank recomputes when any rank could not use the file
+        if common.all_reduce_max(float(ref_cache is None)) > 0:
             t0 = time.time()
             ref_cache = dict(train=reference_logps(train), val=reference_logps(val), meta=meta)
             common.print0(f"reference log-probs of {len(train) + len(val)} pairs in "
@@ -421,6 +449,8 @@ def main(argv=None):
     model.train()
     train_metrics, val_metrics = {}, {}
     t0, last_logged = time.time(), step
+    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
+        common.clear_out_dir(cfg.out_dir, rt.master)
     if step == 0:
         evaluate_and_log()
     while step < cfg.max_iters:
@@ -439,7 +469,7 @@ def main(argv=None):
                 sums[k] += v / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        common.check_finite(step, loss=sums["loss"], grad_norm=grad_norm)
+        common.check_finite(step + 1, loss=sums["loss"], grad_norm=grad_norm)  # the log's number
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

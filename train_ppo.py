@@ -472,6 +472,8 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # training loop. `it` counts the iterations done; its prompts are a function of `it` alone.
+    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
+        common.clear_out_dir(cfg.out_dir, rt.master)
     val_metrics = evaluate() if it == 0 else {}
     policy_params, critic_params = list(policy.parameters()), list(critic.parameters())
     B, mbs, clip = cfg.rollout_batch_size, cfg.micro_batch_size, cfg.grad_clip or math.inf
@@ -531,7 +533,8 @@ def main(argv=None):
                             p.grad /= rt.world_size
                 gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, clip).item()
                 gn_critic = torch.nn.utils.clip_grad_norm_(critic_params, clip).item()
-                common.check_finite(it, loss=loss.item(), grad_norm=gn_policy + gn_critic)
+                # named as the log names it: iteration it + 1 is the one being done
+                common.check_finite(it + 1, loss=loss.item(), grad_norm=gn_policy + gn_critic)
                 opt_policy.step()
                 opt_critic.step()
                 opt_policy.zero_grad(set_to_none=True)

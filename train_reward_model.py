@@ -266,6 +266,9 @@ def main(argv=None):
                    f"warmup_iters={cfg.warmup_iters} must be <= max_iters={max_iters}")
     common.require(cfg.stop_iter <= max_iters,
                    f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={max_iters}")
+    # the reference texts of the normalisation at the end: a bad bias_data fails now, not after
+    # the whole run
+    ref_rows = reference_rows(cfg, loader, enc, train)
     if cfg.use_margin and not any(p["margin"] for p in train):
         print0(f"note: use_margin=True but no pair in {cfg.train_data} has a non-zero 'margin'")
     print0(f"data: {len(train)} train pairs, {len(val)} held-out pairs; {pairs_per_step} pairs "
@@ -354,6 +357,8 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
+    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
+        common.clear_out_dir(cfg.out_dir, rt.master)
     t_start = time.time()
     if step == 0:
         eval_and_save_best()
@@ -375,7 +380,7 @@ def main(argv=None):
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(
             raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-        common.check_finite(step, loss=sums["loss"], grad_norm=grad_norm)
+        common.check_finite(step + 1, loss=sums["loss"], grad_norm=grad_norm)  # the log's number
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -400,7 +405,6 @@ def main(argv=None):
     # best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt is
     # written last: until it holds reward_bias, a resumed run redoes this block (idempotent).
     if step == max_iters and rt.master and reward_bias is None:
-        ref_rows = reference_rows(cfg, loader, enc, train)
         reward_bias = set_reward_bias(raw_model, ref_rows, cfg, enc, rt, "final")
         best_path = os.path.join(cfg.out_dir, "ckpt_best.pt")
         ckpt = common.load_checkpoint(best_path, expect_kind="scalar")

@@ -32,7 +32,7 @@ import torch
 import common
 from common import print0
 from data import loader
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, position_ids_from_mask
 from tokenizer import decode, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -271,6 +271,8 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
+    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
+        common.clear_out_dir(cfg.out_dir, rt.master)
     if step == 0:
         evaluate()
     losses = []
@@ -293,9 +295,11 @@ def main(argv=None):
             idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
             with common.no_sync_unless(model, k == cfg.grad_accum - 1):
                 with rt.autocast:
-                    # right-padded rows need no mask (GPT.forward): the same logits at real
-                    # positions, and SDPA keeps its fast causal (flash) kernel on a GPU
-                    logits = model(idx)  # (B, T, V)
+                    # right-padded rows need no attention mask (GPT.forward): the same logits
+                    # at real positions, and SDPA keeps its fast causal (flash) kernel on a GPU.
+                    # Positions still come from the mask: the pads' position gradients then sum
+                    # in the same order, and a CPU run is bitwise the masked one.
+                    logits = model(idx, position_ids=position_ids_from_mask(attn))  # (B, T, V)
                 loss = sft_loss(logits, idx, loss_mask) * share
                 # DDP averages the gradients over ranks; the global mean needs their sum
                 (loss * rt.world_size).backward()
@@ -303,7 +307,7 @@ def main(argv=None):
         grad_norm = torch.nn.utils.clip_grad_norm_(
             raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
         loss_sum = loss_sum.item()
-        common.check_finite(step, loss=loss_sum, grad_norm=grad_norm)
+        common.check_finite(step + 1, loss=loss_sum, grad_norm=grad_norm)  # the log's number
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

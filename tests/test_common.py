@@ -150,6 +150,9 @@ def test_out_dir_is_never_silently_overwritten(tmp_path):
         common.prepare_out_dir(out, resume=False)
     assert common.prepare_out_dir(out, resume=True).endswith("ckpt_last.pt")
     assert common.prepare_out_dir(out, resume=False, overwrite=True) is None
+    # the old run stays until the inputs have loaded and the script clears it
+    assert os.path.exists(os.path.join(out, "ckpt_last.pt"))
+    common.clear_out_dir(out)
     assert not os.path.exists(os.path.join(out, "ckpt_last.pt"))
     with pytest.raises(common.ConfigError, match="does not exist"):
         common.prepare_out_dir(str(tmp_path / "other"), resume=True)

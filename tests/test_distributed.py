@@ -246,8 +246,14 @@ def test_dpo_two_processes_equal_one(world, tmp_path):
     for name, batch in (("one_accum", ["--batch_size=4", "--grad_accum=2"]),
                         ("one_batch", ["--batch_size=8", "--grad_accum=1"])):
         train_dpo.main([f"--out_dir={tmp_path / name}", *batch, *args])
-        for key in ("loss", "margin", "accuracy", "val_loss"):
-            assert_same_series(read_log(tmp_path / name), read_log(two), key)
+        one_log, two_log = read_log(tmp_path / name), read_log(two)
+        for key in ("loss", "margin", "val_loss"):
+            assert_same_series(one_log, two_log, key)
+        # at step 1 the policy is the reference: every pair's margin is float noise of order
+        # 1e-7 and its accuracy a coin toss on that noise, so accuracy is compared from step 2
+        assert all(abs(m) < 1e-5 for s, m in series(one_log, "margin") if s == 1)
+        later = [[r for r in log if r["step"] > 1] for log in (one_log, two_log)]
+        assert_same_series(*later, "accuracy")
         assert_same_weights(tmp_path / name, two)
 
 

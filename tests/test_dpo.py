@@ -269,8 +269,10 @@ def test_precomputed_reference_and_exact_resume(toy, tmp_path):
     live = run(toy, tmp_path / "live")
     pre = run(toy, tmp_path / "pre", "--precompute_ref_logps=True")
     assert os.path.isfile(tmp_path / "pre" / "ref_logps.pt")
+    # the cache is computed in other batch shapes than the live pass: float32 rounding of
+    # the same numbers, which grows with a sum's size (logps_chosen sums ~40 token log-probs)
     for k in ("loss", "margin", "logps_chosen", "val_loss", "val_margin"):
-        assert pre[k] == pytest.approx(live[k], abs=1e-5), k
+        assert pre[k] == pytest.approx(live[k], rel=1e-5, abs=1e-5), k
     # stop after 4 iterations, then resume (reusing the cached reference log-probs)
     out = tmp_path / "resumed"
     run(toy, out, "--precompute_ref_logps=True", "--stop_iter=4")

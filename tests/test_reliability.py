@@ -29,6 +29,7 @@ import pytest
 import torch
 
 import common
+import export_hf
 import train_dpo
 import train_ppo
 import train_reward_model
@@ -326,11 +327,41 @@ def test_non_finite_stops_the_run_and_keeps_the_last_checkpoint(world, tmp_path,
     else:
         poison_grads(monkeypatch, value)
     # resumed at step 2, the very next update is poisoned; ckpt_interval=1 would save right after
-    with pytest.raises(common.NonFiniteError, match=rf"step 2: {quantity}"):
+    with pytest.raises(common.NonFiniteError, match=rf"step \d+: {quantity}") as e:
         module.main([a for a in args if not a.startswith("--stop_iter")] + ["--resume=True"])
     assert {n: (out / n).read_bytes() for n in os.listdir(out) if n.endswith(".pt")} == files
     assert not [n for n in os.listdir(out) if ".tmp." in n]
     assert max(json.loads(line)["step"] for line in open(out / "log.jsonl")) <= 2
+    # the error names the update as the log numbers it: the log (log_interval=1) holds the
+    # training records of updates 1 and 2, so the poisoned one is step 3
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    trained = [r["step"] for r in records if not any(k.startswith("val_") for k in r)]
+    assert trained == [1, 2], records
+    assert int(re.match(r"step (\d+):", str(e.value)).group(1)) == trained[-1] + 1, e.value
+
+# -----------------------------------------------------------------------------
+# caches: a damaged one is rebuilt, not trusted
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong-shape"])
+def test_dpo_recomputes_a_damaged_reference_cache(world, tmp_path, capsys, damage):
+    out = tmp_path / "dpo"
+    args = ARGS["dpo"](world) + [f"--out_dir={out}", "--max_iters=4", "--warmup_iters=1",
+                                 "--eval_interval=4", "--ckpt_interval=2"]
+    train_dpo.main(args + ["--stop_iter=2"])
+    cache = out / "ref_logps.pt"
+    good = torch.load(cache, map_location="cpu", weights_only=True)
+    if damage == "truncated":  # a kill mid-write on a filesystem without atomic rename
+        data = cache.read_bytes()
+        cache.write_bytes(data[:len(data) // 2])
+    else:  # a file of the right kind, for one pair fewer: indexing it would go wrong
+        common.save_checkpoint(str(cache), {**good, "train": good["train"][:-1]})
+    capsys.readouterr()
+    train_dpo.main(args + ["--resume=True"])
+    printed = capsys.readouterr().out
+    assert f"note: {cache}:" in printed and "recomputing the reference log-probs" in printed
+    # the rebuilt cache is the one the run first computed
+    assert_same(torch.load(cache, map_location="cpu", weights_only=True), good, "ref_logps")
 
 # -----------------------------------------------------------------------------
 # a checkpoint write that dies halfway
@@ -500,6 +531,9 @@ CORPUS = [
      ["chosen_list.jsonl", "line 2", "'chosen'", "must be a string"]),
     ("margin-is-a-string", "rm", ["--val_data={b}/margin_str.jsonl"], DataError,
      ["margin_str.jsonl", "line 1", "'margin'"]),
+    # read for the normalisation after training, but checked before it
+    ("bias-data-truncated", "rm", ["--bias_data={b}/truncated.jsonl"], DataError,
+     ["truncated.jsonl", "line 3", "malformed JSON"]),
     ("missing-field", "dpo", ["--train_data={b}/no_rejected.jsonl"], DataError,
      ["no_rejected.jsonl", "line 1", "'rejected' is missing"]),
     ("record-not-an-object", "ppo", ["--train_prompts={b}/prompts_array.jsonl"], DataError,
@@ -604,6 +638,68 @@ def test_malformed_input_is_rejected_before_training(world, bad, tmp_path, case)
     after = snapshot(out)
     assert after == before or (before is None and after == {}), sorted(after or {})
     assert not os.path.exists(bad / "pwned")  # the pickle's code never ran
+
+
+@pytest.fixture(scope="module")
+def finished_run(world):
+    """The files of a finished one-step SFT run: checkpoints and log."""
+    out = world / "finished_sft"
+    train_sft.main(base_args("sft", world) + [f"--out_dir={out}"])
+    files = snapshot(out)
+    assert {"ckpt_last.pt", "ckpt_best.pt", "log.jsonl"} <= set(files)
+    return files
+
+
+# the cases that can run against an out_dir of their own choosing, as a fresh run
+OVERWRITABLE = [c for c in CORPUS if not any(a.startswith(("--out_dir=", "--resume="))
+                                             for a in c[2])]
+
+
+@pytest.mark.parametrize("case", OVERWRITABLE, ids=[c[0] for c in OVERWRITABLE])
+def test_overwrite_with_a_bad_input_keeps_the_previous_run(world, bad, finished_run, tmp_path,
+                                                           case):
+    # --overwrite=True replaces a run only once the new one can start: an input found bad while
+    # loading (a data line, a checkpoint, a block size the model cannot hold) must not cost it
+    _, stage, extra, error, words = case
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in finished_run.items():
+        (out / name).write_bytes(data)
+    with pytest.raises(error) as e:
+        SCRIPTS[stage].main(base_args(stage, world) + [f"--out_dir={out}", "--overwrite=True"]
+                            + [a.format(b=bad, w=world) for a in extra])
+    assert all(w in str(e.value) for w in words), e.value
+    assert snapshot(out) == finished_run
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bad/small_vocab.pt", ["vocab_size=200", "out of range"]),
+    ("bad/gpt2_label.pt", ["vocab_size=257", "'gpt2' tokenizer"]),
+    ("bad/mismatched.pt", ["weights do not fit"]),
+    ("rm.pt", ["'scalar' model", "'policy' model is needed"]),
+])
+def test_export_checks_the_checkpoint_as_training_does(world, bad, tmp_path, name, words):
+    # an exported model is used far from here: a bad file must fail now, naming itself
+    with pytest.raises(CheckpointError) as e:
+        export_hf.main([f"--ckpt={world / name}", f"--out_dir={tmp_path / 'hf'}"])
+    for w in [str(world / name)] + words:
+        assert w in str(e.value), (w, e.value)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_overwrite_replaces_the_previous_run_once_training_starts(world, finished_run, tmp_path):
+    # the control of the test above: with good inputs the old files do go
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in finished_run.items():
+        (out / name).write_bytes(data)
+    (out / "ckpt_iter7.pt").write_bytes(finished_run["ckpt_last.pt"])  # not written by this run
+    train_dpo.main(base_args("dpo", world) + [f"--out_dir={out}", "--overwrite=True"])
+    assert "ckpt_iter7.pt" not in os.listdir(out)
+    ckpt = common.load_checkpoint(str(out / "ckpt_last.pt"), expect_stage="dpo")
+    assert ckpt["step"] == 1
+    records = [json.loads(line) for line in open(out / "log.jsonl")]  # DPO's alone, not SFT's
+    assert records and all("margin" in r or "val_margin" in r for r in records), records
 
 
 def test_corpus_is_large_and_covers_every_kind_of_input():
