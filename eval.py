@@ -21,7 +21,7 @@ Per policy it reports:
     kl            mean over answers of sum_t log pi(y_t|x, y_<t) - log pi_ref(y_t|x, y_<t), on
                   the policy's own samples, response tokens and the EOS only, from logits / T
     length        mean response tokens (EOS included);  eos_rate: share of answers that end
-and once: the reward model's accuracy on held-out preference pairs (prefs_val.jsonl has no
+and once: the reward model's accuracy on held-out preference pairs (prefs_test.jsonl has no
 flipped labels in the toy world, so this is accuracy against the truth).
 Standard errors are over prompts: with num_samples_per_prompt > 1 the answers to one prompt are
 averaged first (they are not independent of each other).
@@ -63,7 +63,7 @@ DEFAULTS = dict(
     sweep="",                                # PPO out_dir(s), comma-separated: over-optimisation
     # data
     prompts="data/toy/out/prompts_eval.jsonl",  # JSONL {"prompt"}
-    pairs="data/toy/out/prefs_val.jsonl",       # JSONL pairs for the RM accuracy; '' = skip it
+    pairs="data/toy/out/prefs_test.jsonl",      # JSONL pairs for the RM accuracy; '' = skip it
     max_prompts=-1,                          # the first N prompts (-1 = all)
     block_size=128,                          # prompt + response tokens; prompts lose their left
     # sampling: one seed, the same for every policy

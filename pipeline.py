@@ -109,7 +109,7 @@ def main(argv=None):
     eval_dir = os.path.join(out, "eval")
     policies = ",".join([f"sft:{sft}", f"ppo:{d['ppo']}/ckpt_last.pt", f"dpo:{d['dpo']}/ckpt_last.pt"])
     run(["eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
-         f"--prompts={data}/prompts_eval.jsonl", f"--pairs={data}/prefs_val.jsonl",
+         f"--prompts={data}/prompts_eval.jsonl", f"--pairs={data}/prefs_test.jsonl",
          f"--out_dir={eval_dir}", f"--sweep={d['ppo']}"] + extra("eval"))
 
     # 7. figures from the logs

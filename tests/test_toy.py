@@ -5,6 +5,7 @@ deterministic, keeps its splits apart, and writes the documented mix and label n
 
 import json
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -128,7 +129,8 @@ def read(out, name):
 
 def test_generator_writes_the_documented_files(toy_dir):
     sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))}
-    assert sizes == {"prefs_train.jsonl": 8000, "prefs_val.jsonl": 400, "prompts_eval.jsonl": 96,
+    assert sizes == {"prefs_train.jsonl": 8000, "prefs_val.jsonl": 400, "prefs_test.jsonl": 1000,
+                     "prompts_eval.jsonl": 96,
                      "prompts_train.jsonl": 1000, "sft_train.jsonl": 5000, "sft_val.jsonl": 400}
 
 
@@ -145,7 +147,7 @@ def test_generator_is_deterministic_per_seed(toy_dir, tmp_path):
 def test_splits_are_disjoint(toy_dir):
     train = {r["prompt"] for name in ("sft_train", "prefs_train", "prompts_train")
              for r in read(toy_dir, f"{name}.jsonl")}
-    held = {r["prompt"] for name in ("sft_val", "prefs_val", "prompts_eval")
+    held = {r["prompt"] for name in ("sft_val", "prefs_val", "prefs_test", "prompts_eval")
             for r in read(toy_dir, f"{name}.jsonl")}
     assert not train & held
     evals = read(toy_dir, "prompts_eval.jsonl")
@@ -171,7 +173,8 @@ def test_sft_mix_has_the_documented_share_of_good_answers(toy_dir):
 
 
 def test_preference_labels_have_the_documented_noise(toy_dir):
-    for name, lo, hi in [("prefs_train.jsonl", 0.085, 0.115), ("prefs_val.jsonl", 0.0, 0.0)]:
+    for name, lo, hi in [("prefs_train.jsonl", 0.085, 0.115), ("prefs_val.jsonl", 0.0, 0.0),
+                         ("prefs_test.jsonl", 0.0, 0.0)]:
         rows = read(toy_dir, name)
         flipped = 0
         for r in rows:
@@ -189,3 +192,34 @@ def test_every_example_fits_a_128_byte_block(toy_dir, capsys):
     assert len(sft) == 5000 and len(prefs) == 8000 and len(prompts) == 96
     assert max(len(ids) for ids, _ in sft) <= 128
     assert "0 prompts truncated, 0 dropped" in capsys.readouterr().out
+
+
+def test_contrast_pairs_differ_only_in_the_stated_fact():
+    import random
+    rng = random.Random(0)
+    combos = {f: tr for f, (tr, _) in prepare.split_combinations(rng).items()}
+    kinds = Counter()
+    for _ in range(500):
+        family, subject, prompt = prepare.draw(rng, combos)
+        better, worse = prepare.contrast_pair(rng, family, subject, prompt)
+        pb, pw = score_parts(prompt, better), score_parts(prompt, worse)
+        assert pb["correct"] == 1.5 and pb["on_topic"] == 0.5
+        assert pw["correct"] == -1.5 or pw["on_topic"] == -1.5  # a wrong fact, or off-topic
+        assert pw["polite"] == pb["polite"]  # the same tone
+        kinds["wrong" if pw["correct"] == -1.5 else "other question"] += 1
+        if pb["concise"] > 0:  # not rambling: the same closing or rude phrase, one other sentence
+            sb, sw = (set(re.split(r"(?<=[.!?]) ", x)) for x in (better, worse))
+            assert len(sb - sw) == 1 and len(sw - sb) == 1, (better, worse)
+    assert min(kinds.values()) > 200  # both kinds, about half each
+
+
+def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_path, monkeypatch):
+    share = prepare.CONTRAST_SHARE
+    monkeypatch.setattr(prepare, "CONTRAST_SHARE", 0.0)
+    prepare.prepare(str(tmp_path), seed=1337)
+    for name in os.listdir(toy_dir):  # every other file is drawn from its own stream
+        same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
+        assert same == (name != "prefs_train.jsonl"), name
+    mixed, with_contrast = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
+    replaced = sum(a != b for a, b in zip(mixed, with_contrast)) / len(mixed)
+    assert share > 0 and abs(replaced - share) < 0.01

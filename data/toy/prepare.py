@@ -8,7 +8,8 @@ No network, a few seconds. Writes, in out_dir:
     sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
     sft_val.jsonl       400 the same, on held-out prompts
     prefs_train.jsonl  8000 {"prompt", "chosen", "rejected"}  judge labels, 10% of them flipped
-    prefs_val.jsonl     400 the same on held-out prompts, no flipped labels
+    prefs_val.jsonl     400 the same on held-out prompts, no flipped labels (picks the best RM)
+    prefs_test.jsonl   1000 the same, drawn apart: the RM accuracy we report
     prompts_train.jsonl 1000 {"prompt", "family"}  for RL
     prompts_eval.jsonl    96 {"prompt", "family"}  every held-out prompt once
 
@@ -33,9 +34,10 @@ from data.toy import judge  # noqa: E402
 # sizes, the style mix, the label noise
 
 N_SFT_TRAIN, N_SFT_VAL = 5000, 400
-N_PREFS_TRAIN, N_PREFS_VAL = 8000, 400
+N_PREFS_TRAIN, N_PREFS_VAL, N_PREFS_TEST = 8000, 400, 1000
 N_PROMPTS_TRAIN, N_EVAL_PER_FAMILY = 1000, 50
 FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disagree
+CONTRAST_SHARE = 0.5  # share of training pairs that differ only in the stated fact
 STYLES = {"good": 0.30, "rude": 0.175, "rambling": 0.175, "wrong": 0.175, "off_topic": 0.175}
 MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS = 40, 64  # 21 template bytes + 40 + 1 + 64 + EOS <= 128
 
@@ -116,9 +118,10 @@ def statement(family, subject, answer):
     return f"{subject[0]} plus {subject[1]} is {answer}."
 
 
-def respond(rng, family, subject, style):
-    """One answer in the given style (see STYLES and data/toy/README.md)."""
-    core = statement(family, subject, right_answer(family, subject))
+def respond(rng, family, subject, style, core=None):
+    """One answer in the given style (see STYLES and data/toy/README.md). core overrides the
+    sentence a good, rude or rambling answer is built around (for contrast pairs)."""
+    core = core or statement(family, subject, right_answer(family, subject))
     if style == "good":
         return f"{core} {rng.choice(CLOSINGS)}"
     if style == "rude":
@@ -220,6 +223,41 @@ def make_prefs(rng, combos, n, flip_rate):
     return rows
 
 
+def contrast_pair(rng, family, subject, prompt):
+    """
+    Two answers to one prompt in the same style, with the same closing or fillers, that differ
+    only in the stated fact: the right one, and a wrong answer or the answer to another question
+    ('A banana is red.', '3 plus 1 is 4.'). Mixed pairs teach tone and length easily but confound
+    them with correctness; these isolate it. Returns (better, worse).
+    """
+    style = rng.choice(["good", "rude", "rambling"])
+    if rng.random() < 0.5:
+        worse_core = statement(family, subject, wrong_answer(rng, family, subject))
+    else:
+        other = rng.choice([f for f in FAMILIES if f != family])
+        s = rng.choice(subjects(other))
+        worse_core = statement(other, s, right_answer(other, s))
+    state = rng.getstate()
+    better = respond(rng, family, subject, style)
+    rng.setstate(state)  # the same random choices dress the worse sentence
+    worse = respond(rng, family, subject, style, core=worse_core)
+    if not judge.gold_reward(prompt, better) > judge.gold_reward(prompt, worse) \
+            or len(worse) > MAX_RESPONSE_CHARS:
+        raise RuntimeError(f"toy world bug: contrast pair {better!r} / {worse!r} to {prompt!r}")
+    return better, worse
+
+
+def add_contrast_pairs(rows, rng, combos, share, flip_rate):
+    """Replace a share of the preference rows, at random positions, with contrast pairs."""
+    for i in sorted(rng.sample(range(len(rows)), round(share * len(rows)))):
+        family, subject, prompt = draw(rng, combos)
+        chosen, rejected = contrast_pair(rng, family, subject, prompt)
+        if rng.random() < flip_rate:
+            chosen, rejected = rejected, chosen
+        rows[i] = dict(prompt=prompt, chosen=chosen, rejected=rejected)
+    return rows
+
+
 def make_prompts(rng, combos, n):
     rows = []
     for _ in range(n):
@@ -248,7 +286,7 @@ def write_jsonl(path, rows):
 
 
 def prepare(out_dir, seed=1337):
-    """Write the six files into out_dir; returns {file name: number of lines}."""
+    """Write the seven files into out_dir; returns {file name: number of lines}."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
     train = {f: tr for f, (tr, _) in splits.items()}
@@ -261,6 +299,12 @@ def prepare(out_dir, seed=1337):
         "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN),
         "prompts_eval.jsonl": make_eval_prompts(rng, held, N_EVAL_PER_FAMILY),
     }
+    # drawn from their own streams, so every other file is the same with or without them
+    add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, CONTRAST_SHARE,
+                       FLIP_RATE)
+    # the reward model's best checkpoint is picked on prefs_val: its accuracy there is biased up,
+    # so the accuracy we report comes from pairs no choice was made on
+    files["prefs_test.jsonl"] = make_prefs(random.Random(seed + 2), held, N_PREFS_TEST, 0.0)
     os.makedirs(out_dir, exist_ok=True)
     for name, rows in files.items():
         write_jsonl(os.path.join(out_dir, name), rows)
