@@ -213,13 +213,13 @@ def test_contrast_pairs_differ_only_in_the_stated_fact():
     assert min(kinds.values()) > 200  # both kinds, about half each
 
 
-def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_path, monkeypatch):
-    share = prepare.CONTRAST_SHARE
-    monkeypatch.setattr(prepare, "CONTRAST_SHARE", 0.0)
-    prepare.prepare(str(tmp_path), seed=1337)
+def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_path):
+    share = 0.5
+    prepare.main([f"--out_dir={tmp_path}", "--seed=1337", f"--contrast_share={share}"])
+    assert prepare.CONTRAST_SHARE != share
     for name in os.listdir(toy_dir):  # every other file is drawn from its own stream
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "prefs_train.jsonl"), name
-    mixed, with_contrast = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
+    with_contrast, mixed = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
     replaced = sum(a != b for a, b in zip(mixed, with_contrast)) / len(mixed)
-    assert share > 0 and abs(replaced - share) < 0.01
+    assert abs(replaced - share) < 0.01

@@ -2,7 +2,7 @@
 Generate the toy world: small English questions, deliberately mediocre demonstrations, and
 preference pairs labelled by the programmatic judge (data/toy/judge.py) with some label noise.
 
-    python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out]
+    python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out] [--contrast_share=0.0]
 
 No network, a few seconds. Writes, in out_dir:
     sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
@@ -37,7 +37,8 @@ N_SFT_TRAIN, N_SFT_VAL = 5000, 400
 N_PREFS_TRAIN, N_PREFS_VAL, N_PREFS_TEST = 8000, 400, 1000
 N_PROMPTS_TRAIN, N_EVAL_PER_FAMILY = 1000, 50
 FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disagree
-CONTRAST_SHARE = 0.5  # share of training pairs that differ only in the stated fact
+CONTRAST_SHARE = 0.0  # share of training pairs that differ only in the stated fact (see the
+                      # README: 0.5 raises the RM's accuracy and PPO's wins but lowers DPO's)
 STYLES = {"good": 0.30, "rude": 0.175, "rambling": 0.175, "wrong": 0.175, "off_topic": 0.175}
 MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS = 40, 64  # 21 template bytes + 40 + 1 + 64 + EOS <= 128
 
@@ -285,7 +286,7 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def prepare(out_dir, seed=1337):
+def prepare(out_dir, seed=1337, contrast_share=None):
     """Write the seven files into out_dir; returns {file name: number of lines}."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
@@ -300,8 +301,8 @@ def prepare(out_dir, seed=1337):
         "prompts_eval.jsonl": make_eval_prompts(rng, held, N_EVAL_PER_FAMILY),
     }
     # drawn from their own streams, so every other file is the same with or without them
-    add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, CONTRAST_SHARE,
-                       FLIP_RATE)
+    share = CONTRAST_SHARE if contrast_share is None else contrast_share
+    add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, share, FLIP_RATE)
     # the reward model's best checkpoint is picked on prefs_val: its accuracy there is biased up,
     # so the accuracy we report comes from pairs no choice was made on
     files["prefs_test.jsonl"] = make_prefs(random.Random(seed + 2), held, N_PREFS_TEST, 0.0)
@@ -315,9 +316,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--out_dir", default=os.path.join("data", "toy", "out"))
+    parser.add_argument("--contrast_share", type=float, default=CONTRAST_SHARE,
+                        help="share of training pairs that differ only in the stated fact")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.contrast_share <= 1.0:
+        parser.error(f"--contrast_share={args.contrast_share} must be in [0, 1]")
     t0 = time.time()
-    counts = prepare(args.out_dir, args.seed)
+    counts = prepare(args.out_dir, args.seed, args.contrast_share)
     for name, n in counts.items():
         print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
     print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
