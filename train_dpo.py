@@ -489,6 +489,7 @@ def main(argv=None):
             break
 
     if rt.ddp:
+        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
         torch.distributed.destroy_process_group()
     return dict(out_dir=cfg.out_dir, step=step, **train_metrics, **val_metrics)
 

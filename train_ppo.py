@@ -595,6 +595,7 @@ def main(argv=None):
         print0(f"sanity at the first update: max |log pi - log pi_ref| = {sanity['init_kl']:.3g}, "
                f"max |ratio - 1| = {sanity['init_ratio_dev']:.3g} (both must be 0)")
     if rt.ddp:
+        dist.barrier()  # no rank tears gloo down while another still uses it
         dist.destroy_process_group()
     return dict(metrics, **val_metrics, **sanity, kl_coef=kl_coef, iters=it, out_dir=cfg.out_dir)
 

@@ -425,6 +425,7 @@ def main(argv=None):
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
            f"{val_metrics.get('val_accuracy', math.nan):.4f} (best {best[0]:.4f})")
     if rt.ddp:
+        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
         torch.distributed.destroy_process_group()
     return dict(time_s=time.time() - t_start, val_accuracy=val_metrics.get("val_accuracy"), best_val_accuracy=best[0],
                 reward_bias=reward_bias, step=step, max_iters=max_iters, out_dir=cfg.out_dir,

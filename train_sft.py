@@ -329,6 +329,7 @@ def main(argv=None):
             break
 
     if rt.ddp:
+        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
         torch.distributed.destroy_process_group()
     return dict(train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val, step=step,
                 train_losses=losses, out_dir=cfg.out_dir)
