@@ -72,7 +72,7 @@ import train_sft
 from model import GPT, GPTConfig, ScalarModel, position_ids_from_mask
 
 # -----------------------------------------------------------------------------
-# default config: the CPU comparison (bench_trl.py runs Hugging Face TRL at the same sizes)
+# default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
 DEFAULTS = dict(
     sizes="tiny,gpt2",          # comma-separated: micro (the tests) | tiny | gpt2 (124M)
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo

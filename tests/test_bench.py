@@ -116,7 +116,7 @@ def test_bad_config_is_a_clear_error():
 
 
 def test_trl_script_imports_without_trl(monkeypatch):
-    # the TRL comparison is a development tool: importing it (for --help) needs neither TRL nor
+    # the TRL comparison (tests/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
     # transformers, and it measures bench.py's shapes
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError

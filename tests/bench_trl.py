@@ -12,7 +12,7 @@ it. With a newer TRL the sft, rm and dpo rows still run and the ppo rows are ski
 
 Run it:
     python bench.py --out=out/bench_cpu.json                           # nanoRLHF, then
-    ../trl-venv/bin/python bench_trl.py --compare=out/bench_cpu.json   # TRL, and the ratios
+    ../trl-venv/bin/python tests/bench_trl.py --compare=out/bench_cpu.json   # TRL, and the ratios
 Use the same OMP_NUM_THREADS for both. Shapes and step counts are bench.py's (the same config
 keys and defaults), and the models are GPT-2s of bench.py's sizes with random weights and no
 dropout, built from a transformers GPT2Config: nothing is downloaded. The data are random token
@@ -35,11 +35,15 @@ What it does not compare: accuracy, memory, GPUs, and TRL's other trainers (GRPO
 import copy
 import json
 import os
+import sys
 import tempfile
 import time
 import warnings
 
 import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench
 import common
