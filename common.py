@@ -155,6 +155,27 @@ def pick_device(device="auto"):
     return "cpu"
 
 
+def keep_freed_cpu_memory():
+    """
+    Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+    By default every CPU tensor above a few MB (GPT-2's logits are 200 MB, its embedding gradient
+    150 MB) is a fresh mmap, so each step page-faults its way through ~1 GB of new pages: a third
+    of a bf16 GPT-2 step on a CPU. The thresholds make large blocks come from the heap and stay
+    there, as the CUDA caching allocator does on a GPU. Linux with glibc only; elsewhere a no-op.
+    Returns True if the settings took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30) and
+                    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep its defaults
+        return False
+
+
 def init_runtime(cfg):
     """
     Set up one process: device, DDP (when launched by torchrun), autocast and seeds.
@@ -179,6 +200,8 @@ def init_runtime(cfg):
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cpu":
+        keep_freed_cpu_memory()
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -461,7 +484,9 @@ def configure_optimizer(model, lr, weight_decay, betas, eps, device_type):
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = device_type == "cuda"  # the fused kernel is CUDA-only
+    # one fused kernel per step instead of a dozen passes per tensor: on a CPU 4x faster for
+    # GPT-2 (0.15 s vs 0.58 s at 2 threads)
+    fused = device_type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
@@ -506,11 +531,42 @@ def check_finite(step, **quantities):
 
 def token_logprobs(logits, idx):
     """
-    log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T, V), (B, T) -> (B, T-1).
+    log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T, V), (B, T) -> (B, T-1), in float32.
     The one-position shift lives here and only here: logits at t predict the token at t+1.
+    Equal to log_softmax(logits[:, :-1].float(), -1).gather(2, idx[:, 1:, None]).squeeze(-1)
+    (tests/test_common.py checks values and gradients against that), but computed as
+        log p = logit[target] - logsumexp(logits),   d log p / d logits = onehot(target) - softmax
+    so that no (B, T, V) log-softmax is stored and its backward needs no zero-filled gather
+    gradient: with GPT-2's 50257-token vocabulary those passes over the logits cost more than the
+    language-model head's matmul on a CPU.
     """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return torch.gather(logp, 2, idx[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return _TokenLogprobs.apply(logits, idx)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """token_logprobs' forward and backward; logits (B, T, V) in any float dtype."""
+
+    @staticmethod
+    def forward(ctx, logits, idx):
+        x = logits[:, :-1].float()                                  # (B, T-1, V)
+        lse = torch.logsumexp(x, dim=-1)                            # (B, T-1)
+        target = idx[:, 1:].unsqueeze(-1)                           # (B, T-1, 1)
+        ctx.save_for_backward(logits, target, lse)
+        return x.gather(2, target).squeeze(-1) - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, target, lse = ctx.saved_tensors
+        # grad (B, T-1) -> d/dlogits (B, T, V): -grad * softmax, plus grad at each target; the
+        # last position predicts nothing and gets zero
+        g = torch.zeros(logits.shape[:2], dtype=torch.float32, device=logits.device)
+        g[:, :-1] = grad
+        lse = F.pad(lse, (0, 1))
+        out = logits.to(torch.float32, copy=True)  # (B, T, V); in place from here on
+        out.sub_(lse.unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
+        out[:, :-1].scatter_add_(2, target, grad.unsqueeze(-1).float())
+        return out.to(logits.dtype), None
 
 
 def masked_mean(x, mask, dim=None):

@@ -67,6 +67,12 @@ def attention_mask_4d(key_mask, q_len):
     return allowed[:, None]  # (B, 1, Tq, Tk): broadcast over heads
 
 
+def is_right_padded(attention_mask):
+    """True if no row of the (B, T) mask has a real token (nonzero) after a pad (zero)."""
+    real = attention_mask != 0
+    return bool((real[:, 1:] <= real[:, :-1]).all())
+
+
 def position_ids_from_mask(attention_mask):
     """Real tokens are numbered 0, 1, 2, ... whatever the padding; pads get 0. (B, T) long."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -363,8 +369,16 @@ class ScalarModel(nn.Module):
         return self.head(self.transformer(idx, attention_mask, position_ids)).squeeze(-1)
 
     def forward(self, idx, attention_mask=None, position_ids=None):
-        """Scores (B,) at each row's last real token (left or right padding), minus reward_bias."""
-        h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
+        """
+        Scores (B,) at each row's last real token (left or right padding), minus reward_bias.
+        A right-padded batch (every row's 1s before its 0s, as loader.collate builds them) runs the
+        trunk without the mask, as GPT.forward explains: the same hidden states at real tokens,
+        and SDPA keeps its fast causal kernel. The mask still says where each row ends.
+        """
+        trunk_mask = attention_mask
+        if attention_mask is not None and position_ids is None and is_right_padded(attention_mask):
+            trunk_mask = None
+        h = self.transformer(idx, trunk_mask, position_ids)  # (B, T, C)
         B, T, _ = h.size()
         if attention_mask is None:
             last = torch.full((B,), T - 1, dtype=torch.long, device=idx.device)

@@ -21,10 +21,12 @@ exactly the token count of bench.py's rows (EOS included): sft B rows of block_s
 and dpo B pairs of two such rows, ppo B prompts of prompt_len tokens and gen_tokens new tokens
 (no stop token: fixed-length responses), ppo_epochs epochs of one minibatch of B.
 
-Both sides train in float32 on the CPU with TRL's fast settings, not its defaults: gradient
-checkpointing off (TRL turns it on, costing an extra forward per step) and bf16 off (as nanoRLHF
-on a CPU); --trl_defaults=True keeps TRL's own. Everything else is TRL's default, including
-transformers' fused AdamW (nanoRLHF fuses AdamW on CUDA only). A step is timed from the
+Both sides train with TRL's fast settings, not its defaults: gradient checkpointing off (TRL
+turns it on, costing an extra forward per step), float32 or bf16 autocast as --dtype says (bench.py
+takes the same --dtype), and the same malloc settings (common.keep_freed_cpu_memory, which
+nanoRLHF's init_runtime applies on a CPU; --keep_freed_memory=False gives TRL glibc's defaults).
+--trl_defaults=True keeps TRL's own checkpointing and bf16. Everything else is TRL's default,
+including transformers' fused AdamW (nanoRLHF fuses it too). A step is timed from the
 trainer's on_step_begin to its on_step_end callback (data collation and logging excluded, as in
 bench.py); a PPO iteration from one on_step_end to the next, with its generation
 (batch_generation) timed inside it.
@@ -54,6 +56,8 @@ DEFAULTS = {k: v for k, v in bench.DEFAULTS.items()
 DEFAULTS.update(
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
     trl_defaults=False,         # True: TRL's own gradient checkpointing (on) and bf16 (on) defaults
+    dtype="float32",            # 'float32' | 'bfloat16' (autocast, as bench.py --dtype=bfloat16)
+    keep_freed_memory=True,     # the malloc settings nanoRLHF uses on a CPU (common.keep_freed_cpu_memory)
     compare="",                 # a bench.py --out JSON of the same sizes: print the time ratios
     out="",                     # also write the results to this JSON file
 )
@@ -148,7 +152,7 @@ def training_args(cfg, out_dir):
                 logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none",
                 disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed)
     if not cfg.trl_defaults:
-        args.update(gradient_checkpointing=False, bf16=False, fp16=False)
+        args.update(gradient_checkpointing=False, bf16=cfg.dtype == "bfloat16", fp16=False)
     return args
 
 
@@ -287,6 +291,9 @@ def main(argv=None):
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(bench.STAGES)}")
     common.require_positive(cfg, "batch_size", "block_size", "prompt_len", "gen_tokens",
                             "ppo_epochs", "steps")
+    common.require(cfg.dtype in ("float32", "bfloat16"), f"dtype={cfg.dtype!r}: 'float32' or 'bfloat16'")
+    if cfg.keep_freed_memory:  # what nanoRLHF's init_runtime does on a CPU: compare like with like
+        common.keep_freed_cpu_memory()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never ask the hub
     import datasets
     import transformers
@@ -299,7 +306,7 @@ def main(argv=None):
     print(f"TRL {meta['trl']}, transformers {meta['transformers']}, torch {meta['torch']}, "
           f"{meta['threads']} threads, batch {cfg.batch_size}, block {cfg.block_size}, ppo prompt "
           f"{cfg.prompt_len} + {cfg.gen_tokens} new tokens x {cfg.ppo_epochs} epochs, "
-          f"{'TRL defaults' if cfg.trl_defaults else 'float32, no gradient checkpointing'}",
+          f"{'TRL defaults' if cfg.trl_defaults else cfg.dtype + ', no gradient checkpointing'}",
           flush=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     run = dict(sft=bench_sft, rm=bench_rm, dpo=bench_dpo, ppo=bench_ppo)

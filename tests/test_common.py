@@ -2,6 +2,7 @@ import json
 import math
 import os
 import pickle
+import sys
 
 import pytest
 import torch
@@ -127,6 +128,38 @@ def test_token_logprobs_shift_by_one():
     assert lp.shape == (2, 3)
     expected = F.log_softmax(logits[1, 2], -1)[idx[1, 3]]
     assert torch.allclose(lp[1, 2], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_values_and_gradients_match_log_softmax(dtype):
+    # the reference: log_softmax over the vocabulary, then the target's entry
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 6, 11)).to(dtype).requires_grad_()
+    idx, w = torch.randint(0, 11, (3, 6)), torch.randn(3, 5)
+    lp = common.token_logprobs(logits, idx)
+    (lp * w).sum().backward()
+    grad, logits.grad = logits.grad, None
+    ref = F.log_softmax(logits[:, :-1].float(), -1).gather(2, idx[:, 1:, None]).squeeze(-1)
+    (ref * w).sum().backward()
+    assert lp.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(lp, ref, atol=2e-6, rtol=0)
+    torch.testing.assert_close(grad, logits.grad, atol=1e-6 if dtype == torch.float32 else 0,
+                               rtol=0)
+    assert (grad[:, -1] == 0).all()  # the last position predicts nothing
+    if dtype == torch.float32:  # d log p / d logits = onehot - softmax: rows sum to zero
+        assert grad[:, :-1].sum(-1).abs().max() < 1e-5
+
+
+def test_optimizer_is_fused_on_cpu():
+    opt = common.configure_optimizer(_tiny(), 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
+    assert opt.defaults["fused"] is True
+
+
+def test_keep_freed_cpu_memory():
+    import platform
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc only")
+    assert common.keep_freed_cpu_memory() is True
 
 
 def test_masked_mean():

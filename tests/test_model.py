@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-from model import (GPT, GPTConfig, ScalarModel, read_safetensors, top_k_filter, top_p_filter,
-                   write_safetensors)
+from model import (GPT, GPTConfig, ScalarModel, is_right_padded, read_safetensors, top_k_filter,
+                   top_p_filter, write_safetensors)
 
 transformers = pytest.importorskip("transformers")
 
@@ -336,6 +336,30 @@ def test_scalar_score_invariant_to_padding_and_batch_mates():
                 assert vals.shape == (3, T)
                 last = T - 1 if side == "left" else len(rows[0]) - 1
                 torch.testing.assert_close(vals[0, last], alone[0], atol=1e-5, rtol=0)
+
+
+def test_scalar_right_padded_batch_skips_the_mask(monkeypatch):
+    # a right-padded batch scores as if the mask went through the trunk, and SDPA gets no mask
+    # (its fast causal kernel); a left-padded batch keeps the mask
+    torch.manual_seed(0)
+    rm = ScalarModel(tiny_config()).eval()
+    idx = torch.randint(0, V, (3, 8))
+    right = torch.tensor([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6])
+    left = right.flip(1)
+    assert is_right_padded(right) and not is_right_padded(left)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: seen.append(k["attn_mask"] is None) or sdpa(*a, **k))
+    with torch.no_grad():
+        h = rm.transformer(idx, right)  # the masked trunk
+        expected = rm.head(h[torch.arange(3), torch.tensor([7, 4, 1])]).squeeze(-1)
+        seen.clear()
+        torch.testing.assert_close(rm(idx, right), expected, atol=1e-5, rtol=0)
+        assert seen and all(seen)
+        seen.clear()
+        rm(idx, left)
+        assert seen and not any(seen)
 
 
 def test_scalar_reward_bias_and_head_init():
