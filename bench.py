@@ -215,7 +215,7 @@ def build(cls, size, T, rt):
 
 
 def optimizer_for(model, rt, defaults):
-    """AdamW as the stage's script configures it (fused on CUDA), with its default settings."""
+    """AdamW as the stage's script configures it (fused), with its default settings."""
     return common.configure_optimizer(model, defaults["lr"], defaults["weight_decay"],
                                       (defaults["beta1"], defaults["beta2"]), defaults["eps"],
                                       rt.device_type)

@@ -57,7 +57,7 @@ DEFAULTS.update(
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
     trl_defaults=False,         # True: TRL's own gradient checkpointing (on) and bf16 (on) defaults
     dtype="float32",            # 'float32' | 'bfloat16' (autocast, as bench.py --dtype=bfloat16)
-    keep_freed_memory=True,     # the malloc settings nanoRLHF uses on a CPU (common.keep_freed_cpu_memory)
+    keep_freed_memory=True,     # nanoRLHF's malloc settings on a CPU (common.keep_freed_cpu_memory)
     compare="",                 # a bench.py --out JSON of the same sizes: print the time ratios
     out="",                     # also write the results to this JSON file
 )
@@ -291,7 +291,8 @@ def main(argv=None):
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(bench.STAGES)}")
     common.require_positive(cfg, "batch_size", "block_size", "prompt_len", "gen_tokens",
                             "ppo_epochs", "steps")
-    common.require(cfg.dtype in ("float32", "bfloat16"), f"dtype={cfg.dtype!r}: 'float32' or 'bfloat16'")
+    common.require(cfg.dtype in ("float32", "bfloat16"),
+                   f"dtype={cfg.dtype!r}: 'float32' or 'bfloat16'")
     if cfg.keep_freed_memory:  # what nanoRLHF's init_runtime does on a CPU: compare like with like
         common.keep_freed_cpu_memory()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never ask the hub
