@@ -476,8 +476,9 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+def checked_shapes(cfg):
+    """The sizes and stages lists of cfg, once they and the shape keys are checked (bench.py and
+    tests/bench_trl.py share these keys)."""
     sizes = [s.strip() for s in cfg.sizes.split(",") if s.strip()]
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     common.require(sizes and all(s in SIZES for s in sizes),
@@ -486,6 +487,12 @@ def main(argv=None):
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(STAGES)}")
     common.require_positive(cfg, "batch_size", "block_size", "prompt_len", "gen_tokens",
                             "ppo_epochs", "steps")
+    return sizes, stages
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    sizes, stages = checked_shapes(cfg)
     common.require(cfg.warmup >= 0 and cfg.peak_flops >= 0, "warmup and peak_flops must be >= 0")
     common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
                    f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")

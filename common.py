@@ -565,7 +565,7 @@ class _TokenLogprobs(torch.autograd.Function):
         lse = F.pad(lse, (0, 1))
         out = logits.to(torch.float32, copy=True)  # (B, T, V); in place from here on
         out.sub_(lse.unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
-        out[:, :-1].scatter_add_(2, target, grad.unsqueeze(-1).float())
+        out[:, :-1].scatter_add_(2, target, grad.unsqueeze(-1))
         return out.to(logits.dtype), None
 
 

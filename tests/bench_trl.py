@@ -283,14 +283,7 @@ def comparison(rows, path):
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    sizes = [s.strip() for s in cfg.sizes.split(",") if s.strip()]
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    common.require(sizes and all(s in bench.SIZES for s in sizes),
-                   f"sizes={cfg.sizes!r}: a comma-separated list of {', '.join(bench.SIZES)}")
-    common.require(stages and all(s in bench.STAGES for s in stages),
-                   f"stages={cfg.stages!r}: a comma-separated list of {', '.join(bench.STAGES)}")
-    common.require_positive(cfg, "batch_size", "block_size", "prompt_len", "gen_tokens",
-                            "ppo_epochs", "steps")
+    sizes, stages = bench.checked_shapes(cfg)
     common.require(cfg.dtype in ("float32", "bfloat16"),
                    f"dtype={cfg.dtype!r}: 'float32' or 'bfloat16'")
     if cfg.keep_freed_memory:  # what nanoRLHF's init_runtime does on a CPU: compare like with like
