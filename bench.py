@@ -62,14 +62,13 @@ import time
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 import common
 import train_dpo
 import train_ppo
 import train_reward_model
 import train_sft
-from model import GPT, GPTConfig, ScalarModel, position_ids_from_mask
+from model import GPT, GPTConfig, ScalarModel, position_ids_from_mask, sample_next
 
 # -----------------------------------------------------------------------------
 # default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
@@ -242,10 +241,7 @@ def generate_no_cache(model, idx, attention_mask, max_new_tokens, greedy=False, 
     for _ in range(max_new_tokens):
         h = model.hidden_states(idx, attention_mask)[:, -1]  # (B, C)
         logits = model.lm_head(h).float() / temperature  # (B, V)
-        if greedy:
-            tok = logits.argmax(-1)
-        else:
-            tok = torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+        tok = sample_next(logits, greedy=greedy, generator=generator)  # generate()'s sampler
         idx = torch.cat([idx, tok[:, None]], 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(tok[:, None])], 1)
     return idx[:, -max_new_tokens:]

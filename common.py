@@ -558,14 +558,16 @@ class _TokenLogprobs(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         logits, target, lse = ctx.saved_tensors
-        # grad (B, T-1) -> d/dlogits (B, T, V): -grad * softmax, plus grad at each target; the
-        # last position predicts nothing and gets zero
-        g = torch.zeros(logits.shape[:2], dtype=torch.float32, device=logits.device)
-        g[:, :-1] = grad
-        lse = F.pad(lse, (0, 1))
-        out = logits.to(torch.float32, copy=True)  # (B, T, V); in place from here on
-        out.sub_(lse.unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
-        out[:, :-1].scatter_add_(2, target, grad.unsqueeze(-1))
+        # grad (B, T-1) -> d/dlogits (B, T, V): grad * (onehot(target) - softmax) at the T-1
+        # positions that predict a token. The last position predicts nothing: its gradient is
+        # written as zeros, never computed as exp(logit) * 0, which is NaN once a logit
+        # overflows exp (above ~88.7 in float32, e.g. a logit of 9 at temperature 0.1)
+        out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # (B, T, V)
+        out[:, -1].zero_()
+        body = out[:, :-1]
+        body.copy_(logits[:, :-1])  # in place from here on: softmax, times -grad, plus onehot
+        body.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        body.scatter_add_(2, target, grad.unsqueeze(-1))
         return out.to(logits.dtype), None
 
 

@@ -48,7 +48,8 @@ import torch
 import common
 from common import ConfigError, print0, token_logprobs
 from data import loader
-from tokenizer import decode, get_tokenizer
+from model import row_generators
+from tokenizer import decode_response, get_tokenizer
 from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
@@ -146,18 +147,22 @@ def response_logprobs(model, seq, mask, P, temperature):
 @torch.inference_mode()
 def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None, *,
                        max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0, batch_size=64,
-                       seed=1337, device="cpu", autocast=None):
+                       seed=1337, device="cpu", autocast=None, samples_per_prompt=1):
     """
-    Sample one answer per row of prompt_ids (a list of token-id lists) from model, in batches of
-    left-padded prompts, with a generator seeded with `seed`: two policies given the same seed
-    and prompts draw the same noise, and the same policy draws the same answers.
+    Sample one answer per row of prompt_ids (a list of token-id lists, prompt-major: row
+    i * samples_per_prompt + j is sample j of prompt i) from model, in batches of left-padded
+    prompts. The noise of sample j of prompt i comes from its own generator, seeded with
+    (seed, i, j) alone: two policies given the same seed and prompts draw the same noise, and the
+    same policy draws the same answers whatever the batch size.
     Returns per-row lists: tokens (answer ids, EOS included), rm (score or None), kl (or None),
     length (tokens) and eos (0/1).
     """
     autocast = autocast or nullcontext()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    k = samples_per_prompt
     out = dict(tokens=[], rm=[], kl=[], length=[], eos=[])
     for start in range(0, len(prompt_ids), batch_size):
+        rows = range(start, min(start + batch_size, len(prompt_ids)))
+        gen = row_generators(seed, [(r // k, r % k) for r in rows])
         idx, attn = loader.collate_left(prompt_ids[start:start + batch_size], enc.eot_token)
         idx, attn = idx.to(device), attn.to(device)  # (B, P)
         with autocast:
@@ -220,10 +225,10 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
             model = source
         was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
         model.to(device).eval()
-        s = generate_and_score(model, rows, enc, reward_model, reference, **sampling)
+        s = generate_and_score(model, rows, enc, reward_model, reference, **sampling,
+                               samples_per_prompt=k)
         model.train(was_training)
-        # the template renders an answer as " " + answer: drop that one space
-        s["response"] = [decode(enc, t).removeprefix(" ") for t in s["tokens"]]
+        s["response"] = [decode_response(enc, t) for t in s["tokens"]]
         s["gold"] = [float(gold_fn(p, r)) for p, r in zip(texts, s["response"])] if gold_fn else None
         samples[name] = s
         if cache is not None and key is not None:

@@ -74,7 +74,8 @@ def is_right_padded(attention_mask):
 
 
 def position_ids_from_mask(attention_mask):
-    """Real tokens are numbered 0, 1, 2, ... whatever the padding; pads get 0. (B, T) long."""
+    """Real tokens are numbered 0, 1, 2, ... whatever the padding; pads LEFT of the tokens get 0,
+    pads right of them n - 1 (the last real position; nothing real attends to them). (B, T) long."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -261,6 +262,9 @@ class GPT(nn.Module):
         mask is 1 up to and including a row's first EOS and 0 after it (those tokens are
         eos_token_id, or 0); logprobs = log_softmax(logits / temperature) at the sampled token,
         from the unfiltered distribution (the one training recomputes), 0 where mask is 0.
+        generator: None (the global RNG), a torch.Generator (one stream for the batch), or a list
+        of B generators, row i drawing only from its own: then row i's answer does not depend on
+        the batch it is in (see sample_next).
         """
         B, T0 = idx.size()
         dev = idx.device
@@ -290,11 +294,7 @@ class GPT(nn.Module):
         tokens, masks, logprobs = [], [], []
         for step in range(max_new_tokens):
             logits = logits.float() / temperature  # (B, V)
-            if greedy:
-                tok = logits.argmax(-1)  # (B,)
-            else:
-                probs = F.softmax(top_p_filter(top_k_filter(logits, top_k), top_p), dim=-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            tok = sample_next(logits, top_k, top_p, greedy, generator)  # (B,)
             lp = F.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # (B,)
             tokens.append(torch.where(done, torch.full_like(tok, fill), tok))
             masks.append((~done).long())
@@ -308,6 +308,43 @@ class GPT(nn.Module):
                                  next_pos + step, cache)
             logits = self.lm_head(h[:, -1])
         return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1)
+
+
+def sample_next(logits, top_k=None, top_p=None, greedy=False, generator=None):
+    """
+    One token per row from logits (B, V) already divided by the temperature: the argmax, or a
+    sample of softmax(logits) after top-k / top-p filtering, by inverse CDF: the first token
+    whose cumulative probability reaches u * total, u ~ U(0, 1] (a token of probability 0 is
+    never chosen). One u per row and step, drawn from `generator` (a torch.Generator, or None
+    for the global RNG) or, given a list of B generators, row i's u from generator i alone: the
+    noise a row sees then depends on nothing but its own generator, whatever the batch size and
+    whenever the other rows end. Returns (B,) long.
+    """
+    if greedy:
+        return logits.argmax(-1)
+    probs = F.softmax(top_p_filter(top_k_filter(logits, top_k), top_p), dim=-1)  # (B, V)
+    if isinstance(generator, (list, tuple)):
+        u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generator])
+    elif generator is not None:
+        u = torch.rand(logits.size(0), generator=generator, device=generator.device)
+    else:
+        u = torch.rand(logits.size(0))
+    cdf = probs.cumsum(-1)  # (B, V)
+    x = (1.0 - u.to(cdf.device))[:, None] * cdf[:, -1:]  # (B, 1) in (0, total]
+    return (cdf < x).sum(-1).clamp(max=logits.size(-1) - 1)
+
+
+def row_generators(seed, rows, device="cpu"):
+    """One torch.Generator per row key (an int or a tuple of ints, e.g. (prompt i, sample j)),
+    seeded from (seed, key) alone: the noise of a row is fixed by its key, not by its batch."""
+    gens = []
+    for key in rows:
+        key = key if isinstance(key, tuple) else (key,)
+        mixed = seed
+        for k in key:  # a fixed integer mix (Python's hash of ints is not salted, but be plain)
+            mixed = (mixed * 1_000_003 + k + 1) % (2**63 - 1)
+        gens.append(torch.Generator(device=device).manual_seed(mixed))
+    return gens
 
 
 def top_k_filter(logits, k):
@@ -365,8 +402,13 @@ class ScalarModel(nn.Module):
         return model.to(gpt.lm_head.weight.device, gpt.lm_head.weight.dtype)
 
     def values(self, idx, attention_mask=None, position_ids=None):
-        """Head at every position (B, T), no reward_bias: the PPO critic."""
-        return self.head(self.transformer(idx, attention_mask, position_ids)).squeeze(-1)
+        """
+        Head at every position minus reward_bias, (B, T): the PPO critic. At each row's last real
+        token it equals forward(), so a critic copied from the reward model starts centred on the
+        very scores PPO pays (without the bias its values would all sit reward_bias too high).
+        """
+        h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
+        return self.head(h).squeeze(-1) - self.reward_bias
 
     def forward(self, idx, attention_mask=None, position_ids=None):
         """

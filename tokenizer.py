@@ -106,3 +106,9 @@ def encode_messages(enc, messages):
 def decode(enc, ids):
     """Text of a list of ids; the EOS token is dropped (it ends a response, it is not text)."""
     return enc.decode([int(i) for i in ids if int(i) != enc.eot_token])
+
+
+def decode_response(enc, ids):
+    """The text of a generated answer as its author wrote it: decode() without the one space
+    the template puts before every response. Reward functions, judges and logs all read this."""
+    return decode(enc, ids).removeprefix(" ")

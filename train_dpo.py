@@ -14,11 +14,12 @@ rejected answers go through the policy in one forward (chosen rows, then rejecte
 sequence's log-prob is the sum over its response tokens (the prompt and the padding are masked).
 loss_type picks the loss: 'sigmoid' (DPO; conservative DPO with label_smoothing), 'robust',
 'ipo', 'hinge' need the reference; 'simpo' and 'orpo' need none, and then none is built.
-rpo_alpha adds an NLL term on the chosen answer to any of them. With precompute_ref_logps the
-reference log-probs are computed once before training, cached in out_dir, and the reference
-model is freed. Watch logps_chosen in the log: with plain DPO it usually falls while the margin
-rises (both answers become less likely, the rejected one faster). On the toy world that drift
-costs gold reward, which is why the toy default keeps rpo_alpha=1.0 (see config/dpo_toy.py).
+Every default is the published loss. rpo_alpha > 0 adds an NLL term on the chosen answer to
+the reference-based losses and SimPO; that is RPO (Pang et al. 2024), a different objective,
+so call such a run "rpo" (or "dpo+nll"), not DPO. ORPO has its NLL term built in. With
+precompute_ref_logps the reference log-probs are computed once before training, cached in
+out_dir, and the reference model is freed. Watch logps_chosen in the log: with plain DPO it
+usually falls while the margin rises (both answers become less likely, the rejected one faster).
 The optional "margin" field of a preference record is not used here.
 
 Deliberately left out: KTO and other unpaired losses, online/iterative DPO (no sampling here:
@@ -57,7 +58,7 @@ DEFAULTS = dict(
     loss_type="sigmoid",                   # sigmoid | robust | ipo | hinge | simpo | orpo
     beta=0.1,                              # DPO-family temperature (strength of the KL anchor)
     label_smoothing=0.0,                   # assumed fraction of flipped labels (sigmoid, robust)
-    rpo_alpha=1.0,                         # weight of the chosen answer's NLL (RPO); 0 = off
+    rpo_alpha=0.0,                         # weight of the chosen answer's NLL (RPO); 0 = off
     simpo_beta=2.0,                        # SimPO reward scale
     simpo_gamma=1.0,                       # SimPO target reward margin
     orpo_lambda=0.1,                       # ORPO weight of the odds-ratio term
@@ -273,6 +274,8 @@ def validate(cfg):
     common.require(cfg.label_smoothing == 0 or cfg.loss_type in ("sigmoid", "robust"),
                    f"label_smoothing applies to loss_type sigmoid or robust, not {cfg.loss_type!r}")
     common.require(cfg.rpo_alpha >= 0, f"rpo_alpha={cfg.rpo_alpha} must be >= 0")
+    common.require(cfg.rpo_alpha == 0 or cfg.loss_type != "orpo", "loss_type='orpo' has its NLL "
+                   "term built in: rpo_alpha must be 0 (it would add the NLL a second time)")
     common.require(cfg.simpo_gamma >= 0, f"simpo_gamma={cfg.simpo_gamma} must be >= 0")
     common.require(0 <= cfg.min_lr <= cfg.lr, f"min_lr={cfg.min_lr} must be in [0, lr={cfg.lr}]")
     common.require(cfg.warmup_iters >= 0, f"warmup_iters={cfg.warmup_iters} must be >= 0")

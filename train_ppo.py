@@ -46,7 +46,8 @@ import torch.nn.functional as F
 import common
 from common import masked_mean, print0, token_logprobs
 from data import loader
-from tokenizer import decode, get_tokenizer
+from model import row_generators
+from tokenizer import decode_response, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/ppo_toy.py holds the same values)
@@ -304,7 +305,7 @@ def rollout(policy, ref, critic, reward_model, prompt_ids, prompt_mask, prompts,
         parts.append((logprobs, entropy, values, ref_logprobs, scores))
     logprobs, entropy, values, ref_logprobs = (torch.cat([p[k] for p in parts]) for k in range(4))
     # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
-    responses = [decode(enc, [t for t, keep in zip(row, row_mask) if keep])
+    responses = [decode_response(enc, [t for t, keep in zip(row, row_mask) if keep])
                  for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]
     if score_fn is not None:
         scores = torch.tensor([score_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
@@ -453,10 +454,11 @@ def main(argv=None):
         nonlocal best_val
         if not val or not rt.master:
             return {}
-        gen = torch.Generator(device=rt.device).manual_seed(cfg.seed + 1)
         rows = []
         for i in range(0, len(val), cfg.rollout_batch_size):
-            ro = rollout(policy, ref, critic, reward_model, *collate(val[i:i + cfg.rollout_batch_size]),
+            batch = val[i:i + cfg.rollout_batch_size]  # prompt i's noise is (seed + 1, i)'s
+            gen = row_generators(cfg.seed + 1, range(i, i + len(batch)))
+            ro = rollout(policy, ref, critic, reward_model, *collate(batch),
                          cfg, enc, rt, score_fn, gold_fn, gen)
             k1, _ = kl_estimates(ro["logprobs"], ro["ref_logprobs"], ro["resp_mask"])
             gold = ro["gold"].to(k1) if gold_fn else torch.zeros_like(k1)

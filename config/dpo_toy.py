@@ -10,7 +10,7 @@ block_size = 128
 loss_type = "sigmoid"
 beta = 0.1
 label_smoothing = 0.0
-rpo_alpha = 1.0               # the chosen answer's NLL: without it chosen log-probs drift down
+rpo_alpha = 0.0               # > 0 adds the chosen answer's NLL: that is RPO, not DPO
 precompute_ref_logps = False
 
 batch_size = 16

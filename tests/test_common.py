@@ -150,6 +150,28 @@ def test_token_logprobs_values_and_gradients_match_log_softmax(dtype):
         assert grad[:, :-1].sum(-1).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_gradient_is_finite_with_huge_logits(dtype):
+    # the last position predicts nothing: a logit that overflows exp() there (200, or a raw 9
+    # through a temperature of 0.1) once made its zero gradient inf * 0 = NaN everywhere
+    torch.manual_seed(0)
+    raw = (3 * torch.randn(2, 5, 7)).to(dtype)
+    raw[:, -1, 3] = 200.0
+    raw[0, 1, 2] = 9.0
+    for temperature in (1.0, 0.1):
+        logits = raw.clone().requires_grad_()
+        idx, w = torch.randint(0, 7, (2, 5)), torch.randn(2, 4)
+        lp = common.token_logprobs(logits.float() / temperature, idx)
+        (lp * w).sum().backward()
+        grad, logits.grad = logits.grad, None
+        ref = F.log_softmax(logits[:, :-1].float() / temperature, -1).gather(
+            2, idx[:, 1:, None]).squeeze(-1)
+        (ref * w).sum().backward()
+        assert torch.isfinite(grad).all() and (grad[:, -1] == 0).all()
+        torch.testing.assert_close(lp, ref, atol=2e-5, rtol=0)
+        torch.testing.assert_close(grad, logits.grad, atol=1e-5, rtol=0)
+
+
 def test_optimizer_is_fused_on_cpu():
     opt = common.configure_optimizer(_tiny(), 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
     assert opt.defaults["fused"] is True

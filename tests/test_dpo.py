@@ -120,10 +120,23 @@ def cfg_for(**kw):
     return SimpleNamespace(**base)
 
 
-def test_rpo_adds_the_chosen_nll_to_any_loss():
+def test_every_default_is_the_published_loss():
+    # the review found rpo_alpha=1.0 by default: "DPO" was DPO + NLL, and ORPO trained its NLL
+    # twice (loss 1.65 instead of 0.85 on the review's example)
     avg_c, avg_r = t([-0.5, -1.0]), t([-0.8, -0.6])
     logps = (t(PC), t(PR), avg_c, avg_r)
-    for lt in ("sigmoid", "ipo", "simpo", "orpo"):
+    assert train_dpo.DEFAULTS["rpo_alpha"] == 0.0
+    for lt, want in (("sigmoid", dpo("sigmoid")[0]), ("ipo", dpo("ipo")[0]),
+                     ("simpo", train_dpo.simpo_loss(avg_c, avg_r)[0]),
+                     ("orpo", train_dpo.orpo_loss(avg_c, avg_r)[0])):
+        got, _, _ = train_dpo.preference_losses(cfg_for(loss_type=lt), logps, (t(RC), t(RR)))
+        assert got.tolist() == pytest.approx(want.tolist(), abs=1e-12)
+
+
+def test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo():
+    avg_c, avg_r = t([-0.5, -1.0]), t([-0.8, -0.6])
+    logps = (t(PC), t(PR), avg_c, avg_r)
+    for lt in ("sigmoid", "ipo", "simpo"):
         plain, _, _ = train_dpo.preference_losses(cfg_for(loss_type=lt, rpo_alpha=0.0), logps,
                                                   (t(RC), t(RR)))
         rpo, _, _ = train_dpo.preference_losses(cfg_for(loss_type=lt, rpo_alpha=0.5), logps,
@@ -293,7 +306,7 @@ def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, lo
     init_policy = common.init_policy
     monkeypatch.setattr(common, "init_policy", lambda *a, **k: calls.append(a) or init_policy(*a, **k))
     res = run(toy, tmp_path / loss_type, f"--loss_type={loss_type}", "--max_iters=2",
-              "--eval_interval=2", "--rpo_alpha=0.1")
+              "--eval_interval=2", f"--rpo_alpha={0.1 if loss_type == 'simpo' else 0.0}")
     assert len(calls) == 1  # the policy only
     assert math.isfinite(res["loss"]) and math.isfinite(res["val_loss"])
 
@@ -304,8 +317,9 @@ def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, lo
     ("--beta=-0.1", "beta"),
     ("--label_smoothing=0.5", "label_smoothing"),
     ("--label_smoothing=-0.1", "label_smoothing"),
+    ("--loss_type=orpo --rpo_alpha=0.5", "NLL term built in"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, arg, words):
     with pytest.raises(common.ConfigError, match=words):
-        train_dpo.main([f"--out_dir={tmp_path / 'x'}", arg])
+        train_dpo.main([f"--out_dir={tmp_path / 'x'}", *arg.split()])
     assert not os.path.exists(tmp_path / "x")  # rejected before anything was written

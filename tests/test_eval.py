@@ -70,6 +70,28 @@ def test_kl_of_a_policy_against_itself_is_exactly_zero():
     diff = evaluate.generate_and_score(other, rows, enc, reference=ref, max_new_tokens=8)
     assert all(math.isfinite(x) for x in diff["kl"]) and any(x != 0 for x in diff["kl"])
 
+def test_sampling_noise_depends_on_prompt_and_sample_not_on_the_batch():
+    # sample j of prompt i sees the noise of (seed, i, j) alone: the same policy evaluated in
+    # batches of 64 and of 7 gives identical answers (before, the second batch on drew from a
+    # generator whose state depended on when the first batch's rows had ended)
+    torch.manual_seed(0)
+    enc = get_tokenizer("byte")
+    policy = GPT(GPTConfig(**TINY)).eval()
+    with torch.no_grad():  # EOS likely: rows end at different steps
+        policy.transformer.wte.weight[256] *= 6
+    prompts = [dict(prompt=p, ids=encode_prompt(enc, p)) for p in PROMPTS * 5]  # 20 prompts
+    runs = [evaluate.eval_policies({"p": policy}, prompts, enc, num_samples_per_prompt=2,
+                                   max_new_tokens=12, batch_size=bs, seed=5)["p"]["samples"]
+            for bs in (64, 7)]
+    assert runs[0]["tokens"] == runs[1]["tokens"]
+    assert len(set(map(tuple, runs[0]["tokens"]))) > 10  # real samples, not one answer
+    assert 0 < sum(runs[0]["eos"]) < 40  # some rows ended early, some did not
+    # the first 4 prompts alone get the answers they got among 20
+    first = evaluate.eval_policies({"p": policy}, prompts[:4], enc, num_samples_per_prompt=2,
+                                   max_new_tokens=12, batch_size=3, seed=5)["p"]["samples"]
+    assert first["tokens"] == runs[0]["tokens"][:8]
+
+
 # -----------------------------------------------------------------------------
 # end to end
 

@@ -332,10 +332,15 @@ def test_scalar_score_invariant_to_padding_and_batch_mates():
                 torch.testing.assert_close(rm(idx[1:2], mask[1:2]), alone[1:2], atol=1e-5,
                                            rtol=0)
                 # values: one per position, the score is the value at the last real token
+                # values: one per position, the score is the value at each row's last real
+                # token, with a reward_bias too (the PPO critic starts from the reward model)
+                rm.reward_bias.fill_(0.7)
                 vals = rm.values(idx, mask)
                 assert vals.shape == (3, T)
-                last = T - 1 if side == "left" else len(rows[0]) - 1
-                torch.testing.assert_close(vals[0, last], alone[0], atol=1e-5, rtol=0)
+                last = [T - 1] * 3 if side == "left" else [len(r) - 1 for r in rows]
+                torch.testing.assert_close(vals[torch.arange(3), last], rm(idx, mask), atol=1e-5,
+                                           rtol=0)
+                rm.reward_bias.zero_()
 
 
 def test_scalar_right_padded_batch_skips_the_mask(monkeypatch):
@@ -373,7 +378,8 @@ def test_scalar_reward_bias_and_head_init():
         before = rm(idx)
         rm.reward_bias.fill_(0.25)
         torch.testing.assert_close(rm(idx), before - 0.25)
-        torch.testing.assert_close(rm.values(idx)[:, -1], before)  # the critic has no offset
+        # the critic's contract: its value at the last real token is the score, bias included
+        torch.testing.assert_close(rm.values(idx)[:, -1], before - 0.25)
     assert rm.state_dict()["reward_bias"].item() == 0.25
 
 

@@ -222,7 +222,9 @@ def test_ppo_raises_a_programmatic_reward(world, tmp_path):
     train = [r["score"] for r in log if "score" in r]
     assert val[-1] > val[0] + 1.0, val
     assert sum(train[-5:]) / 5 > sum(train[:5]) / 5 + 1.0, train
-    assert all(math.isfinite(r["kl"]) and r["kl"] < 50 for r in log if "kl" in r)
+    # bounded by about the KL of the reward's optimum, twelve 'e's at ~5.5 nats each under the
+    # random reference (~66 nats); a blow-up would be inf, NaN or hundreds
+    assert all(math.isfinite(r["kl"]) and r["kl"] < 12 * math.log(257) + 15 for r in log if "kl" in r)
 
 
 @pytest.mark.slow

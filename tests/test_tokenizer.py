@@ -60,3 +60,13 @@ def test_multi_turn_mask_trains_every_assistant_turn(enc):
 def test_unknown_tokenizer_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown tokenizer"):
         get_tokenizer("gpt3")
+
+
+def test_decode_response_is_the_text_as_written():
+    # the one convention for every reader of a generated answer (reward functions, the judge,
+    # eval's tables): the template's leading space is gone, the answer's own spaces stay
+    from tokenizer import decode_response, encode_response
+    enc = get_tokenizer("byte")
+    assert decode_response(enc, encode_response(enc, "A cow says moo.")) == "A cow says moo."
+    assert decode_response(enc, encode_response(enc, " two spaces")) == " two spaces"
+    assert decode_response(enc, []) == ""
