@@ -20,7 +20,7 @@ tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and p
     ppo_gen         train_ppo.rollout's generation: model.generate, prefill + KV-cache decoding
     ppo_gen_nocache the same tokens without a KV cache: the whole sequence again for every token
     ppo_score       the rest of rollout(): log-probs of policy and reference, reward model, critic
-    ppo_update      rewards, GAE, whitening, then ppo_epochs clipped policy + value steps
+    ppo_update      rewards, GAE, whitening, then num_iterations clipped policy + value steps
     ppo_iter        ppo_gen + ppo_score + ppo_update: one PPO iteration (no KV-free generation)
 batch_size counts sequences (sft), pairs (rm, dpo: 2 x batch_size rows of block_size tokens) and
 prompts (ppo: prompt_len tokens each, gen_tokens new tokens per response). Every PPO response
@@ -28,7 +28,7 @@ runs to gen_tokens (the end-of-text id lies outside the random vocabulary, as wi
 response length), so rows of equal sizes do equal work from run to run.
 
 Columns: tokens/s (tokens through the model per second: sft B*T, rm and dpo 2*B*T, ppo_gen new
-tokens B*N, ppo_score B*(P+N), ppo_update ppo_epochs*B*(P+N), ppo_iter new tokens B*N);
+tokens B*N, ppo_score B*(P+N), ppo_update num_iterations*B*(P+N), ppo_iter new tokens B*N);
 s/step (seconds per optimizer step; per generate() call, per scoring pass, per iteration for
 those rows); peak MB (CUDA: torch.cuda.max_memory_allocated over the stage, weights included;
 CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs on Linux)
@@ -55,7 +55,6 @@ import ctypes
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import time
@@ -68,7 +67,7 @@ import train_dpo
 import train_ppo
 import train_reward_model
 import train_sft
-from model import GPT, GPTConfig, ScalarModel, position_ids_from_mask, sample_next
+from model import GPT, GPTConfig, ScalarModel, sample_next
 
 # -----------------------------------------------------------------------------
 # default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
@@ -79,7 +78,7 @@ DEFAULTS = dict(
     block_size=256,             # tokens per training row (sft, rm, dpo)
     prompt_len=64,              # ppo: prompt tokens per row
     gen_tokens=32,              # ppo: new tokens per response
-    ppo_epochs=4,               # ppo: optimizer steps per iteration (one minibatch per epoch)
+    num_iterations=4,           # ppo: optimizer steps per iteration (one minibatch per pass)
     steps=2,                    # timed steps per stage
     warmup=1,                   # untimed steps before them (allocator, kernels, torch.compile)
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
@@ -220,15 +219,6 @@ def optimizer_for(model, rt, defaults):
                                       rt.device_type)
 
 
-def optimizer_step(model, optimizer, grad_clip=1.0):
-    """Clip, step, zero: the end of every script's step. Returns the grad norm as a float (the
-    scripts read it, which is also a device sync)."""
-    norm = torch.nn.utils.clip_grad_norm_(common.unwrap(model).parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm.item()
-
-
 @torch.no_grad()
 def generate_no_cache(model, idx, attention_mask, max_new_tokens, greedy=False, temperature=1.0,
                       generator=None):
@@ -256,17 +246,13 @@ def bench_sft(size, cfg, rt, gen):
     model = build(GPT, size, T, rt)
     optimizer = optimizer_for(model, rt, train_sft.DEFAULTS)
     config = model.config
-    model = common.maybe_compile(model, cfg.compile)
+    trained = common.maybe_compile(model, cfg.compile)
     idx, loss_mask = sft_batch(B, T, config.vocab_size, gen, rt.device)
-    attn = torch.ones_like(idx)
+    micro = [(idx, torch.ones_like(idx), loss_mask)]
 
-    def step():  # train_sft.py's step
-        with rt.autocast:
-            logits = model(idx, position_ids=position_ids_from_mask(attn))  # (B, T, V)
-        loss = train_sft.sft_loss(logits, idx, loss_mask)
-        loss.backward()
-        optimizer_step(model, optimizer)
-        return loss.item()
+    def step():  # train_sft.py's step: its own functions
+        loss = train_sft.sft_step(trained, micro, rt)
+        common.optimizer_step(model, optimizer, 1.0, 1, loss)
 
     seconds = measure(step, cfg, rt)
     flops = 3 * B * T * forward_flops(config, T)
@@ -279,16 +265,13 @@ def bench_rm(size, cfg, rt, gen):
     model = build(ScalarModel, size, T, rt)
     optimizer = optimizer_for(model, rt, train_reward_model.DEFAULTS)
     config = model.config
-    model = common.maybe_compile(model, cfg.compile)
-    batch = pair_batch(B, T, config.vocab_size, gen, rt.device)
+    trained = common.maybe_compile(model, cfg.compile)
+    micro = [pair_batch(B, T, config.vocab_size, gen, rt.device)]
+    rm_cfg = SimpleNamespace(**train_reward_model.DEFAULTS)
 
     def step():  # train_reward_model.py's step: chosen and rejected rows in one forward
-        with rt.autocast:
-            r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (2B,)
-        loss, metrics = train_reward_model.reward_model_loss(r[:B], r[B:])
-        loss.backward()
-        optimizer_step(model, optimizer)
-        return metrics
+        metrics = train_reward_model.rm_step(trained, micro, rm_cfg, rt)
+        common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
 
     seconds = measure(step, cfg, rt)
     flops = 3 * 2 * B * T * forward_flops(config, T, lm_head=False)
@@ -302,73 +285,32 @@ def bench_dpo(size, cfg, rt, gen):
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = optimizer_for(model, rt, train_dpo.DEFAULTS)
     config = model.config
-    model = common.maybe_compile(model, cfg.compile)
-    batch = pair_batch(B, T, config.vocab_size, gen, rt.device)
-    dpo_cfg = SimpleNamespace(**train_dpo.DEFAULTS)  # the sigmoid loss, beta 0.1, rpo_alpha
+    trained = common.maybe_compile(model, cfg.compile)
+    micro = [pair_batch(B, T, config.vocab_size, gen, rt.device)]
+    dpo_cfg = SimpleNamespace(**train_dpo.DEFAULTS)  # the sigmoid loss, beta 0.1
 
-    def reference_logps():  # train_dpo.get_ref_logps without a cache
+    def live_ref(batch):  # train_dpo.main's reference without a cache
         with torch.inference_mode():
             c, r, _, _ = train_dpo.pair_logprobs(ref, batch, rt.autocast)
         return c.clone(), r.clone()
 
-    cached = reference_logps()  # what precompute_ref_logps stores before training
+    cached = live_ref(micro[0])  # what precompute_ref_logps stores before training
 
-    def step(ref_logps):  # train_dpo.py's step
-        logps = train_dpo.pair_logprobs(model, batch, rt.autocast)
-        out = train_dpo.preference_losses(dpo_cfg, logps, ref_logps())
-        out[0].mean().backward()
-        metrics = train_dpo.pair_metrics(*out, logps)
-        optimizer_step(model, optimizer)
-        return metrics
+    def step(ref_logps):  # train_dpo.py's step: its own functions
+        metrics = train_dpo.dpo_step(trained, micro, ref_logps, dpo_cfg, rt)
+        common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
 
+    # the LM head runs at the response positions only (3/4 of each row here)
     train_flops = 3 * 2 * B * T * forward_flops(config, T)
     ref_flops = 2 * B * T * forward_flops(config, T)
-    seconds = measure(lambda: step(reference_logps), cfg, rt)
+    seconds = measure(lambda: step(live_ref), cfg, rt)
     rows = [row(size, "dpo", 2 * B * T, seconds, train_flops + ref_flops, cfg, None)]
-    seconds = measure(lambda: step(lambda: cached), cfg, rt)
+    seconds = measure(lambda: step(lambda batch: cached), cfg, rt)
     rows.append(row(size, "dpo_cached_ref", 2 * B * T, seconds, train_flops, cfg, None))
     peak = peak_memory_mb(rt, base)  # the reference is resident in both rows
     for r in rows:
         r["peak_mem_mb"] = peak
     return rows
-
-
-def ppo_update(ro, policy, critic, opt_policy, opt_critic, ppo_cfg, rt):
-    """
-    Steps 4-6 of train_ppo.main for one rollout, the same calls in the same order (keep them in
-    step): KL-shaped rewards, GAE, whitened advantages, then ppo_epochs passes of clipped policy
-    and value losses over shuffled minibatches of micro-batches, each minibatch one optimizer step.
-    """
-    resp_mask, P, B = ro["resp_mask"], ro["P"], ro["seq"].size(0)
-    old_logprobs, old_values = ro["logprobs"], ro["values"]  # (B, N) each
-    rewards = train_ppo.kl_shaped_rewards(ro["scores"], old_logprobs, ro["ref_logprobs"],
-                                          resp_mask, ppo_cfg.kl_coef)
-    advantages, returns = train_ppo.compute_gae(rewards, old_values, resp_mask, ppo_cfg.gamma,
-                                                ppo_cfg.lam)
-    advantages = train_ppo.whiten(advantages, resp_mask)
-    policy_params, critic_params = list(policy.parameters()), list(critic.parameters())
-    for _ in range(ppo_cfg.ppo_epochs):
-        perm = torch.randperm(B).to(rt.device)
-        for start in range(0, B, ppo_cfg.minibatch_size):
-            for mb in perm[start:start + ppo_cfg.minibatch_size].split(ppo_cfg.micro_batch_size):
-                m = resp_mask[mb]
-                with rt.autocast:
-                    logprobs, entropy, values = train_ppo.policy_forward(
-                        policy, ro["seq"][mb], ro["mask"][mb], P, ppo_cfg.temperature, critic)
-                pg_loss, _, _, _ = train_ppo.ppo_policy_loss(
-                    logprobs, old_logprobs[mb], advantages[mb], m, ppo_cfg.cliprange)
-                vf_loss, _ = train_ppo.ppo_value_loss(values, old_values[mb], returns[mb], m,
-                                                      ppo_cfg.cliprange_value)
-                loss = (pg_loss + ppo_cfg.vf_coef * vf_loss
-                        - ppo_cfg.ent_coef * common.masked_mean(entropy, m))
-                (loss * len(mb) / ppo_cfg.minibatch_size).backward()
-            clip = ppo_cfg.grad_clip or math.inf
-            gn = (torch.nn.utils.clip_grad_norm_(policy_params, clip).item()
-                  + torch.nn.utils.clip_grad_norm_(critic_params, clip).item())
-            common.check_finite(0, loss=loss.item(), grad_norm=gn)
-            for opt in (opt_policy, opt_critic):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
 
 
 def bench_ppo(size, cfg, rt, gen):
@@ -381,17 +323,18 @@ def bench_ppo(size, cfg, rt, gen):
     critic = copy.deepcopy(reward_model).requires_grad_(True)
     config = policy.config
     opt_policy = optimizer_for(policy, rt, train_ppo.DEFAULTS)
-    critic_defaults = {**train_ppo.DEFAULTS, "lr": train_ppo.DEFAULTS["critic_lr"]}
-    opt_critic = optimizer_for(critic, rt, critic_defaults)
-    # one minibatch per epoch, as TRL's PPO with num_mini_batches=1; no EOS penalty (none ends)
+    opt_critic = optimizer_for(critic, rt, {**train_ppo.DEFAULTS,
+                                            "lr": train_ppo.DEFAULTS["critic_lr"]})
+    # one minibatch per pass, as TRL's PPO with num_mini_batches=1; no EOS penalty (none ends)
     ppo_cfg = SimpleNamespace(**{**train_ppo.DEFAULTS, "rollout_batch_size": B,
                                  "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
-                                 "ppo_epochs": cfg.ppo_epochs, "missing_eos_mode": ""})
+                                 "num_iterations": cfg.num_iterations, "missing_eos_mode": ""})
+    reward = train_ppo.make_reward(reward_model, None, B)
     # rollout() reads eot_token and decodes texts: an end-of-text id outside the vocabulary is
     # never sampled, and the stand-in decoder joins ids (the gpt2 BPE would need a network)
     enc = SimpleNamespace(eot_token=config.vocab_size, decode=lambda ids: " ".join(map(str, ids)))
     prompt_ids = random_ids(B, P, config.vocab_size, gen).to(rt.device)  # (B, P), no padding
-    prompt_mask = torch.ones_like(prompt_ids)
+    batch = (prompt_ids, torch.ones_like(prompt_ids), [""] * B)
 
     # time generate() inside rollout(): rollout is timed whole and split without copying it
     gen_seconds = []
@@ -405,16 +348,22 @@ def bench_ppo(size, cfg, rt, gen):
 
     times = dict(gen=[], nocache=[], score=[], update=[])
 
+    def update(ro):  # steps 4-6 of train_ppo.main: its own functions
+        rewards = train_ppo.kl_shaped_rewards(ro.scores, ro.logprobs, ro.ref_logprobs,
+                                              ro.resp_mask, ppo_cfg.beta)
+        advantages, returns = train_ppo.compute_gae(rewards, ro.values, ro.resp_mask)
+        advantages = train_ppo.whiten(advantages, ro.resp_mask)
+        train_ppo.ppo_update(ro, advantages, returns, policy, opt_policy, ppo_cfg, rt, 1, critic,
+                             opt_critic)
+
     def iteration(measured):
-        ro, t_rollout = timed(lambda: train_ppo.rollout(
-            policy, ref, critic, reward_model, prompt_ids, prompt_mask, [""] * B, ppo_cfg, enc,
-            rt), rt)
-        _, t_update = timed(lambda: ppo_update(ro, policy, critic, opt_policy, opt_critic,
-                                               ppo_cfg, rt), rt)
+        ro, t_rollout = timed(lambda: train_ppo.rollout(policy, ref, critic, reward, batch, enc,
+                                                        ppo_cfg, rt), rt)
+        _, t_update = timed(lambda: update(ro), rt)
         if measured:  # the KV-free baseline: slow, and every step a new shape, so no warm-up
             def no_cache():
                 with rt.autocast:
-                    return generate_no_cache(policy, prompt_ids, prompt_mask, N,
+                    return generate_no_cache(policy, prompt_ids, batch[1], N,
                                              temperature=ppo_cfg.temperature)
             times["nocache"].append(timed(no_cache, rt)[1])
             times["gen"].append(gen_seconds[-1])
@@ -427,18 +376,18 @@ def bench_ppo(size, cfg, rt, gen):
         iteration(True)
     t = {k: sum(v) / len(v) for k, v in times.items()}
     peak = peak_memory_mb(rt, base)
-    # scoring: policy and reference run the trunk on P + N tokens and the LM head on N + 1 of
-    # them (policy_forward); the reward model and the critic run the trunk only
+    # scoring: policy and reference run the trunk on P + N tokens and the LM head on N of them
+    # (policy_forward); the reward model and the critic run the trunk only
     trunk, head = forward_flops(config, P + N, lm_head=False), 2 * config.n_embd * config.vocab_size
-    policy_fwd = B * (P + N) * trunk + B * (N + 1) * head
+    policy_fwd = B * (P + N) * trunk + B * N * head
     score_flops = 2 * policy_fwd + 2 * B * (P + N) * trunk
-    update_flops = cfg.ppo_epochs * 3 * (policy_fwd + B * (P + N) * trunk)
+    update_flops = cfg.num_iterations * 3 * (policy_fwd + B * (P + N) * trunk)
     rows = [row(size, "ppo_gen", B * N, t["gen"], None, cfg, peak),
             row(size, "ppo_gen_nocache", B * N, t["nocache"], None, cfg, peak),
             row(size, "ppo_score", B * (P + N), t["score"], score_flops, cfg, peak),
-            row(size, "ppo_update", cfg.ppo_epochs * B * (P + N), t["update"], update_flops, cfg,
+            row(size, "ppo_update", cfg.num_iterations * B * (P + N), t["update"], update_flops, cfg,
                 peak)]
-    rows[-1]["s_per_step"] = t["update"] / cfg.ppo_epochs  # per optimizer step, like the others
+    rows[-1]["s_per_step"] = t["update"] / cfg.num_iterations  # per optimizer step, like the others
     iter_seconds = t["gen"] + t["score"] + t["update"]
     rows.append(row(size, "ppo_iter", B * N, iter_seconds, None, cfg, peak))
     return rows
@@ -481,23 +430,22 @@ def checked_shapes(cfg):
                    f"sizes={cfg.sizes!r}: a comma-separated list of {', '.join(SIZES)}")
     common.require(stages and all(s in STAGES for s in stages),
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(STAGES)}")
-    common.require_positive(cfg, "batch_size", "block_size", "prompt_len", "gen_tokens",
-                            "ppo_epochs", "steps")
+    positive = (lambda v: v > 0, "> 0")
+    common.validate(cfg, {"prompt_len": positive, "gen_tokens": positive, "steps": positive,
+                          "warmup": (lambda v: v >= 0, ">= 0"),
+                          "peak_flops": (lambda v: v >= 0, ">= 0")})
     return sizes, stages
 
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
     sizes, stages = checked_shapes(cfg)
-    common.require(cfg.warmup >= 0 and cfg.peak_flops >= 0, "warmup and peak_flops must be >= 0")
-    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
-                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
     rt = common.init_runtime(cfg)
     meta = dict(date=datetime.date.today().isoformat(), hardware=hardware(rt), device=rt.device,
                 dtype=rt.dtype, torch=torch.__version__, config=vars(cfg))
     print(f"{meta['date']}, {meta['hardware']}, torch {meta['torch']}, {rt.device} {rt.dtype}, "
           f"batch {cfg.batch_size}, block {cfg.block_size}, ppo prompt {cfg.prompt_len} + "
-          f"{cfg.gen_tokens} new tokens x {cfg.ppo_epochs} epochs", flush=True)
+          f"{cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs", flush=True)
     # one untimed micro step first: one-time library set-up (thread pools, kernel caches) must
     # count neither as the first stage's time nor as its memory
     bench_sft("micro", SimpleNamespace(**{**vars(cfg), "steps": 1, "warmup": 0, "compile": False}),
@@ -527,4 +475,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -1,20 +1,23 @@
 """
-The plumbing every training script shares, written once: config handling, device/precision/DDP
-set-up, checkpoints, model initialisation, optimizer and schedule, logging, and the few tensor
-helpers (log-probs with the one-position shift, masked means) that every loss is built from.
+The plumbing every script shares, written once: config and its checks, the run skeleton (device,
+DDP, out_dir, lock, resume, log, checkpoints, stop signals), model initialisation, optimizer and
+schedule, and the few tensor helpers (log-probs, masked means) that every loss is built from.
+A script's loop stays in the script: nothing here calls back into it.
 """
 
 import ast
+import inspect
 import json
 import math
 import os
-import inspect
 import pickle
 import re
 import runpy
+import shutil
 import signal
 import sys
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -23,30 +26,84 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+try:
+    import fcntl  # POSIX file locks
+except ImportError:  # Windows: msvcrt's byte-range locks instead
+    fcntl = None
+
+# -----------------------------------------------------------------------------
+# errors: a rejected input is a UserError, printed as one line by cli(); anything else is a bug
+
+
+class UserError(Exception):
+    """Bad input (config, data, checkpoint) or a failed run the user can fix: one line, no traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+class DataError(UserError, ValueError):
+    pass
+
+
+class CheckpointError(UserError, RuntimeError):
+    pass
+
+
+class NonFiniteError(UserError, FloatingPointError):
+    pass
+
+
+def cli(main):
+    """Run a script's main() from the command line: a UserError prints `error: <what>` and exits
+    with status 1; a second Ctrl-C exits 130; any other exception is a bug and keeps its traceback."""
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
 # -----------------------------------------------------------------------------
 # config: defaults live at the top of each script as a dict; a config file (python assignments)
 # and --key=value arguments override them. Types must match the default's type.
 
-
-class ConfigError(ValueError):
-    pass
+# old key -> (new key, what changed): an old name is an error that names the new one
+RENAMED = {
+    "eval_iters": ("eval_examples", "it counts held-out examples now, not batches"),
+    "eval_pairs": ("eval_examples", "one name in every script"),
+    "eval_prompts": ("eval_examples", "one name in every script"),
+    "group_by_length": ("length_buckets", "one name in every script"),
+    "kl_coef": ("beta", "the KL anchor's strength has one name: beta, as in DPO and GRPO"),
+    "ppo_epochs": ("num_iterations", "passes over each rollout batch, GRPO's mu"),
+    "cliprange": ("epsilon_low", "and epsilon_high: the clip range may be asymmetric"),
+    "ref_from": ("reference", "one name in every script"),
+    "max_prompts": ("eval_examples", "one name in every script"),
+}
 
 
 def _coerce(key, value, default, where):
     """Check that `value` may replace `default` (same type; an int is accepted for a float)."""
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
+        ok = isinstance(value, bool)
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:  # an int with hundreds of digits
+                value = math.inf
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: config key '{key}' must be a finite number, got {value}")
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, type(default)):
-        return value
-    raise ConfigError(f"{where}: config key '{key}' must be {type(default).__name__} "
-                      f"(default {default!r}), got {type(value).__name__} {value!r}")
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{where}: config key '{key}' must be {type(default).__name__} "
+                          f"(default {default!r}), got {type(value).__name__} {value!r}")
+    return value
 
 
 def _parse_cli_value(key, text, default):
@@ -56,9 +113,18 @@ def _parse_cli_value(key, text, default):
         return text.lower() in ("true", "1")
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"command line: cannot parse --{key}={text}: expected a "
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ConfigError(f"command line: cannot parse --{key}={text[:80]}: expected a "
                           f"{type(default).__name__} like {default!r}") from None
+
+
+def _check_key(key, defaults, where):
+    if key in defaults:
+        return
+    if key in RENAMED and RENAMED[key][0] in defaults:
+        new, why = RENAMED[key]
+        raise ConfigError(f"{where}: config key '{key}' was renamed '{new}' ({why})")
+    raise ConfigError(f"{where}: unknown config key '{key}' (see --help)")
 
 
 def key_comments(source_file):
@@ -88,9 +154,10 @@ def format_help(defaults, doc="", comments=None):
 def parse_config(defaults, argv=None, doc=""):
     """
     Resolve a run's config: `defaults` (a dict), then each config file named on the command line
-    (a python file of assignments), then each --key=value, in order. Unknown keys and wrong types
-    raise ConfigError naming the key and where it came from. --help prints every key and exits.
-    Returns a SimpleNamespace; `vars(cfg)` is the plain dict saved in checkpoints.
+    (a python file of assignments), then each --key=value, in order. Unknown keys, renamed keys,
+    wrong types and non-finite numbers raise ConfigError naming the key and where it came from.
+    --help prints every key and exits. Returns a SimpleNamespace; `vars(cfg)` is the plain dict
+    saved in checkpoints.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = dict(defaults)
@@ -107,20 +174,20 @@ def parse_config(defaults, argv=None, doc=""):
                 raise ConfigError(f"command line: config file {arg!r} does not exist")
             try:
                 values = runpy.run_path(arg)
-            except Exception as e:
-                raise ConfigError(f"{arg}: the config file failed to run: {e!r}") from e
+            except BaseException as e:  # a syntax error, a raise, or even a sys.exit(0)
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise ConfigError(f"{arg}: the config file failed to run: {e!r}") from None
             for k, v in values.items():
                 if k.startswith("_") or callable(v) or type(v).__name__ == "module":
                     continue
-                if k not in defaults:
-                    raise ConfigError(f"{arg}: unknown config key '{k}'")
+                _check_key(k, defaults, arg)
                 cfg[k] = _coerce(k, v, defaults[k], arg)
         else:
             if "=" not in arg:
                 raise ConfigError(f"command line: expected --key=value, got {arg!r}")
             k, text = arg[2:].split("=", 1)
-            if k not in defaults:
-                raise ConfigError(f"command line: unknown config key '{k}' (see --help)")
+            _check_key(k, defaults, "command line")
             cfg[k] = _coerce(k, _parse_cli_value(k, text, defaults[k]), defaults[k], "command line")
     return SimpleNamespace(**cfg)
 
@@ -131,9 +198,82 @@ def require(cond, msg):
         raise ConfigError(msg)
 
 
-def require_positive(cfg, *keys):
-    for k in keys:
-        require(getattr(cfg, k) > 0, f"config key '{k}' must be > 0, got {getattr(cfg, k)!r}")
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _unit(v):  # [0, 1)
+    return 0 <= v < 1
+
+
+# key -> (test, what the value must be): checked by validate() for every script that has the key
+RULES = {
+    **{k: (_positive, "> 0") for k in (
+        "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "lr",
+        "critic_lr", "eps", "log_interval", "eval_interval", "ckpt_interval", "sample_tokens",
+        "rollout_batch_size", "minibatch_size", "micro_batch_size", "max_new_tokens",
+        "num_iterations", "group_size", "sample_interval", "target_kl", "kl_horizon",
+        "num_samples_per_prompt", "simpo_beta", "orpo_lambda")},
+    **{k: (_non_negative, ">= 0") for k in (
+        "warmup_iters", "weight_decay", "grad_clip", "min_lr", "num_samples", "top_k",
+        "ent_coef", "vf_coef", "save_every", "missing_eos_penalty", "center_coef", "rpo_alpha",
+        "simpo_gamma", "num_examples", "critic_warmup")},
+    **{k: (_unit, "in [0, 1)") for k in ("dropout", "beta1", "beta2")},
+    "max_iters": (_positive, "> 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lam": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "temperature": (lambda v: 0.01 <= v <= 100, "in [0.01, 100] (a smaller one overflows the "
+                                                "logits / T)"),
+    "sample_temperature": (lambda v: v == 0 or 0.01 <= v <= 100, "0 (greedy) or in [0.01, 100]"),
+    "eval_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
+    "seed": (lambda v: 0 <= v < 2**63 - 2**32, "in [0, 2**63 - 2**32)"),  # rank r seeds seed + r
+    "dtype": (lambda v: v in ("auto", "float32", "bfloat16"), "'auto', 'float32' or 'bfloat16'"),
+    "device": (lambda v: v in ("auto", "cpu", "mps") or re.fullmatch(r"cuda(:\d+)?", v),
+               "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    "tokenizer": (lambda v: v in ("byte", "gpt2"), "'byte' or 'gpt2'"),
+}
+
+
+def validate(cfg, rules=None):
+    """
+    Check every key of cfg that RULES (or the script's own `rules`, which win) has a rule for,
+    plus the cross-key rules every script shares; a bad value fails with one line naming the key.
+    """
+    rules = {**RULES, **(rules or {})}
+    for key, value in vars(cfg).items():
+        if key in rules:
+            test, want = rules[key]
+            require(test(value), f"config key '{key}' must be {want}, got {value!r}")
+    c = vars(cfg)
+    if "min_lr" in c:
+        require(cfg.min_lr <= cfg.lr, f"config key 'min_lr'={cfg.min_lr} must be <= lr={cfg.lr}")
+    if "stop_iter" in c:  # max_iters = -1: derived later (the reward model's num_epochs)
+        last = cfg.max_iters if cfg.max_iters > 0 else math.inf
+        require(cfg.stop_iter == -1 or 0 < cfg.stop_iter <= last, f"config key 'stop_iter'="
+                f"{cfg.stop_iter} must be -1 or in 1..max_iters={cfg.max_iters}")
+    if "n_head" in c and "n_embd" in c:
+        require(cfg.n_embd % cfg.n_head == 0,
+                f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+    if str(c.get("device", "")).startswith("cuda"):
+        require(torch.cuda.is_available(), f"device={cfg.device!r}, but this machine has no CUDA "
+                                           f"device (torch.cuda.is_available() is False)")
+
+
+HUB = ("scratch", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def require_files(cfg, *keys, hint=""):
+    """Each named key must be '' (not used), a hub name, or an existing path; hint says how to
+    make the file (e.g. the toy world's prepare command)."""
+    for key in keys:
+        path = getattr(cfg, key)
+        require(not path or path in HUB or os.path.exists(path),
+                f"{key}={path!r} does not exist{f' ({hint})' if hint else ''}")
 
 # -----------------------------------------------------------------------------
 # runtime: device, precision, seeds, DDP
@@ -184,18 +324,16 @@ def init_runtime(cfg):
     samples, while DDP broadcasts rank 0's initial weights so the models start identical.
     """
     ddp = int(os.environ.get("RANK", -1)) != -1
+    device = pick_device(cfg.device)
+    rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         world_size = int(os.environ["WORLD_SIZE"])
-        device = pick_device(cfg.device)
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    else:
-        rank, local_rank, world_size = 0, 0, 1
-        device = pick_device(cfg.device)
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = cfg.dtype
     if dtype == "auto":
@@ -258,10 +396,6 @@ def no_sync_unless(model, last_micro_step):
 # checkpoints: one dict per file, written atomically and read back with weights_only=True
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
 def rng_state():
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -307,18 +441,26 @@ def load_checkpoint(path, expect_kind=None, expect_tokenizer=None, expect_stage=
     Load a checkpoint written by save_checkpoint. weights_only=True means the file can hold only
     tensors and plain containers: a checkpoint from the internet cannot run code when loaded.
     expect_kind ('policy' or 'scalar') and expect_tokenizer guard against loading the wrong model;
-    expect_stage ('sft', 'rm', 'ppo', 'dpo') against resuming another script's run.
+    expect_stage ('sft', 'rm', 'ppo', ...) against resuming another script's run.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive: this is something else
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save archive: cut "
+                              f"short, or another kind of file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):
+            raise CheckpointError(f"{path}: not a readable checkpoint (damaged pickle)") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
         raise CheckpointError(
             f"{path}: refused to load: the file holds objects other than tensors and plain "
-            f"containers, which could run code (weights_only=True). Detail: {str(e)[:300]}") from None
+            f"containers ({found.group(1) if found else 'a Python object'}), which could run "
+            f"code (weights_only=True)") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
             and isinstance(ckpt.get("model_args"), dict)):
         raise CheckpointError(f"{path}: not a nanoRLHF checkpoint (expected a dict with "
@@ -349,48 +491,188 @@ def make_checkpoint(model, kind, stage, tokenizer, cfg, step, optimizer=None, **
     return ckpt
 
 
-def prepare_out_dir(out_dir, resume, overwrite=False, master=True):
+def check_finite_weights(ckpt, step, name):
+    """Refuse to write a checkpoint whose weights hold a NaN or inf (a learning rate of 1e30
+    makes finite gradients give non-finite weights): the last good file stays."""
+    for part in ("model", "critic"):
+        for key, t in (ckpt.get(part) or {}).items():
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all()):
+                raise NonFiniteError(f"step {step}: weight {part}.{key} is not finite; not "
+                                     f"writing {name} (the last good checkpoint is kept)")
+
+# -----------------------------------------------------------------------------
+# the run skeleton: out_dir, lock, resume, log, checkpoints, stop signals, shutdown
+
+RUN_FILES = re.compile(r"(ckpt_.*\.pt|.*\.jsonl|ref_logps.*\.pt)$")  # what a run writes
+
+
+def _holds_run(d):
+    return os.path.isdir(d) and any(RUN_FILES.match(n) for n in os.listdir(d))
+
+
+def _move_files(src, dst):
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        os.replace(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _finish_swap(out_dir):
+    """Complete (or undo) a swap a killed process left half done. .staging holds a new run that
+    has not proved itself yet: it goes. .replaced holds an old run being replaced by one that
+    has: the new files come in, the old ones go."""
+    staging, replaced = os.path.join(out_dir, ".staging"), os.path.join(out_dir, ".replaced")
+    if os.path.isdir(replaced):
+        if os.path.isdir(staging):
+            _move_files(staging, out_dir)
+        shutil.rmtree(replaced)
+    if os.path.isdir(staging):
+        shutil.rmtree(staging)
+
+
+_held_locks = {}  # out_dir -> open lock file of this process
+
+
+def lock_out_dir(out_dir):
     """
-    Refuse to silently overwrite a previous run: an out_dir holding ckpt_last.pt needs an
-    explicit --resume=True (continue it) or --overwrite=True (start again). Also fail early
-    when out_dir cannot be written. Deletes nothing of a previous run: that is clear_out_dir's
-    job, once every input has loaded. Returns the checkpoint path to resume from, or None.
+    An exclusive lock on out_dir (flock on out_dir/.lock) for the life of the run: a second run
+    started on the same out_dir fails at once. The kernel drops the lock when its process dies,
+    so a killed run never blocks the resume. (A lock this process still holds from an earlier
+    run that raised is taken over: one process runs one run at a time.)
     """
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        key = os.path.realpath(out_dir)
+        if key in _held_locks:
+            _held_locks.pop(key).close()
+        f = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:
+        raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            import msvcrt
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        f.close()
+        raise ConfigError(f"out_dir {out_dir!r} is in use by another run (it holds the lock "
+                          f"{os.path.join(out_dir, '.lock')}); wait for it, or use another "
+                          f"out_dir") from None
+    _held_locks[key] = f
+    return f
+
+
+def prepare_out_dir(out_dir, resume, overwrite=False):
+    """
+    Where this run writes, and the checkpoint it resumes from (or None). A fresh out_dir is
+    written directly. --resume=True continues the run in out_dir (ckpt_last.pt). An out_dir
+    that holds a run needs --resume=True or --overwrite=True; with --overwrite=True the new run
+    is built beside the old one in out_dir/.staging and replaces it only when its first
+    checkpoint after a training step is written (Run.save): a new run that fails before
+    that leaves the old one as it was. Returns (write_dir, resume_path).
+    """
+    _finish_swap(out_dir)
     last = os.path.join(out_dir, "ckpt_last.pt")
     if resume:
         if not os.path.isfile(last):
             raise ConfigError(f"--resume=True but {last} does not exist")
-        if master:  # half-written temp files of a killed run: never read, only in the way
-            for name in os.listdir(out_dir):
-                if ".tmp." in name:
-                    os.remove(os.path.join(out_dir, name))
-        return last
-    if os.path.exists(last) and not overwrite:
-        raise ConfigError(f"out_dir {out_dir!r} already holds a run ({last}); pass --resume=True "
+        for name in os.listdir(out_dir):  # half-written temp files of a killed run
+            if ".tmp." in name:
+                os.remove(os.path.join(out_dir, name))
+        return out_dir, last
+    if not _holds_run(out_dir):
+        return out_dir, None
+    if not overwrite:
+        what = "a run" if os.path.isfile(last) else "a run's files"
+        raise ConfigError(f"out_dir {out_dir!r} already holds {what} ({last}); pass --resume=True "
                           f"to continue it, --overwrite=True to replace it, or another out_dir")
-    if master:
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-            probe = os.path.join(out_dir, f".write_test.{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as e:
-            raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
-    return None
+    staging = os.path.join(out_dir, ".staging")
+    os.makedirs(staging)
+    return staging, None
 
 
-def clear_out_dir(out_dir, master=True):
+class Run:
     """
-    A fresh run starts with fresh logs: remove the checkpoints, logs and temp files that an
-    --overwrite=True run replaces. Called right before training, after every input (config,
-    data, models) has loaded, so that a bad input never costs the previous run.
+    The run skeleton of a training script, once: the process (device, DDP, seeds, precision),
+    out_dir (lock, resume point, an overwrite that loses nothing), the JSONL log, checkpoints
+    (checked finite, written atomically), stop signals and shutdown. The loop stays in the script:
+        run = common.Run(cfg, "sft")     # run.rt: device, autocast, rank ...; run.resume: ckpt
+        ...
+        run.log(step, loss=...)          # a readable line and a JSONL record (rank 0)
+        run.save("ckpt_last.pt", ckpt)   # rank 0; refuses non-finite weights
+        if run.should_stop(step): ...    # stop_iter, or Ctrl-C / SIGTERM on any rank
+        run.finish()
     """
-    if not master:
-        return
-    for name in os.listdir(out_dir):
-        if name.endswith(".jsonl") or name.startswith("ckpt_") or ".tmp." in name:
-            os.remove(os.path.join(out_dir, name))
+
+    def __init__(self, cfg, stage):
+        self.cfg, self.stage = cfg, stage
+        self.rt = init_runtime(cfg)
+        self.master = self.rt.master
+        self.out_dir, self.dir, resume_path, error = cfg.out_dir, cfg.out_dir, None, None
+        if self.master:  # rank 0 locks and prepares out_dir; the others only read from it
+            try:
+                lock_out_dir(cfg.out_dir)
+                self.dir, resume_path = prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
+            except UserError as e:
+                error = e
+        elif cfg.resume:
+            resume_path = os.path.join(cfg.out_dir, "ckpt_last.pt")
+        if self.rt.ddp and all_reduce_max(float(error is not None)) > 0 and error is None:
+            error = ConfigError(f"rank 0 could not prepare out_dir {cfg.out_dir!r}")
+        if error is not None:
+            raise error
+        self.staged = self.dir != self.out_dir
+        self.resume = load_checkpoint(resume_path, expect_stage=stage) if resume_path else None
+        if self.resume is not None:
+            require_keys(self.resume, resume_path, "step", "rng", "optimizer")
+        self.resume_path = resume_path
+        self.logger = MetricsLogger(self.dir, "log", self.resume["step"] if self.resume else None,
+                                    enabled=self.master)
+        install_stop_handlers()
+
+    def path(self, name):
+        """Where the file `name` of this run lives now (.staging until the swap)."""
+        return os.path.join(self.dir, name)
+
+    def log(self, step, **metrics):
+        self.logger.log(step, **metrics)
+
+    def save(self, name, ckpt):
+        """Write ckpt as out_dir/name (rank 0 only), once its weights are checked finite. The
+        first checkpoint after a training step of an --overwrite run replaces the old run."""
+        if not self.master:
+            return
+        check_finite_weights(ckpt, ckpt.get("step"), name)
+        save_checkpoint(self.path(name), ckpt)
+        if self.staged and ckpt.get("step", 0) >= 1:  # proved itself: the old run may go now
+            replaced = os.path.join(self.out_dir, ".replaced")
+            os.makedirs(replaced)
+            for old in os.listdir(self.out_dir):
+                if not old.startswith("."):
+                    os.replace(os.path.join(self.out_dir, old), os.path.join(replaced, old))
+            _finish_swap(self.out_dir)
+            self.dir, self.staged = self.out_dir, False
+            self.logger.path = self.path("log.jsonl")
+
+    def should_stop(self, step):
+        """True after step stop_iter, or when Ctrl-C / SIGTERM reached any rank (a collective)."""
+        return stop_requested() or step == self.cfg.stop_iter
+
+    def finish(self):
+        if self.rt.ddp:
+            dist.barrier()  # no rank tears gloo down while another still uses it
+            dist.destroy_process_group()
+        lock = _held_locks.pop(os.path.realpath(self.out_dir), None) if self.master else None
+        if lock is not None:
+            lock.close()
+
+
+def require_keys(ckpt, path, *keys):
+    """A checkpoint field a script needs, or a CheckpointError naming the file and the field."""
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: has no {', '.join(map(repr, missing))}: it cannot be "
+                              f"resumed (not a ckpt_last.pt of this script?)")
 
 # -----------------------------------------------------------------------------
 # models: where a stage's starting weights come from
@@ -411,8 +693,11 @@ def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
     if os.path.isfile(init_from):
         ckpt = load_checkpoint(init_from, expect_kind="policy")
         return model_from_checkpoint(GPT, ckpt, init_from, dropout), ckpt["tokenizer"]
-    if os.path.isdir(init_from) or init_from in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-        model = GPT.from_pretrained(init_from, dropout=dropout)
+    if os.path.isdir(init_from) or init_from in HUB:
+        try:
+            model = GPT.from_pretrained(init_from, dropout=dropout)
+        except (ValueError, RuntimeError, OSError) as e:  # a malformed HF dir, no network, ...
+            raise CheckpointError(f"{init_from}: {str(e)[:400]}") from None
         return model, "byte" if model.config.vocab_size == 257 else "gpt2"
     raise ConfigError(f"init_from={init_from!r}: not 'scratch', a gpt2 name, an existing "
                       f"checkpoint file or a Hugging Face directory")
@@ -440,6 +725,17 @@ def scalar_from_checkpoint(ckpt, dropout=0.0, path="the checkpoint"):
     return model_from_checkpoint(ScalarModel, ckpt, path, dropout), ckpt["tokenizer"]
 
 
+def load_reward_model(path, tokenizer, vocab_size=None):
+    """The frozen reward model of PPO, GRPO and eval: a scalar checkpoint whose tokenizer (and
+    vocabulary) are the policy's, or a CheckpointError before anything runs. Returns the model."""
+    ckpt = load_checkpoint(path, expect_kind="scalar", expect_tokenizer=tokenizer)
+    model, _ = scalar_from_checkpoint(ckpt, path=path)
+    if vocab_size is not None and model.config.vocab_size != vocab_size:
+        raise CheckpointError(f"{path}: vocab_size={model.config.vocab_size}, but the policy's "
+                              f"is {vocab_size}: the reward model cannot read its tokens")
+    return model.eval().requires_grad_(False)
+
+
 # ids each tokenizer can produce, known without loading it (tiktoken fetches gpt2's files)
 TOKENIZER_VOCAB = {"byte": 257, "gpt2": 50257}
 
@@ -449,7 +745,9 @@ def model_from_checkpoint(cls, ckpt, path, dropout=0.0):
     A GPT or ScalarModel built from a loaded checkpoint's model_args and weights. Fails with a
     CheckpointError naming the file when its tokenizer's ids do not fit its vocabulary (a byte
     model labelled 'gpt2' would index past its embedding at the first batch) or when the weights
-    do not match the architecture (a hand-edited or mixed-up file).
+    do not match the architecture (a hand-edited or mixed-up file). The shapes are compared on
+    a model without storage (device 'meta') first: settings of a huge model with no weights to
+    match cost nothing, instead of allocating the huge model.
     """
     from model import GPTConfig
     tok, n_vocab = ckpt.get("tokenizer"), ckpt["model_args"].get("vocab_size")
@@ -460,9 +758,16 @@ def model_from_checkpoint(cls, ckpt, path, dropout=0.0):
                               f"{tok!r} tokenizer's {TOKENIZER_VOCAB[tok]} ids: token ids would be "
                               f"out of range")
     try:
-        model = cls(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+        config = GPTConfig(**{**ckpt["model_args"], "dropout": dropout})
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in ckpt["model"].items() if torch.is_tensor(v)}
+        if stored != shapes:
+            bad = sorted(set(stored.items()) ^ set(shapes.items()))[:3]
+            raise ValueError(f"stored and expected tensors differ: {bad}")
+        model = cls(config)
         model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its model_args "
                               f"({type(e).__name__}: {str(e)[:300]})") from None
     return model
@@ -490,6 +795,12 @@ def configure_optimizer(model, lr, weight_decay, betas, eps, device_type):
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
+def make_optimizer(model, cfg, rt, lr=None):
+    """configure_optimizer with a script's own keys (lr, weight_decay, beta1, beta2, eps)."""
+    return configure_optimizer(model, lr or cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                               cfg.eps, rt.device_type)
+
+
 def get_lr(it, lr, min_lr, warmup_iters, max_iters):
     """Linear warmup for warmup_iters, then cosine decay from lr to min_lr at max_iters."""
     if it < warmup_iters:
@@ -509,8 +820,13 @@ def maybe_compile(model, compile):
     return torch.compile(model) if compile else model
 
 
-class NonFiniteError(FloatingPointError):
-    pass
+def wrap(model, compile, rt):
+    """The module a training step calls: torch.compile'd if asked, DDP-wrapped under torchrun."""
+    model = maybe_compile(model, compile)
+    if rt.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    return model
 
 
 def check_finite(step, **quantities):
@@ -525,50 +841,85 @@ def check_finite(step, **quantities):
             raise NonFiniteError(f"step {step}: {name} is {v}; stopping without writing a "
                                  f"checkpoint (the last good one is kept)")
 
+
+def optimizer_step(model, optimizer, grad_clip, step, loss):
+    """The end of every update: clip the gradient norm (grad_clip 0 = off), stop on a non-finite
+    loss or norm (numbered `step`), step, zero the gradients. Returns the norm as a float."""
+    norm = torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip or math.inf)
+    check_finite(step, loss=float(loss), grad_norm=norm.item())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.item()
+
 # -----------------------------------------------------------------------------
 # tensor helpers shared by the losses
 
 
-def token_logprobs(logits, idx):
+def logprobs_of(logits, targets):
     """
-    log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T, V), (B, T) -> (B, T-1), in float32.
-    The one-position shift lives here and only here: logits at t predict the token at t+1.
-    Equal to log_softmax(logits[:, :-1].float(), -1).gather(2, idx[:, 1:, None]).squeeze(-1)
-    (tests/test_common.py checks values and gradients against that), but computed as
+    log softmax(logits)[target] of every row, in float32: logits (..., V), targets (...) ->
+    (...). The function every log-prob of the project goes through. Equal to
+    log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1) (tests check the
+    values and gradients), but computed as
         log p = logit[target] - logsumexp(logits),   d log p / d logits = onehot(target) - softmax
-    so that no (B, T, V) log-softmax is stored and its backward needs no zero-filled gather
-    gradient: with GPT-2's 50257-token vocabulary those passes over the logits cost more than the
-    language-model head's matmul on a CPU.
+    so that no (..., V) log-softmax is stored and its backward needs no zero-filled gather
+    gradient: with GPT-2's 50257-token vocabulary those passes cost more than the language-model
+    head's matmul on a CPU. Every exp() is of logit - logsumexp <= 0: huge logits stay finite.
     """
-    return _TokenLogprobs.apply(logits, idx)
+    return _LogprobsOf.apply(logits, targets)
 
 
-class _TokenLogprobs(torch.autograd.Function):
-    """token_logprobs' forward and backward; logits (B, T, V) in any float dtype."""
+class _LogprobsOf(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, logits, idx):
-        x = logits[:, :-1].float()                                  # (B, T-1, V)
-        lse = torch.logsumexp(x, dim=-1)                            # (B, T-1)
-        target = idx[:, 1:].unsqueeze(-1)                           # (B, T-1, 1)
+    def forward(ctx, logits, targets):
+        x = logits.float()
+        lse = torch.logsumexp(x, dim=-1)  # (...)
+        target = targets.unsqueeze(-1)    # (..., 1)
         ctx.save_for_backward(logits, target, lse)
-        return x.gather(2, target).squeeze(-1) - lse
+        return x.gather(-1, target).squeeze(-1) - lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         logits, target, lse = ctx.saved_tensors
-        # grad (B, T-1) -> d/dlogits (B, T, V): grad * (onehot(target) - softmax) at the T-1
-        # positions that predict a token. The last position predicts nothing: its gradient is
-        # written as zeros, never computed as exp(logit) * 0, which is NaN once a logit
-        # overflows exp (above ~88.7 in float32, e.g. a logit of 9 at temperature 0.1)
-        out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # (B, T, V)
-        out[:, -1].zero_()
-        body = out[:, :-1]
-        body.copy_(logits[:, :-1])  # in place from here on: softmax, times -grad, plus onehot
-        body.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
-        body.scatter_add_(2, target, grad.unsqueeze(-1))
+        # grad (...) -> (..., V): grad * (onehot(target) - softmax), in place in one buffer
+        out = logits.to(torch.float32, copy=True)
+        out.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        out.scatter_add_(-1, target, grad.unsqueeze(-1))
         return out.to(logits.dtype), None
+
+
+def token_logprobs(logits, idx):
+    """
+    log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T, V), (B, T) -> (B, T-1), float32.
+    Logits at t predict the token at t+1: the one-position shift of a language model. Fine for
+    small vocabularies; the training paths of GPT-2 use trained_logprobs, which runs the LM head
+    only where a log-prob is read.
+    """
+    return logprobs_of(logits[:, :-1], idx[:, 1:])
+
+
+def predicting_positions(loss_mask):
+    """(B, T) bool: the positions whose logits predict a trained token, t where
+    loss_mask[:, t + 1] is 1 (the last position predicts nothing)."""
+    return F.pad(loss_mask[:, 1:] != 0, (0, 1), value=False)
+
+
+def trained_logprobs(model, idx, loss_mask, position_ids=None, autocast=None):
+    """
+    log p(idx[:, t+1] | idx[:, :t+1]) (B, T-1), float32, at the positions where loss_mask[:, t+1]
+    is 1, and 0 elsewhere. The model's LM head and log-softmax run only at those positions
+    (GPT.forward's logits_at): on real data most positions are prompt or padding, whose logits
+    nothing reads. Equal to token_logprobs(model(idx), idx) * loss_mask[:, 1:] (a test checks).
+    Rows are right-padded, so no attention mask is needed (GPT.forward).
+    """
+    at = predicting_positions(loss_mask)  # (B, T)
+    with autocast or nullcontext():
+        logits = model(idx, position_ids=position_ids, logits_at=at)  # (n, V)
+    targets = idx[:, 1:][at[:, :-1]]  # (n,): the token each selected position predicts
+    out = torch.zeros(idx.size(0), idx.size(1) - 1, device=idx.device)
+    return out.masked_scatter(at[:, :-1], logprobs_of(logits, targets))
 
 
 def masked_mean(x, mask, dim=None):

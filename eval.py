@@ -7,9 +7,11 @@ Run it:
     python eval.py                        # the toy world's SFT, PPO and DPO checkpoints, CPU
     python eval.py --policies=sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt \\
         --reward_model=out/rm_toy/ckpt_best.pt --reference=out/sft_toy/ckpt_best.pt --baseline=sft
+    python eval.py --policies=sft:out/sft_toy/ckpt_best.pt,bon16:out/sft_toy/ckpt_best.pt
+                                          # best-of-16 of the SFT policy, chosen by the RM
     python eval.py --policies=gpt2:gpt2,sft:out/sft_hh/ckpt_best.pt --gold_judge='' \\
         --prompts=data/hh/out/prompts_eval.jsonl --block_size=512    # one GPU, Anthropic HH
-    python eval.py --sweep=out/ppo_toy --policies=''   # only the over-optimisation sweep
+    python eval.py --sweep=out/ppo_toy --bon_sweep=64 --policies=''  # over-optimisation only
     python eval.py --help                 # every config key and its default
 
 Per policy it reports:
@@ -20,18 +22,29 @@ Per policy it reports:
     win_rate_vs_{baseline}_rm  the same under the reward model
     kl            mean over answers of sum_t log pi(y_t|x, y_<t) - log pi_ref(y_t|x, y_<t), on
                   the policy's own samples, response tokens and the EOS only, from logits / T
+                  (train_ppo's log-probs and k1 estimate); for best-of-N the bound below
+    distinct      the number of different answers: a policy that collapsed onto a few answers
+                  that please the reward model shows it here
     length        mean response tokens (EOS included);  eos_rate: share of answers that end
-and once: the reward model's accuracy on held-out preference pairs (prefs_test.jsonl has no
-flipped labels in the toy world, so this is accuracy against the truth).
+and once per file of `pairs`: the reward model's accuracy on held-out preference pairs
+(prefs_test.jsonl and the labelling step's on-policy test pairs have no flipped labels in the
+toy world, so these are accuracies against the truth).
 Standard errors are over prompts: with num_samples_per_prompt > 1 the answers to one prompt are
 averaged first (they are not independent of each other).
 
+Best-of-N (`bonN:checkpoint` in --policies, or --bon_sweep=N_max for N = 1, 2, 4, ... N_max of
+the reference): N samples per prompt from the checkpoint, the one the reward model scores
+highest is the answer (the gold judge never chooses). Its KL to the base policy is reported as
+the analytic bound log N - (N - 1) / N (Beirami et al. 2024), not estimated. Sample j of prompt
+i sees the noise of (seed, i, j), so best-of-2 is a choice among the first two of best-of-4's.
+
 Writes {out_dir}/results.md (the table and a few answers side by side), results.json and
 samples.jsonl (every answer with its scores). --sweep=DIR[,DIR...] evaluates every ckpt_iter*.pt
-of PPO runs (ckpt_last.pt when a run kept none: train with --save_every=N) and the reference
-at KL 0, and writes {out_dir}/overoptimization.json for plot.py.
+of PPO/GRPO runs (ckpt_last.pt when a run kept none: train with --save_every=N) and the
+reference at KL 0, and writes {out_dir}/overoptimization.json for plot.py, with the best-of-N
+curve when --bon_sweep is given.
 
-Deliberately left out: greedy decoding, best-of-n, pairwise judging by a language model, and
+Deliberately left out: greedy decoding, pairwise judging by a language model, and
 length-controlled win rates.
 """
 
@@ -46,26 +59,30 @@ from contextlib import nullcontext
 import torch
 
 import common
-from common import ConfigError, print0, token_logprobs
+from common import ConfigError, print0
 from data import loader
 from model import row_generators
 from tokenizer import decode_response, get_tokenizer
+from train_ppo import kl_estimates, policy_forward
 from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
-# default config: the toy world's three policies
+# default config: the toy world's policies
 DEFAULTS = dict(
-    # what to evaluate: name:checkpoint pairs (a .pt file, 'gpt2'...'gpt2-xl' or an HF directory)
+    # what to evaluate: name:checkpoint pairs (a .pt file, 'gpt2'...'gpt2-xl' or an HF directory;
+    # a name bonN means best-of-N of that checkpoint)
     policies="sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt",  # name:ckpt,...
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint; '' = no reward-model scores
     reference="out/sft_toy/ckpt_best.pt",    # the KL anchor; '' = no KL
     baseline="sft",                          # win rates against this policy's answers; '' = none
     gold_judge="toy",                        # 'toy' (data/toy/judge.py) | '' (no gold reward)
-    sweep="",                                # PPO out_dir(s), comma-separated: over-optimisation
+    sweep="",                                # PPO/GRPO out_dir(s), comma-separated
+    bon_sweep=0,                             # best-of-N of the reference for N = 1, 2, 4 .. this
     # data
     prompts="data/toy/out/prompts_eval.jsonl",  # JSONL {"prompt"}
-    pairs="data/toy/out/prefs_test.jsonl",      # JSONL pairs for the RM accuracy; '' = skip it
-    max_prompts=-1,                          # the first N prompts (-1 = all)
+    pairs="data/toy/out/prefs_test.jsonl",      # JSONL pair files for the RM accuracy (comma-
+                                                # separated); '' = skip it
+    eval_examples=-1,                        # the first N prompts (-1 = all)
     block_size=128,                          # prompt + response tokens; prompts lose their left
     # sampling: one seed, the same for every policy
     max_new_tokens=64,                       # answers are cut here (no EOS: counted by eos_rate)
@@ -74,7 +91,7 @@ DEFAULTS = dict(
     top_p=1.0,                               # 1.0 = off
     num_samples_per_prompt=1,                # answers per prompt and policy, each judged
     batch_size=64,                           # rows per generation / scoring batch
-    seed=1337,                               # the sampling generator's seed, for every policy
+    seed=1337,                               # the sampling noise's seed, for every policy
     # output
     out_dir="out/eval",                      # results.md, results.json, samples.jsonl, ...
     num_examples=5,                          # prompts shown with every policy's answer
@@ -116,32 +133,20 @@ def win_rate(a, b):
     return win_outcomes(a, b).mean().item()
 
 
-def sequence_kl(logprobs, ref_logprobs, mask):
-    """
-    Per-sequence KL estimate (B,): sum over valid response tokens of log pi - log pi_ref at the
-    sampled tokens. Averaged over samples y ~ pi it is an unbiased estimate of KL(pi || pi_ref)
-    (the 'k1' estimator; Schulman 2020, "Approximating KL divergence"): a single sample may be
-    negative, the mean may not. logprobs, ref_logprobs, mask (B, N); mask 1 on the response
-    tokens and the EOS.
-    """
-    return ((logprobs.float() - ref_logprobs.float()) * mask).sum(-1)
+def best_of_n_kl_bound(n):
+    """KL(best-of-n || base) <= log n - (n - 1) / n (Beirami et al. 2024, "Theoretical guarantees
+    on the best-of-n alignment policy", Thm. 1; equality when no two samples tie): best-of-N's
+    KL is a function of N alone, whatever the reward."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(scores, n):
+    """Index in 0..n-1 of the highest of the first n scores of each row: (P, N_max) -> (P,).
+    Ties go to the earlier sample."""
+    return torch.as_tensor(scores, dtype=torch.float64)[:, :n].argmax(1)
 
 # -----------------------------------------------------------------------------
-# models
-
-
-def load_reward_model(path):
-    """A ScalarModel from a reward-model checkpoint (kind 'scalar'), and its tokenizer name."""
-    return common.scalar_from_checkpoint(common.load_checkpoint(path, expect_kind="scalar"),
-                                         path=path)
-
-
-def response_logprobs(model, seq, mask, P, temperature):
-    """log pi(y_t | x, y_<t) (B, N) under logits / T of the response tokens seq[:, P:], with the
-    prompts left-padded to P columns (the hidden state in column P - 1 + t predicts token t)."""
-    h = model.hidden_states(seq, mask)[:, P - 1:]  # (B, N + 1, C); the last column is unused
-    logits = model.lm_head(h).float() / temperature  # (B, N + 1, V)
-    return token_logprobs(logits, seq[:, P - 1:])  # (B, N); garbage after a row's EOS
+# sampling and scoring
 
 
 @torch.inference_mode()
@@ -162,14 +167,14 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
     out = dict(tokens=[], rm=[], kl=[], length=[], eos=[])
     for start in range(0, len(prompt_ids), batch_size):
         rows = range(start, min(start + batch_size, len(prompt_ids)))
-        gen = row_generators(seed, [(r // k, r % k) for r in rows])
-        idx, attn = loader.collate_left(prompt_ids[start:start + batch_size], enc.eot_token)
+        idx, attn = loader.collate_left([prompt_ids[r] for r in rows], enc.eot_token)
         idx, attn = idx.to(device), attn.to(device)  # (B, P)
         with autocast:
             tokens, resp_mask, _ = model.generate(
                 idx, attention_mask=attn, max_new_tokens=max_new_tokens, temperature=temperature,
                 top_k=top_k or None, top_p=top_p if top_p < 1.0 else None,
-                eos_token_id=enc.eot_token, generator=gen)  # (B, N) each
+                eos_token_id=enc.eot_token,
+                generator=row_generators(seed, [(r // k, r % k) for r in rows]))  # (B, N) each
         P = idx.size(1)
         seq, mask = torch.cat([idx, tokens], 1), torch.cat([attn, resp_mask], 1)  # (B, P + N)
         with autocast:
@@ -177,64 +182,88 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
                 out["rm"] += score_ids(reward_model, seq, mask).float().tolist()
             if reference is not None:
                 # both sides through the same full forward: identical models give exactly 0
-                lp = response_logprobs(model, seq, mask, P, temperature)
-                ref_lp = response_logprobs(reference, seq, mask, P, temperature)
-                out["kl"] += sequence_kl(lp, ref_lp, resp_mask).tolist()
+                lp = policy_forward(model, seq, mask, P, temperature)[0]
+                ref_lp = policy_forward(reference, seq, mask, P, temperature)[0]
+                out["kl"] += kl_estimates(lp, ref_lp, resp_mask)[0].tolist()
         ended = ((tokens == enc.eot_token) & resp_mask.bool()).any(1)  # (B,)
         out["tokens"] += [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), resp_mask.cpu())]
         out["length"] += resp_mask.sum(1).tolist()
         out["eos"] += ended.long().tolist()
-    for k in ("rm", "kl"):
-        out[k] = out[k] or None
+    for key in ("rm", "kl"):
+        out[key] = out[key] or None
     return out
+
+
+def pick_best_of_n(s, n, n_max, k):
+    """From samples of n_max answers per (prompt, sample slot) (prompt-major, k slots per
+    prompt), keep, per slot, the one the reward model scores highest among the first n."""
+    rm = torch.tensor(s["rm"]).view(-1, n_max)  # (prompts * k, n_max)
+    keep = [row * n_max + j for row, j in enumerate(best_of_n(rm, n).tolist())]
+    out = {key: [s[key][i] for i in keep] for key in ("tokens", "rm", "length", "eos")}
+    out["kl"] = [best_of_n_kl_bound(n)] * len(keep)
+    return out
+
+
+def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sampling):
+    """Every answer of one policy to the rows (prompt-major, k per prompt): a GPT module, a
+    checkpoint (anything common.init_policy takes), or bonN:checkpoint for best-of-N. cache maps
+    (checkpoint, answers per row) -> samples already drawn with these settings."""
+    m = re.fullmatch(r"bon(\d+)", name)
+    n = int(m.group(1)) if m else 1
+    key = (source, n) if isinstance(source, str) else None
+    if key in cache:
+        print0(f"{name}: the answers of {source}, drawn above")
+        return cache[key]
+    t0 = time.time()
+    model = source
+    if isinstance(source, str):
+        model, tok = common.init_policy(source)
+        common.require(tok == enc.name, f"policy {name} ({source}) uses the {tok!r} tokenizer, "
+                                        f"the evaluation {enc.name!r}")
+    was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
+    model.to(sampling.get("device", "cpu")).eval()
+    if n > 1:  # best-of-n: n samples per answer slot, then the reward model's choice
+        common.require(reward_model is not None, f"{name}: best-of-N needs a reward_model")
+        print0(f"{name}: sampling {len(rows) * n} answers ({n} per answer) to choose from")
+        drawn = generate_and_score(model, [r for r in rows for _ in range(n)], enc, reward_model,
+                                   None, **sampling, samples_per_prompt=k * n)
+        s = pick_best_of_n(drawn, n, n, k)
+    else:
+        s = generate_and_score(model, rows, enc, reward_model, reference, **sampling,
+                               samples_per_prompt=k)
+    model.train(was_training)
+    print0(f"{name}: {len(rows)} answers in {time.time() - t0:.1f}s")
+    if key is not None:
+        cache[key] = s
+    return s
 
 
 def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gold_fn=None,
                   baseline=None, num_samples_per_prompt=1, cache=None, **sampling):
     """
     Evaluate several policies on the same prompts with the same sampling noise.
-    policies: {name: checkpoint path (anything common.init_policy takes) or a GPT module on
-    the sampling device};
+    policies: {name: checkpoint path (anything common.init_policy takes) or a GPT module on the
+    sampling device}; a name bonN evaluates best-of-N of its checkpoint.
     prompts: [dict(prompt, ids)] as data.loader.load_prompts returns; reward_model, reference:
     modules on the sampling device, or None; gold_fn(prompt, response) -> float or None;
-    baseline: the name of the policy the win rates compare against, or None; cache: a dict
-    path -> samples that saves re-generating a checkpoint evaluated earlier with the same
-    settings; sampling: generate_and_score's keyword arguments (max_new_tokens, temperature,
-    top_k, top_p, batch_size, seed, device, autocast).
+    baseline: the name of the policy the win rates compare against, or None; cache: a dict that
+    saves re-generating a checkpoint evaluated earlier with the same settings; sampling:
+    generate_and_score's keyword arguments (max_new_tokens, temperature, top_k, top_p,
+    batch_size, seed, device, autocast).
     Returns {name: metrics}; metrics hold the summary numbers of the module docstring, with
     their *_stderr, and 'samples' (every answer and its scores, prompt-major).
     """
     k = num_samples_per_prompt
     rows = [p["ids"] for p in prompts for _ in range(k)]  # prompt-major: row i * k + j
     texts = [p["prompt"] for p in prompts for _ in range(k)]
-    device = sampling.get("device", "cpu")
+    cache = {} if cache is None else cache
     samples = {}
     for name, source in policies.items():
-        t0 = time.time()
-        key = source if isinstance(source, str) else None
-        if cache is not None and key in cache:
-            samples[name] = cache[key]
-            print0(f"{name}: the answers of {key}, evaluated above")
-            continue
-        if isinstance(source, str):
-            model, tok = common.init_policy(source)
-            if tok != enc.name:
-                raise ConfigError(f"policy {name} ({source}) uses the {tok!r} tokenizer, the "
-                                  f"evaluation {enc.name!r}")
-        else:
-            model = source
-        was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
-        model.to(device).eval()
-        s = generate_and_score(model, rows, enc, reward_model, reference, **sampling,
-                               samples_per_prompt=k)
-        model.train(was_training)
+        s = dict(sample_policy(name, source, rows, enc, reward_model, reference, k, cache,
+                               sampling))
         s["response"] = [decode_response(enc, t) for t in s["tokens"]]
         s["gold"] = [float(gold_fn(p, r)) for p, r in zip(texts, s["response"])] if gold_fn else None
         samples[name] = s
-        if cache is not None and key is not None:
-            cache[key] = s
-        print0(f"{name}: {len(rows)} answers in {time.time() - t0:.1f}s")
-        del model
 
     def per_prompt(values):  # (n * k,) -> (n,): answers to one prompt are averaged first
         return torch.as_tensor(values, dtype=torch.float64).view(-1, k).mean(1)
@@ -248,12 +277,13 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
             m[key], m[f"{key}_stderr"] = mean, se
         for suffix, field in (("", "gold"), ("_rm", "rm")):
             key = f"win_rate_vs_{baseline or 'baseline'}{suffix}"
+            mean, se = None, None
             if base is not None and s[field]:
                 # answer j to prompt i against the baseline's answer j to the same prompt
                 mean, se = mean_and_stderr(per_prompt(win_outcomes(s[field], base[field])))
-            else:
-                mean, se = None, None
             m[key], m[f"{key}_stderr"] = mean, se
+        m["kl_is_bound"] = bool(re.fullmatch(r"bon\d+", name))
+        m["distinct"] = len(set(s["response"]))
         m["length"] = sum(s["length"]) / len(s["length"])
         m["eos_rate"] = sum(s["eos"]) / len(s["eos"])
         m["samples"] = s
@@ -306,7 +336,7 @@ def sweep_checkpoints(run_dirs):
             last = os.path.join(d, "ckpt_last.pt")
             if not os.path.isfile(last):
                 raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
-            print0(f"sweep: no ckpt_iter*.pt in {d} (train PPO with --save_every=N to keep them); "
+            print0(f"sweep: no ckpt_iter*.pt in {d} (train with --save_every=N to keep them); "
                    f"using ckpt_last.pt")
             its = [(int(common.load_checkpoint(last).get("step", 0)), last)]
         found += [(run, it, p) for it, p in its]
@@ -330,20 +360,22 @@ def cell(text, width=120):
 def results_table(results, baseline, rm_acc):
     win = f"win_rate_vs_{baseline or 'baseline'}"
     lines = [f"| policy | gold reward | RM score | win vs {baseline or '-'} (gold) | "
-             f"win vs {baseline or '-'} (RM) | KL | length | EOS rate |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"win vs {baseline or '-'} (RM) | KL | distinct | length | EOS rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in results.items():
+        kl = f"≤ {m['kl']:.3f} (bound)" if m["kl_is_bound"] else fmt(m["kl"], m["kl_stderr"])
         lines.append(f"| {name} | {fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
                      f"{fmt(m['rm_score'], m['rm_score_stderr'])} | "
                      f"{fmt(m[win], m[f'{win}_stderr'])} | "
-                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | "
-                     f"{fmt(m['kl'], m['kl_stderr'])} | {m['length']:.1f} | {m['eos_rate']:.2f} |")
-    if rm_acc is not None:
-        lines += ["", f"Reward-model accuracy on held-out pairs: {fmt(*rm_acc)}"]
+                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | {kl} | {m['distinct']} | "
+                     f"{m['length']:.1f} | {m['eos_rate']:.2f} |")
+    for path, (acc, se, n) in rm_acc.items():
+        lines += ["", f"Reward-model accuracy on {n} held-out pairs of {path}: {fmt(acc, se)}"]
     return "\n".join(lines)
 
 
 def examples_table(results, prompts, n, k):
+    """A few prompts with every policy's first answer and its scores side by side."""
     names = list(results)
     lines = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for i in range(min(n, len(prompts))):
@@ -368,28 +400,37 @@ def json_safe(x):
         return [json_safe(v) for v in x]
     return x
 
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(json_safe(obj), f, indent=1)
+
 # -----------------------------------------------------------------------------
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    common.require_positive(cfg, "max_new_tokens", "temperature", "num_samples_per_prompt",
-                            "batch_size", "block_size")
-    common.require(cfg.gold_judge in ("toy", ""), f"gold_judge={cfg.gold_judge!r}: expected "
-                   f"'toy' or ''")
-    common.require(0.0 < cfg.top_p <= 1.0 and cfg.top_k >= 0, "top_k must be >= 0 and top_p in (0, 1]")
-    common.require(cfg.max_prompts == -1 or cfg.max_prompts > 0,
-                   f"max_prompts={cfg.max_prompts} must be > 0, or -1 for all")
+def validate(cfg):
+    """Bad values fail here, naming the key, before any model is loaded."""
+    common.validate(cfg, {"gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
+                          "bon_sweep": (lambda v: v >= 0, ">= 0")})
     policies = parse_policies(cfg.policies)
-    common.require(policies or cfg.sweep, "nothing to evaluate: give --policies and/or --sweep")
+    common.require(policies or cfg.sweep or cfg.bon_sweep, "nothing to evaluate: give --policies, "
+                   "--sweep and/or --bon_sweep")
     common.require(not cfg.baseline or not policies or cfg.baseline in policies,
                    f"baseline={cfg.baseline!r} is not one of the policies {list(policies)}")
-    common.require(not cfg.sweep or cfg.reference, "--sweep needs --reference (the PPO runs' "
-                   "init_from): its answers are the KL-0 point")
+    common.require(not (cfg.sweep or cfg.bon_sweep) or cfg.reference, "--sweep and --bon_sweep "
+                   "need --reference (the runs' init_from): its answers are the KL-0 point")
+    common.require(cfg.reward_model or not (cfg.bon_sweep or any(
+        re.fullmatch(r"bon\d+", n) for n in policies)), "best-of-N needs --reward_model")
     for name, path in list(policies.items()) + [("reference", cfg.reference),
                                                 ("reward_model", cfg.reward_model)]:
         if path.endswith(".pt") and not os.path.isfile(path):  # fail before any work
             raise ConfigError(f"{name}: checkpoint {path} does not exist")
+    return policies
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    policies = validate(cfg)
     ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iter, path)]
     rt = common.init_runtime(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -399,14 +440,12 @@ def main(argv=None):
     # (without a reference, the first policy is loaded here only to learn its tokenizer)
     anchor, tok_name = common.init_policy(cfg.reference or next(iter(policies.values())))
     reference = anchor.to(rt.device).eval() if cfg.reference else None
-    del anchor
     enc = get_tokenizer(tok_name)  # every policy's tokenizer is checked against it
     reward_model = None
     if cfg.reward_model:
-        reward_model, rm_tok = load_reward_model(cfg.reward_model)
-        common.require(rm_tok == tok_name, f"the reward model uses the {rm_tok!r} tokenizer, the "
-                       f"policies {tok_name!r}")
-        reward_model.to(rt.device).eval()
+        reward_model = common.load_reward_model(cfg.reward_model, tok_name,
+                                                anchor.config.vocab_size).to(rt.device)
+    del anchor
     gold_fn = None
     if cfg.gold_judge == "toy":
         from data.toy.judge import gold_reward
@@ -421,30 +460,35 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # data
     prompts = loader.load_prompts(cfg.prompts, enc, cfg.block_size, cfg.max_new_tokens)
-    if cfg.max_prompts > 0:
-        prompts = prompts[:cfg.max_prompts]
+    if cfg.eval_examples > 0:
+        prompts = prompts[:cfg.eval_examples]
     k = cfg.num_samples_per_prompt
     sampling = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
                     device=rt.device, autocast=rt.autocast)
     print0(f"{len(prompts)} prompts x {k} answers, temperature {cfg.temperature}, seed {cfg.seed}")
-    cache = {}
+    cache, md = {}, []
     out = dict(config=dict(vars(cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
                baseline=cfg.baseline or None)
-    md = []
+
+    def evaluate(named):
+        return eval_policies(named, prompts, enc, reward_model, reference, gold_fn,
+                             cfg.baseline if cfg.baseline in named else None, k, cache,
+                             **sampling)
 
     # -------------------------------------------------------------------------
-    # the policies
+    # the policies, and the reward model's accuracy on each held-out pair file
     if policies:
-        results = eval_policies(policies, prompts, enc, reward_model, reference, gold_fn,
-                                cfg.baseline or None, k, cache, **sampling)
-        rm_acc = None
-        if reward_model is not None and cfg.pairs:
-            pairs = loader.load_preferences(cfg.pairs, enc, reward_model.config.block_size)
-            rm_acc = rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size, rt.device,
-                                 rt.autocast)
-            out["n_pairs"] = len(pairs)
-        out["rm_accuracy"], out["rm_accuracy_stderr"] = rm_acc or (None, None)
+        results = evaluate(policies)
+        rm_acc = {}
+        for path in [p.strip() for p in cfg.pairs.split(",") if p.strip()] if reward_model else []:
+            pairs = loader.load_preferences(path, enc, reward_model.config.block_size)
+            rm_acc[path] = (*rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size,
+                                         rt.device, rt.autocast), len(pairs))
+        first = next(iter(rm_acc.values()), (None, None, 0))
+        out.update(rm_accuracy=first[0], rm_accuracy_stderr=first[1], n_pairs=first[2],
+                   rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n)
+                                  for p, (a, se, n) in rm_acc.items()})
         with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
             for name, m in results.items():
                 s = m["samples"]
@@ -455,8 +499,7 @@ def main(argv=None):
                         rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
                         length=s["length"][r], eos=s["eos"][r]))) + "\n")
         out["policies"] = {name: {**{key: v for key, v in m.items() if key != "samples"},
-                                  "rm_accuracy": out["rm_accuracy"],
-                                  "rm_accuracy_stderr": out["rm_accuracy_stderr"]}
+                                  "rm_accuracy": first[0], "rm_accuracy_stderr": first[1]}
                            for name, m in results.items()}
         md += [f"## Results: {len(prompts)} held-out prompts x {k} answers "
                f"(temperature {cfg.temperature})", "", results_table(results, cfg.baseline, rm_acc),
@@ -464,15 +507,13 @@ def main(argv=None):
                examples_table(results, prompts, cfg.num_examples, k), ""]
 
     # -------------------------------------------------------------------------
-    # the over-optimisation sweep: PPO snapshots along the KL axis, the reference at KL 0
-    if cfg.sweep:
-        sweep_policies = {"reference": cfg.reference}
-        sweep_policies.update({f"{run}/iter{it}": path for run, it, path in ckpts})
-        res = eval_policies(sweep_policies, prompts, enc, reward_model, reference, gold_fn,
-                            None, k, cache, **sampling)
+    # over-optimisation: PPO/GRPO snapshots along the KL axis, best-of-N along its bound, the
+    # reference at KL 0
+    if cfg.sweep or cfg.bon_sweep:
         points = [("reference", 0, cfg.reference)] + ckpts
-        sweep = {key: [] for key in ("run", "iter", "checkpoint", "kl", "kl_stderr", "gold",
-                                     "gold_stderr", "rm", "rm_stderr")}
+        res = evaluate({"reference": cfg.reference, **{f"{run}/iter{it}": p for run, it, p in ckpts}})
+        sweep = dict(run=[], iter=[], checkpoint=[], kl=[], kl_stderr=[], gold=[], gold_stderr=[],
+                     rm=[], rm_stderr=[])
         for (run, it, path), m in zip(points, res.values()):
             for key, v in (("run", run), ("iter", it), ("checkpoint", path), ("kl", m["kl"]),
                            ("kl_stderr", m["kl_stderr"]), ("gold", m["gold_reward"]),
@@ -480,15 +521,20 @@ def main(argv=None):
                            ("rm_stderr", m["rm_score_stderr"])):
                 sweep[key].append(v)
         sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
-        with open(os.path.join(cfg.out_dir, "overoptimization.json"), "w") as f:
-            json.dump(json_safe(sweep), f, indent=1)
-        out["sweep"] = sweep
         md += ["## Over-optimisation sweep: gold reward and RM score against KL", "",
                "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
         md += [f"| {name} | {it} | {fmt(m['kl'], m['kl_stderr'])} | "
                f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
                f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
                for (name, m), (_, it, _) in zip(res.items(), points)]
+        if cfg.bon_sweep:
+            sweep["bon"] = best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling)
+            md += ["", "| best-of-N | KL bound | gold reward | RM score |", "|---|---|---|---|"]
+            md += [f"| {n} | {kl:.3f} | {fmt(g, gs)} | {fmt(r, rs)} |" for n, kl, g, gs, r, rs in
+                   zip(*(sweep["bon"][key] for key in ("n", "kl", "gold", "gold_stderr", "rm",
+                                                       "rm_stderr")))]
+        write_json(os.path.join(cfg.out_dir, "overoptimization.json"), sweep)
+        out["sweep"] = sweep
         md.append("")
 
     # -------------------------------------------------------------------------
@@ -497,13 +543,41 @@ def main(argv=None):
     print0("\n" + text)
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
         f.write(text)
-    out = json_safe(out)
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(os.path.join(cfg.out_dir, "results.json"), out)
     print0(f"wrote {cfg.out_dir}/results.md, results.json"
-           + (", samples.jsonl" if policies else "") + (", overoptimization.json" if cfg.sweep else ""))
+           + (", samples.jsonl" if policies else "")
+           + (", overoptimization.json" if cfg.sweep or cfg.bon_sweep else ""))
+    return json_safe(out)
+
+
+def best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling):
+    """Gao et al.'s best-of-N curve: N = 1, 2, 4, ... bon_sweep answers of the reference per
+    prompt, drawn once (bon_sweep of them), each N choosing among its first N."""
+    n_max = cfg.bon_sweep
+    policy, _ = common.init_policy(cfg.reference)
+    policy.to(sampling["device"]).eval()
+    print0(f"best-of-N sweep: sampling {len(prompts) * n_max} answers ({n_max} per prompt)")
+    t0 = time.time()
+    rows = [p["ids"] for p in prompts for _ in range(n_max)]
+    drawn = generate_and_score(policy, rows, enc, reward_model, None, **sampling,
+                               samples_per_prompt=n_max)
+    texts = [p["prompt"] for p in prompts]
+    out = dict(n=[], kl=[], gold=[], gold_stderr=[], rm=[], rm_stderr=[])
+    n = 1
+    while n <= n_max:
+        s = pick_best_of_n(drawn, n, n_max, 1)
+        responses = [decode_response(enc, t) for t in s["tokens"]]
+        gold = [gold_fn(p, r) for p, r in zip(texts, responses)] if gold_fn else []
+        for key, v in (("n", n), ("kl", best_of_n_kl_bound(n))):
+            out[key].append(v)
+        for key, v in (("gold", mean_and_stderr(gold) if gold else (None, None)),
+                       ("rm", mean_and_stderr(s["rm"]))):
+            out[key].append(v[0])
+            out[f"{key}_stderr"].append(v[1])
+        n *= 2
+    print0(f"best-of-N sweep: {time.time() - t0:.1f}s")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -232,16 +232,20 @@ class GPT(nn.Module):
         """Final hidden states after ln_f, (B, T, C)."""
         return self.transformer(idx, attention_mask, position_ids)
 
-    def forward(self, idx, attention_mask=None, position_ids=None):
+    def forward(self, idx, attention_mask=None, position_ids=None, logits_at=None):
         """
         idx (B, T) token ids; attention_mask (B, T) 1 = real token, 0 = pad, left or right
         padding; position_ids (B, T), by default counted over real tokens only.
         Returns logits (B, T, vocab_size) at every position; pad positions hold garbage.
+        logits_at, a (B, T) bool mask, asks for the logits of those positions only, (n, V) in
+        row-major order: the LM head (the largest matmul of GPT-2 on short rows) then skips the
+        prompt and padding positions whose predictions nothing reads.
         A RIGHT-padded batch needs no mask: causal attention never lets a real token see the pads
         after it, and real positions are 0..n-1 either way, so attention_mask=None gives the
         same logits at real positions and keeps SDPA's fast causal kernel.
         """
-        return self.lm_head(self.transformer(idx, attention_mask, position_ids))
+        h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
+        return self.lm_head(h if logits_at is None else h[logits_at])
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+import common
 from common import parse_config
 
 DEFAULTS = dict(
@@ -35,16 +36,16 @@ DEFAULTS = dict(
 # the miniature run: a tiny model and a few iterations per stage, for the test suite
 MINI_STAGE = {
     "sft": ["--n_layer=1", "--n_head=2", "--n_embd=32", "--max_iters=4", "--warmup_iters=1",
-            "--eval_interval=2", "--eval_iters=1", "--log_interval=1", "--num_samples=1",
+            "--eval_interval=2", "--eval_examples=16", "--log_interval=1", "--num_samples=1",
             "--sample_tokens=8"],
     "rm": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
-           "--eval_pairs=16", "--bias_examples=16", "--log_interval=1"],
+           "--eval_examples=16", "--bias_examples=16", "--log_interval=1"],
     "ppo": ["--max_iters=2", "--rollout_batch_size=4", "--minibatch_size=2",
             "--micro_batch_size=2", "--max_new_tokens=8", "--eval_interval=1",
-            "--eval_prompts=4", "--save_every=1", "--num_samples=1"],
+            "--eval_examples=4", "--save_every=1", "--num_samples=1"],
     "dpo": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
-            "--eval_iters=1", "--log_interval=1"],
-    "eval": ["--max_prompts=8", "--max_new_tokens=16"],
+            "--eval_examples=4", "--log_interval=1"],
+    "eval": ["--eval_examples=8", "--max_new_tokens=16"],
 }
 
 
@@ -124,4 +125,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -25,6 +25,7 @@ import math
 import os
 import sys
 
+import common
 from common import parse_config
 
 DEFAULTS = dict(
@@ -215,4 +216,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -28,13 +28,13 @@ samples of a finished policy), a reference model that is re-synchronised to the 
 padding-free packing of sequences.
 """
 
+import hashlib
 import math
 import os
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from data import loader
@@ -47,7 +47,7 @@ DEFAULTS = dict(
     # I/O
     out_dir="out/dpo_toy",
     init_from="out/sft_toy/ckpt_best.pt",  # the SFT policy (a .pt checkpoint, 'gpt2', HF dir)
-    ref_from="",                           # reference model; '' = the same weights as init_from
+    reference="",                          # reference model; '' = the same weights as init_from
     tokenizer="byte",                      # only used when init_from is not a checkpoint
     # data: JSONL preference pairs {"prompt", "chosen", "rejected"}
     train_data="data/toy/out/prefs_train.jsonl",
@@ -79,7 +79,7 @@ DEFAULTS = dict(
     # evaluation, logging, checkpoints
     log_interval=10,
     eval_interval=50,
-    eval_iters=10,                         # held-out batches per evaluation; -1 = all of them
+    eval_examples=160,                     # held-out pairs per evaluation; -1 = all of them
     ckpt_interval=100,
     # system
     seed=1337,
@@ -98,15 +98,15 @@ REFERENCE_FREE = ("simpo", "orpo")
 # the losses: pure functions of per-example sequence log-probs
 
 
-def sequence_logprobs(logits, idx, loss_mask, average=False):
+def sequence_logprobs(logprobs, loss_mask, average=False):
     """
     log pi(y | x) of each row: token log-probs summed over the positions where loss_mask is 1
     (the response and its EOS), or their mean with average=True (SimPO, ORPO).
-    logits (B, T, V), idx (B, T), loss_mask (B, T) over idx -> (B,).
+    logprobs (B, T-1) of the tokens idx[:, 1:] (common.token_logprobs or trained_logprobs),
+    loss_mask (B, T) over idx -> (B,). Position 0 is never predicted (never a response).
     """
-    logp = common.token_logprobs(logits, idx)  # (B, T-1): predicts idx[:, 1:]
-    mask = loss_mask[:, 1:].to(logp.dtype)     # position 0 is never predicted (never a response)
-    total = (logp * mask).sum(-1)
+    mask = loss_mask[:, 1:].to(logprobs.dtype)
+    total = (logprobs * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
@@ -205,15 +205,14 @@ def pair_logprobs(model, batch, autocast):
     """
     Summed and length-averaged response log-probs of the chosen and rejected answers, from one
     forward over the concatenated batch (chosen rows, then rejected rows): 4 tensors of (B,).
-    The rows are right-padded (loader.collate_pairs), so no attention mask is needed
-    (GPT.forward): the same logits at real positions, and SDPA's fast causal kernel on a GPU.
-    Positions still come from the mask, so that a CPU run is bitwise the masked one.
+    The LM head runs only at the positions that predict a response token (trained_logprobs).
+    The rows are right-padded, so no attention mask is needed (GPT.forward); positions still
+    come from the mask, so that a CPU run is bitwise the masked one.
     """
     idx, loss_mask = batch["idx"], batch["loss_mask"]
     positions = position_ids_from_mask(batch["attention_mask"])
-    with autocast:
-        logits = model(idx, position_ids=positions)  # (2B, T, V)
-    total = sequence_logprobs(logits, idx, loss_mask)  # (2B,)
+    logp = common.trained_logprobs(model, idx, loss_mask, positions, autocast)  # (2B, T-1)
+    total = sequence_logprobs(logp, loss_mask)  # (2B,)
     avg = total / loss_mask[:, 1:].sum(-1).clamp(min=1)
     B = idx.size(0) // 2
     return total[:B], total[B:], avg[:B], avg[B:]
@@ -235,99 +234,118 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, logps):
                 logps_rejected=logps[1].detach().mean().item())
 
 
-def load_ref_cache(path, meta, device):
+def dpo_step(model, micro_batches, ref_logps, cfg, rt):
     """
-    The reference log-probs cached by an earlier process of this run: {'train': (n_train, 2),
-    'val': (n_val, 2) float32 tensors, 'meta': meta}. Returns None, with a printed note, when the
-    file is unreadable (cut by a kill, overwritten by hand) or was made for other data, another
-    reference or another dtype: it is only a cache, and the caller recomputes it.
+    Forward and backward of one optimizer step: for each micro-batch (a collate_pairs dict on the
+    device) the policy's pair_logprobs, the reference's (ref_logps(batch) -> (chosen, rejected)
+    summed log-probs, or None for SimPO / ORPO), the loss cfg names, and its gradient. Returns
+    the step's metrics (METRICS), averaged over the micro-batches.
+    """
+    sums = dict.fromkeys(METRICS, 0.0)
+    for k, batch in enumerate(micro_batches):
+        with common.no_sync_unless(model, k == len(micro_batches) - 1):
+            logps = pair_logprobs(model, batch, rt.autocast)
+            out = preference_losses(cfg, logps, ref_logps(batch))
+            (out[0].mean() / len(micro_batches)).backward()
+        for key, v in pair_metrics(*out, logps).items():
+            sums[key] += v / len(micro_batches)
+    return sums
+
+
+def content_key(cfg, ref_model, rt):
+    """What the reference log-probs depend on, hashed: the bytes of both data files, the
+    reference's weights, block_size, the tokenizer and the precision. A cache made for anything
+    else (data edited since, another reference) has another key and is recomputed."""
+    h = hashlib.sha256(f"{cfg.block_size} {rt.dtype} {ref_model.config}".encode())
+    for path in (cfg.train_data, cfg.val_data):
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    for name, t in sorted(ref_model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def reference_logps(ref_model, data, cfg, rt, pad_id):
+    """(N, 2) summed log-probs of (chosen, rejected) of every pair under the reference, the ranks
+    sharing the work (a collective under DDP)."""
+    out = torch.zeros(len(data), 2, device=rt.device)
+    B = cfg.batch_size * 2  # no gradients, so twice the training batch fits
+    for start in range(rt.rank * B, len(data), B * rt.world_size):
+        batch = to_device(loader.collate_pairs(data[start:start + B], pad_id), rt)
+        c, r, _, _ = pair_logprobs(ref_model, batch, rt.autocast)
+        out[start:start + B, 0], out[start:start + B, 1] = c.float(), r.float()
+    return common.all_reduce_mean(out) * rt.world_size  # every row came from one rank
+
+
+def load_ref_cache(path, key, sizes, device):
+    """
+    The reference log-probs cached by an earlier process of this run, {'train': (n_train, 2),
+    'val': (n_val, 2), 'key': content_key}, or None, with a printed note, when the file is
+    unreadable (cut by a kill, overwritten by hand) or was made for other content: it is only a
+    cache, and the caller recomputes it.
     """
     try:
         cache = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or a pickle that is not plain data
         problem = f"unreadable ({type(e).__name__}: {str(e)[:200]})"
     else:
-        want = dict(train=(meta["n_train"], 2), val=(meta["n_val"], 2))
-        if not (isinstance(cache, dict) and set(cache) == {"train", "val", "meta"}):
-            problem = "not a reference cache (expected the keys 'train', 'val', 'meta')"
-        elif cache["meta"] != meta:
-            problem = "made for another reference model, data, block_size or dtype"
-        elif not all(torch.is_tensor(cache[k]) and tuple(cache[k].shape) == want[k]
+        if not (isinstance(cache, dict) and set(cache) == {"train", "val", "key"}):
+            problem = "not a reference cache (expected the keys 'train', 'val', 'key')"
+        elif cache["key"] != key:
+            problem = "made for other data, another reference model, block_size or dtype"
+        elif not all(torch.is_tensor(cache[k]) and tuple(cache[k].shape) == (sizes[k], 2)
                      and cache[k].dtype == torch.float32 and bool(cache[k].isfinite().all())
-                     for k in want):
-            problem = f"its tensors are not finite float32 of shapes {want}"
+                     for k in sizes):
+            problem = f"its tensors are not finite float32 of shapes {sizes} x 2"
         else:
             return cache
     common.print0(f"note: {path}: {problem}; recomputing the reference log-probs")
     return None
 
 
+def to_device(batch, rt):
+    return {k: v.to(rt.device) for k, v in batch.items()}
+
+
 def validate(cfg):
-    """Bad values fail here, with the key's name, before any model is built."""
-    common.require(cfg.loss_type in LOSS_TYPES, f"loss_type={cfg.loss_type!r}: expected one of "
-                   f"{', '.join(LOSS_TYPES)}")
-    common.require_positive(cfg, "beta", "simpo_beta", "orpo_lambda", "batch_size", "grad_accum",
-                            "max_iters", "block_size", "log_interval", "eval_interval",
-                            "ckpt_interval", "lr")
-    common.require(0.0 <= cfg.label_smoothing < 0.5, f"label_smoothing={cfg.label_smoothing} must "
-                   f"be in [0, 0.5): it is the assumed fraction of flipped preference labels")
+    """Bad values fail here, with the key's name, before anything is loaded or written."""
+    common.validate(cfg, {
+        "loss_type": (lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
+        "beta": (lambda v: v > 0, "> 0"),
+        "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5): the assumed fraction of "
+                                                   "flipped preference labels")})
     common.require(cfg.label_smoothing == 0 or cfg.loss_type in ("sigmoid", "robust"),
                    f"label_smoothing applies to loss_type sigmoid or robust, not {cfg.loss_type!r}")
-    common.require(cfg.rpo_alpha >= 0, f"rpo_alpha={cfg.rpo_alpha} must be >= 0")
     common.require(cfg.rpo_alpha == 0 or cfg.loss_type != "orpo", "loss_type='orpo' has its NLL "
                    "term built in: rpo_alpha must be 0 (it would add the NLL a second time)")
-    common.require(cfg.simpo_gamma >= 0, f"simpo_gamma={cfg.simpo_gamma} must be >= 0")
-    common.require(0 <= cfg.min_lr <= cfg.lr, f"min_lr={cfg.min_lr} must be in [0, lr={cfg.lr}]")
-    common.require(cfg.warmup_iters >= 0, f"warmup_iters={cfg.warmup_iters} must be >= 0")
-    common.require(0 <= cfg.dropout < 1, f"dropout={cfg.dropout} must be in [0, 1)")
-    common.require(cfg.stop_iter == -1 or 0 < cfg.stop_iter <= cfg.max_iters,
-                   f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={cfg.max_iters}")
     common.require(not (cfg.loss_type in REFERENCE_FREE and cfg.precompute_ref_logps),
                    f"loss_type={cfg.loss_type!r} uses no reference model: "
                    f"precompute_ref_logps must be False")
-    # a negative grad_clip would flip the gradient's sign inside clip_grad_norm_, silently
-    common.require(cfg.weight_decay >= 0 and cfg.grad_clip >= 0 and cfg.eps > 0,
-                   "weight_decay and grad_clip must be >= 0 (grad_clip=0 turns clipping off), "
-                   "eps > 0")
-    common.require(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1, beta2 must be in [0, 1)")
-    common.require(cfg.eval_iters == -1 or cfg.eval_iters > 0,
-                   f"eval_iters={cfg.eval_iters} must be > 0, or -1 for all held-out batches")
-    common.require(cfg.tokenizer in ("byte", "gpt2"),
-                   f"tokenizer={cfg.tokenizer!r}: 'byte' or 'gpt2'")
-    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
-                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
-    for key in ("train_data", "val_data"):
-        common.require(os.path.isfile(getattr(cfg, key)), f"{key}={getattr(cfg, key)!r} does not "
-                       f"exist (toy data: python data/toy/prepare.py)")
-    hub = ("scratch", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-    for key in ("init_from", "ref_from"):  # fail before any model is built
-        path = getattr(cfg, key)
-        common.require(not path or path in hub or os.path.exists(path), f"{key}={path!r} does "
-                       f"not exist (the toy SFT model: python train_sft.py)")
+    common.require_files(cfg, "train_data", "val_data", hint="toy data: python data/toy/prepare.py")
+    common.require_files(cfg, "init_from", "reference", hint="the toy SFT model: python train_sft.py")
 
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    rt = common.init_runtime(cfg)
-    resume_path = common.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, rt.master)
-    common.install_stop_handlers()
-    reference_free = cfg.loss_type in REFERENCE_FREE
+    run = common.Run(cfg, "dpo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
 
     # -------------------------------------------------------------------------
     # models: the policy (from the SFT checkpoint, or the run we resume), the frozen reference
-    if resume_path:  # our own last checkpoint: it must be a DPO run's
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="dpo")
-        model = common.model_from_checkpoint(GPT, ckpt, resume_path, cfg.dropout)
-        tok_name = ckpt["tokenizer"]
+    if run.resume:
+        model = common.model_from_checkpoint(GPT, run.resume, run.resume_path, cfg.dropout)
+        tok_name = run.resume["tokenizer"]
     else:
         model, tok_name = common.init_policy(cfg.init_from, cfg.tokenizer, dropout=cfg.dropout)
     common.check_block_size(model, cfg.block_size)
     enc = get_tokenizer(tok_name)
     model.to(rt.device)
     ref_model = None
-    if not reference_free:
-        ref_from = cfg.ref_from or cfg.init_from
+    if cfg.loss_type not in REFERENCE_FREE:
+        ref_from = cfg.reference or cfg.init_from
         ref_model, ref_tok = common.init_policy(ref_from, cfg.tokenizer)
         common.require(ref_tok == tok_name, f"the reference {ref_from} uses the {ref_tok!r} "
                        f"tokenizer, the policy {tok_name!r}")
@@ -338,164 +356,122 @@ def main(argv=None):
     # data: right-padded pairs; a batch's position in the data is its step (exact resume)
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
+    if cfg.eval_examples > 0:
+        val = val[:cfg.eval_examples]
     common.print0(f"{len(train)} training pairs, {len(val)} held-out pairs, "
                   f"loss {cfg.loss_type}, tokenizer {tok_name}")
-
     # batches of similar lengths waste less compute on padding (the order is still seeded)
     lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in train) \
         if cfg.length_buckets else None
 
-    def get_batch(data, indices):
-        batch = loader.collate_pairs([data[i] for i in indices], pad_id=enc.eot_token)
-        return {k: v.to(rt.device) for k, v in batch.items()}
-
     # -------------------------------------------------------------------------
-    # reference log-probs, once, before training: then the reference model can go
-    @torch.inference_mode()
-    def reference_logps(data):
-        """(N, 2) summed log-probs of (chosen, rejected) under the reference, ranks sharing work."""
-        out = torch.zeros(len(data), 2, device=rt.device)
-        B = cfg.batch_size * 2  # no gradients, so twice the training batch fits
-        for start in range(rt.rank * B, len(data), B * rt.world_size):
-            indices = list(range(start, min(start + B, len(data))))
-            c, r, _, _ = pair_logprobs(ref_model, get_batch(data, indices), rt.autocast)
-            out[indices, 0], out[indices, 1] = c.float(), r.float()
-        return common.all_reduce_mean(out) * rt.world_size  # every row came from one rank
-
-    ref_cache = None
+    # the reference's log-probs: none (SimPO, ORPO), live (one no-grad forward per batch), or
+    # once before training, cached on disk under a key of the content, and the reference freed
+    cache = None
     if cfg.precompute_ref_logps:
-        cache_path = os.path.join(cfg.out_dir, "ref_logps.pt")
-        meta = dict(ref=cfg.ref_from or cfg.init_from, train_data=cfg.train_data,
-                    val_data=cfg.val_data, block_size=cfg.block_size, n_train=len(train),
-                    n_val=len(val), dtype=rt.dtype)
-        if resume_path and os.path.isfile(cache_path):  # a resumed run reuses what it computed
-            ref_cache = load_ref_cache(cache_path, meta, rt.device)
+        key, path = content_key(cfg, ref_model, rt), run.path("ref_logps.pt")
+        if run.resume and os.path.isfile(path):  # a resumed run reuses what it computed
+            cache = load_ref_cache(path, key, dict(train=len(train), val=len(val)), rt.device)
         # computing is a collective: every rank recomputes when any rank could not use the file
-        if common.all_reduce_max(float(ref_cache is None)) > 0:
+        if common.all_reduce_max(float(cache is None)) > 0:
             t0 = time.time()
-            ref_cache = dict(train=reference_logps(train), val=reference_logps(val), meta=meta)
+            cache = dict(train=reference_logps(ref_model, train, cfg, rt, enc.eot_token),
+                         val=reference_logps(ref_model, val, cfg, rt, enc.eot_token), key=key)
             common.print0(f"reference log-probs of {len(train) + len(val)} pairs in "
-                          f"{time.time() - t0:.1f}s, cached in {cache_path}")
-            if rt.master:
-                common.save_checkpoint(cache_path, ref_cache)
-        del ref_model  # training never needs it again
-        ref_model = None
+                          f"{time.time() - t0:.1f}s, cached in {path}")
+            run.save("ref_logps.pt", cache)
+        ref_model = None  # training never needs it again
 
-    def get_ref_logps(split, indices, batch):
-        if reference_free:
-            return None
-        if ref_cache is not None:
-            row = ref_cache[split][indices]  # (B, 2)
+    def ref_logps(batch):
+        if cache is not None:
+            row = cache[batch["split"]][batch["rows"]]  # (B, 2)
             return row[:, 0], row[:, 1]
+        if ref_model is None:
+            return None
         with torch.inference_mode():
             c, r, _, _ = pair_logprobs(ref_model, batch, rt.autocast)
         return c.clone(), r.clone()  # plain tensors, usable in the autograd graph
 
+    def get_batch(split, rows):
+        data = train if split == "train" else val
+        batch = to_device(loader.collate_pairs([data[i] for i in rows], enc.eot_token), rt)
+        return dict(batch, split=split, rows=torch.as_tensor(rows, device=rt.device))
+
     # -------------------------------------------------------------------------
-    # optimizer, resume, wrappers
-    optimizer = common.configure_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                           cfg.eps, rt.device_type)
+    # optimizer, and the loop state a resumed run picks up
+    optimizer = common.make_optimizer(model, cfg, rt)
     step, best_val = 0, float("inf")
-    if resume_path:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, best_val = ckpt["step"], ckpt["best_val_loss"]
-        common.set_rng_state(ckpt["rng"])
-        del ckpt
-        common.print0(f"resumed from {resume_path} at step {step}")
-    model = common.maybe_compile(model, cfg.compile)
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    logger = common.MetricsLogger(cfg.out_dir, "log", resume_step=step if resume_path else None,
-                                  enabled=rt.master)
+    if run.resume:
+        optimizer.load_state_dict(run.resume["optimizer"])
+        step, best_val = run.resume["step"], run.resume["best_val_loss"]
+        common.set_rng_state(run.resume["rng"])
+        common.print0(f"resumed from {run.resume_path} at step {step}")
+    trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
+
+    def checkpoint():
+        return common.make_checkpoint(model, "policy", "dpo", tok_name, cfg, step, optimizer,
+                                      best_val_loss=best_val)
 
     @torch.no_grad()
     def evaluate():
-        """The training metrics on held-out pairs, averaged over pairs."""
+        """The training metrics on held-out pairs, averaged over pairs; ckpt_best.pt when the
+        held-out loss improves. Logged at `step`."""
+        nonlocal best_val
         model.eval()
         sums, n = dict.fromkeys(METRICS, 0.0), 0
-        n_batches = math.ceil(len(val) / cfg.batch_size)
-        if cfg.eval_iters > 0:
-            n_batches = min(n_batches, cfg.eval_iters)
-        for b in range(rt.rank, n_batches, rt.world_size):
-            indices = list(range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(val))))
-            batch = get_batch(val, indices)
+        for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
+            batch = get_batch("val", range(start, min(start + cfg.batch_size, len(val))))
             logps = pair_logprobs(model, batch, rt.autocast)
-            out = preference_losses(cfg, logps, get_ref_logps("val", indices, batch))
-            for k, v in pair_metrics(*out, logps).items():
-                sums[k] += v * len(indices)
-            n += len(indices)
+            for k, v in pair_metrics(*preference_losses(cfg, logps, ref_logps(batch)), logps).items():
+                sums[k] += v * len(batch["rows"])
+            n += len(batch["rows"])
         model.train()
-        sums = {k: common.all_reduce_mean(v) for k, v in sums.items()}
         n = common.all_reduce_mean(float(n))
-        return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-
-    def save(name, step):
-        ckpt = common.make_checkpoint(model, "policy", "dpo", tok_name, cfg, step, optimizer,
-                                      best_val_loss=best_val)
-        common.save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
-
-    def evaluate_and_log():
-        """Held-out metrics at `step`, logged; ckpt_best.pt when the held-out loss improves."""
-        nonlocal val_metrics, best_val, t0
-        t_eval = time.time()
-        val_metrics = evaluate()
-        logger.log(step, **val_metrics)
-        if val_metrics["val_loss"] < best_val:
-            best_val = val_metrics["val_loss"]
-            if rt.master:
-                save("ckpt_best.pt", step)
-        t0 += time.time() - t_eval  # the step timer measures training only
+        metrics = {f"val_{k}": common.all_reduce_mean(v) / max(n, 1) for k, v in sums.items()}
+        run.log(step, **metrics)
+        if metrics["val_loss"] < best_val:
+            best_val = metrics["val_loss"]
+            run.save("ckpt_best.pt", checkpoint())
+        return metrics
 
     # -------------------------------------------------------------------------
     # the loop. Step s is evaluated before its checkpoint is written, so a run resumed from
     # that checkpoint neither repeats the evaluation nor skips it.
     model.train()
     train_metrics, val_metrics = {}, {}
-    t0, last_logged = time.time(), step
-    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
-        common.clear_out_dir(cfg.out_dir, rt.master)
     if step == 0:
-        evaluate_and_log()
+        val_metrics = evaluate()
     while step < cfg.max_iters:
+        t0 = time.time()
         lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         common.set_lr(optimizer, lr)
-        sums = dict.fromkeys(METRICS, 0.0)
-        for micro in range(cfg.grad_accum):
-            indices = loader.batch_indices(len(train), cfg.batch_size, step * cfg.grad_accum + micro,
-                                           cfg.seed, rt.rank, rt.world_size, lengths)
-            batch = get_batch(train, indices)
-            with common.no_sync_unless(model, micro == cfg.grad_accum - 1):
-                logps = pair_logprobs(model, batch, rt.autocast)
-                out = preference_losses(cfg, logps, get_ref_logps("train", indices, batch))
-                (out[0].mean() / cfg.grad_accum).backward()
-            for k, v in pair_metrics(*out, logps).items():
-                sums[k] += v / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        common.check_finite(step + 1, loss=sums["loss"], grad_norm=grad_norm)  # the log's number
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # 1. this step's pairs: chosen and rejected rows of each micro-batch in one forward
+        micro = [get_batch("train", loader.batch_indices(
+                     len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, rt.rank,
+                     rt.world_size, lengths)) for k in range(cfg.grad_accum)]
+        # 2. the preference loss of policy against reference log-ratios, forward and backward
+        metrics = dpo_step(trained, micro, ref_logps, cfg, rt)
+        # 3. clip, check, update (the error names the step as the log numbers it)
+        grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1,
+                                          metrics["loss"])
         step += 1
 
-        train_metrics = {k: common.all_reduce_mean(v) for k, v in sums.items()}
+        train_metrics = {k: common.all_reduce_mean(v) for k, v in metrics.items()}
         if step % cfg.log_interval == 0 or step == cfg.max_iters:
-            dt = (time.time() - t0) / (step - last_logged)
-            t0, last_logged = time.time(), step
-            logger.log(step, **train_metrics, grad_norm=float(grad_norm), lr=lr, ms=1000 * dt)
+            run.log(step, **train_metrics, grad_norm=grad_norm, lr=lr,
+                    ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-            evaluate_and_log()
-        stopping = step == cfg.stop_iter or common.stop_requested()
-        if rt.master and (step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping):
-            save("ckpt_last.pt", step)
+            val_metrics = evaluate()
+        stopping = run.should_stop(step)
+        if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
+            run.save("ckpt_last.pt", checkpoint())
         if stopping:
             common.print0(f"stopped at step {step}; continue with --resume=True")
             break
 
-    if rt.ddp:
-        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
-        torch.distributed.destroy_process_group()
+    run.finish()
     return dict(out_dir=cfg.out_dir, step=step, **train_metrics, **val_metrics)
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -4,12 +4,14 @@ Ouyang et al. 2022, InstructGPT): the third stage. The SFT policy answers prompt
 scores the answers, and PPO raises the score while a KL penalty keeps the policy near the SFT model.
 
 Run it:
-    python data/toy/prepare.py && python train_sft.py && python train_reward_model.py
+    python data/toy/prepare.py && python train_sft.py && python data/toy/label.py \
+        && python train_reward_model.py
     python train_ppo.py                           # offline CPU default: the toy world, minutes
     python train_ppo.py config/ppo_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH prompts
     torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py \
         --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # 8 GPUs, same batches
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
+    python train_ppo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
     python train_ppo.py --help                    # every config key and its default
 
 Four models: the policy (from the SFT checkpoint), a frozen reference copy of it, the frozen reward
@@ -20,23 +22,26 @@ a value head on the policy's own hidden states). One iteration:
   3. score each response with the reward model at its EOS (or with a programmatic reward_fn);
   4. per-token rewards r_t = -beta * (log pi - log pi_ref), plus the score on the last token;
   5. the critic's values, GAE advantages (whitened) and returns;
-  6. ppo_epochs passes of clipped policy and value updates over shuffled minibatches;
+  6. num_iterations passes of clipped policy and value updates over shuffled minibatches;
   7. beta: fixed, or moved towards target_kl by Ziegler et al.'s controller.
 On the toy world the gold judge (data/toy/judge.py) scores the same rollouts, logged as 'gold' next
 to the proxy 'score': when the score keeps rising while gold falls, PPO is hacking the reward model.
+The rollout, the log-probs, the clipped loss and the update are shared with train_grpo.py.
 
 Deliberately left out: InstructGPT's pretraining-mix loss (PPO-ptx), several samples per prompt
-(RLOO/GRPO-style baselines), reward-model ensembles, a critic warm-up phase, torch.compile (the
-shapes change every iteration), and a DDP wrapper: under torchrun each rank rolls out its own
-prompts (rollout_batch_size each) and the gradients are averaged by hand; the whitening statistics,
-the adaptive controller's KL and the logged metrics are reduced over all ranks, so that every rank
-takes the same decisions.
+(see train_grpo.py), reward-model ensembles, torch.compile (the shapes change every iteration),
+and a DDP wrapper: under torchrun each rank rolls out its own prompts (rollout_batch_size each)
+and the gradients are summed by hand (each rank's loss is its share of the global one); the
+whitening statistics, the adaptive controller's KL and the logged metrics are reduced over all
+ranks, so that every rank takes the same decisions.
 """
 
 import copy
+import importlib.util
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -44,10 +49,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from common import masked_mean, print0, token_logprobs
+from common import masked_mean, print0
 from data import loader
 from model import row_generators
 from tokenizer import decode_response, get_tokenizer
+from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/ppo_toy.py holds the same values)
@@ -56,8 +62,8 @@ DEFAULTS = dict(
     out_dir="out/ppo_toy",
     init_from="out/sft_toy/ckpt_best.pt",    # the SFT policy: a .pt checkpoint, 'gpt2', an HF dir
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
-    reward_fn="",             # '' = reward_model | 'byte_count:c' (count of c in the response) |
-                              # 'toy_gold' (the toy judge: PPO against the true reward)
+    reward_fn="",             # '' = reward_model | 'toy_gold' (the toy judge: PPO against the true
+                              # reward) | 'byte_count:c' (count of c) | 'file.py:function'
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -72,7 +78,7 @@ DEFAULTS = dict(
     missing_eos_penalty=1.0,  # for responses cut at max_new_tokens without an EOS:
     missing_eos_mode="replace",  # 'replace' the score by -penalty | 'subtract' it | '' = none
     # reward shaping, KL control, advantages
-    kl_coef=0.2,              # beta (the initial one when adaptive_kl)
+    beta=0.2,                 # KL coefficient (the initial one when adaptive_kl)
     adaptive_kl=False,        # Ziegler et al.'s proportional controller towards target_kl
     target_kl=6.0,            # nats per response
     kl_horizon=10000,         # responses
@@ -80,14 +86,16 @@ DEFAULTS = dict(
     lam=0.95,
     whiten_rewards=False,
     # PPO update
-    ppo_epochs=4,
+    num_iterations=4,         # passes over each rollout batch (PPO's epochs; GRPO's mu)
     minibatch_size=16,        # responses per optimizer step
     micro_batch_size=16,      # responses per forward/backward (gradient accumulation)
-    cliprange=0.2,
+    epsilon_low=0.2,          # clip the ratio to [1 - epsilon_low, 1 + epsilon_high]
+    epsilon_high=0.2,
     cliprange_value=0.2,
     vf_coef=0.1,
     ent_coef=0.0,             # entropy bonus; 0 = off
     shared_critic=False,      # a value head on the policy trunk instead of a separate critic
+    critic_warmup=0,          # iterations that train the critic alone before the policy moves
     # optimisation: Adam for each model, constant learning rates after warmup unless decay_lr
     lr=3e-4,                  # policy
     critic_lr=3e-4,
@@ -102,7 +110,7 @@ DEFAULTS = dict(
     # evaluation, samples, logging, checkpoints
     log_interval=1,
     eval_interval=10,         # held-out rollouts with a fixed sampling seed; ckpt_best.pt
-    eval_prompts=96,          # held-out prompts per evaluation
+    eval_examples=96,         # held-out prompts per evaluation (-1 = all)
     sample_interval=10,       # print a few prompts, responses and scores
     num_samples=3,
     ckpt_interval=20,
@@ -121,7 +129,27 @@ DEFAULTS = dict(
 # `mask` is 1 on the valid response tokens (up to and including the EOS), 0 after them.
 
 
-def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
+def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
+    """
+    Per-token estimates of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020,
+    "Approximating KL divergence"), with log r = log pi_ref - log pi:
+        k1 = -log r               unbiased, noisy, negative for some samples (PPO's reward term)
+        k2 = (log r)^2 / 2        biased, >= 0, low variance
+        k3 = (r - 1) - log r      unbiased, >= 0, low variance (GRPO's loss term; a monitor)
+    As a LOSS, k3's gradient is not that of KL(pi || pi_ref): its expectation under pi is the
+    gradient of KL(pi_ref || pi), the reverse direction (see train_grpo.py). (B, T) -> (B, T).
+    """
+    log_r = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r ** 2
+    if estimator == "k3":
+        return torch.exp(log_r) - 1 - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r}: expected k1, k2 or k3")
+
+
+def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
     """
     Per-token RLHF reward (Ziegler et al. 2019, eq. 2; Stiennon et al. 2020, eq. 1):
 
@@ -132,22 +160,16 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
     -> rewards (B, T), 0 where mask is 0. Every row needs at least one valid token.
     """
     mask = mask.to(logprobs.dtype)
-    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    rewards = -beta * kl_penalty(logprobs, ref_logprobs, "k1") * mask
     last = (mask * torch.arange(mask.size(1), device=mask.device)).argmax(1)  # (B,)
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 
 
 def kl_estimates(logprobs, ref_logprobs, mask):
-    """
-    Per-response KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020, "Approximating KL
-    divergence"), with log r = log pi_ref - log pi per token:
-        k1 = -log r             unbiased, noisy, negative for some samples (the reward's)
-        k3 = (r - 1) - log r    unbiased, >= 0, lower variance (a monitor)
-    Returns (k1, k3), each (B,): sums over the valid tokens.
-    """
+    """Per-response KL(pi || pi_ref): the k1 and k3 estimates (kl_penalty) summed over the valid
+    tokens, (B,) each. k1 is what the reward pays; k3 is the >= 0 monitor."""
     mask = mask.to(logprobs.dtype)
-    log_r = ref_logprobs - logprobs
-    return (-log_r * mask).sum(1), ((torch.exp(log_r) - 1 - log_r) * mask).sum(1)
+    return tuple((kl_penalty(logprobs, ref_logprobs, k) * mask).sum(1) for k in ("k1", "k3"))
 
 
 def whiten(x, mask, shift_mean=True):
@@ -187,33 +209,83 @@ def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages, (advantages + values) * mask
 
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def loss_normalizer(mask, mode="token_mean"):
     """
-    Clipped surrogate objective (Schulman et al. 2017, eq. 7) as a loss, mean over valid tokens:
+    The denominator of aggregate_loss for a whole (mini)batch, counted over EVERY rank under DDP
+    (a collective): valid tokens (token_mean), sequences (seq_mean_token_mean), or sequences x
+    the padded length T (seq_mean_token_sum_norm; T the largest of the ranks'). Pass it as
+    aggregate_loss's `total` in each micro-batch: their losses then sum to the loss of the whole
+    batch in one process, however it is split into micro-batches and ranks.
+    """
+    if mode == "token_mean":
+        return common.all_reduce_sum(mask.sum().float())
+    n = common.all_reduce_sum(torch.tensor(float(mask.size(0)), device=mask.device))
+    if mode == "seq_mean_token_mean":
+        return n
+    return n * common.all_reduce_max(torch.tensor(float(mask.size(1)), device=mask.device))
 
-        L = max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)),  rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
 
-    Returns (loss, clipfrac, approx_kl, ratio): the share of tokens where the clipped term is the
-    one used, KL(pi_old || pi) ~ mean of 1/2 (log rho)^2, and rho (B, T); all but loss detached.
+def aggregate_loss(per_token, mask, mode="token_mean", total=None):
+    """
+    A scalar loss from per-token losses (B, T) and the mask of valid response tokens:
+      token_mean               sum_i,t m*x / sum_i,t m: every token weighs the same (DAPO)
+      seq_mean_token_mean      1/B sum_i (sum_t m*x / |o_i|): each answer weighs the same, so a
+                               token of a short answer weighs more (GRPO, Shao et al. 2024, eq. 3)
+      seq_mean_token_sum_norm  sum_i,t m*x / (B * T), T the padded length: a constant
+                               normaliser without GRPO's length bias (Dr. GRPO, Liu et al. 2025)
+    total: the denominator (loss_normalizer of the whole batch) when per_token is one
+    micro-batch of it; by default this batch's own.
+    """
+    mask = mask.to(per_token.dtype)
+    if mode == "seq_mean_token_mean":
+        numerator = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum()
+    elif mode in ("token_mean", "seq_mean_token_sum_norm"):
+        numerator = (per_token * mask).sum()
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r}: expected one of {AGGREGATIONS}")
+    if total is None:
+        total = {"token_mean": mask.sum(), "seq_mean_token_mean": mask.size(0)}.get(
+            mode, mask.size(0) * mask.size(1))
+    return numerator / torch.as_tensor(total, dtype=per_token.dtype).clamp(min=1)
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, epsilon_low=0.2, epsilon_high=None,
+                    mode="token_mean", total=None):
+    """
+    Clipped surrogate objective (Schulman et al. 2017, eq. 7) as a loss, aggregated over the valid
+    tokens (aggregate_loss; PPO's token_mean by default):
+
+        L_t = max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps_low, 1 + eps_high)),
+        rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+
+    epsilon_high > epsilon_low is DAPO's clip-higher (Yu et al. 2025): more room to raise the
+    probability of unlikely tokens; None = epsilon_low. Returns (loss, clipfrac, approx_kl,
+    ratio): the share of tokens where the clipped term is the one used, KL(pi_old || pi) ~ mean
+    of 1/2 (log rho)^2, and rho (B, T); all but loss detached.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
+    high = epsilon_low if epsilon_high is None else epsilon_high
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipped = -advantages * ratio.clamp(1.0 - epsilon_low, 1.0 + high)
+    loss = aggregate_loss(torch.max(unclipped, clipped), mask, mode, total)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     return loss, clipfrac, masked_mean(0.5 * log_ratio.detach() ** 2, mask), ratio.detach()
 
 
-def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value, total=None):
     """
     Clipped value loss of OpenAI baselines' PPO2, as used by Ziegler et al. 2019, mean over valid
     tokens:   L_V = 1/2 * max((V_t - R_t)^2, (clip(V_t, V_old - eps_v, V_old + eps_v) - R_t)^2)
+    total: the token count of the whole batch (loss_normalizer) for a micro-batch of it.
     Returns (loss, vclipfrac): the share of tokens where the clipped term wins.
     """
     clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     err_unclipped, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(err_unclipped, err_clipped), mask)
+    loss = 0.5 * aggregate_loss(torch.max(err_unclipped, err_clipped), mask, "token_mean", total)
     return loss, masked_mean((err_clipped > err_unclipped).float(), mask)
 
 
@@ -222,7 +294,7 @@ def entropy_from_logits(logits):
     return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)
 
 
-def adaptive_kl_coef(kl_coef, kl, target, horizon, n_steps):
+def adaptive_kl_coef(beta, kl, target, horizon, n_steps):
     """
     The adaptive KL controller of Ziegler et al. 2019 (sec. 2.2), proportional control of beta:
 
@@ -231,7 +303,7 @@ def adaptive_kl_coef(kl_coef, kl, target, horizon, n_steps):
     kl: the batch's mean KL per response (nats); n_steps: responses in the batch.
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
-    return kl_coef * (1.0 + error * n_steps / horizon)
+    return beta * (1.0 + error * n_steps / horizon)
 
 
 def explained_variance(values, returns, mask):
@@ -251,38 +323,112 @@ def penalise_missing_eos(scores, has_eos, penalty, mode):
     return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
 
 # -----------------------------------------------------------------------------
+# rewards: the reward model, or a programmatic function of the texts
+
+
+def load_reward_fn(spec):
+    """
+    A programmatic reward f(prompt, response) -> float from its spec: 'toy_gold' (the toy
+    world's judge), 'byte_count:c' (occurrences of the character c), or 'file.py:function'
+    (any function of a Python file). '' -> None: the reward model scores. Every return value is
+    checked: a non-number or a non-finite one stops the run with the prompt it was given.
+    """
+    if not spec:
+        return None
+    if spec == "toy_gold":
+        from data.toy.judge import gold_reward
+        fn = gold_reward
+    elif spec.startswith("byte_count:") and len(spec) == len("byte_count:") + 1:
+        char = spec[-1]
+        fn = lambda prompt, response: float(response.count(char))  # noqa: E731
+    else:
+        path, sep, name = spec.rpartition(":")
+        common.require(sep and path.endswith(".py") and name.isidentifier(),
+                       f"reward_fn={spec!r}: expected '', 'toy_gold', 'byte_count:<one character>' "
+                       f"or 'path/to/file.py:function'")
+        common.require(os.path.isfile(path), f"reward_fn={spec!r}: the file {path} does not exist")
+        try:
+            module_spec = importlib.util.spec_from_file_location("reward_fn_module", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        except BaseException as e:  # a syntax error, an import error, a sys.exit in the file
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise common.ConfigError(f"reward_fn={spec!r}: {path} failed to run: {e!r}") from None
+        fn = getattr(module, name, None)
+        common.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
+
+    def checked(prompt, response):
+        value = fn(prompt, response)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise common.ConfigError(f"reward_fn={spec!r} returned {value!r} (a finite number is "
+                                     f"needed) for the prompt {prompt[:80]!r}")
+        return float(value)
+    return checked
+
+
+def make_reward(reward_model, reward_fn, batch_size):
+    """The step-3 scorer reward(prompts, responses, seq, mask) -> (B,) float: the reward model
+    at each row's last real token of the exact ids the policy produced (never re-tokenised
+    text), batch_size rows at a time, or a programmatic reward_fn of the texts."""
+    if reward_fn is not None:
+        return lambda prompts, responses, seq, mask: torch.tensor(
+            [reward_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
+    return lambda prompts, responses, seq, mask: score_ids(reward_model, seq, mask, batch_size)
+
+# -----------------------------------------------------------------------------
 # forwards and the rollout
 
 
-def policy_forward(policy, seq, mask, P, temperature, critic=None):
+def policy_forward(policy, seq, mask, P, temperature, critic=None, entropy=False):
     """
     One forward of prompt + response, seq and mask (B, P + N) with the prompts left-padded to P
     columns. Every prompt ends in column P - 1, so the hidden state in column P - 1 + t has seen the
-    prompt and the response tokens < t: its logits predict response token t, and it is the state
-    s_t the critic values. Returns logprobs (B, N) of the response tokens under logits / T, the
-    entropy (B, N) of that distribution, and values (B, N) (None without a critic).
-    critic: a ScalarModel (separate critic) or an nn.Linear value head on this policy's trunk.
+    prompt and the response tokens < t: its logits predict response token t (the LM head runs on
+    those N columns only), and it is the state s_t the critic values. Returns logprobs (B, N) of
+    the response tokens under logits / T, the entropy (B, N) of that distribution (or None), and
+    values (B, N) (None without a critic). critic: a ScalarModel (separate critic) or an
+    nn.Linear value head on this policy's trunk.
     """
-    h = policy.hidden_states(seq, mask)[:, P - 1:]  # (B, N + 1, C); the last column is unused
-    logits = policy.lm_head(h).float() / temperature  # (B, N + 1, V); no logits for the prompt
-    logprobs = token_logprobs(logits, seq[:, P - 1:])  # (B, N): the one-position shift is in there
-    entropy = entropy_from_logits(logits[:, :-1])
+    h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, N, C): the states before each token
+    logits = policy.lm_head(h).float() / temperature  # (B, N, V); no logits for the prompt
+    logprobs = common.logprobs_of(logits, seq[:, P:])  # (B, N)
+    ent = entropy_from_logits(logits) if entropy else None
     if isinstance(critic, nn.Linear):
-        values = critic(h[:, :-1]).squeeze(-1).float()
+        values = critic(h).squeeze(-1).float()
     else:
         values = critic.values(seq, mask)[:, P - 1:-1].float() if critic is not None else None
-    return logprobs, entropy, values
+    return logprobs, ent, values
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled answers and what the update needs. (B, N) tensors are aligned with the
+    response tokens; resp_mask is 1 on them up to and including the EOS."""
+    seq: torch.Tensor            # (B, P + N) prompt + response ids, prompts left-padded to P
+    mask: torch.Tensor           # (B, P + N) attention mask: 0 on left pads and after the EOS
+    P: int                       # prompt columns
+    resp_mask: torch.Tensor      # (B, N) float
+    logprobs: torch.Tensor       # (B, N) log pi_old(a_t|s_t), recomputed by a training forward
+    sample_logprobs: torch.Tensor  # (B, N) the same, as the sampler saw them (a sanity check)
+    ref_logprobs: torch.Tensor   # (B, N) log pi_ref(a_t|s_t), or None without a reference
+    values: torch.Tensor         # (B, N) the critic's V(s_t), or None without a critic
+    entropy: torch.Tensor        # (B, N) of pi_old at each step
+    scores: torch.Tensor         # (B,) the reward (missing-EOS penalty applied)
+    has_eos: torch.Tensor        # (B,) bool
+    prompts: list                # B prompt texts
+    responses: list              # B response texts (decode_response)
 
 
 @torch.no_grad()
-def rollout(policy, ref, critic, reward_model, prompt_ids, prompt_mask, prompts, cfg, enc, rt,
-            score_fn=None, gold_fn=None, generator=None):
+def rollout(policy, ref, critic, reward, batch, enc, cfg, rt, generator=None):
     """
-    Steps 1-3 and the critic's values for one batch of left-padded prompts (B, P) (and their
-    texts). The forwards run in micro-batches like the update's, so at the first update (policy ==
-    reference == old policy) the KL is exactly 0 and the ratio exactly 1. Returns a dict of
-    (B, N) tensors aligned with the response tokens (unless noted) and the decoded texts.
+    Steps 1-3 and the critic's values for one batch (ids, mask, texts) of left-padded prompts
+    (B, P). The forwards run in micro-batches like the update's, so at the first update (policy ==
+    reference == old policy) the KL is exactly 0 and the ratio exactly 1. Returns a Rollout.
     """
+    prompt_ids, prompt_mask, prompts = batch
     P, mbs = prompt_ids.size(1), cfg.micro_batch_size
     with rt.autocast:
         tokens, resp_mask, sample_logprobs = policy.generate(
@@ -296,189 +442,275 @@ def rollout(policy, ref, critic, reward_model, prompt_ids, prompt_mask, prompts,
     for i in range(0, seq.size(0), mbs):
         s, m = seq[i:i + mbs], mask[i:i + mbs]
         with rt.autocast:
-            logprobs, entropy, values = policy_forward(policy, s, m, P, cfg.temperature, critic)
+            lp, ent, values = policy_forward(policy, s, m, P, cfg.temperature, critic, True)
             # frozen models need no autograd record at all; their inference tensors are only
             # read by functional ops outside (cat, arithmetic), which return normal tensors
             with torch.inference_mode():
-                ref_logprobs, _, _ = policy_forward(ref, s, m, P, cfg.temperature)
-                scores = reward_model(s, m).float() if reward_model is not None else None
-        parts.append((logprobs, entropy, values, ref_logprobs, scores))
-    logprobs, entropy, values, ref_logprobs = (torch.cat([p[k] for p in parts]) for k in range(4))
+                ref_lp = policy_forward(ref, s, m, P, cfg.temperature)[0] if ref else None
+        parts.append((lp, ent, values, ref_lp))
+    lp, ent, values, ref_lp = (torch.cat(x) if x[0] is not None else None for x in zip(*parts))
     # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
     responses = [decode_response(enc, [t for t, keep in zip(row, row_mask) if keep])
                  for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]
-    if score_fn is not None:
-        scores = torch.tensor([score_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
-    else:
-        scores = torch.cat([p[4] for p in parts])  # the RM's, at the EOS, minus its reward_bias
     has_eos = ((tokens == enc.eot_token) & resp_mask.bool()).any(1)  # (B,)
+    with rt.autocast:
+        scores = reward(prompts, responses, seq, mask).float()
     scores = penalise_missing_eos(scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
-    gold = torch.tensor([gold_fn(p, r) for p, r in zip(prompts, responses)]) if gold_fn else None
-    return dict(seq=seq, mask=mask, P=P, resp_mask=resp_mask.float(), logprobs=logprobs,
-                sample_logprobs=sample_logprobs, ref_logprobs=ref_logprobs, values=values,
-                entropy=entropy, scores=scores, has_eos=has_eos, gold=gold, prompts=prompts,
-                responses=responses)
+    return Rollout(seq, mask, P, resp_mask.float(), lp, sample_logprobs, ref_lp, values, ent,
+                   scores, has_eos, prompts, responses)
+
+# -----------------------------------------------------------------------------
+# the update: shared by PPO and GRPO
 
 
-def make_reward_fn(spec):
-    """A programmatic reward f(prompt, response) -> float: 'byte_count:c' counts the character c
-    in the response; 'toy_gold' is the toy world's gold judge. '' -> None (the reward model)."""
-    if spec.startswith("byte_count:"):
-        return lambda prompt, response: float(response.count(spec[len("byte_count:"):]))
-    if spec == "toy_gold":
-        from data.toy.judge import gold_reward
-        return gold_reward
-    return None
+def all_reduce_grads(model):
+    """Sum the gradients over DDP ranks in one flat buffer (each rank's loss is its share of the
+    global loss, so the global gradient is the sum); nothing in a single process."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not (dist.is_available() and dist.is_initialized()) or not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    for g, new in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(new.view_as(g))
+
+
+def ppo_update(ro, advantages, returns, policy, optimizer, cfg, rt, step, critic=None,
+               critic_optimizer=None, train_policy=True, kl_coef=0.0, kl_estimator="k3",
+               loss_agg="token_mean"):
+    """
+    Step 6: num_iterations passes over the rollout in shuffled minibatches of minibatch_size
+    responses, each one optimizer step of the policy (clipped surrogate on `advantages` (B, N))
+    and of the critic (clipped value loss on `returns` (B, N)), accumulated over micro-batches.
+    GRPO calls it without a critic, with the KL to the reference in the loss (kl_coef > 0, the
+    estimator kl_estimator) and its loss aggregation. train_policy=False updates the critic alone
+    (its warm-up). `step` names the iteration in a non-finite error. Returns the mean statistics.
+    """
+    B, stats = ro.seq.size(0), []
+    for _ in range(cfg.num_iterations):
+        for rows in torch.randperm(B).to(rt.device).split(cfg.minibatch_size):
+            total = loss_normalizer(ro.resp_mask[rows], loss_agg)  # over every rank's rows
+            n_tokens = loss_normalizer(ro.resp_mask[rows], "token_mean")
+            mb_loss = 0.0
+            for mb in rows.split(cfg.micro_batch_size):
+                m = ro.resp_mask[mb]
+                with rt.autocast:
+                    logprobs, entropy, values = policy_forward(
+                        policy, ro.seq[mb], ro.mask[mb], ro.P, cfg.temperature, critic,
+                        entropy=cfg.ent_coef > 0)
+                loss, clipfrac, approx_kl, ratio = ppo_policy_loss(
+                    logprobs, ro.logprobs[mb], advantages[mb], m, cfg.epsilon_low,
+                    cfg.epsilon_high, loss_agg, total)
+                s = dict(pg_loss=loss.detach(), clipfrac=clipfrac, approx_kl=approx_kl,
+                         ratio_mean=masked_mean(ratio, m),
+                         ratio_var=masked_mean((ratio - masked_mean(ratio, m)) ** 2, m))
+                if kl_coef > 0:  # GRPO: the KL to the reference is a term of the loss
+                    kl = aggregate_loss(kl_penalty(logprobs, ro.ref_logprobs[mb], kl_estimator),
+                                        m, loss_agg, total)
+                    loss, s["kl_loss"] = loss + kl_coef * kl, kl.detach()
+                if cfg.ent_coef > 0:
+                    loss = loss - cfg.ent_coef * aggregate_loss(entropy, m, "token_mean", n_tokens)
+                loss = loss if train_policy else loss.detach()
+                if critic is not None:
+                    vf_loss, s["vclipfrac"] = ppo_value_loss(values, ro.values[mb], returns[mb], m,
+                                                             cfg.cliprange_value, n_tokens)
+                    loss, s["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.detach()
+                if loss.requires_grad:
+                    loss.backward()
+                mb_loss += loss.item()
+                stats.append(s)
+            if not train_policy:  # a shared critic's value loss reached the frozen trunk
+                optimizer.zero_grad(set_to_none=True)
+            for model, opt in ((policy, optimizer), (critic, critic_optimizer)):
+                if model is not None and (train_policy or model is critic):
+                    all_reduce_grads(model)
+                    common.optimizer_step(model, opt, cfg.grad_clip, step, mb_loss)
+    # every rank has as many micro-batches: the mean over ranks is the mean over all of them
+    return {k: common.all_reduce_mean(torch.stack([s[k] for s in stats]).float().mean().item())
+            for k in stats[0]}
+
+
+def rollout_metrics(ro, beta, kl_k1, kl_k3):
+    """What a person watches, per iteration, as floats averaged over every rank's responses:
+    the score, the objective (score - beta * KL), both KL estimates, entropy, length, EOS rate,
+    and the largest gap between sampling and training log-probs (a temperature or masking
+    mismatch shows up there first)."""
+    n = common.all_reduce_sum(float(ro.seq.size(0)))
+    mean = lambda x: common.all_reduce_sum(x.float().sum().item()) / n  # noqa: E731
+    gap = ((ro.sample_logprobs - ro.logprobs).abs() * ro.resp_mask).max().item()
+    return dict(score=mean(ro.scores), reward=mean(ro.scores - beta * kl_k1), kl=mean(kl_k1),
+                kl_k3=mean(kl_k3), score_std=math.sqrt(max(mean(ro.scores ** 2) -
+                                                           mean(ro.scores) ** 2, 0.0)),
+                entropy=common.global_masked_mean_var(ro.entropy, ro.resp_mask)[0].item(),
+                resp_len=mean(ro.resp_mask.sum(1)), eos_rate=mean(ro.has_eos),
+                logprob_gap=common.all_reduce_max(gap))
+
+
+def print_samples(ro, n, gold=None, kl=None):
+    """A few prompts, responses and their scores (rank 0)."""
+    for i in range(min(n, len(ro.prompts))):
+        extra = (f", gold {gold[i]:+.2f}" if gold is not None else "") + (
+            f", kl {kl[i].item():.3f}" if kl is not None else "")
+        print0(f"  prompt:   {ro.prompts[i][-200:]!r}\n  response: {ro.responses[i]!r}"
+               f"{'' if ro.has_eos[i] else ' [no EOS]'}\n  score {ro.scores[i].item():+.3f}{extra}")
+
+
+@torch.no_grad()
+def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta):
+    """Held-out rollouts (rank 0): prompt i draws the noise of (seed + 1, i) every time, and
+    the training RNG is left alone, so the curve compares policies, not luck. Returns the mean
+    score, KL (k1), score - beta * KL and, with a gold judge, gold."""
+    rows = []
+    for i in range(0, len(val), cfg.rollout_batch_size):
+        part = val[i:i + cfg.rollout_batch_size]
+        ids, attn = loader.collate_left([e["ids"] for e in part], enc.eot_token)
+        ro = rollout(policy, ref, None, reward, (ids.to(rt.device), attn.to(rt.device),
+                     [e["prompt"] for e in part]), enc, cfg, rt,
+                     row_generators(cfg.seed + 1, range(i, i + len(part))))
+        k1 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask)[0] if ref else 0 * ro.scores
+        gold = torch.tensor([gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)]) \
+            if gold_fn else torch.zeros(len(part))
+        rows.append(torch.stack([ro.scores.cpu(), k1.cpu(), gold.to(k1.dtype)], 1))
+    score, kl, gold = torch.cat(rows).mean(0).tolist()
+    return dict(val_score=score, val_kl=kl, val_reward=score - beta * kl,
+                **(dict(val_gold=gold) if gold_fn else {}))
+
+# -----------------------------------------------------------------------------
+# what PPO and GRPO load the same way
+
+
+def validate(cfg, rules=None):
+    """Bad values fail here, naming the key, before anything is loaded or written (PPO's and
+    GRPO's keys)."""
+    common.validate(cfg, {
+        "beta": (lambda v: v >= 0, ">= 0"),
+        "gold_judge": (lambda v: v in ("", "toy"), "'toy' or ''"),
+        "missing_eos_mode": (lambda v: v in ("", "replace", "subtract"),
+                             "'replace', 'subtract' or ''"),
+        "epsilon_low": (lambda v: 0 < v < 1, "in (0, 1)"),
+        "epsilon_high": (lambda v: v > 0, "> 0"),
+        "cliprange_value": (lambda v: v > 0, "> 0"), **(rules or {})})
+    common.require(cfg.rollout_batch_size % cfg.minibatch_size == 0 and
+                   cfg.minibatch_size % cfg.micro_batch_size == 0, "minibatch_size must divide "
+                   "rollout_batch_size, and micro_batch_size must divide minibatch_size")
+    common.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
+                   f"leaves no room for a prompt in block_size={cfg.block_size}")
+    common.require_files(cfg, "train_prompts", "val_prompts", "init_from",
+                         *(["reward_model"] * (cfg.reward_fn == "")), hint="toy: python "
+                         "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
+    load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
+
+
+def load_models(cfg, rt, with_reference=True):
+    """The policy (the SFT checkpoint, or the resumed run's weights are loaded by the caller),
+    its frozen reference copy (or None), the reward model (None with a reward_fn), the step-3
+    scorer, the gold judge (or None) and the tokenizer. Dropout is off and every model stays in
+    eval() mode: dropout would make the rollout's and the update's log-probs differ (ratio != 1
+    before any step) and the KL noisy."""
+    policy, tok_name = common.init_policy(cfg.init_from, dropout=0.0)
+    common.check_block_size(policy, cfg.block_size)
+    ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
+    reward_model = None
+    if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
+        reward_model = common.load_reward_model(cfg.reward_model, tok_name,
+                                                policy.config.vocab_size)
+        common.check_block_size(reward_model, cfg.block_size, f"reward_model {cfg.reward_model}")
+    for m in (policy, ref, reward_model):
+        if m is not None:
+            m.to(rt.device).eval()
+    reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
+    gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
+
+
+def load_prompts(cfg, enc):
+    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
+    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
+        if cfg.val_prompts else []
+    return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
+
+
+def prompt_batch(prompts, rows, enc, rt, repeat=1):
+    """Left-padded ids, mask (B * repeat, P) on the device and the texts of prompts[rows], each
+    row `repeat` times in a row (GRPO's group of samples per prompt)."""
+    examples = [prompts[i] for i in rows for _ in range(repeat)]
+    ids, attn = loader.collate_left([e["ids"] for e in examples], enc.eot_token)
+    return ids.to(rt.device), attn.to(rt.device), [e["prompt"] for e in examples]
+
+
+def make_critic(cfg, policy, reward_model, rt):
+    """InstructGPT's critic: a copy of the reward model (its values start centred on the scores
+    it pays, reward_bias included); with shared_critic a fresh head on the policy's own hidden
+    states; with a programmatic reward, a fresh head on a copy of the SFT trunk."""
+    if cfg.shared_critic:
+        critic = nn.Linear(policy.config.n_embd, 1)
+        nn.init.normal_(critic.weight, std=1.0 / math.sqrt(policy.config.n_embd + 1))
+        nn.init.zeros_(critic.bias)
+    elif reward_model is not None:
+        critic = copy.deepcopy(reward_model).requires_grad_(True)
+    else:
+        critic, _ = common.init_scalar(cfg.init_from, dropout=0.0)
+    return critic.to(rt.device).eval()
 
 # -----------------------------------------------------------------------------
 
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    common.require_positive(cfg, "block_size", "rollout_batch_size", "max_new_tokens",
-                            "temperature", "ppo_epochs", "minibatch_size", "micro_batch_size",
-                            "lr", "critic_lr", "max_iters", "log_interval", "eval_interval",
-                            "eval_prompts", "sample_interval", "ckpt_interval", "target_kl",
-                            "kl_horizon", "eps")
-    common.require(cfg.reward_fn in ("", "toy_gold") or (cfg.reward_fn.startswith("byte_count:")
-                   and len(cfg.reward_fn) == len("byte_count:") + 1),
-                   f"reward_fn={cfg.reward_fn!r}: '', 'toy_gold' or 'byte_count:<one character>'")
-    common.require(cfg.gold_judge in ("", "toy"), f"gold_judge={cfg.gold_judge!r}: 'toy' or ''")
-    common.require(cfg.missing_eos_mode in ("", "replace", "subtract"),
-                   f"missing_eos_mode={cfg.missing_eos_mode!r}: 'replace', 'subtract' or ''")
-    common.require(cfg.rollout_batch_size % cfg.minibatch_size == 0 and
-                   cfg.minibatch_size % cfg.micro_batch_size == 0, "minibatch_size must divide "
-                   "rollout_batch_size, and micro_batch_size must divide minibatch_size")
-    common.require(min(cfg.kl_coef, cfg.ent_coef, cfg.vf_coef, cfg.warmup_iters, cfg.save_every,
-                       cfg.grad_clip, cfg.weight_decay, cfg.num_samples, cfg.top_k) >= 0,
-                   "kl_coef, ent_coef, vf_coef, warmup_iters, save_every, grad_clip, "
-                   "weight_decay, num_samples and top_k must be >= 0")
-    common.require(0 < cfg.cliprange < 1 and cfg.cliprange_value > 0 and 0 < cfg.top_p <= 1,
-                   "cliprange must be in (0, 1), cliprange_value > 0, top_p in (0, 1]")
-    common.require(0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, "gamma and lam must be in [0, 1]")
-    common.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
-                   f"leaves no room for a prompt in block_size={cfg.block_size}")
-    common.require(cfg.stop_iter == -1 or 0 < cfg.stop_iter <= cfg.max_iters,
-                   f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={cfg.max_iters}")
-    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
-                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
-    files = dict(train_prompts=cfg.train_prompts, val_prompts=cfg.val_prompts,  # '' = not used
-                 reward_model=cfg.reward_model if cfg.reward_fn == "" else "",
-                 init_from=cfg.init_from if cfg.init_from.endswith(".pt") else "")
-    for key, path in files.items():
-        common.require(not path or os.path.exists(path), f"{key}={path!r} does not exist (toy: "
-                       f"python data/toy/prepare.py, then train_sft.py, train_reward_model.py)")
-    rt = common.init_runtime(cfg)
-    resume_path = common.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, rt.master)
-    common.install_stop_handlers()
+    validate(cfg)
+    run = common.Run(cfg, "ppo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
 
     # -------------------------------------------------------------------------
-    # models. Dropout is off in all four and all stay in eval() mode: dropout would make the
-    # rollout's and the update's log-probs differ (ratio != 1 before any step) and the KL noisy.
-    policy, tok_name = common.init_policy(cfg.init_from, dropout=0.0)
-    ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = None
-    if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
-        rm_ckpt = common.load_checkpoint(cfg.reward_model, expect_kind="scalar",
-                                         expect_tokenizer=tok_name)
-        reward_model, _ = common.scalar_from_checkpoint(rm_ckpt, path=cfg.reward_model)
-        common.check_block_size(reward_model, cfg.block_size, f"reward_model {cfg.reward_model}")
-        reward_model.requires_grad_(False)
-        del rm_ckpt
-    if cfg.shared_critic:  # a ScalarModel-style head on the policy's hidden states
-        critic = nn.Linear(policy.config.n_embd, 1)
-        nn.init.normal_(critic.weight, std=1.0 / math.sqrt(policy.config.n_embd + 1))
-        nn.init.zeros_(critic.bias)
-    elif reward_model is not None:  # InstructGPT: the critic starts as the reward model
-        critic = copy.deepcopy(reward_model).requires_grad_(True)
-    else:  # a programmatic reward: a fresh head on the SFT trunk
-        critic, _ = common.init_scalar(cfg.init_from, dropout=0.0)
-    for m in (policy, ref, reward_model, critic):
-        if m is not None:
-            m.to(rt.device).eval()
+    # models: policy, reference, reward model (or function), critic; data: prompts only
+    policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, rt)
+    critic = make_critic(cfg, policy, reward_model, rt)
     if rt.ddp:  # as the DDP wrapper would: every rank starts from rank 0's weights (a fresh value
         # head is drawn from each rank's own seed, and the ranks must train one model)
         for t in [*policy.parameters(), *critic.parameters(), *critic.buffers()]:
             dist.broadcast(t.data, src=0)
-    common.check_block_size(policy, cfg.block_size)
-    enc = get_tokenizer(tok_name)
-    score_fn = make_reward_fn(cfg.reward_fn)
-    gold_fn = make_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    train, val = load_prompts(cfg, enc)
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from}, tokenizer "
-           f"'{tok_name}'; reward: {cfg.reward_fn or cfg.reward_model}; critic: "
+           f"'{enc.name}'; reward: {cfg.reward_fn or cfg.reward_model}; critic: "
            f"{'a head on the policy' if cfg.shared_critic else 'separate'}; device {rt.device}")
 
     # -------------------------------------------------------------------------
-    # data: prompts only, cut from the left when they leave less than max_new_tokens of room
-    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
-    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens)[
-        :cfg.eval_prompts] if cfg.val_prompts else []
-
-    def collate(examples):  # -> left-padded ids, mask (B, P) on the device, and the prompt texts
-        ids, attn = loader.collate_left([e["ids"] for e in examples], enc.eot_token)
-        return ids.to(rt.device), attn.to(rt.device), [e["prompt"] for e in examples]
-
-    # -------------------------------------------------------------------------
     # optimizers, and the loop state a resumed run picks up
-    betas = (cfg.beta1, cfg.beta2)
-    opt_policy = common.configure_optimizer(policy, cfg.lr, cfg.weight_decay, betas, cfg.eps,
-                                            rt.device_type)
-    opt_critic = common.configure_optimizer(critic, cfg.critic_lr, cfg.weight_decay, betas,
-                                            cfg.eps, rt.device_type)
-    it, kl_coef, best_val, sanity = 0, cfg.kl_coef, -math.inf, {}
-    if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="ppo")
-        policy.load_state_dict(ckpt["model"])
-        critic.load_state_dict(ckpt["critic"])
-        opt_policy.load_state_dict(ckpt["optimizer"])
-        opt_critic.load_state_dict(ckpt["critic_optimizer"])
-        it, kl_coef, best_val = ckpt["step"], ckpt["kl_coef"], ckpt["best_val"]
-        common.set_rng_state(ckpt["rng"])  # sampling and shuffling continue where they stopped
-        print0(f"resumed from {resume_path} at iteration {it}, kl_coef {kl_coef:.4g}")
-        del ckpt
-    logger = common.MetricsLogger(cfg.out_dir, "log", resume_step=it if resume_path else None,
-                                  enabled=rt.master)
+    opt_policy = common.make_optimizer(policy, cfg, rt)
+    opt_critic = common.make_optimizer(critic, cfg, rt, lr=cfg.critic_lr)
+    it, beta, best_val = 0, cfg.beta, -math.inf
+    if run.resume:
+        common.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer", "beta")
+        policy.load_state_dict(run.resume["model"])
+        critic.load_state_dict(run.resume["critic"])
+        opt_policy.load_state_dict(run.resume["optimizer"])
+        opt_critic.load_state_dict(run.resume["critic_optimizer"])
+        it, beta, best_val = run.resume["step"], run.resume["beta"], run.resume["best_val"]
+        common.set_rng_state(run.resume["rng"])  # sampling and shuffling continue where they stopped
+        print0(f"resumed from {run.resume_path} at iteration {it}, beta {beta:.4g}")
 
-    def save(name, with_state):
-        if rt.master:
-            extra = dict(critic=critic.state_dict(), kl_coef=kl_coef, best_val=best_val)
-            if with_state:
-                extra["critic_optimizer"] = opt_critic.state_dict()
-            ckpt = common.make_checkpoint(policy, "policy", "ppo", tok_name, cfg, it,
-                                          opt_policy if with_state else None, **extra)
-            common.save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
+    def checkpoint(with_state):
+        extra = dict(critic=critic.state_dict(), beta=beta, best_val=best_val)
+        if with_state:
+            extra["critic_optimizer"] = opt_critic.state_dict()
+        return common.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, it,
+                                      opt_policy if with_state else None, **extra)
 
     def evaluate():
-        # the same held-out prompts and sampling noise every time, from a private generator that
-        # leaves the training RNG alone: the curve compares policies, not luck
         nonlocal best_val
         if not val or not rt.master:
             return {}
-        rows = []
-        for i in range(0, len(val), cfg.rollout_batch_size):
-            batch = val[i:i + cfg.rollout_batch_size]  # prompt i's noise is (seed + 1, i)'s
-            gen = row_generators(cfg.seed + 1, range(i, i + len(batch)))
-            ro = rollout(policy, ref, critic, reward_model, *collate(batch),
-                         cfg, enc, rt, score_fn, gold_fn, gen)
-            k1, _ = kl_estimates(ro["logprobs"], ro["ref_logprobs"], ro["resp_mask"])
-            gold = ro["gold"].to(k1) if gold_fn else torch.zeros_like(k1)
-            rows.append(torch.stack([ro["scores"], k1, gold], 1).cpu())
-        score, kl, gold = torch.cat(rows).mean(0).tolist()
-        metrics = dict(val_score=score, val_kl=kl, val_reward=score - kl_coef * kl)
-        metrics.update(dict(val_gold=gold) if gold_fn else {})
-        logger.log(it, **metrics)
+        metrics = evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta)
+        run.log(it, **metrics)
         if metrics["val_reward"] > best_val:  # best by the objective PPO maximises, not by gold
             best_val = metrics["val_reward"]
-            save("ckpt_best.pt", with_state=False)
+            run.save("ckpt_best.pt", checkpoint(False))
         return metrics
 
     # -------------------------------------------------------------------------
     # training loop. `it` counts the iterations done; its prompts are a function of `it` alone.
-    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
-        common.clear_out_dir(cfg.out_dir, rt.master)
     val_metrics = evaluate() if it == 0 else {}
-    policy_params, critic_params = list(policy.parameters()), list(critic.parameters())
-    B, mbs, clip = cfg.rollout_batch_size, cfg.micro_batch_size, cfg.grad_clip or math.inf
     metrics = {}
     while it < cfg.max_iters:
         t0 = time.time()
@@ -486,121 +718,56 @@ def main(argv=None):
             1.0 - it / cfg.max_iters if cfg.decay_lr else 1.0)
         common.set_lr(opt_policy, cfg.lr * lr_scale)
         common.set_lr(opt_critic, cfg.critic_lr * lr_scale)
-        # 1-3. rollout, log-probs, scores (and the values of step 5)
-        rows = loader.batch_indices(len(train), B, it, cfg.seed, rt.rank, rt.world_size)
-        ro = rollout(policy, ref, critic, reward_model, *collate([train[i] for i in rows]), cfg,
-                     enc, rt, score_fn, gold_fn)
+        # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
+        rows = loader.batch_indices(len(train), cfg.rollout_batch_size, it, cfg.seed, rt.rank,
+                                    rt.world_size)
+        ro = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, rt), enc, cfg, rt)
         t_rollout = time.time() - t0
-        P, resp_mask = ro["P"], ro["resp_mask"]  # resp_mask (B, N)
-        old_logprobs, old_values = ro["logprobs"], ro["values"]  # (B, N) each
-        # 4. per-token rewards
-        kl_k1, kl_k3 = kl_estimates(old_logprobs, ro["ref_logprobs"], resp_mask)  # (B,) each
-        rewards = kl_shaped_rewards(ro["scores"], old_logprobs, ro["ref_logprobs"], resp_mask,
-                                    kl_coef)
+        # 4. per-token rewards: -beta * KL on every token, the score on the last one
+        kl_k1, kl_k3 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask)  # (B,) each
+        rewards = kl_shaped_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.resp_mask, beta)
         if cfg.whiten_rewards:
-            rewards = whiten(rewards, resp_mask, shift_mean=False)
-        # 5. advantages and returns; advantages whitened over the valid tokens of the batch (of
-        # every rank's batch under DDP)
-        advantages, returns = compute_gae(rewards, old_values, resp_mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, resp_mask)
-        if it == 0 and not resume_path:  # policy == reference: this must be exactly 0
-            sanity["init_kl"] = (old_logprobs - ro["ref_logprobs"]).abs().max().item()
-
-        # 6. the update: ppo_epochs passes over shuffled minibatches of micro-batches
-        stats = []
-        for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(B).to(rt.device)
-            for start in range(0, B, cfg.minibatch_size):
-                for mb in perm[start:start + cfg.minibatch_size].split(mbs):
-                    m = resp_mask[mb]
-                    with rt.autocast:
-                        logprobs, entropy, values = policy_forward(
-                            policy, ro["seq"][mb], ro["mask"][mb], P, cfg.temperature, critic)
-                    pg_loss, clipfrac, approx_kl, ratio = ppo_policy_loss(
-                        logprobs, old_logprobs[mb], advantages[mb], m, cfg.cliprange)
-                    vf_loss, vclipfrac = ppo_value_loss(values, old_values[mb], returns[mb], m,
-                                                        cfg.cliprange_value)
-                    entropy = masked_mean(entropy, m)
-                    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                    (loss * len(mb) / cfg.minibatch_size).backward()
-                    if "init_kl" in sanity and "init_ratio_dev" not in sanity:  # no step yet
-                        sanity["init_ratio_dev"] = ((ratio - 1).abs() * m).max().item()
-                    stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), clipfrac,
-                                              vclipfrac, approx_kl, masked_mean(ratio, m),
-                                              masked_mean((ratio - masked_mean(ratio, m)) ** 2, m)]))
-                if rt.ddp:  # data parallel without the wrapper: average the gradients by hand
-                    for p in policy_params + critic_params:
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= rt.world_size
-                gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, clip).item()
-                gn_critic = torch.nn.utils.clip_grad_norm_(critic_params, clip).item()
-                # named as the log names it: iteration it + 1 is the one being done
-                common.check_finite(it + 1, loss=loss.item(), grad_norm=gn_policy + gn_critic)
-                opt_policy.step()
-                opt_critic.step()
-                opt_policy.zero_grad(set_to_none=True)
-                opt_critic.zero_grad(set_to_none=True)
-
+            rewards = whiten(rewards, ro.resp_mask, shift_mean=False)
+        # 5. advantages and returns; advantages whitened over every rank's valid tokens
+        advantages, returns = compute_gae(rewards, ro.values, ro.resp_mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, ro.resp_mask)
+        # 6. the clipped policy and value updates (the critic alone while it warms up)
+        stats = ppo_update(ro, advantages, returns, policy, opt_policy, cfg, rt, it + 1, critic,
+                           opt_critic, train_policy=it >= cfg.critic_warmup)
         # 7. the KL coefficient of the next iteration
-        kl_mean, beta = common.all_reduce_mean(kl_k1.mean().item()), kl_coef
+        metrics = dict(rollout_metrics(ro, beta, kl_k1, kl_k3), beta=beta, **stats,
+                       explained_var=explained_variance(ro.values, returns, ro.resp_mask))
         if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, kl_mean, cfg.target_kl, cfg.kl_horizon,
-                                       B * rt.world_size)
+            beta = adaptive_kl_coef(beta, metrics["kl"], cfg.target_kl, cfg.kl_horizon,
+                                    cfg.rollout_batch_size * rt.world_size)
         it += 1
-        dt = time.time() - t0
 
         # -------------------------------------------------------------------------
-        # what a person sees
-        pg_loss, vf_loss, clipfrac, vclipfrac, approx_kl, ratio_mean, ratio_var = \
-            torch.stack(stats).mean(0).tolist()
-        n_tokens = resp_mask.sum().item()
-        metrics = dict(
-            score=ro["scores"].mean().item(),
-            reward=(ro["scores"] - beta * kl_k1).mean().item(),  # sum_t r_t: the objective
-            kl=kl_k1.mean().item(), kl_k3=kl_k3.mean().item(), beta=beta,
-            entropy=common.global_masked_mean_var(ro["entropy"], resp_mask)[0].item(),
-            approx_kl=approx_kl,
-            clipfrac=clipfrac, vclipfrac=vclipfrac, pg_loss=pg_loss, vf_loss=vf_loss,
-            explained_var=explained_variance(old_values, returns, resp_mask),
-            ratio_mean=ratio_mean, ratio_var=ratio_var, resp_len=n_tokens / B,
-            eos_rate=ro["has_eos"].float().mean().item(),
-            # a temperature or masking mismatch between sampling and training shows up here
-            logprob_gap=common.all_reduce_max(
-                ((ro["sample_logprobs"] - old_logprobs).abs() * resp_mask).max().item()))
-        metrics.update(dict(gold=ro["gold"].mean().item()) if gold_fn else {})
-        # every rank has B responses and as many minibatches, so the mean over ranks of the other
-        # means is the mean over all responses; these four are the same on every rank already
-        same = ("beta", "entropy", "explained_var", "logprob_gap")
-        metrics = {k: v if k in same else common.all_reduce_mean(v) for k, v in metrics.items()}
+        # what a person sees, evaluations and checkpoints
+        dt = time.time() - t0
+        gold = [gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)] if gold_fn else None
+        if gold:
+            metrics["gold"] = common.all_reduce_mean(sum(gold) / len(gold))
         if it % cfg.log_interval == 0 or it == 1 or it == cfg.max_iters:
-            logger.log(it, **metrics, tok_per_s=round(n_tokens * rt.world_size / dt),
-                       rollout_frac=round(t_rollout / dt, 2), lr=cfg.lr * lr_scale)
+            n_tokens = common.all_reduce_sum(ro.resp_mask.sum().item())
+            run.log(it, **metrics, tok_per_s=round(n_tokens / dt), lr=cfg.lr * lr_scale,
+                    rollout_frac=round(t_rollout / dt, 2))
         if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
-            for i in range(min(cfg.num_samples, B)):
-                gold = f", gold {ro['gold'][i].item():+.2f}" if gold_fn else ""
-                print(f"  prompt:   {ro['prompts'][i][-200:]!r}\n  response: {ro['responses'][i]!r}"
-                      f"{'' if ro['has_eos'][i] else ' [no EOS]'}\n"
-                      f"  score {ro['scores'][i].item():+.3f}{gold}, kl {kl_k1[i].item():.3f}")
+            print_samples(ro, cfg.num_samples, gold, kl_k1)
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             val_metrics = evaluate()
         if cfg.save_every and it % cfg.save_every == 0:
-            save(f"ckpt_iter{it}.pt", with_state=False)
-        stopping = it == cfg.stop_iter or common.stop_requested()
+            run.save(f"ckpt_iter{it}.pt", checkpoint(False))
+        stopping = run.should_stop(it)
         if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
-            save("ckpt_last.pt", with_state=True)
+            run.save("ckpt_last.pt", checkpoint(True))
         if stopping:
             print0(f"stopping after iteration {it}; continue with --resume=True")
             break
 
-    if sanity:
-        print0(f"sanity at the first update: max |log pi - log pi_ref| = {sanity['init_kl']:.3g}, "
-               f"max |ratio - 1| = {sanity['init_ratio_dev']:.3g} (both must be 0)")
-    if rt.ddp:
-        dist.barrier()  # no rank tears gloo down while another still uses it
-        dist.destroy_process_group()
-    return dict(metrics, **val_metrics, **sanity, kl_coef=kl_coef, iters=it, out_dir=cfg.out_dir)
+    run.finish()
+    return dict(metrics, **val_metrics, beta=beta, iters=it, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -33,7 +33,6 @@ language-modelling loss, label smoothing / noisy-label losses, and gradient chec
 
 import copy
 import math
-import os
 import time
 from contextlib import nullcontext
 
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 
 import common
 from common import print0
+from data import loader
 from tokenizer import encode_example, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -71,7 +71,7 @@ DEFAULTS = dict(
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
     batch_size=32,                         # pairs per micro-step (2x sequences per forward)
     grad_accum=1,
-    group_by_length=True,                  # batches of similar lengths: less compute on padding
+    length_buckets=True,                   # batches of similar lengths: less compute on padding
     num_epochs=1.0,                        # sets max_iters when max_iters = -1
     max_iters=-1,                          # -1: num_epochs over the training pairs
     lr=1e-3,
@@ -85,7 +85,7 @@ DEFAULTS = dict(
     # evaluation, logging, checkpoints
     log_interval=10,
     eval_interval=50,
-    eval_pairs=-1,                         # held-out pairs per evaluation (-1 = all)
+    eval_examples=-1,                      # held-out pairs per evaluation (-1 = all)
     ckpt_interval=100,
     # system
     seed=1337,
@@ -174,7 +174,6 @@ def score(model, prompts, responses, enc=None, batch_size=64, device=None):
 def score_rows(model, rows, pad_id, batch_size, device, autocast=None):
     """Scores (N,) float on the CPU of token-id lists, right-padded in consecutive chunks of
     batch_size (in the order given) and scored with score_ids."""
-    from data import loader
     out = []
     for k in range(0, len(rows), batch_size):
         idx, attn, _ = loader.collate([(r, []) for r in rows[k:k + batch_size]], pad_id)
@@ -186,59 +185,89 @@ def score_rows(model, rows, pad_id, batch_size, device, autocast=None):
 
 
 def validate(cfg):
-    """Bad values fail here, naming the key, before any model is built."""
-    common.require_positive(cfg, "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                            "grad_accum", "lr", "log_interval", "eval_interval", "ckpt_interval",
-                            "eps")
-    common.require(cfg.n_embd % cfg.n_head == 0,
-                   f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
-    common.require(cfg.max_iters == -1 or cfg.max_iters > 0,
-                   f"max_iters={cfg.max_iters} must be > 0, or -1 to derive it from num_epochs")
-    common.require(cfg.max_iters != -1 or cfg.num_epochs > 0,
-                   f"num_epochs={cfg.num_epochs} must be > 0 (it sets max_iters when max_iters=-1)")
-    common.require(cfg.center_coef >= 0, f"center_coef={cfg.center_coef} must be >= 0")
-    common.require(cfg.bias_ref in ("sft", "chosen", "none"),
-                   f"bias_ref={cfg.bias_ref!r}: expected 'sft', 'chosen' or 'none'")
-    common.require(cfg.bias_examples == -1 or cfg.bias_examples > 0,
-                   f"bias_examples={cfg.bias_examples} must be > 0, or -1 for all")
-    common.require(cfg.eval_pairs == -1 or cfg.eval_pairs > 0,
-                   f"eval_pairs={cfg.eval_pairs} must be > 0, or -1 for all")
-    common.require(0.0 <= cfg.min_lr <= cfg.lr, f"min_lr={cfg.min_lr} must be in [0, lr={cfg.lr}]")
-    common.require(cfg.warmup_iters >= 0, f"warmup_iters={cfg.warmup_iters} must be >= 0")
-    common.require(0.0 <= cfg.dropout < 1.0, f"dropout={cfg.dropout} must be in [0, 1)")
-    common.require(cfg.weight_decay >= 0 and cfg.grad_clip >= 0,
-                   "weight_decay and grad_clip must be >= 0 (grad_clip=0 turns clipping off)")
-    common.require(0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0, "beta1, beta2 must be in [0, 1)")
-    common.require(cfg.stop_iter == -1 or cfg.stop_iter > 0, f"stop_iter={cfg.stop_iter} must be "
-                   f"-1 or > 0")
-    common.require(cfg.tokenizer in ("byte", "gpt2"), f"tokenizer={cfg.tokenizer!r}: 'byte' or 'gpt2'")
-    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
-                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
-    data_keys = ["train_data", "val_data"] + (["bias_data"] if cfg.bias_ref == "sft" else [])
-    for key in data_keys:
-        path = getattr(cfg, key)
-        common.require(os.path.isfile(path), f"{key}={path!r} does not exist (toy data: "
-                       f"python data/toy/prepare.py; HH data: python data/hh/prepare.py)")
-    if not cfg.resume and cfg.init_from not in ("scratch", "gpt2", "gpt2-medium", "gpt2-large",
-                                                "gpt2-xl"):
-        common.require(os.path.exists(cfg.init_from), f"init_from={cfg.init_from!r} does not "
-                       f"exist (the toy SFT model: python train_sft.py; or init_from='scratch')")
+    """Bad values fail here, naming the key, before anything is loaded or written."""
+    common.validate(cfg, {
+        "max_iters": (lambda v: v == -1 or v > 0, "> 0, or -1 to derive it from num_epochs"),
+        "num_epochs": (lambda v: v > 0, "> 0 (it sets max_iters when max_iters=-1)"),
+        "bias_ref": (lambda v: v in ("sft", "chosen", "none"), "'sft', 'chosen' or 'none'"),
+        "bias_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
+    common.require_files(cfg, "train_data", "val_data", *(["bias_data"] * (cfg.bias_ref == "sft")),
+                         hint="toy data: python data/toy/prepare.py; HH: python data/hh/prepare.py")
+    if not cfg.resume:
+        common.require_files(cfg, "init_from", hint="the toy SFT model: python train_sft.py; or "
+                                                    "init_from='scratch'")
+
+
+def pair_rewards(model, batch, autocast):
+    """One forward over a collate_pairs batch, chosen rows then rejected rows: (B,), (B,) raw
+    scores (reward_bias is 0 while training). The rows are right-padded: ScalarModel runs its
+    trunk without the mask and reads each row at its last real token."""
+    with autocast:
+        r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (2B,)
+    B = r.size(0) // 2
+    return r[:B], r[B:]
+
+
+def rm_step(model, micro_batches, cfg, rt):
+    """Forward and backward of one optimizer step's micro-batches (collate_pairs dicts on the
+    device), each holding batch_size pairs. Returns the step's metrics (reward_model_loss's),
+    averaged over the micro-batches."""
+    sums = {}
+    for k, batch in enumerate(micro_batches):
+        with common.no_sync_unless(model, k == len(micro_batches) - 1):
+            rc, rr = pair_rewards(model, batch, rt.autocast)  # (B,), (B,)
+            loss, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
+                                        cfg.center_coef)
+            (loss / len(micro_batches)).backward()
+        for key, v in m.items():
+            sums[key] = sums.get(key, 0.0) + v / len(micro_batches)
+    return sums
+
+
+@torch.no_grad()
+def evaluate(model, val, cfg, rt, pad_id):
+    """Held-out accuracy (r_c > r_r), mean margin, loss, and the mean and std of all scores,
+    over every rank's share of the pairs."""
+    model.eval()
+    s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
+    for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
+        batch = to_device(loader.collate_pairs(val[start:start + cfg.batch_size], pad_id), rt)
+        rc, rr = pair_rewards(model, batch, rt.autocast)
+        _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
+                                 cfg.center_coef)
+        n = rc.numel()
+        for key, v in (("n", 1), ("correct", m["accuracy"]), ("margin", m["margin"]),
+                       ("loss", m["loss"])):
+            s[key] += v * n
+        s["r"] += (rc.sum() + rr.sum()).item()
+        s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
+    model.train()
+    s = {k: common.all_reduce_mean(v) for k, v in s.items()}  # sums / world_size: ratios hold
+    n = max(s["n"], 1e-9)
+    mean = s["r"] / (2 * n)
+    return dict(val_accuracy=s["correct"] / n, val_margin=s["margin"] / n,
+                val_loss=s["loss"] / n, val_reward_mean=mean,
+                val_reward_std=math.sqrt(max(s["r2"] / (2 * n) - mean ** 2, 0.0)))
+
+
+def to_device(batch, rt):
+    return {k: v.to(rt.device) for k, v in batch.items()}
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    rt = common.init_runtime(cfg)
-    resume_path = common.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, rt.master)
-    common.install_stop_handlers()
+    run = common.Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
 
     # -------------------------------------------------------------------------
     # model: a new scalar head on the SFT trunk, or the run we resume (a scalar checkpoint)
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                       block_size=cfg.block_size, bias=cfg.bias)
-    if resume_path:  # our own last checkpoint: it must be a reward model's run
-        ckpt = common.load_checkpoint(resume_path, expect_kind="scalar", expect_stage="rm")
-        model, tok_name = common.scalar_from_checkpoint(ckpt, cfg.dropout, resume_path)
+    if run.resume:
+        model, tok_name = common.scalar_from_checkpoint(run.resume, cfg.dropout, run.resume_path)
     else:
         model, tok_name = common.init_scalar(cfg.init_from, cfg.tokenizer, model_args, cfg.dropout)
     model.reward_bias.zero_()  # training sees raw scores; the offset is set once, at the end
@@ -247,118 +276,66 @@ def main(argv=None):
     enc = get_tokenizer(tok_name)
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {n_params / 1e6:.2f}M parameters, {model.config.n_layer} layers, n_embd "
-           f"{model.config.n_embd}, tokenizer '{tok_name}', from {resume_path or cfg.init_from}, "
-           f"device {rt.device}, dtype {rt.dtype}")
+           f"{model.config.n_embd}, tokenizer '{tok_name}', from "
+           f"{run.resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
 
     # -------------------------------------------------------------------------
     # data: right-padded pairs; a batch's position in the data is its step (exact resume)
-    from data import loader
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
-    common.require(len(train) > 0 and len(val) > 0, "train_data and val_data need >= 1 pair")
-    if cfg.eval_pairs > 0:
-        val = val[:cfg.eval_pairs]
+    if cfg.eval_examples > 0:
+        val = val[:cfg.eval_examples]
     pairs_per_step = cfg.batch_size * cfg.grad_accum * rt.world_size
     max_iters = cfg.max_iters
     if max_iters == -1:  # one epoch by default: reward models overfit quickly
         max_iters = max(1, math.ceil(cfg.num_epochs * len(train) / pairs_per_step))
-    common.require(cfg.warmup_iters <= max_iters,
-                   f"warmup_iters={cfg.warmup_iters} must be <= max_iters={max_iters}")
-    common.require(cfg.stop_iter <= max_iters,
-                   f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={max_iters}")
+    common.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
+                   f"warmup_iters={cfg.warmup_iters} and stop_iter={cfg.stop_iter} must be <= "
+                   f"max_iters={max_iters}")
     # the reference texts of the normalisation at the end: a bad bias_data fails now, not after
     # the whole run
-    ref_rows = reference_rows(cfg, loader, enc, train)
+    ref_rows = reference_rows(cfg, enc, train)
     if cfg.use_margin and not any(p["margin"] for p in train):
         print0(f"note: use_margin=True but no pair in {cfg.train_data} has a non-zero 'margin'")
     print0(f"data: {len(train)} train pairs, {len(val)} held-out pairs; {pairs_per_step} pairs "
            f"per step, {max_iters} steps ({max_iters * pairs_per_step / len(train):.2f} epochs)")
-
     # a pair's padded length is its longer answer's; bucketing only reorders within an epoch
     lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in train) \
-        if cfg.group_by_length else None
-
-    def get_batch(data, indices):
-        batch = loader.collate_pairs([data[i] for i in indices], pad_id=enc.eot_token)
-        margin = batch["margin"].to(rt.device) if cfg.use_margin else None  # (B,)
-        return batch["idx"].to(rt.device), batch["attention_mask"].to(rt.device), margin
-
-    def pair_rewards(m, idx, attn):
-        """One forward over chosen rows then rejected rows: (B,), (B,) raw scores."""
-        with rt.autocast:
-            r = m(idx, attention_mask=attn).float()  # (2B,)
-        B = idx.size(0) // 2
-        return r[:B], r[B:]
+        if cfg.length_buckets else None
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
-    optimizer = common.configure_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                           cfg.eps, rt.device_type)
+    optimizer = common.make_optimizer(model, cfg, rt)
     step, best, train_metrics, val_metrics = 0, (-1.0, 0.0), {}, {}
     reward_bias = None  # set at the end; a resumed checkpoint that has it is a finished run
-    if resume_path:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, best = ckpt["step"], tuple(ckpt["best"])
-        train_metrics, val_metrics = ckpt["train_metrics"], ckpt["val_metrics"]
-        reward_bias = ckpt.get("reward_bias")
-        common.set_rng_state(ckpt["rng"])
-        print0(f"resumed from {resume_path} at step {step}")
-        del ckpt
-    raw_model = model  # evaluation and checkpoints use the plain module
-    model = common.maybe_compile(model, cfg.compile)
-    if rt.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    logger = common.MetricsLogger(cfg.out_dir, "log", resume_step=step if resume_path else None,
-                                  enabled=rt.master)
+    if run.resume:
+        optimizer.load_state_dict(run.resume["optimizer"])
+        step, best = run.resume["step"], tuple(run.resume["best"])
+        train_metrics, val_metrics = run.resume["train_metrics"], run.resume["val_metrics"]
+        reward_bias = run.resume.get("reward_bias")
+        common.set_rng_state(run.resume["rng"])
+        print0(f"resumed from {run.resume_path} at step {step}")
+    trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
 
-    def save(name, with_optimizer=True, **extra):
-        if rt.master:
-            ckpt = common.make_checkpoint(raw_model, "scalar", "rm", tok_name, cfg, step,
-                                          optimizer if with_optimizer else None, best=list(best),
-                                          train_metrics=train_metrics, val_metrics=val_metrics,
-                                          max_iters=max_iters, **extra)
-            common.save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
-
-    @torch.no_grad()
-    def evaluate():
-        """Held-out accuracy (r_c > r_r), mean margin, loss, and the mean and std of all scores."""
-        raw_model.eval()
-        s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
-        for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
-            idx, attn, margin = get_batch(val, range(start, min(start + cfg.batch_size, len(val))))
-            rc, rr = pair_rewards(raw_model, idx, attn)
-            _, m = reward_model_loss(rc, rr, margin, cfg.center_coef)
-            n = rc.numel()
-            s["n"] += n
-            s["correct"] += m["accuracy"] * n
-            s["margin"] += m["margin"] * n
-            s["loss"] += m["loss"] * n
-            s["r"] += (rc.sum() + rr.sum()).item()
-            s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
-        raw_model.train()
-        s = {k: common.all_reduce_mean(v) for k, v in s.items()}  # sums / world_size: ratios hold
-        n = max(s["n"], 1e-9)
-        mean = s["r"] / (2 * n)
-        return dict(val_accuracy=s["correct"] / n, val_margin=s["margin"] / n,
-                    val_loss=s["loss"] / n, val_reward_mean=mean,
-                    val_reward_std=math.sqrt(max(s["r2"] / (2 * n) - mean ** 2, 0.0)))
+    def checkpoint(with_optimizer=True, **extra):
+        return common.make_checkpoint(model, "scalar", "rm", tok_name, cfg, step,
+                                      optimizer if with_optimizer else None, best=list(best),
+                                      train_metrics=train_metrics, val_metrics=val_metrics,
+                                      max_iters=max_iters, **extra)
 
     def eval_and_save_best():
         nonlocal val_metrics, best
-        val_metrics = evaluate()
-        logger.log(step, **val_metrics)
+        val_metrics = evaluate(model, val, cfg, rt, enc.eot_token)
+        run.log(step, **val_metrics)
         # best = highest held-out accuracy; ties go to the lower held-out loss
         key = (val_metrics["val_accuracy"], -val_metrics["val_loss"])
         if key > best:
             best = key
-            save("ckpt_best.pt", with_optimizer=False, best_step=step)  # PPO starts from it
+            run.save("ckpt_best.pt", checkpoint(False, best_step=step))  # PPO starts from it
 
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
-    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
-        common.clear_out_dir(cfg.out_dir, rt.master)
     t_start = time.time()
     if step == 0:
         eval_and_save_best()
@@ -367,68 +344,57 @@ def main(argv=None):
         t0 = time.time()
         lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, max_iters)
         common.set_lr(optimizer, lr)
-        sums = {}
-        for micro in range(cfg.grad_accum):
-            indices = loader.batch_indices(len(train), cfg.batch_size, step * cfg.grad_accum + micro,
-                                           cfg.seed, rt.rank, rt.world_size, lengths)
-            idx, attn, margin = get_batch(train, indices)
-            with common.no_sync_unless(model, micro == cfg.grad_accum - 1):
-                rc, rr = pair_rewards(model, idx, attn)  # (B,), (B,)
-                loss, m = reward_model_loss(rc, rr, margin, cfg.center_coef)
-                (loss / cfg.grad_accum).backward()  # every micro-batch holds batch_size pairs
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-        common.check_finite(step + 1, loss=sums["loss"], grad_norm=grad_norm)  # the log's number
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # 1. this step's pairs, as grad_accum micro-batches of chosen + rejected rows
+        micro = [to_device(loader.collate_pairs([train[i] for i in loader.batch_indices(
+                     len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, rt.rank,
+                     rt.world_size, lengths)], enc.eot_token), rt) for k in range(cfg.grad_accum)]
+        # 2. the Bradley-Terry loss of each pair's two scores, forward and backward
+        metrics = rm_step(trained, micro, cfg, rt)
+        # 3. clip, check, update (the error names the step as the log numbers it)
+        grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1,
+                                          metrics["loss"])
         step += 1
-        train_metrics = {k: common.all_reduce_mean(v) for k, v in sums.items()}
+        train_metrics = {k: common.all_reduce_mean(v) for k, v in metrics.items()}
         dt = time.time() - t0
 
         if step % cfg.log_interval == 0 or step == 1 or step == max_iters:
-            logger.log(step, **train_metrics, lr=lr, grad_norm=grad_norm,
-                       ms_per_iter=round(1000 * dt, 1))
+            run.log(step, **train_metrics, lr=lr, grad_norm=grad_norm,
+                    ms_per_iter=round(1000 * dt, 1))
         if step % cfg.eval_interval == 0 or step == max_iters:
             eval_and_save_best()
-        stopping = step == cfg.stop_iter or common.stop_requested()
+        stopping = run.should_stop(step)
         if (step % cfg.ckpt_interval == 0 or stopping) and step < max_iters:
-            save("ckpt_last.pt")
+            run.save("ckpt_last.pt", checkpoint())
         if stopping:
             print0(f"stopping at step {step}; continue with --resume=True")
             break
 
     # -------------------------------------------------------------------------
-    # normalisation: reward_bias = the mean raw score of reference responses, so that the scores
-    # PPO sees are centred on "as good as the SFT answers". Done for the final weights and for the
-    # best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt is
-    # written last: until it holds reward_bias, a resumed run redoes this block (idempotent).
-    if step == max_iters and rt.master and reward_bias is None:
-        reward_bias = set_reward_bias(raw_model, ref_rows, cfg, enc, rt, "final")
-        best_path = os.path.join(cfg.out_dir, "ckpt_best.pt")
-        ckpt = common.load_checkpoint(best_path, expect_kind="scalar")
-        if ckpt["best_step"] == step:  # the best weights are the final ones
-            ckpt["model"]["reward_bias"].fill_(reward_bias)
-            ckpt["reward_bias"] = reward_bias
-        else:
-            best_model = copy.deepcopy(raw_model)
-            best_model.load_state_dict(ckpt["model"])
-            ckpt["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, rt,
-                                                  f"best, step {ckpt['best_step']}")
-            ckpt["model"] = best_model.state_dict()
-        common.save_checkpoint(best_path, ckpt)
-        logger.log(step, reward_bias=reward_bias, best_reward_bias=ckpt["reward_bias"],
-                   best_step=ckpt["best_step"])
-        save("ckpt_last.pt", reward_bias=reward_bias)
+    # 4. normalisation: reward_bias = the mean raw score of reference responses, so that the
+    # scores PPO sees are centred on "as good as the SFT answers". Done for the final weights and
+    # for the best ones (ckpt_best.pt may hold an earlier step), each with its own mean.
+    # ckpt_last.pt is written last: until it holds reward_bias, a resumed run redoes this block.
+    if step == max_iters and reward_bias is None and rt.master:
+        reward_bias = set_reward_bias(model, ref_rows, cfg, enc, rt, "final")
+        best_ckpt = common.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
+        best_ckpt["reward_bias"] = reward_bias
+        if best_ckpt["best_step"] != step:  # the best weights are earlier ones: their own mean
+            best_model = copy.deepcopy(model)
+            best_model.load_state_dict(best_ckpt["model"])
+            best_ckpt["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, rt,
+                                                       f"best, step {best_ckpt['best_step']}")
+        best_ckpt["model"]["reward_bias"].fill_(best_ckpt["reward_bias"])
+        run.save("ckpt_best.pt", best_ckpt)
+        run.log(step, reward_bias=reward_bias, best_reward_bias=best_ckpt["reward_bias"],
+                best_step=best_ckpt["best_step"])
+        run.save("ckpt_last.pt", checkpoint(reward_bias=reward_bias))
 
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
            f"{val_metrics.get('val_accuracy', math.nan):.4f} (best {best[0]:.4f})")
-    if rt.ddp:
-        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
-        torch.distributed.destroy_process_group()
-    return dict(time_s=time.time() - t_start, val_accuracy=val_metrics.get("val_accuracy"), best_val_accuracy=best[0],
-                reward_bias=reward_bias, step=step, max_iters=max_iters, out_dir=cfg.out_dir,
+    run.finish()
+    return dict(time_s=time.time() - t_start, val_accuracy=val_metrics.get("val_accuracy"),
+                best_val_accuracy=best[0], reward_bias=reward_bias, step=step,
+                max_iters=max_iters, out_dir=cfg.out_dir,
                 **{k: v for k, v in val_metrics.items() if k != "val_accuracy"},
                 **{f"train_{k}": v for k, v in train_metrics.items()})
 
@@ -436,7 +402,7 @@ def main(argv=None):
 # normalisation helpers
 
 
-def reference_rows(cfg, loader, enc, train):
+def reference_rows(cfg, enc, train):
     """Token ids (lists) of the reference texts whose mean score becomes reward_bias."""
     if cfg.bias_ref == "none":
         return []
@@ -463,4 +429,4 @@ def set_reward_bias(model, rows, cfg, enc, rt, name):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -24,7 +24,6 @@ parameter-efficient methods, mixed-in pretraining data, and a learning-rate find
 """
 
 import math
-import os
 import time
 
 import torch
@@ -32,7 +31,7 @@ import torch
 import common
 from common import print0
 from data import loader
-from model import GPT, GPTConfig, position_ids_from_mask
+from model import GPT, position_ids_from_mask
 from tokenizer import decode, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -71,7 +70,7 @@ DEFAULTS = dict(
     # evaluation, samples, logging, checkpoints
     log_interval=50,
     eval_interval=200,
-    eval_iters=16,              # held-out batches per evaluation (-1 = all of them)
+    eval_examples=256,          # held-out examples per evaluation (-1 = all of them)
     num_samples=3,              # held-out prompts answered at each eval
     sample_tokens=64,           # max new tokens per sampled answer
     sample_temperature=0.0,     # 0 = greedy
@@ -86,22 +85,52 @@ DEFAULTS = dict(
     stop_iter=-1,               # stop with a checkpoint after this many steps (-1: run to max_iters)
 )
 
+
+def validate(cfg):
+    """Bad values fail here, naming the key, before anything is loaded or written."""
+    common.validate(cfg)
+    common.require_files(cfg, "train_data", "val_data", "init_from", hint="toy data: python "
+                         "data/toy/prepare.py; HH data: python data/hh/prepare.py")
+
 # -----------------------------------------------------------------------------
-# the loss
+# the loss and the step
 
 
-def sft_loss(logits, idx, loss_mask):
+def sft_loss(logprobs, loss_mask):
     """
     Masked next-token cross-entropy, the SFT objective of InstructGPT (Ouyang et al. 2022, 3.5):
 
         loss = - sum_t m[t+1] * log p(idx[t+1] | idx[:t+1]) / sum_t m[t+1]
 
-    logits (B, T, V), idx (B, T) long, loss_mask (B, T) with 1 on response tokens and their EOS.
-    Label t+1 is trained iff loss_mask[:, t+1] == 1: prompt and padding add exactly zero loss and
-    zero gradient, and the mean is over the trained tokens of the whole batch (not per row).
+    logprobs (B, T-1): log p of the token at t+1 (common.token_logprobs or trained_logprobs);
+    loss_mask (B, T) with 1 on response tokens and their EOS. Label t+1 is trained iff
+    loss_mask[:, t+1] == 1: prompt and padding add exactly zero loss and zero gradient, and the
+    mean is over the trained tokens of the whole batch (not per row).
     """
-    logp = common.token_logprobs(logits, idx)  # (B, T-1): log p of the token at t+1
-    return -common.masked_mean(logp, loss_mask[:, 1:])
+    return -common.masked_mean(logprobs, loss_mask[:, 1:])
+
+
+def sft_step(model, micro_batches, rt):
+    """
+    Forward and backward of one optimizer step's micro-batches [(idx, attn, loss_mask)] (B, T)
+    each. Each micro-batch is weighted by its share of the step's trained tokens, counted over
+    every rank: the step's loss is then the mean over all of them, as one big batch would give,
+    however the rows are split into micro-batches and ranks. Returns this rank's part of the
+    loss (the all-reduced sum over ranks is the step's loss).
+    """
+    n_trained = max(common.all_reduce_sum(sum(int(lm[:, 1:].sum()) for *_, lm in micro_batches)), 1)
+    loss_sum = torch.zeros((), device=rt.device)
+    for k, (idx, attn, loss_mask) in enumerate(micro_batches):
+        idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
+        with common.no_sync_unless(model, k == len(micro_batches) - 1):
+            # right-padded rows need no attention mask (GPT.forward); positions still come from
+            # the mask, so that the pads' position gradients sum in the masked run's order
+            logp = common.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                           rt.autocast)  # (B, T-1)
+            loss = sft_loss(logp, loss_mask) * (int(loss_mask[:, 1:].sum()) / n_trained)
+            (loss * rt.world_size).backward()  # DDP averages over ranks; the mean needs the sum
+        loss_sum += loss.detach()
+    return loss_sum.item()
 
 # -----------------------------------------------------------------------------
 # evaluation helpers
@@ -114,10 +143,10 @@ def estimate_val_loss(model, batches, rt):
     total, count = 0.0, 0.0
     for idx, attn, loss_mask in batches:
         idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
-        with rt.autocast:
-            logits = model(idx, attention_mask=attn)
+        logp = common.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                       rt.autocast)
         n = loss_mask[:, 1:].sum().item()
-        total += sft_loss(logits, idx, loss_mask).item() * n
+        total += sft_loss(logp, loss_mask).item() * n
         count += n
     model.train()
     # averaging the sums over ranks keeps the result a mean over every rank's tokens
@@ -157,44 +186,15 @@ def sample_answers(model, enc, prompts, max_new_tokens, temperature, seed, devic
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    # reject bad values before anything is loaded or trained
-    common.require_positive(cfg, "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                            "grad_accum", "max_iters", "lr", "log_interval", "eval_interval",
-                            "ckpt_interval", "sample_tokens", "eps")
-    common.require(cfg.n_embd % cfg.n_head == 0,
-                   f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
-    common.require(0.0 <= cfg.min_lr <= cfg.lr, f"min_lr={cfg.min_lr} must be in [0, lr={cfg.lr}]")
-    common.require(cfg.warmup_iters >= 0, f"warmup_iters={cfg.warmup_iters} must be >= 0")
-    common.require(0.0 <= cfg.dropout < 1.0, f"dropout={cfg.dropout} must be in [0, 1)")
-    common.require(cfg.weight_decay >= 0 and cfg.grad_clip >= 0,
-                   "weight_decay and grad_clip must be >= 0 (grad_clip=0 turns clipping off)")
-    common.require(0.0 <= cfg.beta1 < 1.0 and 0.0 <= cfg.beta2 < 1.0,
-                   "beta1, beta2 must be in [0, 1)")
-    common.require(cfg.num_samples >= 0 and cfg.sample_temperature >= 0,
-                   "num_samples and sample_temperature must be >= 0 (temperature 0 = greedy)")
-    common.require(cfg.eval_iters == -1 or cfg.eval_iters > 0,
-                   f"eval_iters={cfg.eval_iters} must be > 0, or -1 for all held-out batches")
-    common.require(cfg.stop_iter == -1 or 0 < cfg.stop_iter <= cfg.max_iters,
-                   f"stop_iter={cfg.stop_iter} must be -1 or in 1..max_iters={cfg.max_iters}")
-    common.require(cfg.tokenizer in ("byte", "gpt2"),
-                   f"tokenizer={cfg.tokenizer!r}: 'byte' or 'gpt2'")
-    common.require(cfg.dtype in ("auto", "float32", "bfloat16"),
-                   f"dtype={cfg.dtype!r}: 'auto', 'float32' or 'bfloat16'")
-    for key in ("train_data", "val_data"):
-        path = getattr(cfg, key)
-        common.require(os.path.isfile(path), f"{key}={path!r} does not exist (toy data: "
-                       f"python data/toy/prepare.py; HH data: python data/hh/prepare.py)")
-    rt = common.init_runtime(cfg)
-    resume_path = common.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, rt.master)
-    common.install_stop_handlers()
+    validate(cfg)
+    run = common.Run(cfg, "sft")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
 
     # -------------------------------------------------------------------------
     # model: a fresh start comes from init_from; a resumed run from its own last checkpoint
-    if resume_path:
-        ckpt = common.load_checkpoint(resume_path, expect_kind="policy", expect_stage="sft")
-        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": cfg.dropout}))
-        model.load_state_dict(ckpt["model"])
-        tok_name = ckpt["tokenizer"]
+    if run.resume:
+        model = common.model_from_checkpoint(GPT, run.resume, run.resume_path, cfg.dropout)
+        tok_name = run.resume["tokenizer"]
     else:
         model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           block_size=cfg.block_size, bias=cfg.bias)
@@ -204,18 +204,16 @@ def main(argv=None):
     enc = get_tokenizer(tok_name)
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
            f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
-           f"{resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
+           f"{run.resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
 
     # -------------------------------------------------------------------------
     # data: every example is (ids, loss_mask); the loader applies the length policy
     train = loader.load_sft(cfg.train_data, enc, cfg.block_size)
     val = loader.load_sft(cfg.val_data, enc, cfg.block_size)
-    common.require(len(train) > 0 and len(val) > 0, "train_data and val_data need >= 1 example")
     # batches of similar lengths waste less compute on padding (the order is still seeded)
     lengths = tuple(len(ids) for ids, _ in train) if cfg.length_buckets else None
-    n_val = len(val) if cfg.eval_iters == -1 else min(cfg.eval_iters * cfg.batch_size, len(val))
-    # this rank's share of the held-out examples, collated once
-    val_rows = list(range(rt.rank, n_val, rt.world_size))
+    n_val = len(val) if cfg.eval_examples == -1 else min(cfg.eval_examples, len(val))
+    val_rows = list(range(rt.rank, n_val, rt.world_size))  # this rank's share, collated once
     val_batches = [loader.collate([val[i] for i in val_rows[k:k + cfg.batch_size]], enc.eot_token)
                    for k in range(0, len(val_rows), cfg.batch_size)]
     # a few fixed held-out prompts to answer at each eval, with their reference answers
@@ -227,41 +225,31 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
-    optimizer = common.configure_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                           cfg.eps, rt.device_type)
+    optimizer = common.make_optimizer(model, cfg, rt)
     step, best_val, train_loss, val_loss = 0, math.inf, math.nan, math.nan
-    if resume_path:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, best_val = ckpt["step"], ckpt["best_val_loss"]
-        train_loss, val_loss = ckpt["train_loss"], ckpt["val_loss"]
-        common.set_rng_state(ckpt["rng"])  # dropout masks continue where they stopped
-        print0(f"resumed from {resume_path} at step {step}")
-        del ckpt
-    raw_model = model  # eval, sampling and checkpoints use the plain module
-    model = common.maybe_compile(model, cfg.compile)
-    if rt.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    logger = common.MetricsLogger(cfg.out_dir, "log", resume_step=step if resume_path else None,
-                                  enabled=rt.master)
+    if run.resume:
+        optimizer.load_state_dict(run.resume["optimizer"])
+        step, best_val = run.resume["step"], run.resume["best_val_loss"]
+        train_loss, val_loss = run.resume["train_loss"], run.resume["val_loss"]
+        common.set_rng_state(run.resume["rng"])  # dropout masks continue where they stopped
+        print0(f"resumed from {run.resume_path} at step {step}")
+    trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
 
-    def save(name, with_optimizer):
-        if rt.master:
-            ckpt = common.make_checkpoint(raw_model, "policy", "sft", tok_name, cfg, step,
-                                          optimizer if with_optimizer else None,
-                                          best_val_loss=best_val, train_loss=train_loss,
-                                          val_loss=val_loss)
-            common.save_checkpoint(os.path.join(cfg.out_dir, name), ckpt)
+    def checkpoint(with_optimizer):
+        return common.make_checkpoint(model, "policy", "sft", tok_name, cfg, step,
+                                      optimizer if with_optimizer else None,
+                                      best_val_loss=best_val, train_loss=train_loss,
+                                      val_loss=val_loss)
 
     def evaluate():
         nonlocal best_val, val_loss
-        val_loss = estimate_val_loss(raw_model, val_batches, rt)
-        logger.log(step, val_loss=val_loss)
+        val_loss = estimate_val_loss(model, val_batches, rt)
+        run.log(step, val_loss=val_loss)
         if val_loss < best_val:
             best_val = val_loss
-            save("ckpt_best.pt", with_optimizer=False)  # downstream stages start from this one
+            run.save("ckpt_best.pt", checkpoint(False))  # downstream stages start from this one
         if rt.master and samples:
-            answers = sample_answers(raw_model, enc, [p for p, _ in samples], max_new,
+            answers = sample_answers(model, enc, [p for p, _ in samples], max_new,
                                      cfg.sample_temperature, cfg.seed, rt.device)
             for (prompt, ref), ans in zip(samples, answers):
                 print(f"  prompt: {decode(enc, prompt)[-200:]!r}\n"
@@ -271,8 +259,6 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
-    if not resume_path:  # every input has loaded: only now may --overwrite=True drop the old run
-        common.clear_out_dir(cfg.out_dir, rt.master)
     if step == 0:
         evaluate()
     losses = []
@@ -280,60 +266,37 @@ def main(argv=None):
         t0 = time.time()
         lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         common.set_lr(optimizer, lr)
+        # 1. this step's rows, as grad_accum right-padded micro-batches
         micro = [loader.collate([train[i] for i in loader.batch_indices(
                      len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed,
                      rt.rank, rt.world_size, lengths)], enc.eot_token)
                  for k in range(cfg.grad_accum)]
-        # weight each micro-batch by its share of the step's trained tokens, counted over every
-        # rank: the step's loss is then the mean over all of them, as one big batch would give,
-        # however the rows are split into micro-batches and ranks
-        n_trained = max(common.all_reduce_sum(sum(int(lm[:, 1:].sum()) for _, _, lm in micro)), 1)
-        n_tokens = sum(int(attn.sum()) for _, attn, _ in micro)  # real (non-pad) tokens
-        loss_sum = torch.zeros((), device=rt.device)
-        for k, (idx, attn, loss_mask) in enumerate(micro):
-            share = int(loss_mask[:, 1:].sum()) / n_trained
-            idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
-            with common.no_sync_unless(model, k == cfg.grad_accum - 1):
-                with rt.autocast:
-                    # right-padded rows need no attention mask (GPT.forward): the same logits
-                    # at real positions, and SDPA keeps its fast causal (flash) kernel on a GPU.
-                    # Positions still come from the mask: the pads' position gradients then sum
-                    # in the same order, and a CPU run is bitwise the masked one.
-                    logits = model(idx, position_ids=position_ids_from_mask(attn))  # (B, T, V)
-                loss = sft_loss(logits, idx, loss_mask) * share
-                # DDP averages the gradients over ranks; the global mean needs their sum
-                (loss * rt.world_size).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-        loss_sum = loss_sum.item()
-        common.check_finite(step + 1, loss=loss_sum, grad_norm=grad_norm)  # the log's number
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # 2. the masked cross-entropy of the answers, forward and backward
+        loss = sft_step(trained, micro, rt)
+        # 3. clip, check, update (the error names the step as the log numbers it)
+        grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1, loss)
         step += 1
-        train_loss = common.all_reduce_sum(loss_sum)  # each rank holds its share of the mean
+        train_loss = common.all_reduce_sum(loss)  # each rank holds its share of the mean
         losses.append(train_loss)
         dt = time.time() - t0
 
         if step % cfg.log_interval == 0 or step == 1 or step == cfg.max_iters:
-            logger.log(step, loss=train_loss, lr=lr, grad_norm=grad_norm,
-                       tok_per_s=round(n_tokens * rt.world_size / dt),
-                       ms_per_iter=round(1000 * dt, 1))
+            n_tokens = sum(int(attn.sum()) for _, attn, _ in micro)  # real (non-pad) tokens
+            run.log(step, loss=train_loss, lr=lr, grad_norm=grad_norm,
+                    tok_per_s=round(n_tokens * rt.world_size / dt), ms_per_iter=round(1000 * dt, 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             evaluate()
-        stopping = step == cfg.stop_iter or common.stop_requested()
+        stopping = run.should_stop(step)
         if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
-            save("ckpt_last.pt", with_optimizer=True)
+            run.save("ckpt_last.pt", checkpoint(True))
         if stopping:
             print0(f"stopping at step {step}; continue with --resume=True")
             break
 
-    if rt.ddp:
-        torch.distributed.barrier()  # no rank tears gloo down while another still uses it
-        torch.distributed.destroy_process_group()
+    run.finish()
     return dict(train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val, step=step,
                 train_losses=losses, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

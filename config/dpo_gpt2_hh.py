@@ -37,7 +37,7 @@ grad_clip = 10.0              # as in the DPO authors' code: a guard, rarely act
 
 log_interval = 10
 eval_interval = 250
-eval_iters = 125              # 1,000 held-out pairs per evaluation
+eval_examples = 1000          # held-out pairs per evaluation
 ckpt_interval = 250
 dtype = "bfloat16"
 compile = True

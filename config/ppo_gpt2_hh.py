@@ -29,16 +29,17 @@ missing_eos_penalty = 1.0
 missing_eos_mode = "replace"
 
 # Ziegler et al.'s adaptive KL controller
-kl_coef = 0.15
+beta = 0.15
 adaptive_kl = True
 target_kl = 6.0
 kl_horizon = 10000
 
 # PPO: 4 epochs of 4 minibatches of 16, in micro-batches of 8
-ppo_epochs = 4
+num_iterations = 4
 minibatch_size = 16
 micro_batch_size = 8
-cliprange = 0.2
+epsilon_low = 0.2
+epsilon_high = 0.2
 cliprange_value = 0.2
 vf_coef = 0.1
 lr = 3e-6
@@ -49,7 +50,7 @@ max_iters = 400
 
 log_interval = 1
 eval_interval = 25
-eval_prompts = 256
+eval_examples = 256
 sample_interval = 10
 ckpt_interval = 25
 save_every = 50                               # ckpt_iter{N}.pt for the reward-vs-KL plot

@@ -16,15 +16,16 @@ temperature = 1.0
 missing_eos_penalty = 1.0
 missing_eos_mode = "replace"
 
-kl_coef = 0.2                      # 0.05 lets PPO exploit the reward model: gold falls (README)
+beta = 0.2                      # 0.05 lets PPO exploit the reward model: gold falls (README)
 adaptive_kl = False
 gamma = 1.0
 lam = 0.95
 
-ppo_epochs = 4
+num_iterations = 4
 minibatch_size = 16
 micro_batch_size = 16
-cliprange = 0.2
+epsilon_low = 0.2
+epsilon_high = 0.2
 cliprange_value = 0.2
 vf_coef = 0.1
 lr = 3e-4
@@ -35,7 +36,7 @@ max_iters = 60
 
 log_interval = 1
 eval_interval = 10
-eval_prompts = 96
+eval_examples = 96
 sample_interval = 10
 ckpt_interval = 20
 save_every = 10                     # ckpt_iter{N}.pt: the points of the over-optimisation plot

@@ -34,7 +34,7 @@ dropout = 0.0                 # the reward model's scores must not be noisy
 
 log_interval = 10
 eval_interval = 200
-eval_pairs = 2000
+eval_examples = 2000
 ckpt_interval = 200
 dtype = "bfloat16"
 compile = True

@@ -29,7 +29,7 @@ grad_clip = 1.0
 
 log_interval = 10
 eval_interval = 250
-eval_iters = 60                # ~1000 held-out examples per evaluation
+eval_examples = 1024          # held-out examples per evaluation
 num_samples = 3
 sample_tokens = 96
 sample_temperature = 0.7      # greedy decoding of a small model tends to loop

@@ -26,7 +26,7 @@ grad_clip = 1.0
 
 log_interval = 50
 eval_interval = 200
-eval_iters = 16
+eval_examples = 256
 num_samples = 3
 sample_tokens = 64
 sample_temperature = 0.0

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import torch
 
-from common import print0
+from common import ConfigError, DataError, print0
 from tokenizer import encode_messages, encode_prompt, encode_response
 
 MIN_PROMPT_TOKENS = 16  # an answer is only worth training with some of its question in view
@@ -38,12 +38,9 @@ ROLES = ("system", "user", "assistant")
 BUCKET_BATCHES = 64  # length bucketing sorts chunks of this many global batches
 
 
-class DataError(ValueError):
-    pass
-
-
 def _error(path, lineno, msg):
-    return DataError(f"{path}, line {lineno}: {msg}")
+    """DataError('{file}:{line}: {msg}'), msg starting with the field when there is one."""
+    return DataError(f"{path}:{lineno}: {msg}")
 
 
 def _json_type(value):
@@ -53,6 +50,35 @@ def _json_type(value):
 
 # -----------------------------------------------------------------------------
 # reading and validating
+
+
+def _no_duplicate_keys(pairs):
+    """json.loads' object hook: a key given twice is an error, not 'the last one wins'."""
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"field {k!r}: given twice in one record")
+        obj[k] = v
+    return obj
+
+
+def parse_record(line):
+    """One JSONL line as a dict, or ValueError saying why not: malformed JSON, a key given
+    twice, an integer too long to read (Python's 4300-digit limit), nesting too deep, text that
+    is not valid Unicode (a lone surrogate such as \\ud800)."""
+    try:
+        obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("malformed JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {_json_type(obj)}")
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate (e.g. \\ud800): not valid Unicode") from None
+    return obj
 
 
 def read_jsonl(path):
@@ -69,45 +95,49 @@ def read_jsonl(path):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _error(path, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise _error(path, lineno, f"expected a JSON object, got {_json_type(obj)}")
-            records.append((lineno, obj))
+                records.append((lineno, parse_record(line)))
+            except ValueError as e:  # also the 4300-digit limit, which json raises as ValueError
+                raise _error(path, lineno, str(e)[:300]) from None
     if not records:
         raise DataError(f"{path}: empty file (no examples)")
     return records
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _text(path, lineno, obj, key, name=None):
     """obj[key] as a non-empty string, or a DataError naming the field."""
     name = name or key
     if key not in obj:
-        raise _error(path, lineno, f"field {name!r} is missing")
+        raise _error(path, lineno, f"field {name!r}: missing")
     return _check_text(path, lineno, obj[key], name)
 
 
 def _check_text(path, lineno, value, name):
     if not isinstance(value, str):
-        raise _error(path, lineno, f"field {name!r} must be a string, got {_json_type(value)}")
+        raise _error(path, lineno, f"field {name!r}: must be a string, got {_json_type(value)}")
     if not value.strip():
-        raise _error(path, lineno, f"field {name!r} is empty")
+        raise _error(path, lineno, f"field {name!r}: empty")
     return value
 
 
 def _number(path, lineno, value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _error(path, lineno, f"field {name!r} must be a finite number, got {value!r}")
+    huge = isinstance(value, int) and abs(value) > 2**53  # beyond what a float holds exactly
+    if huge or isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise _error(path, lineno, f"field {name!r}: must be a finite number, got {_short(value)}")
     return float(value)
 
 
 def _array(path, lineno, obj, key, min_len=1):
     if key not in obj:
-        raise _error(path, lineno, f"field {key!r} is missing")
+        raise _error(path, lineno, f"field {key!r}: missing")
     value = obj[key]
     if not isinstance(value, list) or len(value) < min_len:
-        raise _error(path, lineno, f"field {key!r} must be an array of at least {min_len} items, "
+        raise _error(path, lineno, f"field {key!r}: must be an array of at least {min_len} items, "
                                    f"got {_json_type(value) if not isinstance(value, list) else len(value)}")
     return value
 
@@ -118,7 +148,7 @@ def _messages(path, lineno, obj):
     for i, m in enumerate(messages):
         name = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise _error(path, lineno, f"field {name!r} must be an object, got {_json_type(m)}")
+            raise _error(path, lineno, f"field {name!r}: must be an object, got {_json_type(m)}")
         role = _text(path, lineno, m, "role", f"{name}.role")
         if role not in ROLES:
             raise _error(path, lineno, f"field '{name}.role': unknown role {role!r} (expected "
@@ -136,19 +166,19 @@ def _ranked_pairs(path, lineno, obj):
     for i, r in enumerate(responses):
         _check_text(path, lineno, r, f"responses[{i}]")
     if len(set(responses)) < len(responses):
-        raise _error(path, lineno, "field 'responses' holds the same answer twice")
+        raise _error(path, lineno, "field 'responses': holds the same answer twice")
     if ("ranks" in obj) == ("scores" in obj):
-        raise _error(path, lineno, "field 'ranks' or 'scores' is needed with 'responses' (exactly one)")
+        raise _error(path, lineno, "field 'ranks' or 'scores': exactly one of them is needed with 'responses'")
     key = "ranks" if "ranks" in obj else "scores"
     values = _array(path, lineno, obj, key, min_len=2)
     if len(values) != len(responses):
-        raise _error(path, lineno, f"field {key!r} has {len(values)} items but 'responses' has "
+        raise _error(path, lineno, f"field {key!r}: has {len(values)} items but 'responses' has "
                                    f"{len(responses)}")
     values = [_number(path, lineno, v, f"{key}[{i}]") for i, v in enumerate(values)]
     if len(set(values)) < len(values):
-        raise _error(path, lineno, f"field {key!r} has a tie: a ranking must order every answer")
+        raise _error(path, lineno, f"field {key!r}: has a tie: a ranking must order every answer")
     if key == "ranks" and sorted(values) != list(range(1, len(values) + 1)):
-        raise _error(path, lineno, f"field 'ranks' must be a permutation of 1..{len(values)} "
+        raise _error(path, lineno, f"field 'ranks': must be a permutation of 1..{len(values)} "
                                    f"(1 = best), got {obj['ranks']}")
     # best first: smallest rank, or highest score
     order = sorted(range(len(values)), key=lambda i: values[i] if key == "ranks" else -values[i])
@@ -213,8 +243,8 @@ def load_sft(path, enc, block_size):
         else:
             prompt = _text(path, lineno, obj, "prompt")
             if ("response" in obj) == ("completion" in obj):
-                raise _error(path, lineno, "field 'response' (or 'completion') is needed, exactly "
-                                           "one of them (or a 'messages' conversation)")
+                raise _error(path, lineno, "field 'response' (or 'completion'): exactly one of "
+                                           "the two is needed (or a 'messages' conversation)")
             response = _text(path, lineno, obj, "response" if "response" in obj else "completion")
             p, r = encode_prompt(enc, prompt), encode_response(enc, response)
             p, cut = fit_prompt(p, len(r), block_size)
@@ -240,14 +270,14 @@ def load_preferences(path, enc, block_size):
         prompt = _text(path, lineno, obj, "prompt")
         if "responses" in obj:
             if "chosen" in obj or "rejected" in obj:
-                raise _error(path, lineno, "field 'responses' cannot be combined with 'chosen'/'rejected'")
+                raise _error(path, lineno, "field 'responses': cannot be combined with 'chosen'/'rejected'")
             answers, margin = _ranked_pairs(path, lineno, obj), 0.0
             n_ranked += len(answers)
         else:
             chosen = _text(path, lineno, obj, "chosen")
             rejected = _text(path, lineno, obj, "rejected")
             if chosen == rejected:
-                raise _error(path, lineno, "fields 'chosen' and 'rejected' are identical")
+                raise _error(path, lineno, "field 'rejected': identical to 'chosen'")
             answers = [(chosen, rejected)]
             margin = _number(path, lineno, obj["margin"], "margin") if "margin" in obj else 0.0
         prompt_ids = encode_prompt(enc, prompt)
@@ -270,7 +300,7 @@ def load_prompts(path, enc, block_size, max_new_tokens):
     """[dict(prompt, ids)]: prompts for generation, cut from the left to leave max_new_tokens."""
     room = block_size - max_new_tokens
     if room < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
                          f"block_size={block_size}")
     prompts, truncated = [], 0
     for lineno, obj in read_jsonl(path):

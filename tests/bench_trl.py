@@ -19,7 +19,7 @@ dropout, built from a transformers GPT2Config: nothing is downloaded. The data a
 ids, written as text for a word-level tokenizer built here (one word per id), so every row has
 exactly the token count of bench.py's rows (EOS included): sft B rows of block_size tokens, rm
 and dpo B pairs of two such rows, ppo B prompts of prompt_len tokens and gen_tokens new tokens
-(no stop token: fixed-length responses), ppo_epochs epochs of one minibatch of B.
+(no stop token: fixed-length responses), num_iterations passes of one minibatch of B.
 
 Both sides train with TRL's fast settings, not its defaults: gradient checkpointing off (TRL
 turns it on, costing an extra forward per step), float32 or bf16 autocast as --dtype says (bench.py
@@ -51,7 +51,7 @@ import bench
 import common
 
 DEFAULTS = {k: v for k, v in bench.DEFAULTS.items()
-            if k in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "ppo_epochs",
+            if k in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations",
                      "steps", "warmup", "seed")}
 DEFAULTS.update(
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
@@ -245,7 +245,7 @@ def bench_ppo(size, cfg, gen, out_dir):
     timer = step_timer()
     common_args = training_args(cfg, out_dir)
     del common_args["max_steps"]  # PPO counts episodes (prompts), not steps
-    args = PPOConfig(total_episodes=n, num_mini_batches=1, num_ppo_epochs=cfg.ppo_epochs,
+    args = PPOConfig(total_episodes=n, num_mini_batches=1, num_ppo_epochs=cfg.num_iterations,
                      response_length=N, stop_token=None, temperature=1.0,
                      local_rollout_forward_batch_size=B, num_sample_generations=0, **common_args)
     try:
@@ -299,7 +299,7 @@ def main(argv=None):
                 torch=torch.__version__, threads=torch.get_num_threads(), config=vars(cfg))
     print(f"TRL {meta['trl']}, transformers {meta['transformers']}, torch {meta['torch']}, "
           f"{meta['threads']} threads, batch {cfg.batch_size}, block {cfg.block_size}, ppo prompt "
-          f"{cfg.prompt_len} + {cfg.gen_tokens} new tokens x {cfg.ppo_epochs} epochs, "
+          f"{cfg.prompt_len} + {cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs, "
           f"{'TRL defaults' if cfg.trl_defaults else cfg.dtype + ', no gradient checkpointing'}",
           flush=True)
     gen = torch.Generator().manual_seed(cfg.seed)

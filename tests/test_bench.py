@@ -16,7 +16,7 @@ import bench
 from model import GPT, GPTConfig, ScalarModel
 
 MICRO = ["--sizes=micro", "--batch_size=2", "--block_size=16", "--prompt_len=6", "--gen_tokens=4",
-         "--ppo_epochs=2", "--steps=1", "--warmup=0", "--device=cpu", "--dtype=float32"]
+         "--num_iterations=2", "--steps=1", "--warmup=0", "--device=cpu", "--dtype=float32"]
 ROWS = ("sft", "rm", "dpo", "dpo_cached_ref", "ppo_gen", "ppo_gen_nocache", "ppo_score",
         "ppo_update", "ppo_iter")
 
@@ -122,6 +122,6 @@ def test_trl_script_imports_without_trl(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
     monkeypatch.delitem(sys.modules, "bench_trl", raising=False)
     bench_trl = importlib.import_module("bench_trl")
-    for key in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "ppo_epochs",
+    for key in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations",
                 "steps", "warmup"):
         assert bench_trl.DEFAULTS[key] == bench.DEFAULTS[key]

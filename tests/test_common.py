@@ -3,6 +3,7 @@ import math
 import os
 import pickle
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -199,22 +200,102 @@ def test_check_finite_names_step_and_quantity():
 
 def test_out_dir_is_never_silently_overwritten(tmp_path):
     out = str(tmp_path / "run")
-    assert common.prepare_out_dir(out, resume=False) is None
+    os.makedirs(out)
+    assert common.prepare_out_dir(out, resume=False) == (out, None)  # fresh: written in place
     common.save_checkpoint(os.path.join(out, "ckpt_last.pt"), {"x": 1})
     with pytest.raises(common.ConfigError, match="already holds a run"):
         common.prepare_out_dir(out, resume=False)
-    assert common.prepare_out_dir(out, resume=True).endswith("ckpt_last.pt")
-    assert common.prepare_out_dir(out, resume=False, overwrite=True) is None
-    # the old run stays until the inputs have loaded and the script clears it
+    assert common.prepare_out_dir(out, resume=True) == (out, os.path.join(out, "ckpt_last.pt"))
+    # --overwrite=True: the new run is built beside the old one, which stays whole for now
+    staging, resume = common.prepare_out_dir(out, resume=False, overwrite=True)
+    assert staging == os.path.join(out, ".staging") and resume is None
     assert os.path.exists(os.path.join(out, "ckpt_last.pt"))
-    common.clear_out_dir(out)
-    assert not os.path.exists(os.path.join(out, "ckpt_last.pt"))
+    # an unproven staging run (killed before its first good checkpoint) is dropped next time
+    open(os.path.join(staging, "log.jsonl"), "w").close()
+    assert common.prepare_out_dir(out, resume=True)[1].endswith("ckpt_last.pt")
+    assert not os.path.exists(staging) and os.listdir(out) == ["ckpt_last.pt"]
+    # a run's files without a checkpoint (a run killed early) are a run too
+    other = tmp_path / "early"
+    other.mkdir()
+    (other / "log.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(common.ConfigError, match="already holds a run's files"):
+        common.prepare_out_dir(str(other), resume=False)
     with pytest.raises(common.ConfigError, match="does not exist"):
-        common.prepare_out_dir(str(tmp_path / "other"), resume=True)
+        common.prepare_out_dir(str(other), resume=True)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(common.ConfigError, match="not writable"):
-        common.prepare_out_dir(str(blocker / "sub"), resume=False)
+        common.lock_out_dir(str(blocker / "sub"))
+
+
+def run_cfg(out, **kw):
+    return SimpleNamespace(**{**dict(out_dir=str(out), resume=False, overwrite=False, seed=0,
+                                     device="cpu", dtype="float32", stop_iter=-1), **kw})
+
+
+def test_overwrite_replaces_the_old_run_only_after_a_trained_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt_last.pt").write_bytes(b"old")
+    (out / "log.jsonl").write_text('{"step": 9}\n')
+    run = common.Run(run_cfg(out, overwrite=True), "sft")
+    model = _tiny()
+    run.log(0, val_loss=1.0)
+    run.save("ckpt_best.pt", common.make_checkpoint(model, "policy", "sft", "byte",
+                                                    SimpleNamespace(), 0))
+    # step 0 proves nothing (an untrained model): the old run is untouched
+    assert (out / "ckpt_last.pt").read_bytes() == b"old" and not (out / "ckpt_best.pt").exists()
+    run.save("ckpt_last.pt", common.make_checkpoint(model, "policy", "sft", "byte",
+                                                    SimpleNamespace(), 1))
+    assert sorted(os.listdir(out)) == [".lock", "ckpt_best.pt", "ckpt_last.pt", "log.jsonl"]
+    assert common.load_checkpoint(str(out / "ckpt_last.pt"))["step"] == 1
+    run.log(1, loss=0.5)  # the log follows the run into out_dir
+    assert [json.loads(l)["step"] for l in open(out / "log.jsonl")] == [0, 1]
+    run.finish()
+
+
+def test_a_swap_cut_short_by_a_kill_is_finished_on_the_next_start(tmp_path):
+    out = tmp_path / "run"
+    (out / ".replaced").mkdir(parents=True)
+    (out / ".staging").mkdir()
+    (out / ".replaced" / "ckpt_last.pt").write_bytes(b"old")
+    (out / ".staging" / "ckpt_last.pt").write_bytes(b"new")  # proven: the swap had begun
+    assert common.prepare_out_dir(str(out), resume=True)[1] == str(out / "ckpt_last.pt")
+    assert os.listdir(out) == ["ckpt_last.pt"] and (out / "ckpt_last.pt").read_bytes() == b"new"
+
+
+def test_a_second_run_on_the_same_out_dir_fails_at_once(tmp_path):
+    import subprocess
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, common; "
+                               "common.lock_out_dir(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(common.__file__))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(common.ConfigError, match="in use by another run"):
+            common.lock_out_dir(str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel drops a killed process's lock: a stale lock never blocks a resume
+    common.lock_out_dir(str(out)).close()
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    out = tmp_path / "run"
+    run = common.Run(run_cfg(out), "sft")
+    model = _tiny()
+    good = common.make_checkpoint(model, "policy", "sft", "byte", SimpleNamespace(), 1)
+    run.save("ckpt_last.pt", good)
+    before = (out / "ckpt_last.pt").read_bytes()
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")  # what --lr=1e30 does after a step
+    bad = common.make_checkpoint(model, "policy", "sft", "byte", SimpleNamespace(), 2)
+    with pytest.raises(common.NonFiniteError, match="step 2: weight model.* is not finite"):
+        run.save("ckpt_last.pt", bad)
+    assert (out / "ckpt_last.pt").read_bytes() == before
+    run.finish()
 
 
 def test_metrics_logger_drops_lines_after_the_resumed_step(tmp_path, capsys):

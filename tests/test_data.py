@@ -72,6 +72,12 @@ SFT_ERRORS = [
     ({"messages": [{"role": "user", "content": "a"}, "b"]}, ["'messages[1]'", "object"]),
     ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
      ["'messages[1].role'", "last message"]),
+    # JSON that Python's json module accepts but that is not one clean record
+    ('{"prompt": "a", "response": "b", "prompt": "c"}', ["'prompt'", "given twice"]),
+    ('{"prompt": "\\ud800", "response": "b"}', ["lone surrogate"]),
+    ('{"prompt": "a", "response": "b", "n": ' + "9" * 5000 + "}", ["4300"]),
+    ('{"prompt": "a", "response": "b", "x": ' + "[" * 100000 + "]" * 100000 + "}",
+     ["nested too deeply"]),
 ]
 
 
@@ -81,13 +87,14 @@ def test_sft_errors_name_file_line_and_field(tmp_path, line, words):
     with pytest.raises(DataError) as e:
         loader.load_sft(path, ENC, 64)
     msg = str(e.value)
-    assert msg.startswith(f"{path}, line 2: "), msg
+    assert msg.startswith(f"{path}:2: "), msg
     for w in words:
         assert w in msg, (w, msg)
 
 
 PREF_ERRORS = [
-    ({"prompt": "a", "chosen": "x", "rejected": "x"}, ["'chosen' and 'rejected'", "identical"]),
+    ({"prompt": "a", "chosen": "x", "rejected": "x"}, ["'rejected'", "identical to 'chosen'"]),
+    ({"prompt": "a", "chosen": "x", "rejected": "y", "margin": 10 ** 400}, ["'margin'", "finite"]),
     ({"prompt": "a", "chosen": "x"}, ["'rejected'", "missing"]),
     ({"prompt": "a", "chosen": "x", "rejected": None}, ["'rejected'", "string", "null"]),
     ({"prompt": "a", "chosen": "x", "rejected": "y", "margin": "big"}, ["'margin'", "number"]),
@@ -113,14 +120,14 @@ def test_preference_errors_name_file_line_and_field(tmp_path, line, words):
     with pytest.raises(DataError) as e:
         loader.load_preferences(path, ENC, 64)
     msg = str(e.value)
-    assert msg.startswith(f"{path}, line 3: "), msg
+    assert msg.startswith(f"{path}:3: "), msg
     for w in words:
         assert w in msg, (w, msg)
 
 
 def test_prompt_errors_and_file_level_errors(tmp_path):
     path = write(tmp_path, [{"prompt": "a"}, {"prompt": ["a"]}])
-    with pytest.raises(DataError, match=r"line 2: field 'prompt' must be a string"):
+    with pytest.raises(DataError, match=r":2: field 'prompt': must be a string"):
         loader.load_prompts(path, ENC, 64, 16)
     empty = write(tmp_path, [], name="empty.jsonl")
     with pytest.raises(DataError, match=r"empty\.jsonl: empty file"):
@@ -136,7 +143,7 @@ def test_prompt_errors_and_file_level_errors(tmp_path):
 
 def test_line_numbers_count_blank_lines(tmp_path):
     path = write(tmp_path, [GOOD_SFT, "", GOOD_SFT, {"prompt": "a"}])
-    with pytest.raises(DataError, match=r", line 4: field 'response'"):
+    with pytest.raises(DataError, match=r":4: field 'response'"):
         loader.load_sft(path, ENC, 64)
 
 # -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import torch
 
 import common
 import eval as evaluate
-from eval import mean_and_stderr, sequence_kl, win_rate
+from eval import mean_and_stderr, win_rate
+from train_ppo import kl_estimates
 from model import GPT, GPTConfig, ScalarModel
 from tokenizer import encode_prompt, get_tokenizer
 from data.toy.prepare import write_jsonl
@@ -47,13 +48,29 @@ def test_mean_and_stderr_hand_computation():
 
 
 def test_sequence_kl_hand_computation_and_sign():
+    # eval's KL is train_ppo's k1 estimate summed over the response: one copy of it
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
     ref = torch.tensor([[-1.5, -1.0, -9.0], [-1.0, -0.25, -7.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
     # row 0: (-1 + 1.5) + (-2 + 1) = -0.5; row 1: 0.5 - 0.25 = 0.25; masked tokens ignored
-    assert torch.allclose(sequence_kl(lp, ref, mask), torch.tensor([-0.5, 0.25]))
+    assert torch.allclose(kl_estimates(lp, ref, mask)[0], torch.tensor([-0.5, 0.25]))
     # positive when the policy puts more mass than the reference on its own sample
-    assert sequence_kl(torch.tensor([[-0.1]]), torch.tensor([[-2.0]]), torch.ones(1, 1)) > 0
+    assert kl_estimates(torch.tensor([[-0.1]]), torch.tensor([[-2.0]]), torch.ones(1, 1))[0] > 0
+
+
+def test_best_of_n_picks_the_reward_models_choice_and_its_kl_bound():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 2.0], [3.0, 1.0, 3.0, -1.0]])
+    assert evaluate.best_of_n(scores, 1).tolist() == [0, 0]
+    assert evaluate.best_of_n(scores, 2).tolist() == [1, 0]
+    assert evaluate.best_of_n(scores, 4).tolist() == [3, 0]  # a tie goes to the earlier one
+    # log N - (N - 1) / N: 0 for N = 1 (the base policy itself)
+    assert evaluate.best_of_n_kl_bound(1) == 0.0
+    assert evaluate.best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+    s = dict(tokens=[[1], [2], [3], [4]], rm=[0.5, 0.7, 0.2, 0.1], length=[1, 1, 1, 1],
+             eos=[1, 1, 1, 1])
+    picked = evaluate.pick_best_of_n(s, 2, 2, 1)  # two prompts, two candidates each
+    assert picked["tokens"] == [[2], [3]] and picked["rm"] == [0.7, 0.2]
+    assert picked["kl"] == [pytest.approx(math.log(2) - 0.5)] * 2
 
 
 def test_kl_of_a_policy_against_itself_is_exactly_zero():

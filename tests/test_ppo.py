@@ -153,7 +153,8 @@ def test_training_logprobs_equal_sampling_logprobs(temperature):
     seq, full_mask = torch.cat([ids, tokens], 1), torch.cat([attn, mask], 1)
     with torch.no_grad():
         lp, ent, values = train_ppo.policy_forward(policy, seq, full_mask, ids.size(1), temperature,
-                                                   critic=ScalarModel.from_gpt(policy))
+                                                   critic=ScalarModel.from_gpt(policy),
+                                                   entropy=True)
     assert lp.shape == ent.shape == values.shape == tokens.shape
     torch.testing.assert_close(lp * mask, sample_lp, atol=1e-5, rtol=0)
     # a wrong temperature would be caught
@@ -191,21 +192,40 @@ def ppo_args(world, out, **kw):
                 train_prompts=str(world / "train.jsonl"), val_prompts=str(world / "val.jsonl"),
                 out_dir=str(out), gold_judge="", block_size=96, rollout_batch_size=16,
                 minibatch_size=8, micro_batch_size=4, max_new_tokens=12, max_iters=3,
-                eval_interval=100, eval_prompts=16, sample_interval=100, num_samples=1,
+                eval_interval=100, eval_examples=16, sample_interval=100, num_samples=1,
                 ckpt_interval=100, device="cpu", dtype="float32")
     args.update(kw)
     return [f"--{k}={v}" for k, v in args.items()]
 
 
 @pytest.mark.parametrize("shared_critic", [False, True])
-def test_first_update_invariants(world, tmp_path, shared_critic):
-    """policy == reference at the start: KL exactly 0, first minibatch ratio exactly 1."""
-    out = train_ppo.main(ppo_args(world, tmp_path, max_iters=1, shared_critic=shared_critic,
-                                  gold_judge="toy"))
-    assert out["init_kl"] == 0.0
-    assert out["init_ratio_dev"] == 0.0  # same rows, same weights, same forward: bitwise equal
-    assert out["logprob_gap"] < 1e-4  # log-probs recomputed == those seen while sampling
-    assert out["kl"] == pytest.approx(0.0, abs=1e-5)
+def test_first_update_invariants(world, shared_critic):
+    """policy == reference at the start: KL exactly 0, first minibatch ratio exactly 1, the
+    training log-probs those the sampler saw, and the critic's last value the score it pays."""
+    cfg = common.parse_config(train_ppo.DEFAULTS, ppo_args(world, world / "unused",
+                                                           shared_critic=shared_critic))
+    rt = common.init_runtime(cfg)
+    policy, ref, reward_model, reward, _, enc = train_ppo.load_models(cfg, rt)
+    critic = train_ppo.make_critic(cfg, policy, reward_model, rt)
+    train, _ = train_ppo.load_prompts(cfg, enc)
+    ro = train_ppo.rollout(policy, ref, critic, reward, train_ppo.prompt_batch(train, range(16),
+                           enc, rt), enc, cfg, rt)
+    assert torch.equal(ro.logprobs * ro.resp_mask, ro.ref_logprobs * ro.resp_mask)
+    assert ((ro.sample_logprobs - ro.logprobs).abs() * ro.resp_mask).max() < 1e-4
+    mb = torch.arange(8, 12)  # another micro-batch than the rollout's: the same rows' numbers
+    lp, _, values = train_ppo.policy_forward(policy, ro.seq[mb], ro.mask[mb], ro.P,
+                                             cfg.temperature, critic)
+    _, _, _, ratio = train_ppo.ppo_policy_loss(lp, ro.logprobs[mb], torch.ones_like(lp),
+                                               ro.resp_mask[mb])
+    assert torch.equal(ratio * ro.resp_mask[mb], ro.resp_mask[mb])  # exactly 1, bitwise
+    if not shared_critic:  # the critic starts as the reward model, its reward_bias included
+        last = ro.resp_mask.sum(1).long() - 1  # the state that emits the EOS
+        with torch.no_grad():
+            v_eos = critic.values(ro.seq, ro.mask)[torch.arange(16), ro.P + last]
+        torch.testing.assert_close(v_eos, reward_model(ro.seq, ro.mask), atol=1e-5, rtol=0)
+    out = train_ppo.main(ppo_args(world, world / f"run{shared_critic}", max_iters=1,
+                                  shared_critic=shared_critic, gold_judge="toy"))
+    assert out["kl"] == pytest.approx(0.0, abs=1e-5) and out["logprob_gap"] < 1e-4
     for key in ("vf_loss", "val_score", "val_gold", "gold"):
         assert math.isfinite(out[key]), key
 
@@ -215,7 +235,7 @@ def test_ppo_raises_a_programmatic_reward(world, tmp_path):
     """reward = number of 'e' in the response: PPO must raise it while the KL stays bounded."""
     out = train_ppo.main(ppo_args(world, tmp_path, reward_fn="byte_count:e", max_iters=25,
                                   rollout_batch_size=32, minibatch_size=16, micro_batch_size=16,
-                                  lr=3e-3, critic_lr=3e-3, kl_coef=0.02, eval_interval=25,
+                                  lr=3e-3, critic_lr=3e-3, beta=0.02, eval_interval=25,
                                   missing_eos_mode=""))
     log = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
     val = [r["val_score"] for r in log if "val_score" in r]
@@ -229,7 +249,7 @@ def test_ppo_raises_a_programmatic_reward(world, tmp_path):
 
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_run(world, tmp_path):
-    args = dict(adaptive_kl=True, kl_horizon=50, kl_coef=0.1, target_kl=0.5, lr=1e-3,
+    args = dict(adaptive_kl=True, kl_horizon=50, beta=0.1, target_kl=0.5, lr=1e-3,
                 critic_lr=1e-3, max_iters=3, eval_interval=2, save_every=1)
     full = train_ppo.main(ppo_args(world, tmp_path / "full", **args))
     train_ppo.main(ppo_args(world, tmp_path / "split", **args, stop_iter=1))
@@ -238,7 +258,7 @@ def test_resume_equals_uninterrupted_run(world, tmp_path):
     a = common.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
     b = common.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
     assert (a["kind"], a["stage"], a["step"]) == ("policy", "ppo", 3)
-    assert a["kl_coef"] == b["kl_coef"] != 0.1
+    assert a["beta"] == b["beta"] != 0.1
     for part in ("model", "critic"):
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], atol=1e-6, rtol=0)

@@ -90,7 +90,7 @@ def sft_args(w):
             "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=128", "--batch_size=8",
             "--max_iters=24", "--warmup_iters=4", "--lr=3e-3", "--min_lr=3e-4",
             "--dropout=0.1",  # dropout draws from the RNG: its state must resume too
-            "--eval_interval=8", "--eval_iters=2", "--num_samples=1", "--sample_tokens=8",
+            "--eval_interval=8", "--eval_examples=16", "--num_samples=1", "--sample_tokens=8",
             "--log_interval=1", "--ckpt_interval=4", "--device=cpu", "--dtype=float32"]
 
 
@@ -98,7 +98,7 @@ def rm_args(w):
     return [f"--init_from={w / 'sft.pt'}", f"--train_data={w / 'prefs_train.jsonl'}",
             f"--val_data={w / 'prefs_val.jsonl'}", f"--bias_data={w / 'sft_train.jsonl'}",
             "--block_size=128", "--batch_size=8", "--max_iters=24", "--warmup_iters=4",
-            "--dropout=0.1", "--eval_interval=8", "--eval_pairs=32", "--bias_examples=32",
+            "--dropout=0.1", "--eval_interval=8", "--eval_examples=32", "--bias_examples=32",
             "--log_interval=1", "--ckpt_interval=4", "--device=cpu", "--dtype=float32"]
 
 
@@ -108,7 +108,7 @@ def dpo_args(w):
     return [f"--init_from={w / 'sft.pt'}", f"--train_data={w / 'prefs_train.jsonl'}",
             f"--val_data={w / 'prefs_val.jsonl'}", "--block_size=128", "--batch_size=8",
             "--max_iters=24", "--warmup_iters=4", "--dropout=0.1", "--precompute_ref_logps=True",
-            "--eval_interval=8", "--eval_iters=2", "--log_interval=1", "--ckpt_interval=4",
+            "--eval_interval=8", "--eval_examples=16", "--log_interval=1", "--ckpt_interval=4",
             "--device=cpu", "--dtype=float32"]
 
 
@@ -118,9 +118,9 @@ def ppo_args(w):
             f"--train_prompts={w / 'prompts_train.jsonl'}",
             f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=toy", "--block_size=96",
             "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
-            "--max_new_tokens=12", "--ppo_epochs=2", "--max_iters=12", "--adaptive_kl=True",
+            "--max_new_tokens=12", "--num_iterations=2", "--max_iters=12", "--adaptive_kl=True",
             "--kl_horizon=50", "--target_kl=0.5", "--lr=1e-3", "--critic_lr=1e-3",
-            "--eval_interval=4", "--eval_prompts=8", "--sample_interval=100", "--num_samples=0",
+            "--eval_interval=4", "--eval_examples=8", "--sample_interval=100", "--num_samples=0",
             "--ckpt_interval=2", "--save_every=0", "--log_interval=1", "--device=cpu",
             "--dtype=float32"]
 
@@ -410,7 +410,7 @@ def test_resume_clears_the_temp_file_of_a_killed_write(tmp_path):
     out = tmp_path / "run"
     save_model(out / "ckpt_last.pt", GPT(GPTConfig(**TINY_MODEL)), "policy", "sft")
     (out / "ckpt_last.pt.tmp.4242").write_bytes(b"PK\x03\x04 cut short")  # SIGKILL mid-write
-    assert common.prepare_out_dir(str(out), resume=True) == str(out / "ckpt_last.pt")
+    assert common.prepare_out_dir(str(out), resume=True) == (str(out), str(out / "ckpt_last.pt"))
     assert os.listdir(out) == ["ckpt_last.pt"]
     common.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
 
@@ -494,22 +494,22 @@ def base_args(stage, w):
     if stage == "sft":
         return [f"--train_data={w / 'sft_train.jsonl'}", f"--val_data={w / 'sft_val.jsonl'}",
                 "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=128",
-                "--batch_size=8", "--max_iters=1", "--eval_iters=1", "--num_samples=0",
+                "--batch_size=8", "--max_iters=1", "--eval_examples=8", "--num_samples=0",
                 "--device=cpu", "--dtype=float32"]
     if stage == "rm":
         return [f"--init_from={w / 'sft.pt'}", f"--train_data={w / 'prefs_train.jsonl'}",
                 f"--val_data={w / 'prefs_val.jsonl'}", f"--bias_data={w / 'sft_val.jsonl'}",
-                "--block_size=128", "--batch_size=8", "--max_iters=1", "--eval_pairs=8",
+                "--block_size=128", "--batch_size=8", "--max_iters=1", "--eval_examples=8",
                 "--bias_examples=8", "--warmup_iters=0", "--device=cpu", "--dtype=float32"]
     if stage == "dpo":
         return [f"--init_from={w / 'sft.pt'}", f"--train_data={w / 'prefs_train.jsonl'}",
                 f"--val_data={w / 'prefs_val.jsonl'}", "--block_size=128", "--batch_size=8",
-                "--max_iters=1", "--eval_iters=1", "--device=cpu", "--dtype=float32"]
+                "--max_iters=1", "--eval_examples=8", "--device=cpu", "--dtype=float32"]
     return [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
             f"--train_prompts={w / 'prompts_train.jsonl'}",
             f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=", "--block_size=96",
             "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
-            "--max_new_tokens=12", "--ppo_epochs=1", "--max_iters=1", "--eval_prompts=8",
+            "--max_new_tokens=12", "--num_iterations=1", "--max_iters=1", "--eval_examples=8",
             "--num_samples=0", "--device=cpu", "--dtype=float32"]
 
 
@@ -520,24 +520,24 @@ CORPUS = [
     ("empty-data-file", "sft", ["--train_data={b}/empty.jsonl"], DataError,
      ["empty.jsonl", "empty file"]),
     ("truncated-json-line", "sft", ["--val_data={b}/truncated.jsonl"], DataError,
-     ["truncated.jsonl", "line 3", "malformed JSON"]),
+     ["truncated.jsonl:3:", "malformed JSON"]),
     ("prompt-not-a-string", "sft", ["--train_data={b}/prompt_int.jsonl"], DataError,
-     ["prompt_int.jsonl", "line 2", "'prompt'", "must be a string"]),
+     ["prompt_int.jsonl:2:", "'prompt'", "must be a string"]),
     ("invalid-utf8", "sft", ["--train_data={b}/bad_utf8.jsonl"], DataError,
-     ["bad_utf8.jsonl", "line 2", "UTF-8"]),
+     ["bad_utf8.jsonl:2:", "UTF-8"]),
     ("answer-longer-than-context", "sft", ["--train_data={b}/long_answer.jsonl"], DataError,
      ["long_answer.jsonl", "block_size"]),
     ("chosen-is-an-array", "rm", ["--train_data={b}/chosen_list.jsonl"], DataError,
-     ["chosen_list.jsonl", "line 2", "'chosen'", "must be a string"]),
+     ["chosen_list.jsonl:2:", "'chosen'", "must be a string"]),
     ("margin-is-a-string", "rm", ["--val_data={b}/margin_str.jsonl"], DataError,
-     ["margin_str.jsonl", "line 1", "'margin'"]),
+     ["margin_str.jsonl:1:", "'margin'"]),
     # read for the normalisation after training, but checked before it
     ("bias-data-truncated", "rm", ["--bias_data={b}/truncated.jsonl"], DataError,
-     ["truncated.jsonl", "line 3", "malformed JSON"]),
+     ["truncated.jsonl:3:", "malformed JSON"]),
     ("missing-field", "dpo", ["--train_data={b}/no_rejected.jsonl"], DataError,
-     ["no_rejected.jsonl", "line 1", "'rejected' is missing"]),
+     ["no_rejected.jsonl:1:", "'rejected': missing"]),
     ("record-not-an-object", "ppo", ["--train_prompts={b}/prompts_array.jsonl"], DataError,
-     ["prompts_array.jsonl", "line 1", "JSON object"]),
+     ["prompts_array.jsonl:1:", "JSON object"]),
     ("empty-prompts-file", "ppo", ["--val_prompts={b}/empty.jsonl"], DataError,
      ["empty.jsonl", "empty file"]),
     ("missing-data-file", "dpo", ["--val_data={b}/nope.jsonl"], ConfigError,
@@ -590,7 +590,7 @@ CORPUS = [
      ["rm.pt", "'scalar' model", "'policy' model is needed"]),
     ("policy-as-reward-model", "ppo", ["--reward_model={w}/sft.pt"], CheckpointError,
      ["sft.pt", "'policy' model", "'scalar' model is needed"]),
-    ("byte-model-labelled-gpt2", "dpo", ["--ref_from={b}/gpt2_label.pt"], CheckpointError,
+    ("byte-model-labelled-gpt2", "dpo", ["--reference={b}/gpt2_label.pt"], CheckpointError,
      ["gpt2_label.pt", "vocab_size=257", "'gpt2' tokenizer"]),
     ("token-ids-out-of-range", "sft", ["--init_from={b}/small_vocab.pt"], CheckpointError,
      ["small_vocab.pt", "vocab_size=200", "out of range"]),
@@ -611,7 +611,10 @@ CORPUS = [
 
 
 def snapshot(d):
-    return {n: (d / n).read_bytes() for n in os.listdir(d)} if d.is_dir() else None
+    """The run's files and their bytes. The lock (.lock) and an overwriting run's unproven files
+    (.staging, removed when the next run starts) are the mechanism, not the run."""
+    return {n: (d / n).read_bytes() for n in os.listdir(d) if not n.startswith(".")} \
+        if d.is_dir() else None
 
 
 @pytest.mark.parametrize("stage", sorted(SCRIPTS))

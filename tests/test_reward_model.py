@@ -160,7 +160,7 @@ def test_toy_preferences_above_chance(toy_dir, tmp_path):
                 f"--val_data={toy_dir / 'prefs_val.jsonl'}",
                 f"--bias_data={toy_dir / 'sft_train.jsonl'}", f"--out_dir={tmp_path / 'rm'}",
                 "--batch_size=16", "--max_iters=80", "--lr=3e-3", "--min_lr=3e-4",
-                "--eval_interval=1000", "--log_interval=20", "--eval_pairs=200",
+                "--eval_interval=1000", "--log_interval=20", "--eval_examples=200",
                 "--bias_examples=200"])
     assert out["max_iters"] == 80 and out["step"] == 80
     assert out["val_accuracy"] >= 0.65, out

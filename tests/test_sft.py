@@ -25,7 +25,7 @@ EXAMPLES = [
 ]
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64", "--device=cpu",
-        "--num_samples=1", "--sample_tokens=8", "--eval_iters=1"]
+        "--num_samples=1", "--sample_tokens=8", "--eval_examples=4"]
 
 
 @pytest.fixture
@@ -53,14 +53,15 @@ def test_sft_loss_matches_hand_computation():
     rows = logits[0].tolist()
     # label 1 (idx 2) from position 0 is prompt: not trained; labels 2 and 3 are
     want = -(logp(rows[1], 1) + logp(rows[2], 2)) / 2
-    got = train_sft.sft_loss(logits, idx, loss_mask)
+    got = train_sft.sft_loss(common.token_logprobs(logits, idx), loss_mask)
     assert got.item() == pytest.approx(want, abs=1e-6)
 
     # a batch is averaged over all its trained tokens, not per row
     logits2 = torch.cat([logits, logits]); idx2 = torch.cat([idx, idx])
     mask2 = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])
     want2 = -(logp(rows[1], 1) + logp(rows[2], 2) + logp(rows[2], 2)) / 3
-    assert train_sft.sft_loss(logits2, idx2, mask2).item() == pytest.approx(want2, abs=1e-6)
+    got2 = train_sft.sft_loss(common.token_logprobs(logits2, idx2), mask2)
+    assert got2.item() == pytest.approx(want2, abs=1e-6)
 
 
 def test_masked_positions_get_exactly_zero_gradient():
@@ -72,7 +73,7 @@ def test_masked_positions_get_exactly_zero_gradient():
     loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0]])
     logits = model(idx, attention_mask=attn)
     logits.retain_grad()
-    train_sft.sft_loss(logits, idx, loss_mask).backward()
+    train_sft.sft_loss(common.token_logprobs(logits, idx), loss_mask).backward()
     g = logits.grad  # (B, T, V)
     # logits at t predict the token at t+1: they are trained iff loss_mask[:, t+1] == 1
     trained = torch.zeros_like(loss_mask, dtype=torch.bool)
@@ -83,9 +84,16 @@ def test_masked_positions_get_exactly_zero_gradient():
     # and the loss does not depend on what sits in the padding
     idx2 = idx.clone(); idx2[0, 6:] = 5
     with torch.no_grad():
-        a = train_sft.sft_loss(model(idx, attention_mask=attn), idx, loss_mask)
-        b = train_sft.sft_loss(model(idx2, attention_mask=attn), idx2, loss_mask)
+        a = train_sft.sft_loss(common.token_logprobs(model(idx, attention_mask=attn), idx), loss_mask)
+        b = train_sft.sft_loss(common.token_logprobs(model(idx2, attention_mask=attn), idx2),
+                               loss_mask)
     assert a.item() == b.item()
+    # the LM head at the trained positions alone gives the same log-probs, exactly 0 elsewhere
+    with torch.no_grad():
+        full = common.token_logprobs(model(idx, attention_mask=attn), idx) * loss_mask[:, 1:]
+        only = common.trained_logprobs(model, idx, loss_mask)
+    torch.testing.assert_close(only, full, atol=1e-5, rtol=0)
+    assert (only[loss_mask[:, 1:] == 0] == 0).all()
 
 def test_split_last_answer_takes_the_final_assistant_turn():
     ids = [1, 2, 3, 4, 5, 6, 7, 8, 9]
