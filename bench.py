@@ -22,6 +22,8 @@ tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and p
     ppo_score       the rest of rollout(): log-probs of policy and reference, reward model, critic
     ppo_update      rewards, GAE, whitening, then num_iterations clipped policy + value steps
     ppo_iter        ppo_gen + ppo_score + ppo_update: one PPO iteration (no KV-free generation)
+    grpo_iter       one train_grpo.py iteration: batch_size answers (batch_size / 4 prompts x 4),
+                    their group advantages, one on-policy update of the policy (no critic)
 batch_size counts sequences (sft), pairs (rm, dpo: 2 x batch_size rows of block_size tokens) and
 prompts (ppo: prompt_len tokens each, gen_tokens new tokens per response). Every PPO response
 runs to gen_tokens (the end-of-text id lies outside the random vocabulary, as with a fixed
@@ -64,6 +66,7 @@ import torch
 
 import common
 import train_dpo
+import train_grpo
 import train_ppo
 import train_reward_model
 import train_sft
@@ -95,7 +98,7 @@ SIZES = dict(
     tiny=dict(n_layer=4, n_head=4, n_embd=128, vocab_size=257),
     gpt2=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
 )
-STAGES = ("sft", "rm", "dpo", "ppo")
+STAGES = ("sft", "rm", "dpo", "ppo", "grpo")
 
 # -----------------------------------------------------------------------------
 # FLOPs, time and memory
@@ -392,6 +395,33 @@ def bench_ppo(size, cfg, rt, gen):
     rows.append(row(size, "ppo_iter", B * N, iter_seconds, None, cfg, peak))
     return rows
 
+def bench_grpo(size, cfg, rt, gen):
+    base = start_memory(rt)
+    B, P, N, k = cfg.batch_size, cfg.prompt_len, cfg.gen_tokens, 4
+    policy = build(GPT, size, P + N, rt).eval()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    reward_model = build(ScalarModel, size, P + N, rt).eval().requires_grad_(False)
+    optimizer = optimizer_for(policy, rt, train_grpo.DEFAULTS)
+    grpo_cfg = SimpleNamespace(**{**train_grpo.DEFAULTS, "rollout_batch_size": B,
+                                  "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
+                                  "missing_eos_mode": ""})
+    baseline, scale, loss_agg, _, kl_estimator = train_grpo.settings(grpo_cfg)
+    reward = train_ppo.make_reward(reward_model, None, B)
+    enc = SimpleNamespace(eot_token=policy.config.vocab_size, decode=lambda ids: "")
+    prompt_ids = random_ids(max(B // k, 1), P, policy.config.vocab_size, gen).to(rt.device)
+    prompt_ids = prompt_ids.repeat_interleave(k, 0)[:B]  # k answers to each prompt, in a row
+    batch = (prompt_ids, torch.ones_like(prompt_ids), [""] * B)
+
+    def iteration():  # train_grpo.main's steps 1-4: its own functions
+        ro = train_ppo.rollout(policy, ref, None, reward, batch, enc, grpo_cfg, rt)
+        adv = train_grpo.group_advantages(ro.scores, k, baseline, scale)
+        train_ppo.ppo_update(ro, adv[:, None] * ro.resp_mask, None, policy, optimizer, grpo_cfg,
+                             rt, 1, kl_coef=grpo_cfg.beta, kl_estimator=kl_estimator,
+                             loss_agg=loss_agg)
+
+    seconds = measure(iteration, cfg, rt)
+    return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(rt, base))]
+
 # -----------------------------------------------------------------------------
 
 
@@ -451,7 +481,7 @@ def main(argv=None):
     bench_sft("micro", SimpleNamespace(**{**vars(cfg), "steps": 1, "warmup": 0, "compile": False}),
               rt, torch.Generator().manual_seed(cfg.seed))
     gen = torch.Generator().manual_seed(cfg.seed)  # the synthetic data
-    bench = dict(sft=bench_sft, rm=bench_rm, dpo=bench_dpo, ppo=bench_ppo)
+    bench = dict(sft=bench_sft, rm=bench_rm, dpo=bench_dpo, ppo=bench_ppo, grpo=bench_grpo)
     rows = []
     for size in sizes:
         for stage in stages:

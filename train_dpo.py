@@ -8,6 +8,8 @@ policy and learning from pairs (prompt, chosen, rejected) with no reward model a
     torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py \
         --grad_accum=1                                    # 8 GPUs, the same 64 pairs per step
     python train_dpo.py --loss_type=simpo                 # reference-free: SimPO or ORPO
+    python train_dpo.py --loss_type=kto --train_data=data/toy/out/kto_train.jsonl \
+        --val_data=data/toy/out/kto_val.jsonl             # KTO: single answers, good or bad
 
 The policy starts as the SFT model; the reference is a frozen copy of it. Each pair's chosen and
 rejected answers go through the policy in one forward (chosen rows, then rejected rows), and a
@@ -21,8 +23,10 @@ precompute_ref_logps the reference log-probs are computed once before training, 
 out_dir, and the reference model is freed. Watch logps_chosen in the log: with plain DPO it
 usually falls while the margin rises (both answers become less likely, the rejected one faster).
 The optional "margin" field of a preference record is not used here.
+'kto' (Ethayarajh et al. 2024) learns from unpaired feedback {"prompt", "completion", "label"}:
+each answer against a reference point, the batch's KL estimated on mismatched pairs.
 
-Deliberately left out: KTO and other unpaired losses, online/iterative DPO (no sampling here:
+Deliberately left out: other unpaired losses, online/iterative DPO (no sampling here:
 see train_ppo.py for that), sampling-based evaluation during training (data/toy/judge.py scores
 samples of a finished policy), a reference model that is re-synchronised to the policy, and
 padding-free packing of sequences.
@@ -55,13 +59,15 @@ DEFAULTS = dict(
     block_size=128,                        # prompt + response tokens per sequence
     length_buckets=False,                  # batch pairs of similar length: less padding (HH)
     # the loss
-    loss_type="sigmoid",                   # sigmoid | robust | ipo | hinge | simpo | orpo
+    loss_type="sigmoid",                   # sigmoid | robust | ipo | hinge | simpo | orpo | kto
     beta=0.1,                              # DPO-family temperature (strength of the KL anchor)
     label_smoothing=0.0,                   # assumed fraction of flipped labels (sigmoid, robust)
     rpo_alpha=0.0,                         # weight of the chosen answer's NLL (RPO); 0 = off
     simpo_beta=2.0,                        # SimPO reward scale
     simpo_gamma=1.0,                       # SimPO target reward margin
     orpo_lambda=0.1,                       # ORPO weight of the odds-ratio term
+    desirable_weight=1.0,                  # KTO's lambda_D and lambda_U: aim for
+    undesirable_weight=1.0,                # lambda_D n_D / (lambda_U n_U) in [1, 4/3]
     precompute_ref_logps=False,            # reference log-probs once before training, then free it
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
     batch_size=16,                         # pairs per micro-batch (2x sequences per forward)
@@ -91,7 +97,7 @@ DEFAULTS = dict(
     stop_iter=-1,                          # stop with a checkpoint after this iteration
 )
 
-LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "simpo", "orpo")
+LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "simpo", "orpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
 
 # -----------------------------------------------------------------------------
@@ -201,7 +207,7 @@ def preference_losses(cfg, logps, ref_logps=None):
 # the model side: one forward for a batch of pairs
 
 
-def pair_logprobs(model, batch, autocast):
+def pair_logprobs(model, batch, autocast, split=True):
     """
     Summed and length-averaged response log-probs of the chosen and rejected answers, from one
     forward over the concatenated batch (chosen rows, then rejected rows): 4 tensors of (B,).
@@ -213,9 +219,52 @@ def pair_logprobs(model, batch, autocast):
     positions = position_ids_from_mask(batch["attention_mask"])
     logp = common.trained_logprobs(model, idx, loss_mask, positions, autocast)  # (2B, T-1)
     total = sequence_logprobs(logp, loss_mask)  # (2B,)
+    if not split:  # one sum per row (KTO)
+        return total
     avg = total / loss_mask[:, 1:].sum(-1).clamp(min=1)
     B = idx.size(0) // 2
     return total[:B], total[B:], avg[:B], avg[B:]
+
+
+def kto_loss(policy_logps, reference_logps, desirable, kl, beta=0.1, desirable_weight=1.0,
+             undesirable_weight=1.0):
+    """
+    KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization",
+    eq. 7): a loss on single answers labelled desirable or not, no pairs needed.
+
+        r  = log pi(y|x) - log pi_ref(y|x)          (summed over the response and its EOS)
+        z0 = max(0, KL), detached                   (the reference point)
+        L  = lambda_D * (1 - sigma(beta * (r - z0)))   for a desirable y
+             lambda_U * (1 - sigma(beta * (z0 - r)))   for an undesirable y
+
+    kl: the batch's estimate of KL(pi || pi_ref), the mean log-ratio of completions paired with
+    other prompts of the batch (kto_kl). policy_logps, reference_logps (B,), desirable (B,) bool
+    -> per-example losses (B,).
+    """
+    r = policy_logps - reference_logps
+    z0 = torch.as_tensor(kl, dtype=r.dtype, device=r.device).clamp(min=0).detach()
+    return torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
+                       undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
+
+
+def kto_kl(policy_logps, reference_logps, reduce=True):
+    """KTO's reference point: the mean log pi / pi_ref of the batch's mismatched pairs (prompt b,
+    the completion of b + 1), a biased but cheap estimate of KL(pi || pi_ref) (sec. 4.1),
+    averaged over every rank under DDP when reduce (a collective); detached."""
+    kl = (policy_logps - reference_logps).detach().float().mean()
+    return common.all_reduce_mean(kl) if reduce else kl
+
+
+def kto_logprobs(model, batch, autocast):
+    """Summed response log-probs (B,) of the examples, with gradients, and of the mismatched
+    pairs, without (the reference point takes none): rows 0..B-1 and B..2B-1 of a
+    loader.collate_unpaired batch."""
+    B = batch["desirable"].numel()
+    half = lambda sl: {k: batch[k][sl] for k in ("idx", "attention_mask", "loss_mask")}  # noqa: E731
+    matched = pair_logprobs(model, half(slice(0, B)), autocast, split=False)
+    with torch.no_grad():
+        mismatched = pair_logprobs(model, half(slice(B, 2 * B)), autocast, split=False)
+    return matched, mismatched
 
 
 METRICS = ("loss", "rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen",
@@ -234,21 +283,50 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, logps):
                 logps_rejected=logps[1].detach().mean().item())
 
 
+KTO_METRICS = ("loss", "rewards_desirable", "rewards_undesirable", "kl", "accuracy",
+               "logps_desirable", "logps_undesirable")
+
+
+def kto_metrics(losses, policy_logps, reference_logps, desirable, kl, beta):
+    """KTO's numbers: the implicit rewards beta * r of the desirable and the undesirable answers,
+    the reference point, and accuracy = the share of answers on their side of it."""
+    r, z0, d = policy_logps - reference_logps, max(float(kl), 0.0), desirable.float()
+    mean = lambda x, m: ((x * m).sum() / m.sum().clamp(min=1)).item()  # noqa: E731
+    return dict(loss=losses.mean().item(), rewards_desirable=mean(beta * r, d),
+                rewards_undesirable=mean(beta * r, 1 - d), kl=float(kl),
+                accuracy=((r > z0) == desirable).float().mean().item(),
+                logps_desirable=mean(policy_logps.detach(), d),
+                logps_undesirable=mean(policy_logps.detach(), 1 - d))
+
+
+def batch_loss(model, batch, ref_logps, cfg, autocast, reduce_kl=True):
+    """Per-example losses (B,) of one batch for cfg's loss_type, and its metrics: the policy's
+    log-probs, the reference's (ref_logps(batch), or None for SimPO / ORPO), the loss."""
+    if cfg.loss_type == "kto":
+        logps, ref = kto_logprobs(model, batch, autocast), ref_logps(batch)
+        kl = kto_kl(logps[1], ref[1], reduce_kl)
+        losses = kto_loss(logps[0], ref[0], batch["desirable"], kl, cfg.beta,
+                          cfg.desirable_weight, cfg.undesirable_weight)
+        return losses, kto_metrics(losses, logps[0], ref[0], batch["desirable"], kl, cfg.beta)
+    logps = pair_logprobs(model, batch, autocast)
+    out = preference_losses(cfg, logps, ref_logps(batch))
+    return out[0], pair_metrics(*out, logps)
+
+
 def dpo_step(model, micro_batches, ref_logps, cfg, rt):
     """
     Forward and backward of one optimizer step: for each micro-batch (a collate_pairs dict on the
-    device) the policy's pair_logprobs, the reference's (ref_logps(batch) -> (chosen, rejected)
-    summed log-probs, or None for SimPO / ORPO), the loss cfg names, and its gradient. Returns
-    the step's metrics (METRICS), averaged over the micro-batches.
+    device, or collate_unpaired for KTO) the policy's log-probs, the reference's (ref_logps(batch)
+    -> (chosen, rejected) summed log-probs, or None for SimPO / ORPO), the loss cfg names, and
+    its gradient. Returns the step's metrics, averaged over the micro-batches.
     """
-    sums = dict.fromkeys(METRICS, 0.0)
+    sums = {}
     for k, batch in enumerate(micro_batches):
         with common.no_sync_unless(model, k == len(micro_batches) - 1):
-            logps = pair_logprobs(model, batch, rt.autocast)
-            out = preference_losses(cfg, logps, ref_logps(batch))
-            (out[0].mean() / len(micro_batches)).backward()
-        for key, v in pair_metrics(*out, logps).items():
-            sums[key] += v / len(micro_batches)
+            losses, metrics = batch_loss(model, batch, ref_logps, cfg, rt.autocast)
+            (losses.mean() / len(micro_batches)).backward()
+        for key, v in metrics.items():
+            sums[key] = sums.get(key, 0.0) + v / len(micro_batches)
     return sums
 
 
@@ -305,6 +383,18 @@ def load_ref_cache(path, key, sizes, device):
     return None
 
 
+def print_kto_balance(train, cfg):
+    """KTO's advice for imbalanced feedback (sec. 4.2): lambda_D n_D / (lambda_U n_U) in [1, 4/3]."""
+    n_d = sum(e["desirable"] for e in train)
+    n_u = len(train) - n_d
+    ratio = cfg.desirable_weight * n_d / max(cfg.undesirable_weight * n_u, 1)
+    note = "" if 1 <= ratio <= 4 / 3 or not n_d else (
+        f"; the KTO paper advises [1, 4/3]: e.g. desirable_weight="
+        f"{cfg.undesirable_weight * n_u / n_d:.3g} to {4 / 3 * cfg.undesirable_weight * n_u / n_d:.3g}")
+    common.print0(f"KTO: {n_d} desirable and {n_u} undesirable answers; lambda_D n_D / "
+                  f"(lambda_U n_U) = {ratio:.3g}{note}")
+
+
 def to_device(batch, rt):
     return {k: v.to(rt.device) for k, v in batch.items()}
 
@@ -320,9 +410,13 @@ def validate(cfg):
                    f"label_smoothing applies to loss_type sigmoid or robust, not {cfg.loss_type!r}")
     common.require(cfg.rpo_alpha == 0 or cfg.loss_type != "orpo", "loss_type='orpo' has its NLL "
                    "term built in: rpo_alpha must be 0 (it would add the NLL a second time)")
-    common.require(not (cfg.loss_type in REFERENCE_FREE and cfg.precompute_ref_logps),
-                   f"loss_type={cfg.loss_type!r} uses no reference model: "
-                   f"precompute_ref_logps must be False")
+    common.require(not (cfg.loss_type in REFERENCE_FREE + ("kto",) and cfg.precompute_ref_logps),
+                   f"loss_type={cfg.loss_type!r} uses no reference model, or (KTO) needs it for "
+                   f"each batch's mismatched pairs: precompute_ref_logps must be False")
+    common.require(cfg.loss_type != "kto" or cfg.batch_size >= 2, "loss_type='kto' needs "
+                   "batch_size >= 2: its reference point pairs each prompt with another answer")
+    common.require(cfg.desirable_weight > 0 and cfg.undesirable_weight > 0,
+                   "desirable_weight and undesirable_weight must be > 0")
     common.require_files(cfg, "train_data", "val_data", hint="toy data: python data/toy/prepare.py")
     common.require_files(cfg, "init_from", "reference", hint="the toy SFT model: python train_sft.py")
 
@@ -353,15 +447,20 @@ def main(argv=None):
         ref_model.to(rt.device).eval().requires_grad_(False)
 
     # -------------------------------------------------------------------------
-    # data: right-padded pairs; a batch's position in the data is its step (exact resume)
-    train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
-    val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
+    # data: right-padded pairs (KTO: single answers and their labels); a batch's position in the
+    # data is its step (exact resume)
+    kto = cfg.loss_type == "kto"
+    load = loader.load_unpaired if kto else loader.load_preferences
+    train, val = load(cfg.train_data, enc, cfg.block_size), load(cfg.val_data, enc, cfg.block_size)
     if cfg.eval_examples > 0:
         val = val[:cfg.eval_examples]
-    common.print0(f"{len(train)} training pairs, {len(val)} held-out pairs, "
+    common.print0(f"{len(train)} training {'answers' if kto else 'pairs'}, {len(val)} held-out, "
                   f"loss {cfg.loss_type}, tokenizer {tok_name}")
+    if kto:
+        print_kto_balance(train, cfg)
     # batches of similar lengths waste less compute on padding (the order is still seeded)
-    lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in train) \
+    lengths = tuple(len(e["prompt"]) + len(e["completion"]) if kto else
+                    max(len(e["chosen"][0]), len(e["rejected"][0])) for e in train) \
         if cfg.length_buckets else None
 
     # -------------------------------------------------------------------------
@@ -393,9 +492,10 @@ def main(argv=None):
         return c.clone(), r.clone()  # plain tensors, usable in the autograd graph
 
     def get_batch(split, rows):
-        data = train if split == "train" else val
-        batch = to_device(loader.collate_pairs([data[i] for i in rows], enc.eot_token), rt)
-        return dict(batch, split=split, rows=torch.as_tensor(rows, device=rt.device))
+        data = [(train if split == "train" else val)[i] for i in rows]
+        batch = loader.collate_unpaired(data, enc.eot_token, cfg.block_size) if kto else \
+            loader.collate_pairs(data, enc.eot_token)
+        return dict(to_device(batch, rt), split=split, rows=torch.as_tensor(rows, device=rt.device))
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
@@ -418,11 +518,11 @@ def main(argv=None):
         held-out loss improves. Logged at `step`."""
         nonlocal best_val
         model.eval()
-        sums, n = dict.fromkeys(METRICS, 0.0), 0
+        sums, n = dict.fromkeys(KTO_METRICS if kto else METRICS, 0.0), 0
         for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
             batch = get_batch("val", range(start, min(start + cfg.batch_size, len(val))))
-            logps = pair_logprobs(model, batch, rt.autocast)
-            for k, v in pair_metrics(*preference_losses(cfg, logps, ref_logps(batch)), logps).items():
+            # ranks may hold different numbers of batches: no collective in here
+            for k, v in batch_loss(model, batch, ref_logps, cfg, rt.autocast, False)[1].items():
                 sums[k] += v * len(batch["rows"])
             n += len(batch["rows"])
         model.train()

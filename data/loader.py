@@ -10,6 +10,8 @@ Formats (TRL's conventions), one JSON object per line; extra fields are ignored:
                  ranking {"prompt", "responses": [...], "ranks": [...]} (rank 1 = best) or
                  {..., "scores": [...]} (higher = better), expanded to all C(K, 2) pairs with the
                  better answer as chosen, as in InstructGPT (Ouyang et al. 2022, sec. 3.5).
+    unpaired     {"prompt", "completion", "label": true|false}: one answer and whether it is
+                 desirable (KTO's feedback, TRL's unpaired preference format).
     RL prompts   {"prompt"}.
 
 Bad input raises DataError naming the file, the line and the field. Nothing is skipped silently:
@@ -296,6 +298,29 @@ def load_preferences(path, enc, block_size):
     return pairs
 
 
+def load_unpaired(path, enc, block_size):
+    """
+    [dict(prompt=ids, completion=ids, desirable, prompt_text)] of unpaired feedback records
+    {"prompt", "completion", "label": true|false} (TRL's unpaired format, for KTO): one answer
+    and whether it is desirable, no pair needed. completion ids end with the EOS.
+    """
+    examples, truncated, dropped = [], 0, 0
+    for lineno, obj in read_jsonl(path):
+        prompt, completion = _text(path, lineno, obj, "prompt"), _text(path, lineno, obj, "completion")
+        if not isinstance(obj.get("label"), bool):
+            raise _error(path, lineno, f"field 'label': must be true or false, got "
+                                       f"{_json_type(obj['label']) if 'label' in obj else 'nothing'}")
+        c = encode_response(enc, completion)
+        p, cut = fit_prompt(encode_prompt(enc, prompt), len(c), block_size)
+        if p is None:
+            dropped += 1
+            continue
+        truncated += cut
+        examples.append(dict(prompt=p, completion=c, desirable=obj["label"], prompt_text=prompt))
+    _report(path, len(examples), truncated, dropped)
+    return examples
+
+
 def load_prompts(path, enc, block_size, max_new_tokens):
     """[dict(prompt, ids)]: prompts for generation, cut from the left to leave max_new_tokens."""
     room = block_size - max_new_tokens
@@ -341,6 +366,25 @@ def collate_pairs(pairs, pad_id):
     idx, attn, loss = collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
     margin = torch.tensor([p["margin"] for p in pairs], dtype=torch.float)
     return dict(idx=idx, attention_mask=attn, loss_mask=loss, margin=margin)
+
+
+def collate_unpaired(examples, pad_id, block_size):
+    """
+    One KTO batch: a dict with idx, attention_mask, loss_mask (2B, T) and desirable (B,) bool.
+    Rows 0..B-1 are the examples (prompt_b + completion_b); rows B..2B-1 the mismatched pairs
+    prompt_b + completion_(b+1 mod B), whose log-ratios estimate KTO's reference point
+    (Ethayarajh et al. 2024, sec. 4.1), prompts cut from the left to fit block_size.
+    """
+    B = len(examples)
+    rows = [(e["prompt"] + e["completion"], [0] * len(e["prompt"]) + [1] * len(e["completion"]))
+            for e in examples]
+    for b, e in enumerate(examples):
+        completion = examples[(b + 1) % B]["completion"]
+        prompt = e["prompt"][max(0, len(e["prompt"]) + len(completion) - block_size):]
+        rows.append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    idx, attn, loss = collate(rows, pad_id)
+    desirable = torch.tensor([e["desirable"] for e in examples], dtype=torch.bool)
+    return dict(idx=idx, attention_mask=attn, loss_mask=loss, desirable=desirable)
 
 
 def collate_left(prompts, pad_id):

@@ -125,6 +125,24 @@ def test_preference_errors_name_file_line_and_field(tmp_path, line, words):
         assert w in msg, (w, msg)
 
 
+@pytest.mark.parametrize("line, words", [
+    ({"prompt": "a", "completion": "b"}, ["'label'", "true or false", "nothing"]),
+    ({"prompt": "a", "completion": "b", "label": 1}, ["'label'", "a number"]),
+    ({"prompt": "a", "completion": "b", "label": "yes"}, ["'label'", "a string"]),
+    ({"prompt": "a", "label": True}, ["'completion'", "missing"]),
+    ({"prompt": "a", "completion": "", "label": False}, ["'completion'", "empty"]),
+])
+def test_unpaired_errors_name_file_line_and_field(tmp_path, line, words):
+    good = {"prompt": "What color is a lime?", "completion": "Green.", "label": True}
+    path = write(tmp_path, [good, line])
+    with pytest.raises(DataError) as e:
+        loader.load_unpaired(path, ENC, 64)
+    assert str(e.value).startswith(f"{path}:2: ") and all(w in str(e.value) for w in words), e.value
+    ex = loader.load_unpaired(write(tmp_path, [good, {**good, "label": False}], "ok.jsonl"), ENC, 64)
+    assert [e["desirable"] for e in ex] == [True, False]
+    assert ENC.decode(ex[0]["completion"][:-1]) == " Green." and ex[0]["completion"][-1] == 256
+
+
 def test_prompt_errors_and_file_level_errors(tmp_path):
     path = write(tmp_path, [{"prompt": "a"}, {"prompt": ["a"]}])
     with pytest.raises(DataError, match=r":2: field 'prompt': must be a string"):

@@ -5,6 +5,7 @@ reference log-probs, exact resume, config errors).
 """
 
 import copy
+import json
 import math
 import os
 import subprocess
@@ -113,6 +114,44 @@ def test_log1mexp_is_accurate_at_both_ends():
     x = t([-1e-10, -1e-3, -0.5, -0.7, -5.0, -50.0])
     want = [math.log(-math.expm1(v)) for v in x.tolist()]
     assert train_dpo.log1mexp(x).tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_kto_loss_by_hand_and_against_the_papers_value_function():
+    # r = policy - reference: [1.0, -0.5, 2.0]; KL 0.4 (a negative one is floored at 0)
+    pol, ref = t([-1.0, -3.0, -2.0]), t([-2.0, -2.5, -4.0])
+    desirable = torch.tensor([True, False, False])
+    losses = train_dpo.kto_loss(pol, ref, desirable, 0.4, beta=0.5, desirable_weight=2.0,
+                                undesirable_weight=0.5)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    want = [2.0 * (1 - sig(0.5 * (1.0 - 0.4))), 0.5 * (1 - sig(0.5 * (0.4 + 0.5))),
+            0.5 * (1 - sig(0.5 * (0.4 - 2.0)))]
+    assert losses.tolist() == pytest.approx(want, abs=1e-12)
+    # the paper's form, L = lambda_y - v(x, y), v = lambda_D sigma(beta (r - z0)) for desirable
+    # y and lambda_U sigma(beta (z0 - r)) otherwise
+    for i, (r, d) in enumerate(zip([1.0, -0.5, 2.0], [True, False, False])):
+        lam = 2.0 if d else 0.5
+        v = lam * sig(0.5 * ((r - 0.4) if d else (0.4 - r)))
+        assert losses[i].item() == pytest.approx(lam - v, abs=1e-12)
+    # z0 = max(0, KL): a negative KL estimate counts as 0
+    neg = train_dpo.kto_loss(pol, ref, desirable, -3.0, beta=0.5)
+    zero = train_dpo.kto_loss(pol, ref, desirable, 0.0, beta=0.5)
+    assert torch.equal(neg, zero)
+    # the gradient raises a desirable answer's log-prob and lowers an undesirable one's
+    p = pol.clone().requires_grad_()
+    train_dpo.kto_loss(p, ref, desirable, 0.4).sum().backward()
+    assert p.grad[0] < 0 and p.grad[1] > 0 and p.grad[2] > 0
+
+
+def test_kto_batches_pair_each_prompt_with_the_next_answer():
+    from data import loader
+    ex = [dict(prompt=[1, 2], completion=[7, 256], desirable=True),
+          dict(prompt=[3], completion=[8, 9, 256], desirable=False)]
+    b = loader.collate_unpaired(ex, 256, block_size=4)
+    rows = [r[m.bool()].tolist() for r, m in zip(b["idx"], b["attention_mask"])]
+    # the examples, then prompt 0 + answer 1 (its prompt cut from the left to fit 4 tokens) and
+    # prompt 1 + answer 0
+    assert rows == [[1, 2, 7, 256], [3, 8, 9, 256], [2, 8, 9, 256], [3, 7, 256]]
+    assert b["loss_mask"].tolist()[2] == [0, 1, 1, 1] and b["desirable"].tolist() == [True, False]
 
 
 def cfg_for(**kw):
@@ -279,6 +318,29 @@ def test_short_run_raises_heldout_implicit_reward_accuracy(toy, tmp_path):
 
 
 @pytest.mark.slow
+def test_kto_run_raises_the_desirable_log_ratio(toy, tmp_path):
+    # unpaired feedback made from the toy pairs: chosen answers desirable, rejected ones not
+    from data.toy.prepare import write_jsonl
+    for split in ("train", "val"):
+        rows = [json.loads(line) for line in open(toy / f"prefs_{split}.jsonl")]
+        write_jsonl(toy / f"kto_{split}.jsonl", [
+            dict(prompt=r["prompt"], completion=r[side], label=side == "chosen")
+            for r in rows for side in ("chosen", "rejected")])
+    out = tmp_path / "kto"
+    res = run(toy, out, "--loss_type=kto", f"--train_data={toy / 'kto_train.jsonl'}",
+              f"--val_data={toy / 'kto_val.jsonl'}", "--max_iters=40", "--eval_interval=40",
+              "--eval_examples=128", "--batch_size=16", "--lr=3e-3", "--beta=0.1")
+    first = read_log(out)[0]
+    assert first["val_rewards_desirable"] == 0 and first["val_kl"] == 0  # policy == reference
+    assert first["val_loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigma(0)
+    # desirable answers gain log-probability over the reference, undesirable ones less: a
+    # log-ratio gap of more than a nat on held-out answers (beta = 0.1: rewards are r / 10)
+    assert res["val_rewards_desirable"] > 0 and res["val_accuracy"] > 0.6, res
+    assert res["val_rewards_desirable"] - res["val_rewards_undesirable"] > 0.1, res
+    assert res["val_loss"] < 0.49, res
+
+
+@pytest.mark.slow
 def test_precomputed_reference_and_exact_resume(toy, tmp_path):
     live = run(toy, tmp_path / "live")
     pre = run(toy, tmp_path / "pre", "--precompute_ref_logps=True")
@@ -319,6 +381,8 @@ def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, lo
     ("--label_smoothing=0.5", "label_smoothing"),
     ("--label_smoothing=-0.1", "label_smoothing"),
     ("--loss_type=orpo --rpo_alpha=0.5", "NLL term built in"),
+    ("--loss_type=kto --precompute_ref_logps=True", "precompute_ref_logps must be False"),
+    ("--loss_type=kto --batch_size=1", "batch_size >= 2"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, arg, words):
     with pytest.raises(common.ConfigError, match=words):

@@ -1,0 +1,289 @@
+"""
+Critic-free online RL: GRPO (Shao et al. 2024, DeepSeekMath), Dr. GRPO (Liu et al. 2025), RLOO
+(Ahmadian et al. 2024) and REINFORCE++-baseline (Hu 2025), beside train_ppo.py. Each prompt gets
+group_size sampled answers; an answer's advantage is its reward against the others of its group,
+so no critic is trained. Everything else (the rollout, the log-probs, the clipped loss, the
+update loop) is train_ppo.py's, imported.
+
+Run it:
+    python train_grpo.py                           # CPU toy default: GRPO against the reward model
+    python train_grpo.py --advantage=rloo          # RLOO: leave-one-out baseline, KL in the reward
+    python train_grpo.py --reward_fn=toy_gold      # against the toy judge: a verifiable reward
+    python train_grpo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
+    torchrun --standalone --nproc_per_node=8 train_grpo.py --rollout_batch_size=8 \
+        --minibatch_size=8 --micro_batch_size=8    # 8 GPUs: the toy's 64 answers per iteration
+    python train_grpo.py --help                    # every config key and its default
+
+One iteration, and where it differs from PPO:
+  1. rollout: rollout_batch_size / group_size prompts, each answered group_size times (one
+     generate call; rows 0..k-1 are the answers to prompt 0, and so on);
+  2. the sequence reward: the score, minus beta * KL (k1, summed) when kl_in='reward' (RLOO);
+  3. group baselines instead of a critic: group_advantages, one number per answer, given to
+     every token of that answer (an answer whose group all scored alike gets 0: no signal);
+  4. num_iterations passes of train_ppo.ppo_update with no critic, the clipped surrogate
+     aggregated as loss_agg says, plus beta * KL in the loss when kl_in='loss' (GRPO, k3).
+With beta = 0 no reference model is built at all.
+
+The `advantage` preset sets the baseline, the scale, the loss aggregation and where the KL goes:
+    grpo          group mean, / group std,  seq_mean_token_mean,     KL in the loss (k3)
+    dr_grpo       group mean, no scale,     seq_mean_token_sum_norm, KL in the loss (k3)
+    rloo          leave-one-out mean, none, token_mean,              KL in the reward (k1)
+    reinforce_pp  group mean, / batch std,  token_mean,              KL in the reward (k1)
+and loss_agg, kl_in, kl_estimator override them one by one.
+
+Deliberately left out: DAPO's dynamic sampling (re-drawing groups with no signal), process
+(per-step) rewards, a reference model that is re-synchronised to the policy, and the
+pretraining or SFT loss some recipes add.
+"""
+
+import dataclasses
+import math
+import time
+
+import torch
+
+import common
+from common import print0
+from data import loader
+# shared with PPO (train_ppo.py): the rollout, log-probs, KL estimators, the clipped loss and its
+# aggregation, the update loop, the held-out evaluation
+from train_ppo import (AGGREGATIONS, aggregate_loss, evaluate_policy, kl_estimates,  # noqa: F401
+                       kl_penalty, load_models, load_prompts, ppo_update, print_samples,
+                       prompt_batch, rollout, rollout_metrics, validate as validate_rl)
+
+# -----------------------------------------------------------------------------
+# default config: the offline toy run, against the toy reward model
+DEFAULTS = dict(
+    # I/O
+    out_dir="out/grpo_toy",
+    init_from="out/sft_toy/ckpt_best.pt",    # the SFT policy: a .pt checkpoint, 'gpt2', an HF dir
+    reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
+    reward_fn="",             # '' = reward_model | 'toy_gold' | 'byte_count:c' | 'file.py:function'
+    gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
+    # data: JSONL {"prompt"} records
+    train_prompts="data/toy/out/prompts_train.jsonl",
+    val_prompts="data/toy/out/prompts_eval.jsonl",  # '' = no held-out evaluation
+    block_size=128,
+    # rollout
+    group_size=4,             # k answers per prompt, drawn in one generate call
+    rollout_batch_size=64,    # answers per iteration and process: 64 / 4 = 16 prompts
+    max_new_tokens=64,
+    temperature=1.0,          # sampling AND every log-prob use logits / temperature
+    top_k=0,
+    top_p=1.0,
+    missing_eos_penalty=1.0,  # for answers cut at max_new_tokens without an EOS: 'replace' the
+    missing_eos_mode="replace",  # score by -penalty | 'subtract' it | 'mask' them out of the
+                              # loss (DAPO's overlong filtering) | '' = none
+    # advantages and the KL
+    advantage="grpo",         # grpo | dr_grpo | rloo | reinforce_pp (the presets above)
+    loss_agg="",              # '' = the preset's | token_mean | seq_mean_token_mean |
+                              # seq_mean_token_sum_norm
+    kl_in="",                 # '' = the preset's | 'loss' (GRPO) | 'reward' (RLOO)
+    kl_estimator="",          # '' = the preset's | k1 | k2 | k3
+    beta=0.04,                # KL coefficient; 0 = no reference model at all
+    # the update (train_ppo.ppo_update without a critic)
+    num_iterations=1,         # passes over each batch (GRPO's mu); 1 = on-policy, ratio 1
+    minibatch_size=64,        # answers per optimizer step: the whole batch, so that with
+                              # num_iterations=1 every step is on-policy (ratio exactly 1)
+    micro_batch_size=16,      # answers per forward/backward
+    epsilon_low=0.2,          # clip the ratio to [1 - epsilon_low, 1 + epsilon_high]; a larger
+    epsilon_high=0.2,         # epsilon_high is DAPO's clip-higher
+    ent_coef=0.0,
+    # optimisation
+    lr=3e-4,
+    warmup_iters=0,
+    decay_lr=False,
+    weight_decay=0.0,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-5,
+    grad_clip=1.0,
+    max_iters=60,
+    # evaluation, samples, logging, checkpoints
+    log_interval=1,
+    eval_interval=10,
+    eval_examples=96,
+    sample_interval=10,
+    num_samples=3,
+    ckpt_interval=20,
+    save_every=10,            # also keep ckpt_iter{N}.pt every N iterations (over-optimisation)
+    # system
+    seed=1337,
+    device="auto",
+    dtype="auto",
+    resume=False,
+    overwrite=False,
+    stop_iter=-1,
+)
+
+# advantage preset -> (baseline, scale, loss_agg, kl_in, kl_estimator)
+PRESETS = {
+    "grpo": ("mean", "group", "seq_mean_token_mean", "loss", "k3"),
+    "dr_grpo": ("mean", "none", "seq_mean_token_sum_norm", "loss", "k3"),
+    "rloo": ("leave_one_out", "none", "token_mean", "reward", "k1"),
+    "reinforce_pp": ("mean", "batch", "token_mean", "reward", "k1"),
+}
+
+# -----------------------------------------------------------------------------
+# the group baseline; kl_penalty and aggregate_loss are train_ppo's
+
+
+def group_advantages(scores, group_size, baseline="mean", scale="group", eps=1e-4):
+    """
+    One advantage per answer from the rewards of its group, (B,) -> (B,). Groups are consecutive
+    rows: rows 0..k-1 are the k = group_size answers to prompt 0, and so on.
+      baseline 'mean'            A_i = r_i - mean_g(r)                        (GRPO, eq. in 4.1.2)
+               'leave_one_out'   A_i = r_i - mean of the other k-1 answers    (RLOO, eq. 9)
+      scale    'group'           / (std_g(r) + eps), unbiased as torch.std    (GRPO)
+               'none'            no division                                  (Dr. GRPO, RLOO)
+               'batch'           / (std of the baselined A over the whole batch + eps), over
+                                 every rank under DDP                         (REINFORCE++-baseline)
+    A group whose answers all scored the same gives 0 to each: it carries no signal.
+    """
+    r = scores.float().view(-1, group_size)  # (G, k)
+    k = group_size
+    if baseline == "mean":
+        adv = r - r.mean(1, keepdim=True)
+    elif baseline == "leave_one_out":
+        adv = r - (r.sum(1, keepdim=True) - r) / max(k - 1, 1)
+    else:
+        raise ValueError(f"unknown baseline {baseline!r}: expected 'mean' or 'leave_one_out'")
+    if scale == "group":
+        adv = adv / (r.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        _, var = common.global_masked_mean_var(adv, torch.ones_like(adv), unbiased=True)
+        adv = adv / (var.sqrt() + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r}: expected 'group', 'none' or 'batch'")
+    return adv.flatten()
+
+
+def no_signal_share(scores, group_size):
+    """The share of groups whose rewards are all equal: their advantages are 0, so they train
+    nothing (DAPO filters them out and samples again). (B,) -> float."""
+    r = scores.view(-1, group_size)
+    return (r == r[:, :1]).all(1).float().mean().item()
+
+# -----------------------------------------------------------------------------
+
+
+def settings(cfg):
+    """(baseline, scale, loss_agg, kl_in, kl_estimator): the preset, with any key given."""
+    baseline, scale, agg, kl_in, est = PRESETS[cfg.advantage]
+    return baseline, scale, cfg.loss_agg or agg, cfg.kl_in or kl_in, cfg.kl_estimator or est
+
+
+def validate(cfg):
+    """Bad values fail here, naming the key, before anything is loaded or written."""
+    validate_rl(cfg, {
+        "advantage": (lambda v: v in PRESETS, f"one of {', '.join(PRESETS)}"),
+        "loss_agg": (lambda v: v in ("",) + AGGREGATIONS, f"'' or one of {', '.join(AGGREGATIONS)}"),
+        "kl_in": (lambda v: v in ("", "loss", "reward"), "'', 'loss' or 'reward'"),
+        "kl_estimator": (lambda v: v in ("", "k1", "k2", "k3"), "'', 'k1', 'k2' or 'k3'"),
+        "group_size": (lambda v: v >= 2, ">= 2 (a group baseline needs two answers)"),
+        "missing_eos_mode": (lambda v: v in ("", "replace", "subtract", "mask"),
+                             "'replace', 'subtract', 'mask' or ''")})
+    common.require(cfg.rollout_batch_size % cfg.group_size == 0, f"group_size={cfg.group_size} "
+                   f"must divide rollout_batch_size={cfg.rollout_batch_size}")
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    validate(cfg)
+    run = common.Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
+    baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
+
+    # -------------------------------------------------------------------------
+    # models: the policy, the reference (only when beta > 0), the reward; no critic
+    policy, ref, _, reward, gold_fn, enc = load_models(cfg, rt, with_reference=cfg.beta > 0)
+    train, val = load_prompts(cfg, enc)
+    print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
+           f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
+           f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {rt.device}")
+
+    # -------------------------------------------------------------------------
+    # optimizer, and the loop state a resumed run picks up
+    optimizer = common.make_optimizer(policy, cfg, rt)
+    it, best_val = 0, -math.inf
+    if run.resume:
+        policy.load_state_dict(run.resume["model"])
+        optimizer.load_state_dict(run.resume["optimizer"])
+        it, best_val = run.resume["step"], run.resume["best_val"]
+        common.set_rng_state(run.resume["rng"])
+        print0(f"resumed from {run.resume_path} at iteration {it}")
+
+    def checkpoint(with_state):
+        return common.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, it,
+                                      optimizer if with_state else None, best_val=best_val)
+
+    def evaluate():
+        nonlocal best_val
+        if not val or not rt.master:
+            return {}
+        metrics = evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, cfg.beta)
+        run.log(it, **metrics)
+        if metrics["val_reward"] > best_val:  # best by the objective, score - beta * KL
+            best_val = metrics["val_reward"]
+            run.save("ckpt_best.pt", checkpoint(False))
+        return metrics
+
+    # -------------------------------------------------------------------------
+    # training loop. `it` counts the iterations done; its prompts are a function of `it` alone.
+    val_metrics = evaluate() if it == 0 else {}
+    metrics = {}
+    while it < cfg.max_iters:
+        t0 = time.time()
+        lr_scale = min(1.0, (it + 1) / (cfg.warmup_iters + 1)) * (
+            1.0 - it / cfg.max_iters if cfg.decay_lr else 1.0)
+        common.set_lr(optimizer, cfg.lr * lr_scale)
+        # 1. rollout: group_size answers to each prompt, consecutive rows
+        rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size, it,
+                                    cfg.seed, rt.rank, rt.world_size)
+        ro = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, rt, cfg.group_size),
+                     enc, cfg, rt)
+        # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (k1, summed)
+        kl_k1, kl_k3 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask) if ref else \
+            (torch.zeros_like(ro.scores),) * 2
+        scores = ro.scores - cfg.beta * kl_k1 if kl_in == "reward" else ro.scores
+        # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
+        advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
+        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO)
+            ro = dataclasses.replace(ro, resp_mask=ro.resp_mask * ro.has_eos[:, None])
+        token_advantages = advantages[:, None] * ro.resp_mask  # (B, N)
+        # 4. the clipped update, without a critic; GRPO pays the KL here, in the loss
+        stats = ppo_update(ro, token_advantages, None, policy, optimizer, cfg, rt, it + 1,
+                           kl_coef=cfg.beta if kl_in == "loss" and ref else 0.0,
+                           kl_estimator=kl_estimator, loss_agg=loss_agg)
+        it += 1
+
+        # -------------------------------------------------------------------------
+        # what a person sees, evaluations and checkpoints
+        dt = time.time() - t0
+        metrics = dict(rollout_metrics(ro, cfg.beta if ref else 0.0, kl_k1, kl_k3),
+                       **stats, no_signal=common.all_reduce_mean(
+                           no_signal_share(ro.scores, cfg.group_size)))
+        gold = [gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)] if gold_fn else None
+        if gold:
+            metrics["gold"] = common.all_reduce_mean(sum(gold) / len(gold))
+        if it % cfg.log_interval == 0 or it == 1 or it == cfg.max_iters:
+            run.log(it, **metrics, lr=cfg.lr * lr_scale, s_per_iter=round(dt, 2))
+        if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
+            print_samples(ro, cfg.num_samples, gold, kl_k1 if ref else None)
+        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+            val_metrics = evaluate()
+        if cfg.save_every and it % cfg.save_every == 0:
+            run.save(f"ckpt_iter{it}.pt", checkpoint(False))
+        stopping = run.should_stop(it)
+        if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
+            run.save("ckpt_last.pt", checkpoint(True))
+        if stopping:
+            print0(f"stopping after iteration {it}; continue with --resume=True")
+            break
+
+    run.finish()
+    return dict(metrics, **val_metrics, iters=it, out_dir=cfg.out_dir)
+
+
+if __name__ == "__main__":
+    common.cli(main)
