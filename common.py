@@ -626,8 +626,10 @@ class Run:
         if self.resume is not None:
             require_keys(self.resume, resume_path, "step", "rng", "optimizer")
         self.resume_path = resume_path
-        self.logger = MetricsLogger(self.dir, "log", self.resume["step"] if self.resume else None,
-                                    enabled=self.master)
+        resume_step = self.resume["step"] if self.resume else None
+        self.logger = MetricsLogger(self.dir, "log", resume_step, enabled=self.master)
+        # per-token numbers of a few samples (plot.py draws them as heatmaps), not printed
+        self.token_logger = MetricsLogger(self.dir, "tokens", resume_step, self.master, quiet=True)
         install_stop_handlers()
 
     def path(self, name):
@@ -636,6 +638,11 @@ class Run:
 
     def log(self, step, **metrics):
         self.logger.log(step, **metrics)
+
+    def log_tokens(self, step, **fields):
+        """One sample's per-token numbers (tokens: the token texts; the rest lists as long) to
+        out_dir/tokens.jsonl (rank 0)."""
+        self.token_logger.log(step, **fields)
 
     def save(self, name, ckpt):
         """Write ckpt as out_dir/name (rank 0 only), once its weights are checked finite. The
@@ -652,7 +659,7 @@ class Run:
                     os.replace(os.path.join(self.out_dir, old), os.path.join(replaced, old))
             _finish_swap(self.out_dir)
             self.dir, self.staged = self.out_dir, False
-            self.logger.path = self.path("log.jsonl")
+            self.logger.path, self.token_logger.path = self.path("log.jsonl"), self.path("tokens.jsonl")
 
     def should_stop(self, step):
         """True after step stop_iter, or when Ctrl-C / SIGTERM reached any rank (a collective)."""
@@ -988,9 +995,9 @@ def _whole_record(line):
 
 
 class MetricsLogger:
-    def __init__(self, out_dir, name, resume_step=None, enabled=True):
+    def __init__(self, out_dir, name, resume_step=None, enabled=True, quiet=False):
         self.path = os.path.join(out_dir, f"{name}.jsonl")
-        self.enabled = enabled
+        self.enabled, self.quiet = enabled, quiet
         self.t0 = time.time()
         if enabled and resume_step is not None and os.path.exists(self.path):
             # drop lines written after the checkpoint we resume from: they will be redone. A run
@@ -1007,9 +1014,10 @@ class MetricsLogger:
     def log(self, step, **metrics):
         if not self.enabled:
             return
-        parts = [f"step {step:5d}"]
-        for k, v in metrics.items():
-            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
-        print(" | ".join(parts), flush=True)
+        if not self.quiet:
+            parts = [f"step {step:5d}"]
+            for k, v in metrics.items():
+                parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+            print(" | ".join(parts), flush=True)
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics, "time": round(time.time() - self.t0, 3)}) + "\n")

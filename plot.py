@@ -5,21 +5,25 @@ Figures from the training logs and the evaluation, as PNG files.
     python plot.py --runs=out --eval_dir=out/eval --out_dir=out/plots
     python plot.py --tag=gpt2_hh                            # out/sft_gpt2_hh, out/rm_gpt2_hh, ...
 
-Reads {runs}/{stage}_{tag}/log.jsonl of each stage present (one JSON object per line with "step"
-and metric keys; held-out metrics prefixed 'val_') and {eval_dir}/overoptimization.json
-(written by eval.py --sweep), and writes:
-    sft.png               training and held-out loss
-    rm.png                loss, accuracy and margin of the reward model
-    ppo.png               RM score and gold reward, KL, beta, entropy, clip fractions, length
-    dpo.png               loss, implicit-reward margin and accuracy, log-probs of both answers
+Reads {runs}/{name}_{tag}/log.jsonl of every run there (one JSON object per line with "step"
+and metric keys; held-out metrics prefixed 'val_'), the tokens.jsonl some of them write, and
+{eval_dir}/overoptimization.json (eval.py --sweep / --bon_sweep), and writes:
+    {name}.png            per run, by what wrote it: SFT loss; the reward model's loss, accuracy
+                          and margin; PPO / GRPO score and gold reward, KL, entropy, clipping,
+                          length (GRPO also the share of groups with no signal); DPO / KTO loss,
+                          implicit rewards, accuracy and log-probs
+    {name}_tokens.png     credit assignment per token of a few sampled answers: where the reward
+                          lands and how the update spreads it (PPO: KL penalty, value, advantage,
+                          reward; GRPO: token advantages; DPO / KTO: log pi / pi_ref per token)
     overoptimization.png  gold reward and reward-model score against KL from the reference,
-                          across PPO checkpoints: the proxy keeps rising while the gold reward
-                          turns down (Gao et al. 2022, "Scaling Laws for Reward Model
-                          Overoptimization")
-A metric missing from a log is left out of its panel, a stage without a log is skipped with a
-note. matplotlib is needed here only (pip install matplotlib); training never imports it.
+                          across PPO / GRPO checkpoints and best-of-N: the proxy keeps rising
+                          while the gold reward turns down (Gao et al. 2022, "Scaling Laws for
+                          Reward Model Overoptimization")
+A metric missing from a log is left out of its panel. matplotlib is needed here only (a runtime
+requirement; training never imports it).
 """
 
+import glob
 import json
 import math
 import os
@@ -29,14 +33,15 @@ import common
 from common import parse_config
 
 DEFAULTS = dict(
-    runs="out",          # the runs are {runs}/{stage}_{tag} for stage in sft, rm, ppo, dpo
+    runs="out",          # the runs are {runs}/{name}_{tag}, e.g. out/ppo_toy, out/rloo_toy
     tag="toy",           # e.g. 'gpt2_hh' for out/sft_gpt2_hh, out/rm_gpt2_hh, ...
     eval_dir="",         # where eval.py wrote overoptimization.json ('' = {runs}/eval)
     out_dir="out/plots",  # the PNG files
     dpi=120,             # resolution of the PNG files
 )
 
-# figure -> (title, x label, [(panel title, [metric keys, plotted when present])])
+SCORES = ("reward-model score and gold reward", ["score", "gold", "val_score", "val_gold"])
+# figure kind -> (title, x label, [(panel title, [metric keys, plotted when present])])
 FIGURES = {
     "sft": ("SFT", "step", [
         ("loss (answer tokens)", ["loss", "val_loss"])]),
@@ -45,22 +50,43 @@ FIGURES = {
         ("accuracy (r_chosen > r_rejected)", ["accuracy", "val_accuracy"]),
         ("margin r_chosen - r_rejected", ["margin", "val_margin"])]),
     "ppo": ("PPO", "iteration", [
-        ("reward-model score and gold reward", ["score", "gold", "val_score", "val_gold"]),
+        SCORES,
         ("KL to the reference (nats / answer)", ["kl", "kl_k3", "val_kl"]),
-        ("beta (KL coefficient)", ["beta", "kl_coef"]),
+        ("beta (KL coefficient)", ["beta"]),
         ("entropy (nats / token)", ["entropy"]),
         ("clip fraction", ["clipfrac", "vclipfrac"]),
-        ("response length (tokens)", ["resp_len", "length"]),
+        ("response length (tokens)", ["resp_len"]),
         ("EOS rate", ["eos_rate"])]),
+    "grpo": ("GRPO / RLOO", "iteration", [
+        SCORES,
+        ("KL to the reference (nats / answer)", ["kl", "kl_k3", "val_kl"]),
+        ("groups with no signal (all rewards equal)", ["no_signal"]),
+        ("reward std within the batch", ["score_std"]),
+        ("entropy (nats / token)", ["entropy"]),
+        ("clip fraction", ["clipfrac"]),
+        ("response length (tokens)", ["resp_len"])]),
     "dpo": ("DPO", "step", [
         ("loss", ["loss", "val_loss"]),
         ("implicit-reward margin", ["margin", "val_margin"]),
         ("accuracy (chosen reward > rejected)", ["accuracy", "val_accuracy"]),
-        ("log-probs of the answers", ["logps_chosen", "logps_rejected", "chosen_logp",
-                                      "rejected_logp", "val_logps_chosen", "val_logps_rejected"]),
-        ("implicit rewards", ["rewards_chosen", "rewards_rejected"])]),
+        ("log-probs of the answers", ["logps_chosen", "logps_rejected", "val_logps_chosen",
+                                      "val_logps_rejected", "logps_desirable",
+                                      "logps_undesirable"]),
+        ("implicit rewards", ["rewards_chosen", "rewards_rejected", "rewards_desirable",
+                              "rewards_undesirable", "val_rewards_desirable",
+                              "val_rewards_undesirable"]),
+        ("KTO reference point (KL estimate)", ["kl", "val_kl"])]),
 }
+# the script that wrote a run, from the keys of its log (run names are free: rloo_toy, ...)
+KIND_KEYS = [("grpo", "no_signal"), ("ppo", "vf_loss"), ("dpo", "logps_chosen"),
+             ("dpo", "logps_desirable"), ("rm", "bt_loss"), ("sft", "loss")]
 MISSING_MATPLOTLIB = "plot.py needs matplotlib: pip install matplotlib"
+
+
+def run_kind(records):
+    """'sft', 'rm', 'ppo', 'grpo' or 'dpo': which script wrote these log records (or None)."""
+    keys = {k for r in records for k in r}
+    return next((kind for kind, key in KIND_KEYS if key in keys), None)
 
 
 def import_pyplot():
@@ -170,6 +196,19 @@ def plot_overoptimization(sweep, path, dpi=120):
             if y is not None:
                 a.annotate(str(p["iter"]), (p["kl"], y), fontsize=7, textcoords="offset points",
                            xytext=(3, 3))
+    bon = sweep.get("bon")
+    if bon and bon.get("kl"):  # best-of-N at its KL bound log N - (N - 1) / N
+        for a, key, color in ((ax, "gold", "C0"), (ax_rm, "rm", "C3")):
+            keep = [j for j, v in enumerate(bon[key]) if v is not None]
+            if keep:
+                a.errorbar([bon["kl"][j] for j in keep], [bon[key][j] for j in keep],
+                           yerr=[bon[f"{key}_stderr"][j] or 0.0 for j in keep], fmt="^:",
+                           color=color, capsize=2, markersize=4, alpha=0.7,
+                           label=f"{'gold' if key == 'gold' else 'RM score'}, best-of-N")
+        for n, kl, g in zip(bon["n"], bon["kl"], bon["gold"]):
+            if g is not None:
+                ax.annotate(f"N={n}", (kl, g), fontsize=6, textcoords="offset points",
+                            xytext=(3, -8))
     ax.set_xlabel("KL(policy || reference), nats per answer")
     ax.set_ylabel("gold reward", color="C0")
     ax_rm.set_ylabel("reward-model score (proxy)", color="C3")
@@ -177,8 +216,44 @@ def plot_overoptimization(sweep, path, dpi=120):
     handles = ax.get_legend_handles_labels()
     handles_rm = ax_rm.get_legend_handles_labels()
     ax.legend(handles[0] + handles_rm[0], handles[1] + handles_rm[1], fontsize=8, loc="best")
-    ax.set_title("Over-optimisation: proxy reward vs gold reward (labels: PPO iteration)",
+    ax.set_title("Over-optimisation: proxy reward vs gold reward (labels: iteration)",
                  fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_tokens(path, samples, dpi=120):
+    """
+    Credit assignment per token: for each logged sample (tokens.jsonl records: 'tokens' and lists
+    of per-token numbers, e.g. PPO's kl, value, advantage, reward; DPO's tokens_chosen and
+    log_ratio_chosen), one row per quantity, each token a cell coloured by its value (blue < 0 <
+    red), the token's text on it. Returns path, or None without samples.
+    """
+    rows = []  # (label, tokens, values)
+    for s in samples:
+        for key, values in s.items():
+            if key.startswith("tokens") or not isinstance(values, list):
+                continue
+            tokens = s.get("tokens") or s.get("tokens_" + key.split("_")[-1])
+            if tokens and len(tokens) == len(values):
+                rows.append((f"step {s['step']}: {key}", tokens, values))
+    if not rows:
+        return None
+    plt = import_pyplot()
+    width = max(len(t) for _, t, _ in rows)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(min(0.32 * width + 2, 40), 0.7 * len(rows) + 0.6),
+                             squeeze=False)
+    for ax, (label, tokens, values) in zip(axes[:, 0], rows):
+        lim = max(max(abs(v) for v in values), 1e-6)
+        ax.imshow([values], cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
+        for j, tok in enumerate(tokens):
+            ax.text(j, 0, tok.replace("\n", "\\n") or " ", ha="center", va="center", fontsize=6)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -190,17 +265,28 @@ def main(argv=None):
     import_pyplot()  # fail at once, before reading anything, when matplotlib is missing
     os.makedirs(cfg.out_dir, exist_ok=True)
     written = {}
-    for stage, (title, xlabel, panels) in FIGURES.items():
-        log = os.path.join(cfg.runs, f"{stage}_{cfg.tag}", "log.jsonl")
-        if not os.path.isfile(log):
-            print(f"{stage}: no {log}, skipped")
+    for log in sorted(glob.glob(os.path.join(cfg.runs, f"*_{cfg.tag}", "log.jsonl"))):
+        name = os.path.basename(os.path.dirname(log))[:-len(cfg.tag) - 1]
+        records = read_log(log)
+        kind = name.split("_")[0] if name.split("_")[0] in FIGURES else run_kind(records)
+        if kind is None:
+            print(f"{name}: {log} holds none of the plotted metrics, skipped")
             continue
-        path = plot_log(read_log(log), title, xlabel, panels, os.path.join(cfg.out_dir,
-                        f"{stage}.png"), cfg.dpi)
-        if path is None:
-            print(f"{stage}: {log} holds none of the plotted metrics, skipped")
-        else:
-            written[stage] = path
+        title, xlabel, panels = FIGURES[kind]
+        path = plot_log(records, f"{title}: {name}", xlabel, panels,
+                        os.path.join(cfg.out_dir, f"{name}.png"), cfg.dpi)
+        if path is not None:
+            written[name] = path
+        tokens = os.path.join(os.path.dirname(log), "tokens.jsonl")
+        if os.path.isfile(tokens):  # the first logged step's samples and the last one's
+            samples = read_log(tokens)
+            steps = sorted({s["step"] for s in samples})
+            chosen = [s for s in samples if s["step"] in (steps[0], steps[-1])][:6]
+            path = plot_tokens(os.path.join(cfg.out_dir, f"{name}_tokens.png"), chosen, cfg.dpi)
+            if path is not None:
+                written[f"{name}_tokens"] = path
+    if not written:
+        print(f"no run logs in {cfg.runs}/*_{cfg.tag}/log.jsonl")
     sweep_path = os.path.join(cfg.eval_dir or os.path.join(cfg.runs, "eval"), "overoptimization.json")
     if os.path.isfile(sweep_path):
         with open(sweep_path) as f:

@@ -4,22 +4,22 @@ answer as it is drawn, with its reward-model score and the toy world's gold scor
 
 Run it:
     python sample.py --prompt="What color is a banana?"     # the toy SFT policy (the default)
-    python sample.py --ckpt=sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt \\
-        --reward_model=out/rm_toy/ckpt_best.pt --gold_judge=toy \\
-        --prompts=data/toy/out/prompts_eval.jsonl --num_samples=2   # side by side, scored
+    python sample.py --reward_model=out/rm_toy/ckpt_best.pt --gold_judge=toy --num_samples=2 \\
+      --prompts=data/toy/out/prompts_eval.jsonl \\
+      --ckpt=sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt
+                                                            # side by side, every answer scored
     python sample.py --ckpt=gpt2 --temperature=0 --prompt="How do I boil an egg?"  # GPT-2, greedy
-    python sample.py --ckpt=out/ppo_toy/ckpt_last.pt        # a terminal: a prompt loop, Ctrl-D quits
-    echo "What does a cow say?" | python sample.py          # not a terminal: one prompt per line
+    python sample.py --ckpt=out/ppo_toy/ckpt_last.pt        # at a terminal: a prompt loop (Ctrl-D)
+    echo "What does a cow say?" | python sample.py          # piped: one prompt per line
     python sample.py --help                                 # every config key and its default
 
---ckpt takes name:source items, comma-separated; a source is a policy .pt, 'gpt2'...'gpt2-xl' or
-a Hugging Face directory, and a source without a name is named by its file. Every model answers
-with the same noise: sample j of prompt i draws from a generator seeded with (seed, i, j) alone
+--ckpt takes name:source items, comma-separated: a policy .pt, 'gpt2'...'gpt2-xl' or a Hugging
+Face directory (a source without a name is named by its file). Every model answers with the same
+noise: sample j of prompt i draws from a generator seeded with (seed, i, j) alone
 (model.row_generators), so two names for one checkpoint answer alike, and where two models'
-answers differ, the models differ. The RM scores the exact token ids generated, never re-encoded
-text; an answer cut by max_new_tokens before its EOS says so.
+answers differ, the models do. The RM scores the exact token ids generated, never re-encoded text.
 
-Deliberately left out: batching (one answer at a time, so that it can be printed as it comes),
+Deliberately left out: batching (one answer at a time, so that it can be shown as it comes),
 multi-turn chat (each prompt is a new conversation), system prompts and stop strings.
 """
 
@@ -31,13 +31,14 @@ import torch
 
 import common
 from data import loader
+from data.toy.judge import gold_reward
 from model import PRETRAINED, KVCache, position_ids_from_mask, row_generators, sample_next
 from tokenizer import decode_response, encode_prompt, get_tokenizer
 from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
 DEFAULTS = dict(
-    ckpt="out/sft_toy/ckpt_best.pt",  # name:source,... (.pt policy, 'gpt2', HF dir); name: optional
+    ckpt="out/sft_toy/ckpt_best.pt",  # [name:]source,...: policy .pt files, 'gpt2', HF dirs
     prompt="",                  # one prompt; '' = --prompts, else stdin (a terminal: a prompt loop)
     prompts="",                 # a JSONL file of {"prompt": ...} records
     num_samples=1,              # answers per prompt and model
@@ -59,14 +60,11 @@ def parse_ckpts(spec):
     out = {}
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         m = re.fullmatch(r"([\w.-]+):(.+)", item)
-        if m:
-            name, path = m.groups()
-        else:
-            path, parts = item, os.path.normpath(item).split(os.sep)
-            name = "/".join(parts[-2:] if parts[-1].startswith("ckpt") else parts[-1:])
-            name = name.removesuffix(".pt")
-        common.require(name not in out, f"ckpt: the name {name!r} is used twice (name the "
-                                         f"checkpoints: --ckpt=a:path,b:path)")
+        parts = os.path.normpath(item).split(os.sep)
+        parts = parts[-2:] if parts[-1].startswith("ckpt") else parts[-1:]
+        name, path = m.groups() if m else ("/".join(parts).removesuffix(".pt"), item)
+        common.require(name not in out, f"ckpt: the name {name!r} is used twice (name them: "
+                                         f"--ckpt=a:path,b:path)")
         out[name] = path
     common.require(out, "ckpt: no checkpoint given")
     return out
@@ -79,14 +77,11 @@ def validate(cfg):
         "num_samples": (lambda v: v > 0, "> 0"),
         "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''")})
     common.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
-    common.require(not cfg.prompts or os.path.isfile(cfg.prompts),
-                   f"prompts={cfg.prompts!r} does not exist")
-    common.require(not cfg.reward_model or os.path.isfile(cfg.reward_model),
-                   f"reward_model: checkpoint {cfg.reward_model!r} does not exist")
     sources = parse_ckpts(cfg.ckpt)
-    for name, path in sources.items():
-        common.require(path in PRETRAINED or os.path.exists(path),
-                       f"ckpt {name}: checkpoint {path!r} does not exist")
+    for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
+                      ("reward_model", cfg.reward_model)]:
+        common.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
+                       f"does not exist (the toy world's models: python pipeline.py)")
     return sources
 
 # -----------------------------------------------------------------------------
@@ -96,11 +91,9 @@ def validate(cfg):
 def decode_tokens(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                   greedy=False, eos_token_id=None, generator=None):
     """
-    Yield the answer to one prompt (ids, a list of token ids) one token id at a time, as soon as
-    it is drawn, EOS included. This is GPT.generate's loop for a batch of one row (the same
-    prefill, KV cache, positions and sample_next, so the same tokens for the same generator:
-    tests/test_sample.py checks), written as a Python generator so that each token can be shown
-    before the next one is computed.
+    Yield the answer to one prompt (ids, a list) token id by token id as each is drawn, EOS
+    included: GPT.generate's loop for one row (the same prefill, KV cache, positions and
+    sample_next, so the same tokens for the same generator: a test checks), as a Python generator.
     """
     T0, C = len(ids), model.config
     idx = torch.tensor([ids], device=model.lm_head.weight.device)  # (1, T0)
@@ -111,54 +104,52 @@ def decode_tokens(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p
     for step in range(max_new_tokens):
         tok = sample_next(logits.float() / temperature, top_k, top_p, greedy, generator)  # (1,)
         yield tok.item()
-        if tok.item() == eos_token_id:
+        if tok.item() == eos_token_id or step == max_new_tokens - 1:
             return
-        if step < max_new_tokens - 1:  # the new token attends to the whole cache so far
-            pos = torch.full((1, 1), T0 + step, dtype=torch.long, device=idx.device)
-            h = model.transformer(tok[:, None], key_mask[:, :cache.pos + 1], pos, cache)
-            logits = model.lm_head(h[:, -1])
+        pos = torch.full((1, 1), T0 + step, device=idx.device)  # the new token's position
+        h = model.transformer(tok[:, None], key_mask[:, :cache.pos + 1], pos, cache)
+        logits = model.lm_head(h[:, -1])
 
 
-def stream_answer(model, ids, enc, cfg, generator, indent):
-    """Draw one answer, printing its text as it comes (continuation lines indented by `indent`
-    spaces). Returns (token ids, EOS included; the text, as decode_response gives it)."""
+def printable(text, indent=0):
+    """text for the terminal: control characters (a random model's bytes) escaped, not sent to
+    it, and every line after the first indented by `indent` spaces."""
+    text = "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode()
+                   for c in text)
+    return text.replace("\n", "\n" + " " * indent)
+
+
+def stream_answer(model, ids, enc, cfg, generator, indent=0):
+    """Draw one answer to the prompt ids, printing its text as it comes. Returns (its token ids,
+    EOS included; its text, as decode_response gives it to the judges)."""
     out, shown = [], 0
-
-    def show(text):
-        print(text.replace("\n", "\n" + " " * indent), end="", flush=True)
-
     for t in decode_tokens(model, ids, cfg.max_new_tokens, cfg.temperature or 1.0, cfg.top_k,
                            cfg.top_p, cfg.temperature == 0, enc.eot_token, generator):
         out.append(t)
-        # a character cut between two tokens decodes as U+FFFD until its last byte arrives
-        text = decode_response(enc, out).rstrip("\ufffd")
-        show(text[shown:])
+        text = decode_response(enc, out)
+        if t != enc.eot_token and len(out) < cfg.max_new_tokens:
+            text = text.rstrip("\ufffd")  # a character cut between tokens: wait for its end
+        print(printable(text[shown:], indent), end="", flush=True)
         shown = max(shown, len(text))
-    text = decode_response(enc, out)
-    show(text[shown:] or ("" if text else "(empty)"))
     return out, text
 
 
 def read_prompts(cfg, enc, block_size, interactive):
-    """The prompts' texts: --prompt, the --prompts file, or stdin (a '> ' loop on a terminal,
-    one prompt per non-blank line otherwise) until EOF."""
-    if cfg.prompt:
-        yield cfg.prompt
-    elif cfg.prompts:  # the loader validates every line (DataError naming file:line)
-        yield from (p["prompt"] for p in loader.load_prompts(cfg.prompts, enc, block_size,
-                                                             cfg.max_new_tokens))
-    else:
-        if interactive:
-            print("type a prompt and press Enter; Ctrl-D quits")
-        while True:
-            try:
-                line = input("> " if interactive else "")
-            except EOFError:  # Ctrl-D, or the end of piped input
-                if interactive:
-                    print()  # the shell's prompt on a line of its own
-                return
-            if line.strip():
-                yield line.strip()
+    """The prompts: --prompt, the --prompts file (each line checked by the loader: a DataError
+    names file:line), or stdin until EOF (a '> ' loop at a terminal, else one per line)."""
+    if cfg.prompt or cfg.prompts:
+        yield from [cfg.prompt] if cfg.prompt else [p["prompt"] for p in loader.load_prompts(
+            cfg.prompts, enc, block_size, cfg.max_new_tokens)]
+        return
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:  # Ctrl-D, or the end of piped input
+            if interactive:
+                print()  # the shell's prompt on a line of its own
+            return
+        if line.strip():
+            yield line.strip()
 
 
 def main(argv=None):
@@ -166,34 +157,28 @@ def main(argv=None):
     sources = validate(cfg)
     rt = common.init_runtime(cfg)
 
-    # the models, each checkpoint loaded once; side by side they must read the same tokens
-    loaded, models, tok = {}, {}, None
+    # the models: side by side, they must all read the same tokens
+    models, tok = {}, None
     for name, path in sources.items():
-        if path not in loaded:
-            loaded[path] = common.init_policy(path)
-            loaded[path][0].to(rt.device).eval()
-        models[name], t = loaded[path]
-        tok = tok or t
+        model, t = common.init_policy(path)
+        models[name], tok = model.to(rt.device).eval(), tok or t
         common.require(t == tok, f"ckpt: {name} ({path}) uses the {t!r} tokenizer but "
                        f"{next(iter(models))} uses {tok!r}: side by side they need one tokenizer")
         print(f"{name}: {path}, {models[name].num_params() / 1e6:.2f}M parameters, {t!r} tokenizer")
     enc = get_tokenizer(tok)
-    first = next(iter(models.values()))
-    rm = (common.load_reward_model(cfg.reward_model, tok, first.config.vocab_size).to(rt.device)
+    vocab_size = next(iter(models.values())).config.vocab_size
+    rm = (common.load_reward_model(cfg.reward_model, tok, vocab_size).to(rt.device)
           if cfg.reward_model else None)
-    gold_reward = None
-    if cfg.gold_judge == "toy":
-        from data.toy.judge import gold_reward
     block_size = min(m.config.block_size for m in [*models.values(), *([rm] if rm else [])])
-    room = block_size - cfg.max_new_tokens  # prompt tokens that fit before the answer
+    room = block_size - cfg.max_new_tokens  # the prompt tokens that fit before the answer
     common.require(room >= 1, f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt "
                               f"in block_size={block_size}")
-    print(f"temperature {cfg.temperature or '0 (greedy)'}, top_k {cfg.top_k or 'off'}, "
-          f"top_p {cfg.top_p}, max_new_tokens {cfg.max_new_tokens}, seed {cfg.seed}")
+    interactive = not (cfg.prompt or cfg.prompts) and sys.stdin.isatty()
+    print(f"temperature {cfg.temperature or '0 (greedy)'}, top_k {cfg.top_k or 'off'}, top_p "
+          f"{cfg.top_p}, seed {cfg.seed}" + ("; type a prompt, Ctrl-D to quit" * interactive))
 
     # -------------------------------------------------------------------------
-    # every prompt, every model, every sample: printed as it is drawn, then scored
-    interactive = not (cfg.prompt or cfg.prompts) and sys.stdin.isatty()
+    # every prompt, model and sample: the answer printed as it is drawn, then its scores
     tags = {(n, j): f"[{n}]" if cfg.num_samples == 1 else f"[{n} #{j + 1}]"
             for n in models for j in range(cfg.num_samples)}
     width = max(map(len, tags.values()))
@@ -201,28 +186,27 @@ def main(argv=None):
     for i, text in enumerate(read_prompts(cfg, enc, block_size, interactive)):
         full = encode_prompt(enc, text)
         ids = full[-room:]  # a prompt too long keeps its end: the question and 'Assistant:'
-        cut = f"   (cut to its last {room} of {len(full)} tokens)" if len(full) > room else ""
+        cut = f"(cut to its last {room} of {len(full)} tokens)" if len(full) > room else ""
         if cut or not interactive:  # at a terminal the prompt is on the screen already
-            print(cut.strip() if interactive else f"\n>>> {text}{cut}", flush=True)
-        for name, model in models.items():
-            for j in range(cfg.num_samples):
-                print(f"{tags[name, j]:<{width}} ", end="", flush=True)
-                with rt.autocast:
-                    gen = row_generators(cfg.seed, [(i, j)], rt.device)
-                    out, answer = stream_answer(model, ids, enc, cfg, gen, width + 1)
-                    seq = torch.tensor([ids + out], device=rt.device)  # (1, P + N): exact ids
-                    rm_score = score_ids(rm, seq, torch.ones_like(seq)).item() if rm else None
-                try:
-                    gold = gold_reward(text, answer) if gold_reward else None
-                except ValueError:  # not a toy-world question: no gold score, not a crash
-                    gold = None
-                notes = [f"RM {rm_score:+.2f}" if rm_score is not None else "",
-                         f"gold {gold:+.2f}" if gold is not None else "",
-                         f"no EOS in {len(out)} tokens" if out[-1] != enc.eot_token else ""]
-                notes = ", ".join(n for n in notes if n)
-                print(f"   ({notes})" if notes else "", flush=True)
-                records.append(dict(prompt=text, name=name, sample=j, tokens=out,
-                                    response=answer, rm=rm_score, gold=gold))
+            print(cut if interactive else f"\n>>> {text}   {cut}".rstrip(), flush=True)
+        for (name, j), tag in tags.items():
+            print(f"{tag:<{width}} ", end="", flush=True)
+            gen = row_generators(cfg.seed, [(i, j)], rt.device)  # the same in every model
+            with rt.autocast:
+                out, answer = stream_answer(models[name], ids, enc, cfg, gen, width + 1)
+                seq = torch.tensor([ids + out], device=rt.device)  # (1, P + N): the exact ids
+                rm_score = score_ids(rm, seq, torch.ones_like(seq)).item() if rm else None
+            try:
+                gold = gold_reward(text, answer) if cfg.gold_judge == "toy" else None
+            except ValueError:  # not a toy-world question: no gold score rather than a crash
+                gold = None
+            notes = ", ".join(n for n in [
+                "empty" if not answer else "", f"RM {rm_score:+.2f}" if rm else "",
+                f"gold {gold:+.2f}" if gold is not None else "",
+                f"no EOS in {len(out)} tokens" if out[-1] != enc.eot_token else ""] if n)
+            print(f"   ({notes})" if notes else "", flush=True)
+            records.append(dict(prompt=text, name=name, sample=j, tokens=out, response=answer,
+                                rm=rm_score, gold=gold))
     return records
 
 

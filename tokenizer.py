@@ -112,3 +112,8 @@ def decode_response(enc, ids):
     """The text of a generated answer as its author wrote it: decode() without the one space
     the template puts before every response. Reward functions, judges and logs all read this."""
     return decode(enc, ids).removeprefix(" ")
+
+
+def token_texts(enc, ids):
+    """Each token's own text, the EOS shown as '<eos>' (per-token heatmaps label with these)."""
+    return ["<eos>" if int(i) == enc.eot_token else enc.decode([int(i)]) for i in ids]

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import common
 from data import loader
 from model import GPT, position_ids_from_mask
-from tokenizer import get_tokenizer
+from tokenizer import get_tokenizer, token_texts
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/dpo_toy.py holds the same values)
@@ -86,6 +86,8 @@ DEFAULTS = dict(
     log_interval=10,
     eval_interval=50,
     eval_examples=160,                     # held-out pairs per evaluation; -1 = all of them
+    num_samples=3,                         # held-out pairs whose per-token log pi / pi_ref is
+                                           # logged at each evaluation (plot.py's heatmaps)
     ckpt_interval=100,
     # system
     seed=1337,
@@ -383,6 +385,25 @@ def load_ref_cache(path, key, sizes, device):
     return None
 
 
+@torch.no_grad()
+def log_token_ratios(run, step, model, ref_model, batch, enc, autocast):
+    """Per-token log pi / pi_ref of each response of a batch (chosen rows, then rejected ones;
+    KTO: its examples) to tokens.jsonl, for plot.py's heatmaps: where the preference lands."""
+    idx, lm = batch["idx"], batch["loss_mask"]
+    ratio = (common.trained_logprobs(model, idx, lm, autocast=autocast)
+             - common.trained_logprobs(ref_model, idx, lm, autocast=autocast))  # (2B, T-1)
+    B = idx.size(0) // 2
+    for b in range(B):
+        rows = {"desirable" if batch["desirable"][b] else "undesirable": b} \
+            if "desirable" in batch else {"chosen": b, "rejected": B + b}
+        fields = {}
+        for name, r in rows.items():
+            at = lm[r, 1:].bool()  # the positions that predict a response token
+            fields[f"tokens_{name}"] = token_texts(enc, idx[r, 1:][at].tolist())
+            fields[f"log_ratio_{name}"] = [round(x, 5) for x in ratio[r][at].tolist()]
+        run.log_tokens(step, **fields)
+
+
 def print_kto_balance(train, cfg):
     """KTO's advice for imbalanced feedback (sec. 4.2): lambda_D n_D / (lambda_U n_U) in [1, 4/3]."""
     n_d = sum(e["desirable"] for e in train)
@@ -525,6 +546,9 @@ def main(argv=None):
             for k, v in batch_loss(model, batch, ref_logps, cfg, rt.autocast, False)[1].items():
                 sums[k] += v * len(batch["rows"])
             n += len(batch["rows"])
+        if rt.master and ref_model is not None and cfg.num_samples:
+            log_token_ratios(run, step, model, ref_model, get_batch("val", range(min(
+                cfg.num_samples, len(val)))), enc, rt.autocast)
         model.train()
         n = common.all_reduce_mean(float(n))
         metrics = {f"val_{k}": common.all_reduce_mean(v) / max(n, 1) for k, v in sums.items()}

@@ -48,8 +48,9 @@ from data import loader
 # shared with PPO (train_ppo.py): the rollout, log-probs, KL estimators, the clipped loss and its
 # aggregation, the update loop, the held-out evaluation
 from train_ppo import (AGGREGATIONS, aggregate_loss, evaluate_policy, kl_estimates,  # noqa: F401
-                       kl_penalty, load_models, load_prompts, ppo_update, print_samples,
-                       prompt_batch, rollout, rollout_metrics, validate as validate_rl)
+                       kl_penalty, load_models, load_prompts, log_token_samples, ppo_update,
+                       print_samples, prompt_batch, rollout, rollout_metrics,
+                       validate as validate_rl)
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run, against the toy reward model
@@ -270,6 +271,8 @@ def main(argv=None):
             run.log(it, **metrics, lr=cfg.lr * lr_scale, s_per_iter=round(dt, 2))
         if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
             print_samples(ro, cfg.num_samples, gold, kl_k1 if ref else None)
+            log_token_samples(run, it, ro, enc, cfg.num_samples, advantage=token_advantages,
+                              **(dict(kl=kl_penalty(ro.logprobs, ro.ref_logprobs)) if ref else {}))
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             val_metrics = evaluate()
         if cfg.save_every and it % cfg.save_every == 0:

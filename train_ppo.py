@@ -52,7 +52,7 @@ import common
 from common import masked_mean, print0
 from data import loader
 from model import row_generators
-from tokenizer import decode_response, get_tokenizer
+from tokenizer import decode_response, get_tokenizer, token_texts
 from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
@@ -546,6 +546,17 @@ def rollout_metrics(ro, beta, kl_k1, kl_k3):
                 logprob_gap=common.all_reduce_max(gap))
 
 
+def log_token_samples(run, step, ro, enc, n, **per_token):
+    """The per-token numbers ((B, N) tensors, e.g. kl, value, advantage, reward) of the first n
+    answers, with each token's text, to out_dir/tokens.jsonl: plot.py's credit-assignment
+    heatmaps (rank 0)."""
+    for i in range(min(n, ro.seq.size(0))):
+        length = int(ro.resp_mask[i].sum())
+        run.log_tokens(step, prompt=ro.prompts[i], tokens=token_texts(
+            enc, ro.seq[i, ro.P:ro.P + length].tolist()), **{
+            k: [round(x, 5) for x in v[i, :length].tolist()] for k, v in per_token.items()})
+
+
 def print_samples(ro, n, gold=None, kl=None):
     """A few prompts, responses and their scores (rank 0)."""
     for i in range(min(n, len(ro.prompts))):
@@ -754,6 +765,9 @@ def main(argv=None):
                     rollout_frac=round(t_rollout / dt, 2))
         if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
             print_samples(ro, cfg.num_samples, gold, kl_k1)
+            log_token_samples(run, it, ro, enc, cfg.num_samples, reward=rewards,
+                              kl=kl_penalty(ro.logprobs, ro.ref_logprobs), value=ro.values,
+                              advantage=advantages)
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             val_metrics = evaluate()
         if cfg.save_every and it % cfg.save_every == 0:

@@ -48,7 +48,9 @@ def runs(tmp_path):
     (root / "eval" / "overoptimization.json").write_text(json.dumps(dict(
         run=["reference"] + ["out/ppo_toy"] * 3, iter=iters, kl=[0.0, 2.0, 6.0, 15.0],
         gold=[1.1, 1.9, 2.2, 1.4], rm=[0.0, 1.0, 2.0, 3.0], gold_stderr=[0.1] * 4,
-        rm_stderr=[0.05] * 4, kl_stderr=[None, 0.1, 0.2, 0.4])))
+        rm_stderr=[0.05] * 4, kl_stderr=[None, 0.1, 0.2, 0.4],
+        bon=dict(n=[1, 2, 4], kl=[0.0, 0.19, 0.64], gold=[1.1, 1.5, 1.8], gold_stderr=[0.1] * 3,
+                 rm=[0.0, 0.6, 1.1], rm_stderr=[0.05] * 3))))
     return root
 
 
@@ -68,12 +70,34 @@ def test_missing_runs_are_skipped(runs, tmp_path, capsys):
     for stage in ("rm", "dpo"):
         (runs / f"{stage}_toy" / "log.jsonl").unlink()
     (runs / "eval" / "overoptimization.json").unlink()
+    write_log(runs / "other_toy" / "log.jsonl", [dict(step=1, nothing_we_plot=1.0)])
     out = tmp_path / "plots"
     written = plot.main([f"--runs={runs}", f"--out_dir={out}"])  # eval_dir defaults to runs/eval
-    assert set(written) == {"sft", "ppo"}
+    assert set(written) == {"sft", "ppo"}  # the runs that are there, each by its own name
     assert not (out / "rm.png").exists() and not (out / "overoptimization.png").exists()
     printed = capsys.readouterr().out
-    assert "rm: no" in printed and "dpo: no" in printed and "overoptimization: no" in printed
+    assert "other: " in printed and "holds none of the plotted metrics" in printed
+    assert "overoptimization: no" in printed
+
+
+def test_runs_are_drawn_by_what_wrote_them_and_token_heatmaps(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    # an RLOO run (train_grpo.py's keys) under a free name, with per-token samples
+    write_log(runs / "rloo_toy" / "log.jsonl",
+              [dict(step=s, score=0.1 * s, no_signal=0.2, kl=0.1 * s, entropy=0.5) for s in (1, 2)])
+    write_log(runs / "rloo_toy" / "tokens.jsonl",
+              [dict(step=s, prompt="What?", tokens=[" A", " cow", "<eos>"],
+                    advantage=[0.5, 0.5, 0.5], kl=[0.1, -0.2, 0.0]) for s in (1, 2)])
+    write_log(runs / "dpo_toy" / "tokens.jsonl",
+              [dict(step=0, tokens_chosen=["a", "b"], log_ratio_chosen=[0.0, 0.3],
+                    tokens_rejected=["c"], log_ratio_rejected=[-0.4])])
+    assert plot.run_kind(plot.read_log(runs / "rloo_toy" / "log.jsonl")) == "grpo"
+    out = tmp_path / "plots"
+    written = plot.main([f"--runs={runs}", f"--out_dir={out}"])
+    assert {"rloo", "rloo_tokens", "dpo_tokens"} <= set(written)
+    for name in ("rloo_tokens", "dpo_tokens"):
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 3000, name
 
 
 def test_series_keeps_only_finite_numbers():
