@@ -492,13 +492,16 @@ def make_checkpoint(model, kind, stage, tokenizer, cfg, step, optimizer=None, **
 
 
 def check_finite_weights(ckpt, step, name):
-    """Refuse to write a checkpoint whose weights hold a NaN or inf (a learning rate of 1e30
-    makes finite gradients give non-finite weights): the last good file stays."""
+    """Refuse to write a checkpoint whose weights hold a NaN or inf, or a value above 1e18 that
+    overflows float32 in the first matmul (a learning rate of 1e30 turns finite gradients into
+    such weights): the last good file stays."""
     for part in ("model", "critic"):
         for key, t in (ckpt.get(part) or {}).items():
-            if torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all()):
-                raise NonFiniteError(f"step {step}: weight {part}.{key} is not finite; not "
-                                     f"writing {name} (the last good checkpoint is kept)")
+            if torch.is_tensor(t) and t.is_floating_point() and t.numel() and \
+                    not float(t.abs().max()) <= 1e18:  # NaN fails this too
+                raise NonFiniteError(f"step {step}: weight {part}.{key} is not finite (max "
+                                     f"|w| = {float(t.abs().max()):.3g}); not writing {name} "
+                                     f"(the last good checkpoint is kept)")
 
 # -----------------------------------------------------------------------------
 # the run skeleton: out_dir, lock, resume, log, checkpoints, stop signals, shutdown
@@ -703,8 +706,9 @@ def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
     if os.path.isdir(init_from) or init_from in HUB:
         try:
             model = GPT.from_pretrained(init_from, dropout=dropout)
-        except (ValueError, RuntimeError, OSError) as e:  # a malformed HF dir, no network, ...
-            raise CheckpointError(f"{init_from}: {str(e)[:400]}") from None
+        except (ValueError, RuntimeError, OSError, KeyError, TypeError) as e:  # a malformed HF
+            # directory (config.json, safetensors), no network, ...
+            raise CheckpointError(f"{init_from}: {type(e).__name__}: {str(e)[:400]}") from None
         return model, "byte" if model.config.vocab_size == 257 else "gpt2"
     raise ConfigError(f"init_from={init_from!r}: not 'scratch', a gpt2 name, an existing "
                       f"checkpoint file or a Hugging Face directory")

@@ -13,8 +13,6 @@ has no HF counterpart, so encode with tokenizer.py. Only policies export: a rewa
 import json
 import os
 
-import torch
-
 import common
 from model import CONV1D, GPT, write_safetensors
 
@@ -88,6 +86,10 @@ def export_hf(model_or_checkpoint, out_dir, eos_token_id=None):
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
     eos = None if cfg.eos_token_id < 0 else cfg.eos_token_id
+    if eos is not None:  # the id must be a token of the exported model
+        vocab = common.load_checkpoint(cfg.ckpt, expect_kind="policy")["model_args"].get("vocab_size")
+        common.require(isinstance(vocab, int) and eos < vocab, f"eos_token_id={eos} is outside "
+                       f"the vocabulary of {cfg.ckpt} ({vocab} tokens)")
     out = export_hf(cfg.ckpt, cfg.out_dir, eos)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
     return out

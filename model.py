@@ -252,6 +252,9 @@ class GPT(nn.Module):
         """GPT-2 weights from the hub ('gpt2' ... 'gpt2-xl') or a local Hugging Face directory."""
         config, sd = load_hf_gpt2(name_or_path)
         config.dropout = dropout
+        with torch.device("meta"):  # check the shapes on a model without storage first: a
+            shell = cls(config)     # config.json of a huge model costs nothing then
+        load_hf_state_dict(shell, sd, check_only=True)
         model = cls(config)
         load_hf_state_dict(model, sd)
         return model
@@ -452,9 +455,20 @@ ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 def read_safetensors(path):
     """Read a .safetensors file into a dict name -> CPU tensor."""
     assert sys.byteorder == "little", "this reader assumes a little-endian machine"
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:  # a cut or damaged file: never read, or allocate, past its end
+            raise ValueError(f"{path}: its header claims {n} bytes, the file holds {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: the safetensors header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: the safetensors header is not a JSON object")
         header.pop("__metadata__", None)
         base = 8 + n
         out = {}
@@ -464,6 +478,8 @@ def read_safetensors(path):
             dtype, shape = ST_DTYPES[info["dtype"]], info["shape"]
             begin, end = info["data_offsets"]
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if base + end > size or begin < 0:
+                raise ValueError(f"{path}: tensor {name!r} lies past the end of the file")
             if end - begin != nbytes:
                 raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
                                  f"expected {nbytes}")
@@ -576,7 +592,7 @@ def load_hf_gpt2(name_or_path):
     return config, sd
 
 
-def load_hf_state_dict(model, sd):
+def load_hf_state_dict(model, sd, check_only=False):
     """
     Copy a HF GPT-2 state dict into our GPT. Accepts both layouts: the hub's original files
     (no 'transformer.' prefix, attn.bias/masked_bias buffers, lm_head.weight) and recent
@@ -603,6 +619,8 @@ def load_hf_state_dict(model, sd):
         if v.shape != ours[k].shape:
             raise ValueError(f"{k}: shape {tuple(v.shape)} in the file, model expects "
                              f"{tuple(ours[k].shape)}")
+    if check_only:
+        return
     with torch.no_grad():
         for k, v in theirs.items():
             ours[k].copy_(v)

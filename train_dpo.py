@@ -552,6 +552,7 @@ def main(argv=None):
         model.train()
         n = common.all_reduce_mean(float(n))
         metrics = {f"val_{k}": common.all_reduce_mean(v) / max(n, 1) for k, v in sums.items()}
+        common.check_finite(step, val_loss=metrics["val_loss"])  # a broken model is never saved
         run.log(step, **metrics)
         if metrics["val_loss"] < best_val:
             best_val = metrics["val_loss"]

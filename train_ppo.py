@@ -713,6 +713,7 @@ def main(argv=None):
         if not val or not rt.master:
             return {}
         metrics = evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta)
+        common.check_finite(it, val_reward=metrics["val_reward"])  # never save a broken model
         run.log(it, **metrics)
         if metrics["val_reward"] > best_val:  # best by the objective PPO maximises, not by gold
             best_val = metrics["val_reward"]

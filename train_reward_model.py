@@ -326,6 +326,7 @@ def main(argv=None):
     def eval_and_save_best():
         nonlocal val_metrics, best
         val_metrics = evaluate(model, val, cfg, rt, enc.eot_token)
+        common.check_finite(step, val_loss=val_metrics["val_loss"])  # never save a broken model
         run.log(step, **val_metrics)
         # best = highest held-out accuracy; ties go to the lower held-out loss
         key = (val_metrics["val_accuracy"], -val_metrics["val_loss"])

@@ -244,6 +244,7 @@ def main(argv=None):
     def evaluate():
         nonlocal best_val, val_loss
         val_loss = estimate_val_loss(model, val_batches, rt)
+        common.check_finite(step, val_loss=val_loss)  # a broken model is never saved
         run.log(step, val_loss=val_loss)
         if val_loss < best_val:
             best_val = val_loss

@@ -31,6 +31,7 @@ import torch
 import common
 import export_hf
 import train_dpo
+import train_grpo
 import train_ppo
 import train_reward_model
 import train_sft
@@ -39,7 +40,8 @@ from data.loader import DataError
 from data.toy.prepare import prepare, write_jsonl
 from model import GPT, GPTConfig, ScalarModel
 
-SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": train_dpo}
+SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": train_dpo,
+           "grpo": train_grpo}
 TINY_MODEL = dict(block_size=128, vocab_size=257, n_layer=1, n_head=2, n_embd=32)
 # wall-clock fields of the logs: everything else must be reproduced exactly
 TIMING_KEYS = {"time", "tok_per_s", "ms_per_iter", "ms", "rollout_frac"}
@@ -462,8 +464,34 @@ def bad(world):
     (d / "wrong_type.py").write_text("batch_size = '8'\n")
     (d / "syntax.py").write_text("batch_size = (8\n")
     (d / "a_file").write_text("not a directory")
+    (d / "exit.py").write_text("import sys\nsys.exit(0)\n")
+    (d / "dup_key.jsonl").write_text('{"prompt": "a", "response": "b", "response": "c"}\n')
+    (d / "surrogate.jsonl").write_text('{"prompt": "\\ud800", "chosen": "x", "rejected": "y"}\n')
+    (d / "huge_int.jsonl").write_text('{"prompt": "a", "chosen": "x", "rejected": "y", "margin": '
+                                      + "7" * 5000 + "}\n")
+    (d / "deep.jsonl").write_text('{"prompt": ' + "[" * 50000 + "]" * 50000 + "}\n")
+    write_jsonl(d / "big_margin.jsonl", [{**pair, "margin": 10 ** 30}])
+    write_jsonl(d / "kto_label.jsonl", [{"prompt": "a", "completion": "b", "label": "yes"}])
 
     # checkpoints
+    (d / "random.pt").write_bytes(random.Random(0).randbytes(3000))
+    common.save_checkpoint(str(d / "bomb.pt"), {  # the settings of a 100B-parameter model
+        "model": {}, "model_args": dict(block_size=8192, vocab_size=257, n_layer=96, n_head=96,
+                                        n_embd=12288), "kind": "policy", "stage": "sft",
+        "tokenizer": "byte"})
+    save_model(d / "rm_vocab300.pt", ScalarModel(GPTConfig(**{**TINY_MODEL, "vocab_size": 300})),
+               "scalar", "rm")
+    no_opt = common.make_checkpoint(GPT(GPTConfig(**TINY_MODEL)), "policy", "sft", "byte",
+                                    SimpleNamespace(), step=3)  # written without optimizer state
+    common.save_checkpoint(str(d / "no_opt_run" / "ckpt_last.pt"), no_opt)
+    for name, config, weights in (
+            ("hf_bad_config", '{"model_type": "gpt2", "n_embd": 32,', None),
+            ("hf_bad_st", json.dumps(dict(model_type="gpt2", n_positions=32, vocab_size=257,
+                                          n_layer=1, n_head=2, n_embd=32)),
+             (10 ** 6).to_bytes(8, "little") + b"{}")):
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(config)
+        (d / name / "model.safetensors").write_bytes(weights or b"")
     (d / "junk.pt").write_bytes(b"this is not a checkpoint")
     whole = (world / "sft.pt").read_bytes()
     (d / "truncated.pt").write_bytes(whole[:len(whole) // 2])
@@ -505,12 +533,13 @@ def base_args(stage, w):
         return [f"--init_from={w / 'sft.pt'}", f"--train_data={w / 'prefs_train.jsonl'}",
                 f"--val_data={w / 'prefs_val.jsonl'}", "--block_size=128", "--batch_size=8",
                 "--max_iters=1", "--eval_examples=8", "--device=cpu", "--dtype=float32"]
-    return [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
-            f"--train_prompts={w / 'prompts_train.jsonl'}",
-            f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=", "--block_size=96",
-            "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
-            "--max_new_tokens=12", "--num_iterations=1", "--max_iters=1", "--eval_examples=8",
-            "--num_samples=0", "--device=cpu", "--dtype=float32"]
+    rl = [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
+          f"--train_prompts={w / 'prompts_train.jsonl'}",
+          f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=", "--block_size=96",
+          "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
+          "--max_new_tokens=12", "--num_iterations=1", "--max_iters=1", "--eval_examples=8",
+          "--num_samples=0", "--device=cpu", "--dtype=float32"]
+    return rl + ["--group_size=4"] if stage == "grpo" else rl
 
 
 # (id, script, arguments added to its base config ({b}: the bad-files folder, {w}: the world),
@@ -607,7 +636,54 @@ CORPUS = [
      ["a_file", "not writable"]),
     ("out-dir-under-a-file-ppo", "ppo", ["--out_dir={b}/a_file/out"], ConfigError,
      ["a_file", "not writable"]),
-]
+    # numbers that parse but are no numbers to train with
+    ("infinite-beta", "dpo", ["--beta=1e999"], ConfigError, ["'beta'", "finite"]),
+    ("huge-int-as-float", "sft", ["--lr=" + "9" * 400], ConfigError, ["'lr'", "finite"]),
+    ("temperature-that-overflows", "ppo", ["--temperature=1e-300"], ConfigError,
+     ["'temperature'", "[0.01, 100]"]),
+    ("sample-temperature-that-overflows", "sft", ["--sample_temperature=1e-300"], ConfigError,
+     ["'sample_temperature'"]),
+    ("seed-beyond-64-bits", "rm", [f"--seed={2 ** 70}"], ConfigError, ["'seed'"]),
+    ("float16-is-not-a-choice", "dpo", ["--dtype=float16"], ConfigError, ["'dtype'", "bfloat16"]),
+    ("config-file-calls-exit", "sft", ["{b}/exit.py"], ConfigError,
+     ["exit.py", "failed to run", "SystemExit"]),
+    ("renamed-key", "sft", ["--eval_iters=4"], ConfigError, ["'eval_iters'", "renamed",
+                                                             "eval_examples"]),
+    ("renamed-key-ppo", "ppo", ["--kl_coef=0.1"], ConfigError, ["'kl_coef'", "renamed", "beta"]),
+    ("grpo-unknown-advantage", "grpo", ["--advantage=ppo"], ConfigError, ["'advantage'"]),
+    ("grpo-group-does-not-divide", "grpo", ["--group_size=3"], ConfigError, ["group_size=3"]),
+    ("reward-fn-file-missing", "grpo", ["--reward_fn={b}/nope.py:f"], ConfigError,
+     ["reward_fn", "does not exist"]),
+    ("reward-fn-not-in-file", "ppo", ["--reward_fn={b}/exit.py:score"], ConfigError,
+     ["reward_fn", "failed to run"]),
+    # JSON that parses in Python but is not a clean record
+    ("duplicate-key", "sft", ["--train_data={b}/dup_key.jsonl"], DataError,
+     ["dup_key.jsonl:1:", "'response'", "given twice"]),
+    ("lone-surrogate", "rm", ["--train_data={b}/surrogate.jsonl"], DataError,
+     ["surrogate.jsonl:1:", "lone surrogate"]),
+    ("integer-beyond-4300-digits", "dpo", ["--train_data={b}/huge_int.jsonl"], DataError,
+     ["huge_int.jsonl:1:", "4300"]),
+    ("json-nested-too-deep", "ppo", ["--train_prompts={b}/deep.jsonl"], DataError,
+     ["deep.jsonl:1:", "nested too deeply"]),
+    ("margin-beyond-a-float", "rm", ["--val_data={b}/big_margin.jsonl"], DataError,
+     ["big_margin.jsonl:1:", "'margin'", "finite"]),
+    ("kto-label-not-a-boolean", "dpo", ["--loss_type=kto", "--train_data={b}/kto_label.jsonl"],
+     DataError, ["kto_label.jsonl:1:", "'label'", "true or false"]),
+    # checkpoints and Hugging Face directories
+    ("random-bytes-as-checkpoint", "sft", ["--init_from={b}/random.pt"], CheckpointError,
+     ["random.pt", "not a readable checkpoint"]),
+    ("memory-bomb-checkpoint", "dpo", ["--init_from={b}/bomb.pt"], CheckpointError,
+     ["bomb.pt", "weights do not fit"]),
+    ("resume-without-optimizer-state", "sft", ["--out_dir={b}/no_opt_run", "--resume=True"],
+     CheckpointError, ["no_opt_run", "no 'optimizer'"]),
+    ("hf-dir-malformed-config", "sft", ["--init_from={b}/hf_bad_config"], CheckpointError,
+     ["hf_bad_config", "JSONDecodeError"]),
+    ("hf-dir-safetensors-past-the-end", "rm", ["--init_from={b}/hf_bad_st"], CheckpointError,
+     ["hf_bad_st", "claims 1000000 bytes"]),
+    ("reward-model-vocab-mismatch", "grpo", ["--reward_model={b}/rm_vocab300.pt"],
+     CheckpointError, ["rm_vocab300.pt", "vocab_size=300", "257"]),
+] + ([] if torch.cuda.is_available() else [
+    ("cuda-on-a-machine-without", "rm", ["--device=cuda"], ConfigError, ["'cuda'", "no CUDA"])])
 
 
 def snapshot(d):
@@ -709,3 +785,61 @@ def test_corpus_is_large_and_covers_every_kind_of_input():
     assert len(CORPUS) >= 25 and len({c[0] for c in CORPUS}) == len(CORPUS)
     assert {c[1] for c in CORPUS} == set(SCRIPTS)
     assert {c[3] for c in CORPUS} == {ConfigError, DataError, CheckpointError}
+
+
+# a sample of the corpus, one per kind of input and script, through the real command line
+CLI_CASES = ["zero-batch-size", "renamed-key-ppo", "truncated-json-line", "lone-surrogate",
+             "random-bytes-as-checkpoint", "memory-bomb-checkpoint", "grpo-unknown-advantage",
+             "config-file-calls-exit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CORPUS if c[0] in CLI_CASES], ids=CLI_CASES)
+def test_rejected_input_is_one_line_at_the_command_line(world, bad, tmp_path, case):
+    _, stage, extra, error, words = case
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, SCRIPTS[stage].__file__, *base_args(stage, world),
+                           f"--out_dir={out}", *[a.format(b=bad, w=world) for a in extra]],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(w in last for w in words), last
+    assert snapshot(out) in (None, {})
+
+
+@pytest.mark.parametrize("stage, args", [
+    ("sft", ["--lr=1e30", "--grad_clip=0"]),  # finite gradients, non-finite weights
+    ("dpo", ["--beta=1e30"]),                 # an infinite loss at the first step
+])
+def test_a_run_that_fails_at_its_first_step_keeps_the_previous_run(world, finished_run, tmp_path,
+                                                                    stage, args):
+    # --overwrite=True replaces a run only once the new one has written a checkpoint after a
+    # training step: a value that passes validation but breaks the first update costs nothing
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in finished_run.items():
+        (out / name).write_bytes(data)
+    with pytest.raises(common.NonFiniteError):
+        SCRIPTS[stage].main(base_args(stage, world) + [f"--out_dir={out}", "--overwrite=True",
+                                                       "--ckpt_interval=1", *args])
+    assert snapshot(out) == finished_run
+
+
+def test_dpo_reference_cache_follows_the_content(world, tmp_path, capsys):
+    # the cache is keyed by the bytes of the data and the reference's weights: data edited
+    # between a stop and a resume (here chosen and rejected swapped) is not read stale
+    out, data = tmp_path / "dpo", tmp_path / "prefs.jsonl"
+    rows = [json.loads(line) for line in open(world / "prefs_train.jsonl")]
+    write_jsonl(data, rows)
+    args = ARGS["dpo"](world) + [f"--out_dir={out}", f"--train_data={data}", "--max_iters=4",
+                                 "--warmup_iters=1", "--eval_interval=4", "--ckpt_interval=2"]
+    train_dpo.main(args + ["--stop_iter=2"])
+    first = torch.load(out / "ref_logps.pt", weights_only=True)
+    write_jsonl(data, [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows])
+    capsys.readouterr()
+    train_dpo.main(args + ["--resume=True"])
+    assert "made for other data" in capsys.readouterr().out
+    second = torch.load(out / "ref_logps.pt", weights_only=True)
+    assert second["key"] != first["key"]
+    torch.testing.assert_close(second["train"], first["train"].flip(1), atol=1e-4, rtol=0)
