@@ -4,8 +4,8 @@ answer as it is drawn, with its reward-model score and the toy world's gold scor
 
 Run it:
     python sample.py --prompt="What color is a banana?"     # the toy SFT policy (the default)
-    python sample.py --reward_model=out/rm_toy/ckpt_best.pt --gold_judge=toy --num_samples=2 \\
-      --prompts=data/toy/out/prompts_eval.jsonl \\
+    python sample.py --reward_model=out/rm_toy/ckpt_best.pt --gold_judge=toy \\
+      --prompts=data/toy/out/prompts_eval.jsonl --num_samples_per_prompt=2 \\
       --ckpt=sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt
                                                             # side by side, every answer scored
     python sample.py --ckpt=gpt2 --temperature=0 --prompt="How do I boil an egg?"  # GPT-2, greedy
@@ -41,7 +41,7 @@ DEFAULTS = dict(
     ckpt="out/sft_toy/ckpt_best.pt",  # [name:]source,...: policy .pt files, 'gpt2', HF dirs
     prompt="",                  # one prompt; '' = --prompts, else stdin (a terminal: a prompt loop)
     prompts="",                 # a JSONL file of {"prompt": ...} records
-    num_samples=1,              # answers per prompt and model
+    num_samples_per_prompt=1,   # answers per prompt and model (as eval.py)
     max_new_tokens=64,          # answers are cut here; a prompt too long keeps its end
     temperature=1.0,            # 0 = greedy
     top_k=0,                    # 0 = off
@@ -74,14 +74,14 @@ def validate(cfg):
     """Bad values fail here, naming the key, before any model is loaded. Returns {name: source}."""
     common.validate(cfg, {
         "temperature": (lambda v: v == 0 or 0.01 <= v <= 100, "0 (greedy) or in [0.01, 100]"),
-        "num_samples": (lambda v: v > 0, "> 0"),
+        "num_samples_per_prompt": (lambda v: v > 0, "> 0"),
         "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''")})
     common.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
     sources = parse_ckpts(cfg.ckpt)
     for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
                       ("reward_model", cfg.reward_model)]:
         common.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
-                       f"does not exist (the toy world's models: python pipeline.py)")
+                       f"does not exist (the toy world's data and models: python pipeline.py)")
     return sources
 
 # -----------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def main(argv=None):
     vocab_size = next(iter(models.values())).config.vocab_size
     rm = (common.load_reward_model(cfg.reward_model, tok, vocab_size).to(rt.device)
           if cfg.reward_model else None)
-    block_size = min(m.config.block_size for m in [*models.values(), *([rm] if rm else [])])
+    block_size = min(m.config.block_size for m in [*models.values(), rm] if m is not None)
     room = block_size - cfg.max_new_tokens  # the prompt tokens that fit before the answer
     common.require(room >= 1, f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt "
                               f"in block_size={block_size}")
@@ -179,8 +179,8 @@ def main(argv=None):
 
     # -------------------------------------------------------------------------
     # every prompt, model and sample: the answer printed as it is drawn, then its scores
-    tags = {(n, j): f"[{n}]" if cfg.num_samples == 1 else f"[{n} #{j + 1}]"
-            for n in models for j in range(cfg.num_samples)}
+    tags = {(n, j): f"[{n}]" if cfg.num_samples_per_prompt == 1 else f"[{n} #{j + 1}]"
+            for n in models for j in range(cfg.num_samples_per_prompt)}
     width = max(map(len, tags.values()))
     records = []
     for i, text in enumerate(read_prompts(cfg, enc, block_size, interactive)):
@@ -195,13 +195,14 @@ def main(argv=None):
             with rt.autocast:
                 out, answer = stream_answer(models[name], ids, enc, cfg, gen, width + 1)
                 seq = torch.tensor([ids + out], device=rt.device)  # (1, P + N): the exact ids
-                rm_score = score_ids(rm, seq, torch.ones_like(seq)).item() if rm else None
+                rm_score = None if rm is None else score_ids(rm, seq, torch.ones_like(seq)).item()
             try:
                 gold = gold_reward(text, answer) if cfg.gold_judge == "toy" else None
             except ValueError:  # not a toy-world question: no gold score rather than a crash
                 gold = None
             notes = ", ".join(n for n in [
-                "empty" if not answer else "", f"RM {rm_score:+.2f}" if rm else "",
+                "empty" if not answer else "",
+                f"RM {rm_score:+.2f}" if rm_score is not None else "",
                 f"gold {gold:+.2f}" if gold is not None else "",
                 f"no EOS in {len(out)} tokens" if out[-1] != enc.eot_token else ""] if n)
             print(f"   ({notes})" if notes else "", flush=True)

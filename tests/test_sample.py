@@ -134,7 +134,7 @@ class Terminal(io.StringIO):
 
 def test_prompt_loop_at_a_terminal_until_ctrl_d(world, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", Terminal(PROMPTS[1] + "\n\n" + PROMPTS[2] + "\n"))
-    recs = run(world, num_samples=2)
+    recs = run(world, num_samples_per_prompt=2)
     out = capsys.readouterr().out
     assert [(r["prompt"], r["sample"]) for r in recs] == [(PROMPTS[1], 0), (PROMPTS[1], 1),
                                                           (PROMPTS[2], 0), (PROMPTS[2], 1)]
@@ -144,7 +144,7 @@ def test_prompt_loop_at_a_terminal_until_ctrl_d(world, capsys, monkeypatch):
 
 def test_side_by_side_same_noise_for_every_model(world, capsys):
     recs = run(world, ckpt=f"sft:{world}/a.pt,copy:{world}/a_copy.pt,other:{world}/b.pt",
-               prompts=f"{world}/prompts.jsonl", num_samples=3, max_new_tokens=12)
+               prompts=f"{world}/prompts.jsonl", num_samples_per_prompt=3, max_new_tokens=12)
     out = capsys.readouterr().out
     assert "[sft #1]" in out and "[other #3]" in out
     answers = {}
@@ -179,8 +179,8 @@ def test_clear_errors(world):
             run(world, temperature=t, prompt="hi")
     with pytest.raises(ConfigError, match="not both"):
         run(world, prompt="hi", prompts=f"{world}/prompts.jsonl")
-    with pytest.raises(ConfigError, match="num_samples"):
-        run(world, num_samples=0, prompt="hi")
+    with pytest.raises(ConfigError, match="num_samples_per_prompt"):
+        run(world, num_samples_per_prompt=0, prompt="hi")
     with pytest.raises(ConfigError, match="no room for a prompt"):
         run(world, max_new_tokens=64, prompt="hi")
 
@@ -193,6 +193,7 @@ def test_help_lists_every_key(capsys):
     assert "0 = greedy" in out
 
 
+@pytest.mark.slow  # two interpreters start: seconds
 def test_command_line_one_error_line_and_piped_prompts(world):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--device=cpu", "--max_new_tokens=8"]
