@@ -635,6 +635,26 @@ class Run:
         self.token_logger = MetricsLogger(self.dir, "tokens", resume_step, self.master, quiet=True)
         install_stop_handlers()
 
+    def model(self, cls, init, dropout=0.0):
+        """The model this run trains and its tokenizer name: from its own last checkpoint when it
+        resumes (a cls, GPT or ScalarModel), else from init() -> (model, tokenizer name)."""
+        if self.resume is None:
+            return init()
+        return model_from_checkpoint(cls, self.resume, self.resume_path, dropout), \
+            self.resume["tokenizer"]
+
+    def restore(self, optimizer, **state):
+        """The loop state a resumed run picks up: the optimizer's, the RNG's (sampling, dropout
+        and shuffling continue where they stopped), and `state`'s keys from the checkpoint (their
+        values here are a fresh run's). Returns dict(step=..., **state)."""
+        if self.resume is None:
+            return dict(step=0, **state)
+        require_keys(self.resume, self.resume_path, *state)
+        optimizer.load_state_dict(self.resume["optimizer"])
+        set_rng_state(self.resume["rng"])
+        print0(f"resumed from {self.resume_path} at step {self.resume['step']}")
+        return dict(step=self.resume["step"], **{k: self.resume[k] for k in state})
+
     def path(self, name):
         """Where the file `name` of this run lives now (.staging until the swap)."""
         return os.path.join(self.dir, name)

@@ -224,6 +224,52 @@ def plot_overoptimization(sweep, path, dpi=120):
     return path
 
 
+def plot_frontier(curves, path, dpi=120):
+    """
+    frontier.py's figure. Left: gold reward against KL(pi || pi_ref), a curve per method from the
+    SFT policy (KL 0) outwards, error bars of both. Right: for PPO and best-of-N, the gold gain
+    over the SFT policy and the RM score against d = sqrt(KL), with Gao et al.'s fitted forms
+    d (a - b d) (best-of-N) and d (a - b log d) (RL). Returns path.
+    """
+    plt = import_pyplot()
+    ref = curves["_reference"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    methods = [m for m in curves if m != "_reference"]
+    for i, m in enumerate(methods):
+        pts = curves[m]["points"]
+        ax.errorbar([0.0] + [p["kl"] for p in pts], [ref["gold"]] + [p["gold"] for p in pts],
+                    xerr=[0.0] + [p.get("kl_stderr") or 0.0 for p in pts],
+                    yerr=[0.0] + [p["gold_stderr"] or 0.0 for p in pts], fmt="o-" if m != "bon"
+                    else "^:", color=f"C{i}", capsize=2, markersize=4, label=m)
+    ax.set_xlabel("KL(policy || SFT policy), nats per answer (best-of-N: its bound)")
+    ax.set_ylabel("gold reward (held-out prompts)")
+    ax.set_title("Reward-KL frontier", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for i, m in enumerate(m for m in ("ppo", "bon") if m in curves):
+        pts, fit = curves[m]["points"], curves[m].get("gao_fit")
+        d = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
+        ax2.plot(d, [p["gold"] - ref["gold"] for p in pts], "o" if m == "ppo" else "^",
+                 color=f"C{i}", label=f"{m}: gold gain")
+        ax2.plot(d, [p["rm"] - ref["rm"] for p in pts], "s" if m == "ppo" else "v", color=f"C{i}",
+                 alpha=0.5, label=f"{m}: RM score gain")
+        if fit:
+            a, b = fit
+            xs = [max(d) * j / 50 for j in range(1, 51)]
+            ys = [x * (a - b * (x if m == "bon" else math.log(x))) for x in xs]
+            ax2.plot(xs, ys, "--", color=f"C{i}", linewidth=1,
+                     label=f"{m}: d(a - b{' d' if m == 'bon' else ' log d'}), a={a:.2f} b={b:.2f}")
+    ax2.set_xlabel("d = sqrt(KL)")
+    ax2.set_ylabel("gain over the SFT policy")
+    ax2.set_title("Over-optimisation with Gao et al.'s fits", fontsize=10)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_tokens(path, samples, dpi=120):
     """
     Credit assignment per token: for each logged sample (tokens.jsonl records: 'tokens' and lists

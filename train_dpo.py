@@ -442,22 +442,13 @@ def validate(cfg):
     common.require_files(cfg, "init_from", "reference", hint="the toy SFT model: python train_sft.py")
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    validate(cfg)
-    run = common.Run(cfg, "dpo")  # device, DDP, seeds, out_dir and its lock, the resume point
+def load_models(cfg, run):
+    """The policy (from the SFT checkpoint, or the run we resume) on the device, its frozen
+    reference (None for SimPO and ORPO), and the tokenizer."""
     rt = run.rt
-
-    # -------------------------------------------------------------------------
-    # models: the policy (from the SFT checkpoint, or the run we resume), the frozen reference
-    if run.resume:
-        model = common.model_from_checkpoint(GPT, run.resume, run.resume_path, cfg.dropout)
-        tok_name = run.resume["tokenizer"]
-    else:
-        model, tok_name = common.init_policy(cfg.init_from, cfg.tokenizer, dropout=cfg.dropout)
+    model, tok_name = run.model(GPT, lambda: common.init_policy(
+        cfg.init_from, cfg.tokenizer, dropout=cfg.dropout), cfg.dropout)
     common.check_block_size(model, cfg.block_size)
-    enc = get_tokenizer(tok_name)
-    model.to(rt.device)
     ref_model = None
     if cfg.loss_type not in REFERENCE_FREE:
         ref_from = cfg.reference or cfg.init_from
@@ -466,41 +457,62 @@ def main(argv=None):
                        f"tokenizer, the policy {tok_name!r}")
         common.check_block_size(ref_model, cfg.block_size, f"the reference {ref_from}")
         ref_model.to(rt.device).eval().requires_grad_(False)
+    return model.to(rt.device), ref_model, get_tokenizer(tok_name)
 
-    # -------------------------------------------------------------------------
-    # data: right-padded pairs (KTO: single answers and their labels); a batch's position in the
-    # data is its step (exact resume)
+
+def load_data(cfg, enc):
+    """Training and held-out pairs (KTO: single answers and their labels), right-padded at batch
+    time (a batch's position in the data is its step: exact resume), and the lengths length
+    bucketing sorts by."""
     kto = cfg.loss_type == "kto"
     load = loader.load_unpaired if kto else loader.load_preferences
     train, val = load(cfg.train_data, enc, cfg.block_size), load(cfg.val_data, enc, cfg.block_size)
-    if cfg.eval_examples > 0:
-        val = val[:cfg.eval_examples]
+    val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
     common.print0(f"{len(train)} training {'answers' if kto else 'pairs'}, {len(val)} held-out, "
-                  f"loss {cfg.loss_type}, tokenizer {tok_name}")
+                  f"loss {cfg.loss_type}, tokenizer {enc.name}")
     if kto:
         print_kto_balance(train, cfg)
-    # batches of similar lengths waste less compute on padding (the order is still seeded)
     lengths = tuple(len(e["prompt"]) + len(e["completion"]) if kto else
                     max(len(e["chosen"][0]), len(e["rejected"][0])) for e in train) \
         if cfg.length_buckets else None
+    return train, val, lengths
+
+
+def precompute_reference(cfg, run, ref_model, train, val, enc):
+    """The reference's log-probs of every pair, once, before training: {'train': (N, 2),
+    'val': (N, 2), 'key'}, cached in out_dir under a key of the content (a resumed run reuses
+    its cache unless the data or the reference changed)."""
+    rt = run.rt
+    key, path, cache = content_key(cfg, ref_model, rt), run.path("ref_logps.pt"), None
+    if run.resume and os.path.isfile(path):
+        cache = load_ref_cache(path, key, dict(train=len(train), val=len(val)), rt.device)
+    # computing is a collective: every rank recomputes when any rank could not use the file
+    if common.all_reduce_max(float(cache is None)) > 0:
+        t0 = time.time()
+        cache = dict(train=reference_logps(ref_model, train, cfg, rt, enc.eot_token),
+                     val=reference_logps(ref_model, val, cfg, rt, enc.eot_token), key=key)
+        common.print0(f"reference log-probs of {len(train) + len(val)} pairs in "
+                      f"{time.time() - t0:.1f}s, cached in {path}")
+        run.save("ref_logps.pt", cache)
+    return cache
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    validate(cfg)
+    run = common.Run(cfg, "dpo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
+    kto = cfg.loss_type == "kto"
 
     # -------------------------------------------------------------------------
+    # models (the policy and its frozen reference) and data (pairs, or KTO's labelled answers)
+    model, ref_model, enc = load_models(cfg, run)
+    train, val, lengths = load_data(cfg, enc)
     # the reference's log-probs: none (SimPO, ORPO), live (one no-grad forward per batch), or
-    # once before training, cached on disk under a key of the content, and the reference freed
-    cache = None
-    if cfg.precompute_ref_logps:
-        key, path = content_key(cfg, ref_model, rt), run.path("ref_logps.pt")
-        if run.resume and os.path.isfile(path):  # a resumed run reuses what it computed
-            cache = load_ref_cache(path, key, dict(train=len(train), val=len(val)), rt.device)
-        # computing is a collective: every rank recomputes when any rank could not use the file
-        if common.all_reduce_max(float(cache is None)) > 0:
-            t0 = time.time()
-            cache = dict(train=reference_logps(ref_model, train, cfg, rt, enc.eot_token),
-                         val=reference_logps(ref_model, val, cfg, rt, enc.eot_token), key=key)
-            common.print0(f"reference log-probs of {len(train) + len(val)} pairs in "
-                          f"{time.time() - t0:.1f}s, cached in {path}")
-            run.save("ref_logps.pt", cache)
-        ref_model = None  # training never needs it again
+    # once before training, cached on disk, and then the reference is freed
+    cache = precompute_reference(cfg, run, ref_model, train, val, enc) \
+        if cfg.precompute_ref_logps else None
+    ref_model = None if cache else ref_model
 
     def ref_logps(batch):
         if cache is not None:
@@ -521,16 +533,11 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
     optimizer = common.make_optimizer(model, cfg, rt)
-    step, best_val = 0, float("inf")
-    if run.resume:
-        optimizer.load_state_dict(run.resume["optimizer"])
-        step, best_val = run.resume["step"], run.resume["best_val_loss"]
-        common.set_rng_state(run.resume["rng"])
-        common.print0(f"resumed from {run.resume_path} at step {step}")
+    step, best_val = run.restore(optimizer, best_val_loss=math.inf).values()
     trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
 
     def checkpoint():
-        return common.make_checkpoint(model, "policy", "dpo", tok_name, cfg, step, optimizer,
+        return common.make_checkpoint(model, "policy", "dpo", enc.name, cfg, step, optimizer,
                                       best_val_loss=best_val)
 
     @torch.no_grad()

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import common
 from common import print0
 from data import loader
+from model import ScalarModel
 from tokenizer import encode_example, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -256,35 +257,14 @@ def to_device(batch, rt):
 # -----------------------------------------------------------------------------
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    validate(cfg)
-    run = common.Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
-    rt = run.rt
-
-    # -------------------------------------------------------------------------
-    # model: a new scalar head on the SFT trunk, or the run we resume (a scalar checkpoint)
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                      block_size=cfg.block_size, bias=cfg.bias)
-    if run.resume:
-        model, tok_name = common.scalar_from_checkpoint(run.resume, cfg.dropout, run.resume_path)
-    else:
-        model, tok_name = common.init_scalar(cfg.init_from, cfg.tokenizer, model_args, cfg.dropout)
-    model.reward_bias.zero_()  # training sees raw scores; the offset is set once, at the end
-    common.check_block_size(model, cfg.block_size)
-    model.to(rt.device)
-    enc = get_tokenizer(tok_name)
-    n_params = sum(p.numel() for p in model.parameters())
-    print0(f"model: {n_params / 1e6:.2f}M parameters, {model.config.n_layer} layers, n_embd "
-           f"{model.config.n_embd}, tokenizer '{tok_name}', from "
-           f"{run.resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
-
-    # -------------------------------------------------------------------------
-    # data: right-padded pairs; a batch's position in the data is its step (exact resume)
+def load_data(cfg, enc, rt):
+    """Training and held-out pairs (right-padded at batch time; a batch's position in the data
+    is its step, for exact resume), the number of steps, the reference texts of the final
+    normalisation (read now: a bad bias_data fails before training, not after it) and the
+    lengths that length bucketing sorts by (a pair pads to its longer answer)."""
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
-    if cfg.eval_examples > 0:
-        val = val[:cfg.eval_examples]
+    val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
     pairs_per_step = cfg.batch_size * cfg.grad_accum * rt.world_size
     max_iters = cfg.max_iters
     if max_iters == -1:  # one epoch by default: reward models overfit quickly
@@ -292,29 +272,43 @@ def main(argv=None):
     common.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
                    f"warmup_iters={cfg.warmup_iters} and stop_iter={cfg.stop_iter} must be <= "
                    f"max_iters={max_iters}")
-    # the reference texts of the normalisation at the end: a bad bias_data fails now, not after
-    # the whole run
-    ref_rows = reference_rows(cfg, enc, train)
     if cfg.use_margin and not any(p["margin"] for p in train):
         print0(f"note: use_margin=True but no pair in {cfg.train_data} has a non-zero 'margin'")
     print0(f"data: {len(train)} train pairs, {len(val)} held-out pairs; {pairs_per_step} pairs "
            f"per step, {max_iters} steps ({max_iters * pairs_per_step / len(train):.2f} epochs)")
-    # a pair's padded length is its longer answer's; bucketing only reorders within an epoch
     lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in train) \
         if cfg.length_buckets else None
+    return train, val, max_iters, reference_rows(cfg, enc, train), lengths
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    validate(cfg)
+    run = common.Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
+    rt = run.rt
+
+    # -------------------------------------------------------------------------
+    # model: a new scalar head on the SFT trunk, or the run we resume; then the data
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                      block_size=cfg.block_size, bias=cfg.bias)
+    model, tok_name = run.model(ScalarModel, lambda: common.init_scalar(
+        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
+    model.reward_bias.zero_()  # training sees raw scores; the offset is set once, at the end
+    common.check_block_size(model, cfg.block_size)
+    model.to(rt.device)
+    enc = get_tokenizer(tok_name)
+    print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+           f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device {rt.device}")
+    train, val, max_iters, ref_rows, lengths = load_data(cfg, enc, rt)
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
     optimizer = common.make_optimizer(model, cfg, rt)
-    step, best, train_metrics, val_metrics = 0, (-1.0, 0.0), {}, {}
-    reward_bias = None  # set at the end; a resumed checkpoint that has it is a finished run
-    if run.resume:
-        optimizer.load_state_dict(run.resume["optimizer"])
-        step, best = run.resume["step"], tuple(run.resume["best"])
-        train_metrics, val_metrics = run.resume["train_metrics"], run.resume["val_metrics"]
-        reward_bias = run.resume.get("reward_bias")
-        common.set_rng_state(run.resume["rng"])
-        print0(f"resumed from {run.resume_path} at step {step}")
+    state = run.restore(optimizer, best=(-1.0, 0.0), train_metrics={}, val_metrics={})
+    step, best = state["step"], tuple(state["best"])
+    train_metrics, val_metrics = state["train_metrics"], state["val_metrics"]
+    # set at the end: a resumed checkpoint that holds it is a finished run
+    reward_bias = run.resume.get("reward_bias") if run.resume else None
     trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
 
     def checkpoint(with_optimizer=True, **extra):
@@ -356,11 +350,9 @@ def main(argv=None):
                                           metrics["loss"])
         step += 1
         train_metrics = {k: common.all_reduce_mean(v) for k, v in metrics.items()}
-        dt = time.time() - t0
-
         if step % cfg.log_interval == 0 or step == 1 or step == max_iters:
             run.log(step, **train_metrics, lr=lr, grad_norm=grad_norm,
-                    ms_per_iter=round(1000 * dt, 1))
+                    ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == max_iters:
             eval_and_save_best()
         stopping = run.should_stop(step)
@@ -370,24 +362,13 @@ def main(argv=None):
             print0(f"stopping at step {step}; continue with --resume=True")
             break
 
-    # -------------------------------------------------------------------------
     # 4. normalisation: reward_bias = the mean raw score of reference responses, so that the
-    # scores PPO sees are centred on "as good as the SFT answers". Done for the final weights and
-    # for the best ones (ckpt_best.pt may hold an earlier step), each with its own mean.
-    # ckpt_last.pt is written last: until it holds reward_bias, a resumed run redoes this block.
+    # scores PPO sees are centred on "as good as the SFT answers", for the final weights and for
+    # the best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt
+    # is written last: until it holds reward_bias, a resumed run redoes this step.
     if step == max_iters and reward_bias is None and rt.master:
         reward_bias = set_reward_bias(model, ref_rows, cfg, enc, rt, "final")
-        best_ckpt = common.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
-        best_ckpt["reward_bias"] = reward_bias
-        if best_ckpt["best_step"] != step:  # the best weights are earlier ones: their own mean
-            best_model = copy.deepcopy(model)
-            best_model.load_state_dict(best_ckpt["model"])
-            best_ckpt["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, rt,
-                                                       f"best, step {best_ckpt['best_step']}")
-        best_ckpt["model"]["reward_bias"].fill_(best_ckpt["reward_bias"])
-        run.save("ckpt_best.pt", best_ckpt)
-        run.log(step, reward_bias=reward_bias, best_reward_bias=best_ckpt["reward_bias"],
-                best_step=best_ckpt["best_step"])
+        normalise_best(run, model, ref_rows, cfg, enc, rt, step, reward_bias)
         run.save("ckpt_last.pt", checkpoint(reward_bias=reward_bias))
 
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
@@ -413,6 +394,22 @@ def reference_rows(cfg, enc, train):
         rows = [list(ids) for ids in dict.fromkeys(tuple(p["chosen"][0]) for p in train)]
     n = len(rows) if cfg.bias_examples == -1 else min(cfg.bias_examples, len(rows))
     return rows[:n]
+
+
+def normalise_best(run, model, ref_rows, cfg, enc, rt, step, reward_bias):
+    """ckpt_best.pt with its own weights' reward_bias: the final one when the best weights are
+    the final weights, else the mean score of the references under the best weights."""
+    best = common.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
+    best["reward_bias"] = reward_bias
+    if best["best_step"] != step:
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(best["model"])
+        best["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, rt,
+                                              f"best, step {best['best_step']}")
+    best["model"]["reward_bias"].fill_(best["reward_bias"])
+    run.save("ckpt_best.pt", best)
+    run.log(step, reward_bias=reward_bias, best_reward_bias=best["reward_bias"],
+            best_step=best["best_step"])
 
 
 @torch.no_grad()

@@ -184,6 +184,25 @@ def sample_answers(model, enc, prompts, max_new_tokens, temperature, seed, devic
 # -----------------------------------------------------------------------------
 
 
+def load_data(cfg, enc, model, rt):
+    """Training and held-out examples, (ids, loss_mask) each after the loader's length policy;
+    this rank's share of the held-out ones, collated once; the lengths length bucketing sorts
+    by; and a few held-out (prompt, reference answer) pairs to answer at each evaluation."""
+    train = loader.load_sft(cfg.train_data, enc, cfg.block_size)
+    val = loader.load_sft(cfg.val_data, enc, cfg.block_size)
+    lengths = tuple(len(ids) for ids, _ in train) if cfg.length_buckets else None
+    n_val = len(val) if cfg.eval_examples == -1 else min(cfg.eval_examples, len(val))
+    rows = list(range(rt.rank, n_val, rt.world_size))
+    val_batches = [loader.collate([val[i] for i in rows[k:k + cfg.batch_size]], enc.eot_token)
+                   for k in range(0, len(rows), cfg.batch_size)]
+    max_new = min(cfg.sample_tokens, model.config.block_size - 1)
+    samples = [split_last_answer(*val[i]) for i in range(min(cfg.num_samples, len(val)))]
+    samples = [(p, a) for p, a in samples if 0 < len(p) <= model.config.block_size - max_new]
+    print0(f"data: {len(train)} train, {len(val)} val examples ({n_val} used per eval); "
+           f"{cfg.batch_size * cfg.grad_accum * rt.world_size} rows per step")
+    return train, val_batches, lengths, samples, max_new
+
+
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
@@ -191,48 +210,25 @@ def main(argv=None):
     rt = run.rt
 
     # -------------------------------------------------------------------------
-    # model: a fresh start comes from init_from; a resumed run from its own last checkpoint
-    if run.resume:
-        model = common.model_from_checkpoint(GPT, run.resume, run.resume_path, cfg.dropout)
-        tok_name = run.resume["tokenizer"]
-    else:
-        model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          block_size=cfg.block_size, bias=cfg.bias)
-        model, tok_name = common.init_policy(cfg.init_from, cfg.tokenizer, model_args, cfg.dropout)
+    # model: a fresh start comes from init_from, a resumed run from its own last checkpoint;
+    # then the data
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                      block_size=cfg.block_size, bias=cfg.bias)
+    model, tok_name = run.model(GPT, lambda: common.init_policy(
+        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
     common.check_block_size(model, cfg.block_size)
     model.to(rt.device)
     enc = get_tokenizer(tok_name)
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
            f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
            f"{run.resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
-
-    # -------------------------------------------------------------------------
-    # data: every example is (ids, loss_mask); the loader applies the length policy
-    train = loader.load_sft(cfg.train_data, enc, cfg.block_size)
-    val = loader.load_sft(cfg.val_data, enc, cfg.block_size)
-    # batches of similar lengths waste less compute on padding (the order is still seeded)
-    lengths = tuple(len(ids) for ids, _ in train) if cfg.length_buckets else None
-    n_val = len(val) if cfg.eval_examples == -1 else min(cfg.eval_examples, len(val))
-    val_rows = list(range(rt.rank, n_val, rt.world_size))  # this rank's share, collated once
-    val_batches = [loader.collate([val[i] for i in val_rows[k:k + cfg.batch_size]], enc.eot_token)
-                   for k in range(0, len(val_rows), cfg.batch_size)]
-    # a few fixed held-out prompts to answer at each eval, with their reference answers
-    max_new = min(cfg.sample_tokens, model.config.block_size - 1)
-    samples = [split_last_answer(*val[i]) for i in range(min(cfg.num_samples, len(val)))]
-    samples = [(p, a) for p, a in samples if 0 < len(p) <= model.config.block_size - max_new]
-    print0(f"data: {len(train)} train, {len(val)} val examples ({n_val} used per eval); "
-           f"{cfg.batch_size * cfg.grad_accum * rt.world_size} rows per step")
+    train, val_batches, lengths, samples, max_new = load_data(cfg, enc, model, rt)
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
     optimizer = common.make_optimizer(model, cfg, rt)
-    step, best_val, train_loss, val_loss = 0, math.inf, math.nan, math.nan
-    if run.resume:
-        optimizer.load_state_dict(run.resume["optimizer"])
-        step, best_val = run.resume["step"], run.resume["best_val_loss"]
-        train_loss, val_loss = run.resume["train_loss"], run.resume["val_loss"]
-        common.set_rng_state(run.resume["rng"])  # dropout masks continue where they stopped
-        print0(f"resumed from {run.resume_path} at step {step}")
+    state = run.restore(optimizer, best_val_loss=math.inf, train_loss=math.nan, val_loss=math.nan)
+    step, best_val, train_loss, val_loss = state.values()
     trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
 
     def checkpoint(with_optimizer):
@@ -279,10 +275,9 @@ def main(argv=None):
         step += 1
         train_loss = common.all_reduce_sum(loss)  # each rank holds its share of the mean
         losses.append(train_loss)
-        dt = time.time() - t0
 
         if step % cfg.log_interval == 0 or step == 1 or step == cfg.max_iters:
-            n_tokens = sum(int(attn.sum()) for _, attn, _ in micro)  # real (non-pad) tokens
+            dt, n_tokens = time.time() - t0, sum(int(attn.sum()) for _, attn, _ in micro)
             run.log(step, loss=train_loss, lr=lr, grad_norm=grad_norm,
                     tok_per_s=round(n_tokens * rt.world_size / dt), ms_per_iter=round(1000 * dt, 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
