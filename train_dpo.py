@@ -275,12 +275,15 @@ METRICS = ("loss", "rewards_chosen", "rewards_rejected", "margin", "accuracy", "
 
 def pair_metrics(losses, chosen_rewards, rejected_rewards, logps):
     """The numbers worth watching (METRICS), as floats: the chosen log-prob often falls while
-    the margin rises. accuracy is the implicit-reward accuracy: chosen reward > rejected."""
+    the margin rises. accuracy is the implicit-reward accuracy: chosen reward > rejected, ties
+    half."""
     return dict(loss=losses.mean().item(),
                 rewards_chosen=chosen_rewards.mean().item(),
                 rewards_rejected=rejected_rewards.mean().item(),
                 margin=(chosen_rewards - rejected_rewards).mean().item(),
-                accuracy=(chosen_rewards > rejected_rewards).float().mean().item(),
+                # ties count half, as eval.py's win rates: at the start every pair is a tie
+                accuracy=((chosen_rewards > rejected_rewards).float()
+                          + 0.5 * (chosen_rewards == rejected_rewards).float()).mean().item(),
                 logps_chosen=logps[0].detach().mean().item(),
                 logps_rejected=logps[1].detach().mean().item())
 
@@ -352,10 +355,14 @@ def reference_logps(ref_model, data, cfg, rt, pad_id):
     sharing the work (a collective under DDP)."""
     out = torch.zeros(len(data), 2, device=rt.device)
     B = cfg.batch_size * 2  # no gradients, so twice the training batch fits
+    # pairs of similar lengths pad less (real HH: 60% fewer positions); rows go back in place
+    order = sorted(range(len(data)), key=lambda i: max(len(data[i]["chosen"][0]),
+                                                       len(data[i]["rejected"][0])))
     for start in range(rt.rank * B, len(data), B * rt.world_size):
-        batch = to_device(loader.collate_pairs(data[start:start + B], pad_id), rt)
+        rows = order[start:start + B]
+        batch = to_device(loader.collate_pairs([data[i] for i in rows], pad_id), rt)
         c, r, _, _ = pair_logprobs(ref_model, batch, rt.autocast)
-        out[start:start + B, 0], out[start:start + B, 1] = c.float(), r.float()
+        out[rows, 0], out[rows, 1] = c.float(), r.float()
     return common.all_reduce_mean(out) * rt.world_size  # every row came from one rank
 
 

@@ -265,6 +265,9 @@ def load_data(cfg, enc, rt):
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
     val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
+    # evaluation sums over pairs, so their order is free: sorted by length its batches pad
+    # little (real HH pairs at block_size 512: 0.86M positions instead of 2.26M)
+    val = sorted(val, key=lambda p: max(len(p["chosen"][0]), len(p["rejected"][0])))
     pairs_per_step = cfg.batch_size * cfg.grad_accum * rt.world_size
     max_iters = cfg.max_iters
     if max_iters == -1:  # one epoch by default: reward models overfit quickly

@@ -8,7 +8,7 @@
 # critic) plus AdamW state for two of them are ~5 GB in fp32; a micro-batch of 8 responses x 512
 # tokens adds ~2-3 GB of activations per trained model, plus the (8, 54, 50257) response logits
 # with their log-softmax and entropy (~1 GB): about 12-16 GB in all with bf16 autocast. One
-# iteration = generating 64 x 53 tokens with the KV cache (~1-2 s) plus 4 epochs x 4 minibatches
+# iteration = generating 64 x up to 128 tokens with the KV cache (~2-4 s) plus 4 passes x 4 minibatches
 # of policy and critic updates (~3-5 s) on one A100/H100, so the 400 iterations (25,600
 # episodes) take roughly 30-45 minutes, evaluations included.
 # The hyperparameters are a starting point after the "N+ implementation details of RLHF" and
@@ -21,9 +21,9 @@ train_prompts = "data/hh/out/prompts_train.jsonl"
 val_prompts = "data/hh/out/prompts_test.jsonl"  # HH has no separate validation split
 block_size = 512                              # long conversations keep their end (the loader)
 
-# rollout: 64 responses of at most 53 tokens per iteration; an answer cut without EOS scores -1
+# rollout: 64 responses of at most 128 tokens per iteration; an answer cut without EOS scores -1
 rollout_batch_size = 64
-max_new_tokens = 53
+max_new_tokens = 128                          # 4% of HH chosen answers are longer (26% exceed 53)
 temperature = 0.7
 missing_eos_penalty = 1.0
 missing_eos_mode = "replace"

@@ -310,7 +310,7 @@ def test_short_run_raises_heldout_implicit_reward_accuracy(toy, tmp_path):
     first = read_log(out)[0]
     assert first["step"] == 0  # policy == reference: DPO's fixed point
     assert first["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert first["val_margin"] == 0 and first["val_accuracy"] == 0
+    assert first["val_margin"] == 0 and first["val_accuracy"] == 0.5  # all ties: half each
     assert res["val_accuracy"] > 0.65 and res["val_loss"] < math.log(2) - 0.1, res
     assert res["step"] == 40 and os.path.isfile(out / "ckpt_best.pt")
     ckpt = common.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")

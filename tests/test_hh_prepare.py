@@ -204,6 +204,8 @@ class Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
+    for name in ("no_proxy", "NO_PROXY"):  # a proxy set in the environment must not see it
+        monkeypatch.setenv(name, "*")
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
     srv.files, srv.requests = {}, []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
