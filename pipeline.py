@@ -1,53 +1,60 @@
 """
-The whole RLHF recipe on the offline toy world, one stage after another:
+The whole RLHF recipe on the offline toy world, as the seeds teach it:
 
-    prepare data -> SFT -> reward model -> PPO -> DPO -> evaluation -> plots
+    prepare -> SFT -> label (the SFT policy's own answers, ranked) -> reward model
+            -> PPO, GRPO, RLOO (against the reward model), PPO and GRPO on the gold judge
+            -> DPO and KTO (on the same comparisons, as pairs and as single labelled answers)
+            -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: about 8-9 minutes on a 2-core CPU
+    python pipeline.py                       # the default: about 10 minutes on a 2-core CPU
+    python pipeline.py --data=static         # the hand-made comparisons instead of labelled ones
+    python pipeline.py --rounds=2            # Llama-2-style: round 2 labels round 1's PPO policy
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
 
-Each stage is its own script with its own config file, run here exactly as you would run it by
-hand (the command is printed first), so any stage can be re-run, changed or replaced alone.
-The results table is printed at the end and written to {out}/eval/results.md, the figures to
-{out}/plots/.
-
-Re-running into an out dir that already holds runs needs --overwrite=True (nothing is silently
-replaced).
+Each stage is its own script with its own config, run exactly as you would run it by hand (the
+command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
+each on one thread (a model this small gains little from a second thread; two processes gain
+more), SFT and the evaluation, which run alone, on `jobs` threads; their output goes to
+{out}/logs/{stage}.txt, with a line of progress every so often. The results
+table is printed at the end and written to {out}/eval/results.md, the figures to {out}/plots/.
+Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced).
 """
 
-import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
 
 import common
-from common import parse_config
 
 DEFAULTS = dict(
     out="out",                # every stage writes to {out}/{stage}_toy
     data_dir="data/toy/out",  # the toy world's files
+    data="onpolicy",          # 'onpolicy': comparisons of SFT samples (label.py) | 'static'
+    rounds=1,                 # > 1: round r labels round r-1's PPO policy (rewards on all so far)
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
+    jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out}
-    plots=True,               # draw the figures (needs matplotlib)
+    plots=True,               # draw the figures
 )
 
 # the miniature run: a tiny model and a few iterations per stage, for the test suite
-MINI_STAGE = {
+MINI = {
     "sft": ["--n_layer=1", "--n_head=2", "--n_embd=32", "--max_iters=4", "--warmup_iters=1",
             "--eval_interval=2", "--eval_examples=16", "--log_interval=1", "--num_samples=1",
             "--sample_tokens=8"],
+    "label": ["--max_prompts=24", "--k=3", "--k_eval=2", "--max_new_tokens=16"],
     "rm": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
            "--eval_examples=16", "--bias_examples=16", "--log_interval=1"],
-    "ppo": ["--max_iters=2", "--rollout_batch_size=4", "--minibatch_size=2",
-            "--micro_batch_size=2", "--max_new_tokens=8", "--eval_interval=1",
-            "--eval_examples=4", "--save_every=1", "--num_samples=1"],
+    "rl": ["--max_iters=2", "--rollout_batch_size=8", "--minibatch_size=4",
+           "--micro_batch_size=4", "--max_new_tokens=8", "--eval_interval=1",
+           "--eval_examples=4", "--save_every=1", "--num_samples=1"],
     "dpo": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
             "--eval_examples=4", "--log_interval=1"],
-    "eval": ["--eval_examples=8", "--max_new_tokens=16"],
+    "eval": ["--eval_examples=8", "--max_new_tokens=16", "--bon_sweep=4"],
 }
-
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
 
@@ -58,68 +65,147 @@ def stage_path(path):
     return os.path.abspath(path) if rel.startswith("..") else rel
 
 
-def run(cmd):
-    """Run one stage as a subprocess, echoing the command; stop the pipeline if it fails."""
-    print(f"\n$ python {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    result = subprocess.run([sys.executable] + cmd, cwd=ROOT)
-    if result.returncode != 0:
-        sys.exit(f"pipeline: stage failed with exit code {result.returncode}: {' '.join(cmd)}")
-    print(f"[{time.time() - t0:.0f}s]", flush=True)
+def run_stages(stages, jobs, log_dir, alone=()):
+    """
+    Run {name: (names it needs, command)} as subprocesses, each once all it needs has finished,
+    at most `jobs` at a time, on one thread each; the stages in `alone` (those everything else
+    waits for) on `jobs` threads. The thread counts are fixed by the stage, not by the timing,
+    so a run repeats bit for bit. A stage that fails stops the pipeline (the others are stopped
+    too) with the end of its log. Returns {name: seconds}.
+    """
+    os.makedirs(log_dir, exist_ok=True)
+    todo, running, done, last_note = dict(stages), {}, {}, time.time()
+    while todo or running:
+        for name, (needs, cmd) in list(todo.items()):
+            if len(running) < jobs and all(n in done for n in needs):
+                print(f"\n$ python {' '.join(cmd)}\n  [{name}: started, log {log_dir}/{name}.txt]",
+                      flush=True)
+                log = open(os.path.join(log_dir, f"{name}.txt"), "w")
+                threads = str(jobs if name in alone else 1)
+                env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+                proc = subprocess.Popen([sys.executable, "-u"] + cmd, cwd=ROOT, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+                running[name] = (proc, log, time.time())
+                del todo[name]
+        time.sleep(0.5)
+        for name, (proc, log, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode != 0:
+                for other, _, _ in running.values():
+                    other.terminate()
+                with open(os.path.join(log_dir, f"{name}.txt")) as f:
+                    tail = f.read()[-3000:]
+                sys.exit(f"{tail}\npipeline: stage {name} failed (exit code {proc.returncode}); "
+                         f"its log: {log_dir}/{name}.txt")
+            done[name] = time.time() - t0
+            print(f"  [{name}: done in {done[name]:.0f}s]", flush=True)
+        if running and time.time() - last_note > 30:  # what a person waiting wants to know
+            last_note = time.time()
+            print("  ... " + " | ".join(f"{n}: {last_step(log_dir, n)}" for n in running),
+                  flush=True)
+    return done
+
+
+def last_step(log_dir, name):
+    """The latest 'step N' a stage's log has reached, for the progress line."""
+    with open(os.path.join(log_dir, f"{name}.txt"), errors="replace") as f:
+        steps = re.findall(r"^step\s+(\d+)", f.read(), re.M)
+    return f"step {steps[-1]}" if steps else "starting"
 
 
 def main(argv=None):
-    cfg = parse_config(DEFAULTS, argv, __doc__)
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    common.validate(cfg, {
+        "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
+        "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
+        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
+    common.require(cfg.rounds == 1 or cfg.data == "onpolicy",
+                   "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
     mini = cfg.scale == "mini"
-    if cfg.scale not in ("full", "mini"):
-        sys.exit(f"pipeline: --scale must be 'full' or 'mini', got {cfg.scale!r}")
-    extra = (lambda stage: MINI_STAGE[stage]) if mini else (lambda stage: [])
-    # paths as the stages (which run in ROOT) see them
-    out, data = (stage_path(p) for p in (cfg.out, cfg.data_dir))
-    d = {stage: os.path.join(out, f"{stage}_toy") for stage in ("sft", "rm", "ppo", "dpo")}
+    extra = (lambda stage: MINI[stage]) if mini else (lambda stage: [])
+    out, data = stage_path(cfg.out), stage_path(cfg.data_dir)
+    d = lambda name: os.path.join(out, f"{name}_toy")  # noqa: E731
     common_args = [f"--seed={cfg.seed}"] + (["--overwrite=True"] if cfg.overwrite else [])
+    sft = f"{d('sft')}/ckpt_best.pt"
     t0 = time.time()
 
-    # 1. the toy world: instructions, demonstrations, judged preference pairs, RL prompts
-    run(["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"])
-
-    # 2. SFT: a byte-level GPT from scratch learns to answer in the template
-    run(["train_sft.py", "config/sft_toy.py", f"--out_dir={d['sft']}",
-         f"--train_data={data}/sft_train.jsonl", f"--val_data={data}/sft_val.jsonl"]
-        + common_args + extra("sft"))
-    sft = os.path.join(d["sft"], "ckpt_best.pt")
-
-    # 3. reward model: the SFT trunk plus a scalar head, trained on the judge's noisy labels
-    run(["train_reward_model.py", "config/rm_toy.py", f"--out_dir={d['rm']}", f"--init_from={sft}",
-         f"--train_data={data}/prefs_train.jsonl", f"--val_data={data}/prefs_val.jsonl",
-         f"--bias_data={data}/sft_train.jsonl"] + common_args + extra("rm"))
-    rm = os.path.join(d["rm"], "ckpt_best.pt")
-
-    # 4. PPO against the reward model, KL-anchored to the SFT policy
-    run(["train_ppo.py", "config/ppo_toy.py", f"--out_dir={d['ppo']}", f"--init_from={sft}",
-         f"--reward_model={rm}", f"--train_prompts={data}/prompts_train.jsonl",
-         f"--val_prompts={data}/prompts_eval.jsonl"]
-        + common_args + extra("ppo"))
-
-    # 5. DPO on the same preference pairs, no reward model and no sampling
-    run(["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d['dpo']}", f"--init_from={sft}",
-         f"--train_data={data}/prefs_train.jsonl", f"--val_data={data}/prefs_val.jsonl"]
-        + common_args + extra("dpo"))
-
-    # 6. evaluation on held-out prompts: gold judge, reward model, win rates, KL
+    # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
+    stages = {
+        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]),
+        "sft": (["prepare"], ["train_sft.py", "config/sft_toy.py", f"--out_dir={d('sft')}",
+                              f"--train_data={data}/sft_train.jsonl",
+                              f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
+    }
+    # 3. the comparisons: the SFT policy's own answers ranked by the toy world's annotators
+    # (or the hand-made pairs); round r > 1 ranks round r - 1's PPO policy
+    prefs, kto, rm_needs = f"{data}/prefs_train.jsonl", None, ["sft"]
+    policy, rankings = sft, []
+    for r in range(1, cfg.rounds + 1):
+        tag = "" if r == 1 else f"_r{r}"
+        if cfg.data == "onpolicy":
+            prefix = "onpolicy" if r == 1 else f"onpolicy_r{r}"
+            stages[f"label{tag}"] = (rm_needs, ["data/toy/label.py", f"--policy={policy}",
+                                                f"--out_dir={data}", f"--prefix={prefix}",
+                                                f"--train_prompts={data}/prompts_train.jsonl",
+                                                f"--eval_prompts={data}/prompts_eval.jsonl",
+                                                f"--seed={cfg.seed + r - 1}"] + extra("label"))
+            rankings.append(f"{data}/{prefix}_train.jsonl")
+            prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
+        # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far
+        rm = f"{d('rm' + tag)}/ckpt_best.pt"
+        stages[f"rm{tag}"] = (rm_needs, [
+            "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('rm' + tag)}",
+            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={data}/prefs_val.jsonl",
+            f"--bias_data={data}/sft_train.jsonl"] + common_args + extra("rm"))
+        # 5. PPO against the reward model, KL-anchored to the SFT policy
+        stages[f"ppo{tag}"] = ([f"rm{tag}"], [
+            "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
+            f"--reward_model={rm}", f"--train_prompts={data}/prompts_train.jsonl",
+            f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl"))
+        policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
+    last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
+    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
+          f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl")
+    # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
+    stages.update({
+        "grpo": ([f"rm{last}"], ["train_grpo.py", f"--out_dir={d('grpo')}", f"--reward_model={rm}"] + rl),
+        "rloo": ([f"rm{last}"], ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}",
+                                 f"--reward_model={rm}"] + rl),
+        "ppo_gold": (["sft"], ["train_ppo.py", "config/ppo_toy.py", "--reward_fn=toy_gold",
+                               f"--out_dir={d('ppo_gold')}"] + rl),
+        "grpo_gold": (["sft"], ["train_grpo.py", "--reward_fn=toy_gold",
+                                f"--out_dir={d('grpo_gold')}"] + rl),
+    })
+    # 7. the RL-free path on the same comparisons: DPO on the pairs, KTO on single answers
+    pair_data = [f"--val_data={data}/prefs_val.jsonl"] + common_args + extra("dpo")
+    stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
+                                       f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
+    if kto:
+        stages["kto"] = (stages["rm"][0], [
+            "train_dpo.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
+            f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
+            + common_args + extra("dpo"))
+    # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
     eval_dir = os.path.join(out, "eval")
-    policies = ",".join([f"sft:{sft}", f"ppo:{d['ppo']}/ckpt_last.pt", f"dpo:{d['dpo']}/ckpt_last.pt"])
-    run(["eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
-         f"--prompts={data}/prompts_eval.jsonl", f"--pairs={data}/prefs_test.jsonl",
-         f"--out_dir={eval_dir}", f"--sweep={d['ppo']}"] + extra("eval"))
+    names = ["ppo", "grpo", "rloo", "dpo"] + (["kto"] if kto else []) + ["ppo_gold", "grpo_gold"]
+    policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
+        f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names])
+    pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
+    stages["eval"] = (list(stages), [
+        "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
+        f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        f"--sweep={d('ppo' + last)},{d('grpo')}", "--bon_sweep=64"] + extra("eval"))
+    if cfg.plots:
+        stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
+                                      f"--out_dir={out}/plots"])
+    times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))
 
-    # 7. figures from the logs
-    if cfg.plots and importlib.util.find_spec("matplotlib") is None:
-        print("\nskipping the plots: matplotlib is not installed (pip install matplotlib)")
-    elif cfg.plots:
-        run(["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}", f"--out_dir={out}/plots"])
-
-    print(f"\npipeline done in {time.time() - t0:.0f}s; results in {eval_dir}/results.md")
+    print(f"\npipeline done in {time.time() - t0:.0f}s (" +
+          ", ".join(f"{n} {s:.0f}s" for n, s in times.items()) + f"); results in {eval_dir}/results.md")
     with open(os.path.join(ROOT, eval_dir, "results.md")) as f:
         print(f.read())
 

@@ -332,7 +332,7 @@ def test_ppo_two_processes_train_one_model_with_one_kl_coefficient(world, tmp_pa
         "--eval_interval=2", "--eval_examples=8", "--sample_interval=100", "--save_every=3",
         "--gold_judge=toy"])
     assert_written_once(out, printed, ["ckpt_best.pt", "ckpt_iter3.pt", "ckpt_last.pt",
-                                       "log.jsonl"])
+                                       "log.jsonl", "tokens.jsonl"])
     ckpt = common.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
     assert (ckpt["stage"], ckpt["step"]) == ("ppo", 3)
     # both ranks hold the same weights and the same averaged gradients at every update (policy,
@@ -346,3 +346,29 @@ def test_ppo_two_processes_train_one_model_with_one_kl_coefficient(world, tmp_pa
     assert all(c[4] == 2 * B for c in ranks[0]["controller"])
     assert [c[0] for c in ranks[0]["controller"]] == [r["beta"] for r in log]
     assert ranks[0]["controller"][-1][-1] == ckpt["beta"] != log[0]["beta"]
+
+
+GRPO_WORKER = PPO_WORKER.replace("import train_ppo", "import train_grpo, train_ppo").replace(
+    "train_ppo.main(sys.argv[2:])", "train_grpo.main(sys.argv[2:])")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("advantage", ["grpo", "reinforce_pp"])
+def test_grpo_two_processes_train_one_model(world, tmp_path, advantage):
+    # group advantages per rank, REINFORCE++'s batch std over both ranks, GRPO's sequence-mean
+    # aggregation with global counts: the two ranks must take identical steps
+    script, out = tmp_path / "grpo_worker.py", tmp_path / "two"
+    script.write_text(GRPO_WORKER)
+    printed = torchrun(str(script), [str(tmp_path),
+        f"--out_dir={out}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'rm.pt'}",
+        f"--train_prompts={world / 'prompts_train.jsonl'}",
+        f"--val_prompts={world / 'prompts_eval.jsonl'}", "--device=cpu", "--dtype=float32",
+        "--block_size=96", "--group_size=4", "--rollout_batch_size=8", "--minibatch_size=8",
+        "--micro_batch_size=4", "--max_new_tokens=8", "--num_iterations=2", "--max_iters=2",
+        "--lr=3e-3", f"--advantage={advantage}", "--eval_interval=2", "--eval_examples=8",
+        "--sample_interval=100", "--save_every=0", "--missing_eos_mode=", "--gold_judge=toy"])
+    assert_written_once(out, printed, ["ckpt_best.pt", "ckpt_last.pt", "log.jsonl",
+                                       "tokens.jsonl"])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(ranks[0]["updates"]) == 2 * 2  # 2 iterations x 2 passes of one minibatch
+    assert ranks[0] == ranks[1]

@@ -32,6 +32,8 @@ def test_mini_pipeline_runs_every_stage(tmp_path, monkeypatch, capsys):
     assert "pipeline done" in printed and "| sft |" in printed and "win vs sft (gold)" in printed
 
 
-def test_bad_scale_is_rejected(tmp_path):
-    with pytest.raises(SystemExit, match="scale"):
-        pipeline.main(["--scale=huge", f"--out={tmp_path}"])
+def test_bad_config_is_rejected(tmp_path):
+    import common
+    for arg in ("--scale=huge", "--data=both", "--rounds=0"):
+        with pytest.raises(common.ConfigError, match=arg[2:].split("=")[0]):
+            pipeline.main([arg, f"--out={tmp_path}"])

@@ -44,7 +44,7 @@ SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": 
            "grpo": train_grpo}
 TINY_MODEL = dict(block_size=128, vocab_size=257, n_layer=1, n_head=2, n_embd=32)
 # wall-clock fields of the logs: everything else must be reproduced exactly
-TIMING_KEYS = {"time", "tok_per_s", "ms_per_iter", "ms", "rollout_frac"}
+TIMING_KEYS = {"time", "tok_per_s", "ms_per_iter", "ms", "rollout_frac", "s_per_iter"}
 RUN_TIMEOUT_S = 300  # one process of a tiny run takes seconds; this only catches a hang
 
 
@@ -127,8 +127,20 @@ def ppo_args(w):
             "--dtype=float32"]
 
 
-ARGS = {"sft": sft_args, "rm": rm_args, "ppo": ppo_args, "dpo": dpo_args}
-MAX_STEPS = {"sft": 24, "rm": 24, "ppo": 12, "dpo": 24}
+def grpo_args(w):
+    # RLOO on groups of 4: no critic, the KL in the reward; samples logged to tokens.jsonl
+    return [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
+            f"--train_prompts={w / 'prompts_train.jsonl'}",
+            f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=toy", "--block_size=96",
+            "--advantage=rloo", "--group_size=4", "--rollout_batch_size=8", "--minibatch_size=4",
+            "--micro_batch_size=4", "--max_new_tokens=12", "--num_iterations=2",
+            "--max_iters=12", "--lr=1e-3", "--eval_interval=4", "--eval_examples=8",
+            "--sample_interval=3", "--num_samples=1", "--ckpt_interval=2", "--save_every=0",
+            "--log_interval=1", "--device=cpu", "--dtype=float32"]
+
+
+ARGS = {"sft": sft_args, "rm": rm_args, "ppo": ppo_args, "dpo": dpo_args, "grpo": grpo_args}
+MAX_STEPS = {"sft": 24, "rm": 24, "ppo": 12, "dpo": 24, "grpo": 12}
 
 # -----------------------------------------------------------------------------
 # driving a real training process
@@ -210,9 +222,11 @@ def run_interrupted(stage, args, out, rng, n_kills, graceful=None):
     return killed
 
 
-def read_metrics(out):
-    """The run's log.jsonl records without their wall-clock fields."""
-    with open(out / "log.jsonl") as f:
+def read_metrics(out, name="log.jsonl"):
+    """The run's log.jsonl (or tokens.jsonl) records without their wall-clock fields."""
+    if not (out / name).exists():
+        return None
+    with open(out / name) as f:
         return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
 
 
@@ -244,6 +258,7 @@ def assert_same_run(ref, out):
         a.pop("config", None), b.pop("config", None)
         assert_same(a, b, name)
     assert read_metrics(out) == read_metrics(ref)
+    assert read_metrics(out, "tokens.jsonl") == read_metrics(ref, "tokens.jsonl")
     assert not [n for n in os.listdir(out) if ".tmp." in n]  # no half-written file left behind
 
 # -----------------------------------------------------------------------------
@@ -256,6 +271,7 @@ def assert_same_run(ref, out):
     ("rm", 3, None),
     ("dpo", 2, signal.SIGINT),
     ("ppo", 2, signal.SIGINT),
+    ("grpo", 2, signal.SIGTERM),
 ])
 def test_killed_and_resumed_run_equals_uninterrupted_run(world, tmp_path, stage, n_kills,
                                                           graceful):
