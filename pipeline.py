@@ -20,6 +20,7 @@ table is printed at the end and written to {out}/eval/results.md, the figures to
 Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced).
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -199,7 +200,9 @@ def main(argv=None):
         "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
         f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
         f"--sweep={d('ppo' + last)},{d('grpo')}", "--bon_sweep=64"] + extra("eval"))
-    if cfg.plots:
+    if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
+        print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
+    elif cfg.plots:
         stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
                                       f"--out_dir={out}/plots"])
     times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))

@@ -206,13 +206,9 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
     optimizer = common.make_optimizer(policy, cfg, rt)
-    it, best_val = 0, -math.inf
+    it, best_val = run.restore(optimizer, best_val=-math.inf).values()
     if run.resume:
         policy.load_state_dict(run.resume["model"])
-        optimizer.load_state_dict(run.resume["optimizer"])
-        it, best_val = run.resume["step"], run.resume["best_val"]
-        common.set_rng_state(run.resume["rng"])
-        print0(f"resumed from {run.resume_path} at iteration {it}")
 
     def checkpoint(with_state):
         return common.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, it,

@@ -690,16 +690,12 @@ def main(argv=None):
     # optimizers, and the loop state a resumed run picks up
     opt_policy = common.make_optimizer(policy, cfg, rt)
     opt_critic = common.make_optimizer(critic, cfg, rt, lr=cfg.critic_lr)
-    it, beta, best_val = 0, cfg.beta, -math.inf
-    if run.resume:
-        common.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer", "beta")
+    it, beta, best_val = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf).values()
+    if run.resume:  # both models' weights, and the critic's optimizer
+        common.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
         policy.load_state_dict(run.resume["model"])
         critic.load_state_dict(run.resume["critic"])
-        opt_policy.load_state_dict(run.resume["optimizer"])
         opt_critic.load_state_dict(run.resume["critic_optimizer"])
-        it, beta, best_val = run.resume["step"], run.resume["beta"], run.resume["best_val"]
-        common.set_rng_state(run.resume["rng"])  # sampling and shuffling continue where they stopped
-        print0(f"resumed from {run.resume_path} at iteration {it}, beta {beta:.4g}")
 
     def checkpoint(with_state):
         extra = dict(critic=critic.state_dict(), beta=beta, best_val=best_val)
