@@ -182,6 +182,25 @@ def test_end_to_end_results(world, tmp_path):
     assert sweep["rm"][2] == pol["other"]["rm_score"]
 
 
+def test_best_of_n_policy_and_sweep(world, tmp_path):
+    # best-of-N is a policy spec (the RM picks, never the gold judge) and a sweep along its KL
+    # bound; bon1 is the base policy's own first answer, sample for sample
+    out = tmp_path / "eval"
+    res = evaluate.main(eval_args(world, out, policies=f"sft:{world}/a.pt,bon1:{world}/a.pt,"
+                                  f"bon4:{world}/a.pt", bon_sweep=4, max_new_tokens=6))
+    pol = res["policies"]
+    assert pol["bon1"]["gold_reward"] == pol["sft"]["gold_reward"]
+    assert pol["bon1"]["win_rate_vs_sft_rm"] == 0.5 and pol["bon1"]["kl"] == 0.0
+    assert pol["bon4"]["kl"] == pytest.approx(math.log(4) - 0.75) and pol["bon4"]["kl_is_bound"]
+    assert pol["bon4"]["rm_score"] >= pol["sft"]["rm_score"]  # the best of 4 by the RM
+    assert pol["bon4"]["win_rate_vs_sft_rm"] >= 0.5
+    bon = json.loads((out / "overoptimization.json").read_text())["bon"]
+    assert bon["n"] == [1, 2, 4] and bon["kl"][0] == 0.0
+    assert bon["rm"] == sorted(bon["rm"])  # more candidates never score lower under the RM
+    assert bon["rm"][2] == pytest.approx(pol["bon4"]["rm_score"])  # the same 4 samples
+    assert "≤ 0.636 (bound)" in (out / "results.md").read_text()
+
+
 def test_config_errors_before_any_work(world, tmp_path):
     with pytest.raises(common.ConfigError, match="baseline"):
         evaluate.main(eval_args(world, tmp_path, baseline="nope"))
