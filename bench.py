@@ -1,13 +1,35 @@
 """
-Speed of every training stage, measured on the real code path with random weights and random
-token ids: no data, checkpoints or network needed.
+Speed of every training stage, measured on the real code path with random weights, on random
+token ids (no data, checkpoints or network needed) or on the rows of a real preference file.
 
 Run it:
     python bench.py                                       # CPU: tiny and GPT-2 124M, a few minutes
     python bench.py --sizes=gpt2 --stages=sft,dpo --batch_size=16 --block_size=1024 \
         --compile=True --peak_flops=989e12                # one H100, bf16: MFU of 989 TFLOP/s
+    python bench.py --data=hh --block_size=512 --sizes=gpt2 --dtype=bfloat16 --steps=8
+                                                          # real HH rows, as the HH recipes batch them
+    python bench.py --data=path/to/prefs.jsonl ...        # the rows of any preference file
     python bench.py --out=out/bench.json                  # also write the rows as JSON
     python bench.py --help                                # every config key and its default
+
+--data: '' (the default) times one batch of random ids again and again: every row block_size
+tokens, a quarter prompt, no padding. --data=hh reads data/hh/out/prefs_train.jsonl (or
+prefs_test.jsonl where only the test split was converted: python data/hh/prepare.py), and any
+other value is a preference JSONL file {prompt, chosen, rejected}. Its records go through the
+scripts' own loader (data/loader.py: the length policy of block_size, prompts cut from the left)
+with the tokenizer of the model size (GPT-2 BPE for gpt2, bytes for tiny and micro): the pairs for
+rm and dpo, prompt + chosen rows for sft (what prepare.py's sft file holds), and the distinct
+prompts, cut to leave gen_tokens, for ppo and grpo. Each step then takes the next batch of the
+epoch the scripts would draw (loader.batch_indices with the script's seed), right-padded, and
+length-bucketed as the HH recipes do (length_buckets=True; ppo and grpo never bucket): warmup +
+steps different batches, so the mean covers real lengths and padding (ppo: prompts of real
+lengths, still gen_tokens new tokens each).
+
+--variants times other versions of the sft, rm and dpo steps beside the default one, call by
+call in turn (measure), as rows named stage_variant: full_logits runs the LM head at every
+position and common.token_logprobs on the (B, T, V) logits instead of common.trained_logprobs
+(the path before GPT.forward's logits_at; sft and dpo); no_buckets draws the same epoch's batches
+without length bucketing (with --data). A summary line compares each with its default row.
 
 For each model size (tiny: the toy world's 4-layer byte-level GPT; gpt2: GPT-2 124M, 50257
 tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and prints one row:
@@ -29,21 +51,26 @@ prompts (ppo: prompt_len tokens each, gen_tokens new tokens per response). Every
 runs to gen_tokens (the end-of-text id lies outside the random vocabulary, as with a fixed
 response length), so rows of equal sizes do equal work from run to run.
 
-Columns: tokens/s (tokens through the model per second: sft B*T, rm and dpo 2*B*T, ppo_gen new
-tokens B*N, ppo_score B*(P+N), ppo_update num_iterations*B*(P+N), ppo_iter new tokens B*N);
+Columns: tokens/s (real tokens, padding not counted, through the model per second: sft B*T, rm
+and dpo 2*B*T, ppo_gen new tokens B*N, ppo_score B*(P+N), ppo_update num_iterations*B*(P+N),
+ppo_iter new tokens B*N, with --data the real lengths of the rows instead of T and P);
 s/step (seconds per optimizer step; per generate() call, per scoring pass, per iteration for
 those rows); peak MB (CUDA: torch.cuda.max_memory_allocated over the stage, weights included;
 CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs on Linux)
 above its size before the stage's models were built, once glibc has handed back the memory of
 earlier stages); TFLOP/s achieved and MFU = TFLOP/s /
-peak_flops (only when peak_flops is given).
+peak_flops (only when peak_flops is given); pad (the share of the padded batch positions that is
+padding: 0 on random ids). The JSON rows also hold step_s, the seconds of every timed step.
 
 Model FLOPs, PaLM appendix B (Chowdhury et al. 2022), as nanoGPT's estimate_mfu: a forward costs
 per token 2 FLOPs per matmul weight, 2 * (12 * L * d^2 + d * V) with the LM head (d^2 terms: qkv
 3, attention projection 1, MLP 8; biases, norms and embedding lookups left out; a scalar head
 counts d instead of d * V), plus 4 * L * T * d for attention's QK^T and AV over T keys (causality
 not discounted, as PaLM). Training costs 3x the forward (backward = 2 forwards), so the familiar
-6N + 12 * L * T * d. Frozen models (DPO's reference, PPO's scoring) count one forward.
+6N + 12 * L * T * d. Frozen models (DPO's reference, PPO's scoring) count one forward. Counted is
+the work the algorithm needs (batch_flops): the trunk on each row's real tokens (T its own
+length), the LM head only at the positions whose log-prob is read (those predicting a response
+token); padding, and logits nothing reads, are no work, so skipping them does not raise MFU.
 Generation rows have no MFU: decoding one token at a time is bound by memory, not FLOPs.
 
 Deliberately left out: data loading and tokenisation (the scripts do them on the CPU between
@@ -60,6 +87,8 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from types import SimpleNamespace
 
 import torch
@@ -70,7 +99,9 @@ import train_grpo
 import train_ppo
 import train_reward_model
 import train_sft
+from data import loader
 from model import GPT, GPTConfig, ScalarModel, sample_next
+from tokenizer import encode_prompt, encode_response, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
@@ -88,6 +119,9 @@ DEFAULTS = dict(
     dtype="auto",               # 'auto' (bf16 on a GPU that has it) | 'float32' | 'bfloat16'
     compile=False,              # torch.compile the trained model (sft, rm, dpo) as the scripts do
     peak_flops=0.0,             # device peak FLOP/s for MFU: 989e12 = H100 SXM bf16; 0 = no MFU
+    data="",                    # '' random ids | 'hh' (data/hh/out/prefs_train.jsonl) | a prefs JSONL
+    length_buckets=True,        # with data: batch rows of similar lengths, as the HH recipes do
+    variants="",                # also time, step by step beside the default: full_logits,no_buckets
     seed=1337,
     out="",                     # also write the results to this JSON file
 )
@@ -99,6 +133,8 @@ SIZES = dict(
     gpt2=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
 )
 STAGES = ("sft", "rm", "dpo", "ppo", "grpo")
+HH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hh", "out")
+GROUP = 4  # grpo: answers per prompt
 
 # -----------------------------------------------------------------------------
 # FLOPs, time and memory
@@ -109,6 +145,21 @@ def forward_flops(config, T, lm_head=True):
     L, d = config.n_layer, config.n_embd
     weights = 12 * L * d * d + (d * config.vocab_size if lm_head else d)
     return 2 * weights + 4 * L * T * d
+
+
+def batch_flops(config, attention_mask, loss_mask=None):
+    """
+    Forward FLOPs a batch needs (the docstring's count): each row's real tokens (attention_mask
+    1) through the trunk with attention over the row's own length, and the LM head at the
+    positions that predict a loss_mask token (those whose log-prob is read); loss_mask None: a
+    scalar head (ScalarModel), d weights per token. (B, T) masks -> FLOPs.
+    """
+    L, d = config.n_layer, config.n_embd
+    lengths = attention_mask.sum(1).tolist()
+    trunk = sum(n * (24 * L * d * d + 4 * L * n * d) for n in lengths)
+    if loss_mask is None:
+        return trunk + 2 * d * sum(lengths)
+    return trunk + 2 * d * config.vocab_size * int(loss_mask[:, 1:].sum())
 
 
 def sync(rt):
@@ -169,24 +220,41 @@ def peak_memory_mb(rt, base):
     return max(rss_mb("VmHWM") - base, 0.0)
 
 
-def measure(step, cfg, rt):
-    """Run step() warmup times untimed, then steps times; the mean seconds of the timed ones."""
-    for _ in range(cfg.warmup):
-        step()
-        sync(rt)
-    return sum(timed(step, rt)[1] for _ in range(cfg.steps)) / cfg.steps
+def measure(steps, cfg, rt):
+    """
+    Time several variants of a step side by side: {name: step(i)} -> {name: [seconds]}. Call i
+    (0 .. warmup + steps - 1; with --data it picks the i-th batch) runs every variant once, the
+    first warmup calls untimed; the order rotates from call to call, so that a machine whose speed
+    drifts, or whatever one variant leaves in the caches, favours none of them.
+    """
+    names, times = list(steps), {name: [] for name in steps}
+    for i in range(cfg.warmup + cfg.steps):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            _, seconds = timed(lambda: steps[name](i), rt)
+            if i >= cfg.warmup:
+                times[name].append(seconds)
+    return times
 
 
-def row(size, stage, tokens, seconds, flops, cfg, peak_mb):
-    """One result: tokens through the model per step, seconds per step, model FLOPs per step."""
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def row(size, stage, tokens, seconds, flops, cfg, peak_mb, padding=None):
+    """One result. seconds: the timed steps' seconds (a list; its mean is s/step); tokens and
+    flops: real tokens through the model and model FLOPs per step (means over the timed steps);
+    padding: the share of the batches' positions that is padding."""
+    step_s, seconds = list(seconds), mean(seconds)
     achieved = flops / seconds if flops else None
     mfu = achieved / cfg.peak_flops if achieved and cfg.peak_flops > 0 else None
     return dict(size=size, stage=stage, tokens=tokens, s_per_step=seconds,
                 tokens_per_s=tokens / seconds, peak_mem_mb=peak_mb,
-                tflops=achieved / 1e12 if achieved else None, mfu=mfu)
+                tflops=achieved / 1e12 if achieved else None, mfu=mfu, padding=padding,
+                step_s=step_s)
 
 # -----------------------------------------------------------------------------
-# synthetic data and models
+# the batches: random ids, or the rows of a real preference file
 
 
 def random_ids(B, T, V, gen):
@@ -207,6 +275,145 @@ def pair_batch(B, T, V, gen, device):
     idx, loss_mask = sft_batch(2 * B, T, V, gen, device)
     idx[B:, :T // 4] = idx[:B, :T // 4]
     return dict(idx=idx, attention_mask=torch.ones_like(idx), loss_mask=loss_mask)
+
+
+def data_file(data):
+    """The preference file --data names: 'hh' is what data/hh/prepare.py writes."""
+    if data != "hh":
+        return data
+    for split in ("train", "test"):  # the shared test file alone converts to prefs_test.jsonl
+        path = os.path.join(HH_DIR, f"prefs_{split}.jsonl")
+        if os.path.isfile(path):
+            return path
+    raise common.DataError(f"--data=hh reads {os.path.join(HH_DIR, 'prefs_train.jsonl')} (or "
+                           f"prefs_test.jsonl): not there; run python data/hh/prepare.py first")
+
+
+def tokenizer_for(size):
+    """GPT-2 BPE for the GPT-2 vocabulary, bytes for the toy world's 257 tokens."""
+    return "gpt2" if SIZES[size]["vocab_size"] == 50257 else "byte"
+
+
+@lru_cache(maxsize=4)
+def real_rows(path, tok_name, block_size, gen_tokens):
+    """
+    Every stage's rows of one preference file, through the scripts' loader: pairs (the dicts of
+    loader.load_preferences), sft [(ids, mask)] (prompt + chosen under load_sft's length policy:
+    what prepare.py's sft file holds) and prompts [ids] (each distinct prompt once, cut from the
+    left to leave gen_tokens, as load_prompts does).
+    """
+    try:
+        enc = get_tokenizer(tok_name)
+    except RuntimeError as e:  # offline without tiktoken's files
+        raise common.ConfigError(f"--data needs the {tok_name!r} tokenizer: {e} (set "
+                                 f"TIKTOKEN_CACHE_DIR to a copy of its files)") from None
+    pairs = loader.load_preferences(path, enc, block_size)
+    room = block_size - gen_tokens
+    common.require(room >= 1, f"gen_tokens={gen_tokens} leaves no prompt room in "
+                              f"block_size={block_size}")
+    prompts, sft, seen = {}, [], set()
+    for p in pairs:
+        if p["prompt"] not in prompts:
+            prompts[p["prompt"]] = encode_prompt(enc, p["prompt"])
+        if (p["prompt"], p["chosen_text"]) in seen:  # K-wise rankings repeat a chosen answer
+            continue
+        seen.add((p["prompt"], p["chosen_text"]))
+        r = encode_response(enc, p["chosen_text"])
+        ids, _ = loader.fit_prompt(prompts[p["prompt"]], len(r), block_size)
+        if ids is not None:
+            sft.append((ids + r, [0] * len(ids) + [1] * len(r)))
+    return dict(pairs=pairs, sft=sft, prompts=[ids[-room:] for ids in prompts.values()],
+                pad_id=enc.eot_token)
+
+
+def real_batch_rows(kind, size, cfg, buckets=True):
+    """
+    The rows of the first warmup + steps batches of the epoch the scripts draw from the --data
+    rows (loader.batch_indices, seed cfg.seed), a list per batch: 'sft' batch_size (ids, mask)
+    rows, bucketed by length; 'pairs' batch_size pair dicts, bucketed by the longer answer;
+    'prompts' batch_size prompt ids; 'groups' GRPO's batch_size // 4 prompts, each 4 times in a
+    row. Bucketing where buckets and cfg.length_buckets (PPO and GRPO never bucket).
+    tests/bench_trl.py gives TRL these same rows in the same batches.
+    """
+    rows = real_rows(data_file(cfg.data), tokenizer_for(size), cfg.block_size, cfg.gen_tokens)
+    B, buckets = cfg.batch_size, buckets and cfg.length_buckets
+    steps = range(cfg.warmup + cfg.steps)
+    if kind in ("sft", "pairs"):
+        ex = rows[kind]
+        lengths = None if not buckets else tuple(len(e[0]) for e in ex) if kind == "sft" else \
+            tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in ex)
+        return [[ex[i] for i in loader.batch_indices(len(ex), B, s, cfg.seed, lengths=lengths)]
+                for s in steps]
+    k = GROUP if kind == "groups" else 1
+    ex = rows["prompts"]
+    return [[ex[i] for i in loader.batch_indices(len(ex), max(B // k, 1), s, cfg.seed)
+             for _ in range(k)][:B] for s in steps]
+
+
+def real_batches(kind, size, cfg, buckets=True):
+    """real_batch_rows collated as the scripts collate them: 'sft' (idx, attn, loss_mask)
+    right-padded, 'pairs' collate_pairs dicts, 'prompts' and 'groups' left-padded (ids, attn)."""
+    pad = real_rows(data_file(cfg.data), tokenizer_for(size), cfg.block_size,
+                    cfg.gen_tokens)["pad_id"]
+    collate = dict(sft=loader.collate, pairs=loader.collate_pairs).get(kind, loader.collate_left)
+    return [collate(rows, pad) for rows in real_batch_rows(kind, size, cfg, buckets)]
+
+
+def stage_batches(kind, size, cfg, gen, rt, buckets=True):
+    """The batches a stage's steps take in turn, on the device: one batch of random ids (every
+    step reuses it) or, with --data, real_batches. Kinds as real_batches'."""
+    B, T, V = cfg.batch_size, cfg.block_size, SIZES[size]["vocab_size"]
+    if cfg.data:
+        batches = real_batches(kind, size, cfg, buckets)
+    elif kind == "sft":
+        idx, loss_mask = sft_batch(B, T, V, gen, "cpu")
+        batches = [(idx, torch.ones_like(idx), loss_mask)]
+    elif kind == "pairs":
+        batches = [pair_batch(B, T, V, gen, "cpu")]
+    else:  # prompts of prompt_len random ids, no padding; grpo's 4 answers to each in a row
+        k = GROUP if kind == "groups" else 1
+        ids = random_ids(max(B // k, 1), cfg.prompt_len, V, gen).repeat_interleave(k, 0)[:B]
+        batches = [(ids, torch.ones_like(ids))]
+    if kind == "pairs":
+        return [{key: v.to(rt.device) for key, v in b.items()} for b in batches]
+    return [tuple(t.to(rt.device) for t in b) for b in batches]
+
+
+def timed_batches(batches, cfg):
+    """The batches the timed calls of measure() took."""
+    return [batches[i % len(batches)] for i in range(cfg.warmup, cfg.warmup + cfg.steps)]
+
+
+def padding_share(masks):
+    """The share of the positions of a list of (B, T) attention masks that is padding."""
+    return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+
+def full_logprobs(model, idx, loss_mask, position_ids=None, autocast=None):
+    """common.trained_logprobs' result the way it was computed before GPT.forward's logits_at:
+    logits at every position (B, T, V), then common.token_logprobs (the --full_logits variant)."""
+    with autocast or nullcontext():
+        logits = model(idx, position_ids=position_ids)  # (B, T, V)
+    return common.token_logprobs(logits, idx) * loss_mask[:, 1:]  # (B, T-1)
+
+
+@contextmanager
+def full_logits_path():
+    """While active, the scripts' steps compute their log-probs with full_logprobs."""
+    saved = common.trained_logprobs
+    common.trained_logprobs = full_logprobs
+    try:
+        yield
+    finally:
+        common.trained_logprobs = saved
+
+
+def on_full_logits(step):
+    """step(i) run under full_logits_path (the full_logits variant)."""
+    def run(i):
+        with full_logits_path():
+            step(i)
+    return run
 
 
 def build(cls, size, T, rt):
@@ -240,56 +447,84 @@ def generate_no_cache(model, idx, attention_mask, max_new_tokens, greedy=False, 
     return idx[:, -max_new_tokens:]
 
 # -----------------------------------------------------------------------------
-# the stages: each builds its models, times its steps and returns result rows
+# the stages: each builds its models, times its steps and returns result rows. A training stage
+# times its default step and the variants of cfg.variants side by side (measure), as rows named
+# stage_variant: full_logits (the LM head at every position), no_buckets (unbucketed batches)
 
 
-def bench_sft(size, cfg, rt, gen):
-    base = start_memory(rt)
-    B, T = cfg.batch_size, cfg.block_size
-    model = build(GPT, size, T, rt)
+def variant_batches(kind, size, cfg, gen, rt):
+    """{'': the stage's batches, 'no_buckets': unbucketed ones when asked}."""
+    out = {"": stage_batches(kind, size, cfg, gen, rt)}
+    if "no_buckets" in cfg.variant_list:
+        out["no_buckets"] = stage_batches(kind, size, cfg, gen, rt, buckets=False)
+    return out
+
+
+def training_rows(size, times, stage, cfg, peak):
+    """The rows of a training stage's timed variants: times {row name: [seconds]}, stage the
+    namespace of *_steps (batches, flops and tokens per row name and batch)."""
+    rows = []
+    for name, seconds in times.items():
+        timed_b = timed_batches(stage.batches[name], cfg)
+        masks = [b["attention_mask"] if isinstance(b, dict) else b[1] for b in timed_b]
+        rows.append(row(size, name, mean([int(m.sum()) for m in masks]), seconds,
+                        mean([stage.flops(name, b) for b in timed_b]), cfg, peak,
+                        padding_share(masks)))
+    return rows
+
+
+def sft_steps(size, cfg, rt, gen):
+    """train_sft.py's step on its own functions, one micro-batch: a namespace of steps {row name:
+    step(i)}, their batches {row name: [batch]} and flops(row name, batch)."""
+    model = build(GPT, size, cfg.block_size, rt)
     optimizer = optimizer_for(model, rt, train_sft.DEFAULTS)
-    config = model.config
     trained = common.maybe_compile(model, cfg.compile)
-    idx, loss_mask = sft_batch(B, T, config.vocab_size, gen, rt.device)
-    micro = [(idx, torch.ones_like(idx), loss_mask)]
+    batches = {("sft_" + v if v else "sft"): b  # [(idx, attn, loss_mask)] each
+               for v, b in variant_batches("sft", size, cfg, gen, rt).items()}
 
-    def step():  # train_sft.py's step: its own functions
-        loss = train_sft.sft_step(trained, micro, rt)
-        common.optimizer_step(model, optimizer, 1.0, 1, loss)
+    def make_step(batches):
+        def step(i):
+            loss = train_sft.sft_step(trained, [batches[i % len(batches)]], rt)
+            common.optimizer_step(model, optimizer, 1.0, 1, loss)
+        return step
 
-    seconds = measure(step, cfg, rt)
-    flops = 3 * B * T * forward_flops(config, T)
-    return [row(size, "sft", B * T, seconds, flops, cfg, peak_memory_mb(rt, base))]
+    steps = {name: make_step(b) for name, b in batches.items()}
+    if "full_logits" in cfg.variant_list:
+        steps["sft_full_logits"] = on_full_logits(steps["sft"])
+        batches["sft_full_logits"] = batches["sft"]
+    return SimpleNamespace(steps=steps, batches=batches,
+                           flops=lambda name, b: 3 * batch_flops(model.config, b[1], b[2]))
 
 
-def bench_rm(size, cfg, rt, gen):
-    base = start_memory(rt)
-    B, T = cfg.batch_size, cfg.block_size
-    model = build(ScalarModel, size, T, rt)
+def rm_steps(size, cfg, rt, gen):
+    """train_reward_model.py's step (chosen and rejected rows in one forward), as sft_steps; the
+    reward model has no LM head, so no full_logits variant."""
+    model = build(ScalarModel, size, cfg.block_size, rt)
     optimizer = optimizer_for(model, rt, train_reward_model.DEFAULTS)
-    config = model.config
     trained = common.maybe_compile(model, cfg.compile)
-    micro = [pair_batch(B, T, config.vocab_size, gen, rt.device)]
+    batches = {("rm_" + v if v else "rm"): b
+               for v, b in variant_batches("pairs", size, cfg, gen, rt).items()}
     rm_cfg = SimpleNamespace(**train_reward_model.DEFAULTS)
 
-    def step():  # train_reward_model.py's step: chosen and rejected rows in one forward
-        metrics = train_reward_model.rm_step(trained, micro, rm_cfg, rt)
-        common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+    def make_step(batches):
+        def step(i):
+            metrics = train_reward_model.rm_step(trained, [batches[i % len(batches)]], rm_cfg, rt)
+            common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+        return step
 
-    seconds = measure(step, cfg, rt)
-    flops = 3 * 2 * B * T * forward_flops(config, T, lm_head=False)
-    return [row(size, "rm", 2 * B * T, seconds, flops, cfg, peak_memory_mb(rt, base))]
+    return SimpleNamespace(steps={name: make_step(b) for name, b in batches.items()},
+                           batches=batches, flops=lambda name, b: 3 * batch_flops(
+                               model.config, b["attention_mask"]))
 
 
-def bench_dpo(size, cfg, rt, gen):
-    base = start_memory(rt)
-    B, T = cfg.batch_size, cfg.block_size
-    model = build(GPT, size, T, rt)
+def dpo_steps(size, cfg, rt, gen):
+    """train_dpo.py's step on its own functions, as sft_steps: dpo (the reference's forward every
+    step), dpo_cached_ref (precompute_ref_logps: looked up), and the variants (live reference)."""
+    model = build(GPT, size, cfg.block_size, rt)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = optimizer_for(model, rt, train_dpo.DEFAULTS)
-    config = model.config
     trained = common.maybe_compile(model, cfg.compile)
-    micro = [pair_batch(B, T, config.vocab_size, gen, rt.device)]
+    by_variant = variant_batches("pairs", size, cfg, gen, rt)
     dpo_cfg = SimpleNamespace(**train_dpo.DEFAULTS)  # the sigmoid loss, beta 0.1
 
     def live_ref(batch):  # train_dpo.main's reference without a cache
@@ -297,32 +532,52 @@ def bench_dpo(size, cfg, rt, gen):
             c, r, _, _ = train_dpo.pair_logprobs(ref, batch, rt.autocast)
         return c.clone(), r.clone()
 
-    cached = live_ref(micro[0])  # what precompute_ref_logps stores before training
+    # what precompute_ref_logps stores before training, looked up by the batch
+    cached = {id(b): live_ref(b) for b in by_variant[""]}
 
-    def step(ref_logps):  # train_dpo.py's step: its own functions
-        metrics = train_dpo.dpo_step(trained, micro, ref_logps, dpo_cfg, rt)
-        common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+    def make_step(batches, ref_logps):
+        def step(i):
+            metrics = train_dpo.dpo_step(trained, [batches[i % len(batches)]], ref_logps, dpo_cfg,
+                                         rt)
+            common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+        return step
 
-    # the LM head runs at the response positions only (3/4 of each row here)
-    train_flops = 3 * 2 * B * T * forward_flops(config, T)
-    ref_flops = 2 * B * T * forward_flops(config, T)
-    seconds = measure(lambda: step(live_ref), cfg, rt)
-    rows = [row(size, "dpo", 2 * B * T, seconds, train_flops + ref_flops, cfg, None)]
-    seconds = measure(lambda: step(lambda batch: cached), cfg, rt)
-    rows.append(row(size, "dpo_cached_ref", 2 * B * T, seconds, train_flops, cfg, None))
-    peak = peak_memory_mb(rt, base)  # the reference is resident in both rows
-    for r in rows:
-        r["peak_mem_mb"] = peak
-    return rows
+    steps = dict(dpo=make_step(by_variant[""], live_ref),
+                 dpo_cached_ref=make_step(by_variant[""], lambda b: cached[id(b)]))
+    batches = dict(dpo=by_variant[""], dpo_cached_ref=by_variant[""])
+    if "full_logits" in cfg.variant_list:  # policy and reference both on the old path
+        steps["dpo_full_logits"] = on_full_logits(steps["dpo"])
+        batches["dpo_full_logits"] = by_variant[""]
+    if "no_buckets" in cfg.variant_list:
+        steps["dpo_no_buckets"] = make_step(by_variant["no_buckets"], live_ref)
+        batches["dpo_no_buckets"] = by_variant["no_buckets"]
+
+    def flops(name, b):  # the policy trains (3 forwards), a live reference adds one forward
+        passes = 3 if name == "dpo_cached_ref" else 4
+        return passes * batch_flops(model.config, b["attention_mask"], b["loss_mask"])
+    return SimpleNamespace(steps=steps, batches=batches, flops=flops)
+
+
+TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
+
+
+def bench_training(stage, size, cfg, rt, gen):
+    """Time a training stage's step variants side by side; its rows (the models, the DPO
+    reference included, are resident in every row's peak memory)."""
+    base = start_memory(rt)
+    s = TRAINING[stage](size, cfg, rt, gen)
+    times = measure(s.steps, cfg, rt)
+    return training_rows(size, times, s, cfg, peak_memory_mb(rt, base))
 
 
 def bench_ppo(size, cfg, rt, gen):
     base = start_memory(rt)
-    B, P, N = cfg.batch_size, cfg.prompt_len, cfg.gen_tokens
+    B, N = cfg.batch_size, cfg.gen_tokens
+    T = cfg.block_size if cfg.data else cfg.prompt_len + N
     # the four models of train_ppo.py: the critic starts as a copy of the reward model
-    policy = build(GPT, size, P + N, rt).eval()
+    policy = build(GPT, size, T, rt).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = build(ScalarModel, size, P + N, rt).eval().requires_grad_(False)
+    reward_model = build(ScalarModel, size, T, rt).eval().requires_grad_(False)
     critic = copy.deepcopy(reward_model).requires_grad_(True)
     config = policy.config
     opt_policy = optimizer_for(policy, rt, train_ppo.DEFAULTS)
@@ -334,10 +589,9 @@ def bench_ppo(size, cfg, rt, gen):
                                  "num_iterations": cfg.num_iterations, "missing_eos_mode": ""})
     reward = train_ppo.make_reward(reward_model, None, B)
     # rollout() reads eot_token and decodes texts: an end-of-text id outside the vocabulary is
-    # never sampled, and the stand-in decoder joins ids (the gpt2 BPE would need a network)
+    # never sampled, and the stand-in decoder joins ids (no tokenizer needed)
     enc = SimpleNamespace(eot_token=config.vocab_size, decode=lambda ids: " ".join(map(str, ids)))
-    prompt_ids = random_ids(B, P, config.vocab_size, gen).to(rt.device)  # (B, P), no padding
-    batch = (prompt_ids, torch.ones_like(prompt_ids), [""] * B)
+    prompts = stage_batches("prompts", size, cfg, gen, rt)  # [(ids, attn)] left-padded (B, P)
 
     # time generate() inside rollout(): rollout is timed whole and split without copying it
     gen_seconds = []
@@ -350,6 +604,8 @@ def bench_ppo(size, cfg, rt, gen):
     policy.generate = timed_generate
 
     times = dict(gen=[], nocache=[], score=[], update=[])
+    flops = dict(score=[], update=[])
+    tokens = dict(score=[])
 
     def update(ro):  # steps 4-6 of train_ppo.main: its own functions
         rewards = train_ppo.kl_shaped_rewards(ro.scores, ro.logprobs, ro.ref_logprobs,
@@ -359,48 +615,58 @@ def bench_ppo(size, cfg, rt, gen):
         train_ppo.ppo_update(ro, advantages, returns, policy, opt_policy, ppo_cfg, rt, 1, critic,
                              opt_critic)
 
-    def iteration(measured):
+    def iteration(i, measured):
+        ids, attn = prompts[i % len(prompts)]
+        batch = (ids, attn, [""] * B)
         ro, t_rollout = timed(lambda: train_ppo.rollout(policy, ref, critic, reward, batch, enc,
                                                         ppo_cfg, rt), rt)
         _, t_update = timed(lambda: update(ro), rt)
         if measured:  # the KV-free baseline: slow, and every step a new shape, so no warm-up
             def no_cache():
                 with rt.autocast:
-                    return generate_no_cache(policy, prompt_ids, batch[1], N,
+                    return generate_no_cache(policy, ids, attn, N,
                                              temperature=ppo_cfg.temperature)
             times["nocache"].append(timed(no_cache, rt)[1])
             times["gen"].append(gen_seconds[-1])
             times["score"].append(t_rollout - gen_seconds[-1])
             times["update"].append(t_update)
+            # scoring: policy and reference run the trunk on every real token and the LM head
+            # on the N response positions (policy_forward); reward model and critic the trunk
+            mask = torch.cat([attn, torch.ones_like(attn[:, :N])], 1)  # (B, P + N)
+            heads = torch.cat([torch.zeros_like(attn), torch.ones_like(mask[:, :N])], 1)
+            policy_fwd, trunk = batch_flops(config, mask, heads), batch_flops(config, mask)
+            flops["score"].append(2 * policy_fwd + 2 * trunk)
+            flops["update"].append(cfg.num_iterations * 3 * (policy_fwd + trunk))
+            tokens["score"].append(int(mask.sum()))
 
-    for _ in range(cfg.warmup):
-        iteration(False)
-    for _ in range(cfg.steps):
-        iteration(True)
-    t = {k: sum(v) / len(v) for k, v in times.items()}
+    for i in range(cfg.warmup):
+        iteration(i, False)
+    for i in range(cfg.warmup, cfg.warmup + cfg.steps):
+        iteration(i, True)
+    t = {k: mean(v) for k, v in times.items()}
     peak = peak_memory_mb(rt, base)
-    # scoring: policy and reference run the trunk on P + N tokens and the LM head on N of them
-    # (policy_forward); the reward model and the critic run the trunk only
-    trunk, head = forward_flops(config, P + N, lm_head=False), 2 * config.n_embd * config.vocab_size
-    policy_fwd = B * (P + N) * trunk + B * N * head
-    score_flops = 2 * policy_fwd + 2 * B * (P + N) * trunk
-    update_flops = cfg.num_iterations * 3 * (policy_fwd + B * (P + N) * trunk)
-    rows = [row(size, "ppo_gen", B * N, t["gen"], None, cfg, peak),
-            row(size, "ppo_gen_nocache", B * N, t["nocache"], None, cfg, peak),
-            row(size, "ppo_score", B * (P + N), t["score"], score_flops, cfg, peak),
-            row(size, "ppo_update", cfg.num_iterations * B * (P + N), t["update"], update_flops, cfg,
-                peak)]
-    rows[-1]["s_per_step"] = t["update"] / cfg.num_iterations  # per optimizer step, like the others
-    iter_seconds = t["gen"] + t["score"] + t["update"]
-    rows.append(row(size, "ppo_iter", B * N, iter_seconds, None, cfg, peak))
+    score_tokens = mean(tokens["score"])
+    padding = padding_share([a for _, a in timed_batches(prompts, cfg)])  # of the prompts
+    rows = [row(size, "ppo_gen", B * N, times["gen"], None, cfg, peak),
+            row(size, "ppo_gen_nocache", B * N, times["nocache"], None, cfg, peak),
+            row(size, "ppo_score", score_tokens, times["score"], mean(flops["score"]), cfg, peak,
+                padding),
+            row(size, "ppo_update", cfg.num_iterations * score_tokens, times["update"],
+                mean(flops["update"]), cfg, peak, padding)]
+    # per optimizer step, like the others
+    rows[-1]["s_per_step"] = t["update"] / cfg.num_iterations
+    iterations = [g + s + u for g, s, u in zip(times["gen"], times["score"], times["update"])]
+    rows.append(row(size, "ppo_iter", B * N, iterations, None, cfg, peak))
     return rows
+
 
 def bench_grpo(size, cfg, rt, gen):
     base = start_memory(rt)
-    B, P, N, k = cfg.batch_size, cfg.prompt_len, cfg.gen_tokens, 4
-    policy = build(GPT, size, P + N, rt).eval()
+    B, N = cfg.batch_size, cfg.gen_tokens
+    T = cfg.block_size if cfg.data else cfg.prompt_len + N
+    policy = build(GPT, size, T, rt).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = build(ScalarModel, size, P + N, rt).eval().requires_grad_(False)
+    reward_model = build(ScalarModel, size, T, rt).eval().requires_grad_(False)
     optimizer = optimizer_for(policy, rt, train_grpo.DEFAULTS)
     grpo_cfg = SimpleNamespace(**{**train_grpo.DEFAULTS, "rollout_batch_size": B,
                                   "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
@@ -408,19 +674,20 @@ def bench_grpo(size, cfg, rt, gen):
     baseline, scale, loss_agg, _, kl_estimator = train_grpo.settings(grpo_cfg)
     reward = train_ppo.make_reward(reward_model, None, B)
     enc = SimpleNamespace(eot_token=policy.config.vocab_size, decode=lambda ids: "")
-    prompt_ids = random_ids(max(B // k, 1), P, policy.config.vocab_size, gen).to(rt.device)
-    prompt_ids = prompt_ids.repeat_interleave(k, 0)[:B]  # k answers to each prompt, in a row
-    batch = (prompt_ids, torch.ones_like(prompt_ids), [""] * B)
+    prompts = stage_batches("groups", size, cfg, gen, rt)  # k answers to each prompt, in a row
 
-    def iteration():  # train_grpo.main's steps 1-4: its own functions
-        ro = train_ppo.rollout(policy, ref, None, reward, batch, enc, grpo_cfg, rt)
-        adv = train_grpo.group_advantages(ro.scores, k, baseline, scale)
+    def iteration(i):  # train_grpo.main's steps 1-4: its own functions
+        ids, attn = prompts[i % len(prompts)]
+        ro = train_ppo.rollout(policy, ref, None, reward, (ids, attn, [""] * len(ids)), enc,
+                               grpo_cfg, rt)
+        adv = train_grpo.group_advantages(ro.scores, GROUP, baseline, scale)
         train_ppo.ppo_update(ro, adv[:, None] * ro.resp_mask, None, policy, optimizer, grpo_cfg,
                              rt, 1, kl_coef=grpo_cfg.beta, kl_estimator=kl_estimator,
                              loss_agg=loss_agg)
 
-    seconds = measure(iteration, cfg, rt)
+    seconds = measure(dict(grpo_iter=iteration), cfg, rt)["grpo_iter"]
     return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(rt, base))]
+
 
 # -----------------------------------------------------------------------------
 
@@ -442,13 +709,33 @@ def format_table(rows):
     """The rows as an aligned text table; '-' where a number does not apply."""
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
-    lines = [f"{'size':<6} {'stage':<16} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
-             f"{'TFLOP/s':>8} {'MFU':>6}"]
+    lines = [f"{'size':<6} {'stage':<20} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
+             f"{'TFLOP/s':>8} {'MFU':>6} {'pad':>6}"]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['stage']:<16} {fmt(r['tokens_per_s'], '11.1f')} "
+        lines.append(f"{r['size']:<6} {r['stage']:<20} {fmt(r['tokens_per_s'], '11.1f')} "
                      f"{fmt(r['s_per_step'], '9.4f')} {fmt(r['peak_mem_mb'], '9.1f')} "
-                     f"{fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')}")
+                     f"{fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')} "
+                     f"{fmt(r.get('padding'), '6.1%')}")
     return "\n".join(lines)
+
+
+def variant_lines(rows):
+    """Each variant row against its stage's default row (same size): the ratio of the seconds per
+    real token, over the mean and step by step (call i of both; the same batch unless the variant
+    draws its own). Above 1: the variant is slower."""
+    lines, by_key = [], {(r["size"], r["stage"]): r for r in rows}
+    for r in rows:
+        base_name = next((s for s in ("sft", "rm", "dpo") if r["stage"].startswith(s + "_")
+                          and r["stage"] != "dpo_cached_ref"), None)
+        base = by_key.get((r["size"], base_name))
+        if base is None:
+            continue
+        ratio = base["tokens_per_s"] / r["tokens_per_s"]
+        steps = sorted(v / base_s for v, base_s in zip(r["step_s"], base["step_s"]))
+        lines.append(f"{r['size']} {r['stage']}: {ratio:.2f}x the time per real token of "
+                     f"{base_name} (per step: median {steps[len(steps) // 2]:.2f}, "
+                     f"{steps[0]:.2f}-{steps[-1]:.2f}, {len(steps)} steps)")
+    return lines
 
 
 def checked_shapes(cfg):
@@ -460,6 +747,20 @@ def checked_shapes(cfg):
                    f"sizes={cfg.sizes!r}: a comma-separated list of {', '.join(SIZES)}")
     common.require(stages and all(s in STAGES for s in stages),
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(STAGES)}")
+    variants = getattr(cfg, "variants", "")  # tests/bench_trl.py has no variants
+    cfg.variant_list = [v.strip() for v in variants.split(",") if v.strip()]
+    common.require(all(v in ("full_logits", "no_buckets") for v in cfg.variant_list),
+                   f"variants={variants!r}: a comma-separated list of full_logits, no_buckets")
+    data = getattr(cfg, "data", "")
+    if data:
+        path = data_file(data)
+        common.require(os.path.isfile(path), f"data={data!r}: no such file {path!r}")
+    common.require("no_buckets" not in cfg.variant_list or (data and cfg.length_buckets),
+                   "variants=no_buckets compares against bucketed batches of real rows: it needs "
+                   "--data and length_buckets=True")
+    common.require("grpo" not in stages or cfg.batch_size % GROUP == 0,
+                   f"batch_size={cfg.batch_size}: grpo needs a multiple of {GROUP} (answers per "
+                   f"prompt)")
     positive = (lambda v: v > 0, "> 0")
     common.validate(cfg, {"prompt_len": positive, "gen_tokens": positive, "steps": positive,
                           "warmup": (lambda v: v >= 0, ">= 0"),
@@ -475,18 +776,23 @@ def main(argv=None):
                 dtype=rt.dtype, torch=torch.__version__, config=vars(cfg))
     print(f"{meta['date']}, {meta['hardware']}, torch {meta['torch']}, {rt.device} {rt.dtype}, "
           f"batch {cfg.batch_size}, block {cfg.block_size}, ppo prompt {cfg.prompt_len} + "
-          f"{cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs", flush=True)
+          f"{cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs, data "
+          f"{data_file(cfg.data) + (' bucketed' if cfg.length_buckets else '') if cfg.data else 'random ids'}",
+          flush=True)
     # one untimed micro step first: one-time library set-up (thread pools, kernel caches) must
     # count neither as the first stage's time nor as its memory
-    bench_sft("micro", SimpleNamespace(**{**vars(cfg), "steps": 1, "warmup": 0, "compile": False}),
-              rt, torch.Generator().manual_seed(cfg.seed))
+    bench_training("sft", "micro", SimpleNamespace(**{**vars(cfg), "steps": 1, "warmup": 0,
+                                                      "compile": False, "data": "",
+                                                      "variant_list": []}),
+                   rt, torch.Generator().manual_seed(cfg.seed))
     gen = torch.Generator().manual_seed(cfg.seed)  # the synthetic data
-    bench = dict(sft=bench_sft, rm=bench_rm, dpo=bench_dpo, ppo=bench_ppo, grpo=bench_grpo)
+    rl = dict(ppo=bench_ppo, grpo=bench_grpo)
     rows = []
     for size in sizes:
         for stage in stages:
             t0 = time.time()
-            rows += bench[stage](size, cfg, rt, gen)
+            rows += bench_training(stage, size, cfg, rt, gen) if stage in TRAINING else \
+                rl[stage](size, cfg, rt, gen)
             print(f"  {size} {stage}: {time.time() - t0:.1f}s", flush=True)
     print(format_table(rows))
     for size in sizes:
@@ -495,6 +801,8 @@ def main(argv=None):
             speedup = (by_stage["ppo_gen"]["tokens_per_s"]
                        / by_stage["ppo_gen_nocache"]["tokens_per_s"])
             print(f"{size}: the KV cache generates {speedup:.1f}x faster than recomputing")
+    for line in variant_lines(rows):
+        print(line)
     result = dict(meta=meta, rows=rows)
     if cfg.out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)

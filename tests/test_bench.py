@@ -1,19 +1,31 @@
 """
 bench.py: every stage runs at a micro size and reports sane numbers (never how fast: timings are
 not asserted), the FLOPs formula matches the models' real weights, and the KV-free generation it
-compares against produces the same tokens as GPT.generate.
+compares against produces the same tokens as GPT.generate. --data on a tiny HH-shaped file: the
+batches are the scripts' (loader, length policy, bucketing), the counts are their real tokens,
+the full-logits variant computes the same log-probs, and tests/bench_trl.py hands TRL exactly
+those rows. tests/gpu_check.py: its plan, its refusal without a GPU, and (slow) the whole plan on
+the CPU.
 """
 
+import gzip
 import importlib
 import json
 import math
+import os
 import sys
+import time
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import bench
+import common
+from data import loader
 from model import GPT, GPTConfig, ScalarModel
+from tokenizer import get_tokenizer
 
 MICRO = ["--sizes=micro", "--batch_size=2", "--block_size=16", "--prompt_len=6", "--gen_tokens=4",
          "--num_iterations=2", "--steps=1", "--warmup=0", "--device=cpu", "--dtype=float32"]
@@ -125,3 +137,251 @@ def test_trl_script_imports_without_trl(monkeypatch):
     for key in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations",
                 "steps", "warmup"):
         assert bench_trl.DEFAULTS[key] == bench.DEFAULTS[key]
+
+# -----------------------------------------------------------------------------
+# --data: real rows, batched as the HH recipes batch them
+
+WORDS = "the a cat dog sat on mat why how what is it can you tell me about please thanks".split()
+
+
+def hh_like_file(path, n=24, seed=0):
+    """A tiny preference file shaped like prepare.py's HH output: multi-turn prompts and answers
+    of very different lengths (so that buckets and padding matter)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def text(k):
+        return " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (k,), generator=gen).tolist())
+    with open(path, "w") as f:
+        for i in range(n):
+            long = i % 3 == 0
+            prompt = text(4 if not long else 12) + "\n\nAssistant: " + text(3) + "\n\nHuman: " + text(2)
+            f.write(json.dumps(dict(prompt=prompt, chosen=text(2 + 4 * long), rejected=text(3 + 5 * long)))
+                    + "\n")
+    return str(path)
+
+
+DATA = ["--sizes=micro", "--batch_size=4", "--block_size=96", "--gen_tokens=4", "--num_iterations=1",
+        "--steps=3", "--warmup=1", "--device=cpu", "--dtype=float32"]
+
+
+@pytest.fixture(scope="module")
+def hh_result(tmp_path_factory):
+    path = hh_like_file(tmp_path_factory.mktemp("hh") / "prefs.jsonl")
+    out = bench.main(DATA + [f"--data={path}", "--stages=sft,rm,dpo,ppo,grpo",
+                             "--variants=full_logits,no_buckets"])
+    return path, out
+
+
+def test_data_mode_times_every_stage_and_variant(hh_result):
+    _, result = hh_result
+    rows = {r["stage"]: r for r in result["rows"]}
+    assert set(rows) == set(ROWS) | {"grpo_iter", "sft_full_logits", "sft_no_buckets", "rm_no_buckets",
+                                     "dpo_full_logits", "dpo_no_buckets"}
+    for stage, r in rows.items():
+        assert len(r["step_s"]) == 3 and r["s_per_step"] == pytest.approx(sum(r["step_s"]) / 3)
+        assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0, stage
+    lines = bench.variant_lines(result["rows"])
+    assert len(lines) == 5 and all("the time per real token of" in line for line in lines)
+
+
+def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
+    path, result = hh_result
+    rows = {r["stage"]: r for r in result["rows"]}
+    cfg = SimpleNamespace(**{**bench.DEFAULTS, "data": path, "batch_size": 4, "block_size": 96,
+                             "gen_tokens": 4, "steps": 3, "warmup": 1})
+    for kind, stages in (("sft", ("sft",)), ("pairs", ("rm", "dpo"))):
+        for bucketed, suffix in ((True, ""), (False, "_no_buckets")):
+            batches = bench.real_batches(kind, "micro", cfg, bucketed)[1:]  # the timed ones
+            masks = [b[1] if kind == "sft" else b["attention_mask"] for b in batches]
+            for stage in stages:
+                r = rows[stage + suffix]
+                assert r["tokens"] == pytest.approx(sum(int(m.sum()) for m in masks) / 3)
+                assert r["padding"] == pytest.approx(bench.padding_share(masks))
+    # step s takes batch s of the epoch, drawn as train_sft.py draws it (bucketed by length)
+    sft = bench.real_rows(path, "byte", 96, 4)["sft"]
+    lengths = tuple(len(ids) for ids, _ in sft)
+    for s, rows_s in enumerate(bench.real_batch_rows("sft", "micro", cfg)):
+        assert rows_s == [sft[i] for i in loader.batch_indices(len(sft), 4, s, cfg.seed,
+                                                               lengths=lengths)]
+    # bucketing by length wastes less on padding than the plain shuffle (these lengths differ 3x)
+    assert rows["sft"]["padding"] < rows["sft_no_buckets"]["padding"]
+    assert rows["rm"]["padding"] <= rows["rm_no_buckets"]["padding"]
+
+
+def test_real_rows_follow_the_loaders_length_policy(tmp_path):
+    path = hh_like_file(tmp_path / "prefs.jsonl")
+    rows = bench.real_rows(path, "byte", 64, 8)
+    enc = get_tokenizer("byte")
+    records = [json.loads(line) for line in open(path)]
+    assert len(rows["pairs"]) == len(loader.load_preferences(path, enc, 64))
+    for ids, mask in rows["sft"]:
+        assert len(ids) <= 64 and ids[-1] == enc.eot_token and mask[-1] == 1
+    assert all(0 < len(p) <= 64 - 8 for p in rows["prompts"])
+    assert len(rows["prompts"]) == len({r["prompt"] for r in records})  # each prompt once
+
+
+def test_full_logits_path_equals_trained_logprobs():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
+    idx = torch.randint(0, 257, (3, 12))
+    loss_mask = torch.zeros_like(idx)
+    loss_mask[:, 5:10] = 1
+    fast = common.trained_logprobs(model, idx, loss_mask)
+    full = bench.full_logprobs(model, idx, loss_mask)
+    assert torch.allclose(fast, full, atol=1e-5)
+    with bench.full_logits_path():
+        assert common.trained_logprobs is bench.full_logprobs
+    assert common.trained_logprobs is not bench.full_logprobs  # given back
+
+
+def test_batch_flops_count_real_tokens_and_read_logits():
+    config = GPTConfig(block_size=64, vocab_size=257, n_layer=3, n_head=2, n_embd=32)
+    B, T, d, V = 2, 16, 32, 257
+    ones = torch.ones(B, T, dtype=torch.long)
+    # a full batch with every position read: the per-token count, less the first position's head
+    assert bench.batch_flops(config, ones, ones) == B * T * bench.forward_flops(config, T) - B * 2 * d * V
+    assert bench.batch_flops(config, ones) == B * T * bench.forward_flops(config, T, lm_head=False)
+    # padding costs nothing; a row counts at its own length
+    attn, loss = ones.clone(), torch.zeros_like(ones)
+    attn[1, 8:] = 0
+    loss[:, 6:8] = 1
+    expected = (T * bench.forward_flops(config, T, lm_head=False)
+                + 8 * bench.forward_flops(config, 8, lm_head=False) - (T + 8) * 2 * d
+                + 2 * 2 * d * V * 2)
+    assert bench.batch_flops(config, attn, loss) == expected
+
+
+def test_data_hh_without_the_converted_files_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "HH_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="prepare.py"):
+        bench.main(["--data=hh", "--sizes=micro"])
+    with pytest.raises(ValueError, match="no_buckets"):
+        bench.main(["--variants=no_buckets", "--sizes=micro"])  # random ids have no buckets
+
+
+def test_trl_gets_the_same_rows_as_text(tmp_path, monkeypatch):
+    # bench_trl's text columns are bench.py's rows, token for token, in bench.py's batches
+    for name in ("trl", "transformers", "datasets", "accelerate"):
+        monkeypatch.setitem(sys.modules, name, None)
+    bench_trl = importlib.import_module("bench_trl")
+    path = hh_like_file(tmp_path / "prefs.jsonl")
+    cfg = SimpleNamespace(**{**bench_trl.DEFAULTS, "data": path, "batch_size": 2, "block_size": 96,
+                             "steps": 2, "warmup": 1})
+    eos = 256
+    for kind in ("sft", "pairs"):
+        cols, shapes = bench_trl.real_text_rows(kind, "micro", cfg)
+        batches = bench.real_batches(kind, "micro", cfg)
+        flat = [e for b in bench.real_batch_rows(kind, "micro", cfg) for e in b]
+        ids = lambda text: [int(w) for w in text.split()]  # noqa: E731 (the word tokenizer)
+        for i, e in enumerate(flat):
+            row, _ = e if kind == "sft" else e["chosen"]
+            answer = cols["completion" if kind == "sft" else "chosen"][i]
+            assert ids(cols["prompt"][i]) + ids(answer) + [eos] == row
+            if kind == "pairs":
+                assert ids(cols["prompt"][i]) + ids(cols["rejected"][i]) + [eos] == e["rejected"][0]
+        for (rows, T, real), b in zip(shapes, batches):
+            attn = b[1] if kind == "sft" else b["attention_mask"]
+            assert (rows, T, real) == (attn.size(0), attn.size(1), int(attn.sum()))
+
+# -----------------------------------------------------------------------------
+# tests/gpu_check.py: the first GPU run, prepared
+
+
+def gpu_check():
+    return importlib.import_module("gpu_check")
+
+
+def test_gpu_check_plans_bench_and_every_hh_recipe(tmp_path, capsys):
+    out = gpu_check().main(["--dry_run=True", f"--work_dir={tmp_path}", "--peak_flops=989e12"])
+    phases = {p["name"]: p for p in out["phases"]}
+    assert list(phases) == ["prepare", "bench sft,dpo 16x1024", "recipe sft", "recipe rm",
+                            "recipe dpo", "recipe ppo", "recipe grpo"]
+    target = phases["bench sft,dpo 16x1024"]["cmd"]
+    for arg in ("--sizes=gpt2", "--compile=True", "--dtype=bfloat16", "--peak_flops=9.89e+14",
+                "--batch_size=16", "--block_size=1024", "--device=cuda"):
+        assert arg in target
+    for stage, config in (("sft", "sft"), ("rm", "rm"), ("dpo", "dpo"), ("ppo", "ppo")):
+        argv = phases[f"recipe {stage}"]["argv"]
+        assert argv[0].endswith(os.path.join("config", f"{config}_gpt2_hh.py"))
+        assert "--max_iters=200" in argv or "--max_iters=20" in argv
+        assert f"--out_dir={os.path.join(str(tmp_path), stage)}" in argv
+    # the chain: RM, DPO, PPO and GRPO start from the SFT checkpoint, PPO and GRPO score with the RM
+    sft_ckpt = os.path.join(str(tmp_path), "sft", "ckpt_best.pt")
+    for stage in ("rm", "dpo", "ppo", "grpo"):
+        assert f"--init_from={sft_ckpt}" in phases[f"recipe {stage}"]["argv"]
+    printed = capsys.readouterr().out
+    assert "python" in printed and "train_grpo.py" in printed and "-c" not in printed.split()
+
+
+def test_gpu_check_recipe_keys_are_the_scripts_keys(tmp_path):
+    # every --key of every recipe command is one its script accepts (parse_config rejects others)
+    import train_dpo
+    import train_grpo
+    import train_ppo
+    import train_reward_model
+    import train_sft
+    scripts = dict(sft=train_sft, rm=train_reward_model, dpo=train_dpo, ppo=train_ppo,
+                   grpo=train_grpo)
+    for smoke in (False, True):
+        out = gpu_check().main(["--dry_run=True", f"--work_dir={tmp_path}", f"--smoke={smoke}"])
+        for p in out["phases"]:
+            if p["kind"] == "recipe":
+                cfg = common.parse_config(scripts[p["stage"]].DEFAULTS, p["argv"])
+                assert cfg.out_dir == p["out_dir"]
+        assert any("--device=cpu" in p["cmd"] for p in out["phases"]) == smoke
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_check_without_a_gpu_stops_at_once(tmp_path):
+    start = time.time()
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        gpu_check().main([f"--work_dir={tmp_path}"])
+    assert time.time() - start < 5 and not os.listdir(tmp_path)  # nothing ran, nothing written
+
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                      "data")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "gpt2_bpe")),
+                    reason=f"no GPT-2 BPE files in {os.path.normpath(SHARED)}")
+def test_gpu_check_smoke_runs_every_phase_on_the_cpu(tmp_path):
+    # the whole plan on a small upstream-format HH file: every command, hand-over and reading
+    gen = torch.Generator().manual_seed(1)
+    hh = tmp_path / "harmless-base-test.jsonl.gz"
+    with gzip.open(hh, "wt") as f:
+        for i in range(24):
+            words = lambda k: " ".join(WORDS[j] for j in torch.randint(  # noqa: E731
+                0, len(WORDS), (k,), generator=gen).tolist())
+            turns = f"\n\nHuman: {words(3 + i % 7)}\n\nAssistant: {words(2)}\n\nHuman: {words(4)}"
+            f.write(json.dumps(dict(chosen=f"{turns}\n\nAssistant: {words(2 + i % 5)}",
+                                    rejected=f"{turns}\n\nAssistant: {words(3 + i % 4)}")) + "\n")
+    out_file = tmp_path / "results.json"
+    out = gpu_check().main(["--smoke=True", f"--hh_file={hh}", f"--shared={SHARED}",
+                            f"--work_dir={tmp_path / 'work'}", f"--out={out_file}"])
+    status = {p["name"]: p["status"] for p in out["phases"]}
+    assert set(status.values()) == {"ok"}, {p["name"]: p.get("log_tail") for p in out["phases"]
+                                            if p["status"] != "ok"}
+    phases = {p["name"]: p for p in out["phases"]}
+    assert {r["stage"] for r in phases["bench sft,dpo 16x1024"]["rows"]} == {
+        "sft", "dpo", "dpo_cached_ref"}
+    for stage in ("sft", "rm", "dpo"):
+        r = phases[f"recipe {stage}"]["result"]
+        assert r["s_per_step"] > 0 and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1, (stage, r)
+    for stage in ("ppo", "grpo"):
+        assert phases[f"recipe {stage}"]["result"]["steps_logged"] >= 2
+    assert json.load(open(out_file))["phases"][0]["name"] == "prepare"
+
+
+def test_side_by_side_summary_reads_the_step_by_step_ratios(monkeypatch):
+    for name in ("trl", "transformers", "datasets", "accelerate"):
+        monkeypatch.setitem(sys.modules, name, None)
+    bench_trl = importlib.import_module("bench_trl")
+    assert bench_trl.spread([3.0, 1.0, 2.0, 10.0]) == (2.0, 1.0, 10.0)  # the lower middle
+    summary = [dict(setting="defaults", size="gpt2", ours="sft", trl="sft", ours_s=[1.0, 2.0],
+                    trl_s=[2.0, 5.0], paired=[0.4, 0.5, 0.6, 0.45], rounds=[0.5, 0.4],
+                    same_batches=[True, True])]
+    line = bench_trl.summary_lines(summary)[1].split()
+    assert line[:4] == ["defaults", "gpt2", "sft", "sft"]
+    assert line[6:9] == ["0.450", "0.400-0.600", "4"] and "ok" in line and line[-1] == "yes"

@@ -1,0 +1,368 @@
+"""
+The first GPU run: turns the HH configs' ESTIMATES into measurements. A development tool, like
+tests/bench_trl.py: nothing in nanoRLHF imports it.
+
+Run it on a machine with one CUDA GPU (10 minutes in all, by design):
+    python tests/gpu_check.py --out=out/gpu_check.json          # H100 / H200: peak 989 TFLOP/s
+    python tests/gpu_check.py --peak_flops=312e12 ...           # any other GPU: its bf16 peak
+    python tests/gpu_check.py --dry_run=True                    # the commands only, no GPU needed
+    python tests/gpu_check.py --smoke=True                      # every phase on the CPU, tiny
+
+What it runs, one after the other, each as its own process:
+  1. data/hh/prepare.py on the shared real HH file (<repo>/../shared/data/hh-rlhf/
+     harmless-base-test.jsonl.gz, or --shared), with the genuine GPT-2 BPE of
+     <shared>/gpt2_bpe (TIKTOKEN_CACHE_DIR), into a scratch directory;
+  2. bench.py at GPT-2 124M, bf16, --compile=True, 16 x 1024 tokens, sft and dpo: the setting of
+     the README's target of at least 45% MFU;
+  3. each HH recipe for a few hundred steps (--max_iters): train_sft.py config/sft_gpt2_hh.py,
+     then train_reward_model.py config/rm_gpt2_hh.py and train_dpo.py config/dpo_gpt2_hh.py from
+     that SFT checkpoint, train_ppo.py config/ppo_gpt2_hh.py from it and the reward model, and
+     train_grpo.py with PPO's HH settings (there is no GRPO HH config). SFT starts from random
+     weights of GPT-2's shape (init_from='gpt2' would need the hub): the same speed. Evaluations
+     are cut to a few examples; train and val are the one converted test split.
+Per recipe it records the seconds per step (the logged ms_per_iter, or the time between PPO's
+and GRPO's log lines), real tokens/s and MFU (SFT, RM, DPO: each logged step's batch rebuilt
+from the data, as the script draws it, and counted with bench.batch_flops) and the peak GPU
+memory (torch.cuda.max_memory_allocated of the process). Everything goes to one JSON file
+(--out) and a table on stdout. A phase that would overrun --budget_s is skipped, saying so, and
+whatever finished is still written.
+
+Without a GPU it stops at once with one line saying so. --dry_run=True prints the commands;
+--smoke=True runs the same plan on the CPU with a 1-layer GPT of GPT-2's vocabulary, two steps a
+phase and tiny batches, so that every key, file and checkpoint hand-over and the reading of the
+results is checked before a GPU is at hand (tests/test_bench.py does, on a small HH-format file).
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bench
+import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULTS = dict(
+    shared=os.path.join(os.path.dirname(ROOT), "shared", "data"),  # hh-rlhf/ and gpt2_bpe/
+    hh_file="",                 # the upstream HH file ('' = <shared>/hh-rlhf/harmless-base-test...)
+    work_dir="",                # scratch directory for data and runs ('' = a temporary one)
+    out="out/gpu_check.json",   # the results file
+    peak_flops=0.0,             # the GPU's bf16 peak FLOP/s; 0 = from its name (H100/H200, A100)
+    max_iters=200,              # optimizer steps of the SFT, RM and DPO recipes
+    rl_iters=20,                # iterations of the PPO and GRPO recipes
+    bench_steps=10,             # timed steps per bench.py stage (after 3 warm-up steps)
+    budget_s=570.0,             # every phase must start and end within this many seconds
+    dry_run=False,              # print the commands and stop (no GPU needed)
+    smoke=False,                # the plan on the CPU: tiny model, 2 steps a phase (no GPU needed)
+)
+PEAK_BF16 = (("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12),
+             ("L40S", 362e12), ("A10G", 70e12))  # dense bf16 tensor-core peaks
+HH_FILE = os.path.join("hh-rlhf", "harmless-base-test.jsonl.gz")
+# the wrapper a training script runs under: its peak GPU memory is written to a JSON file
+PEAK_WRAPPER = ("import json, runpy, sys, torch; sys.path.insert(0, '.'); out = sys.argv[1]; "
+                "sys.argv = sys.argv[2:]\n"
+                "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                "finally:\n    json.dump(dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20 "
+                "if torch.cuda.is_available() else None), open(out, 'w'))\n")
+
+# -----------------------------------------------------------------------------
+# the plan: every phase's command, as data (the dry run prints it, the tests check it)
+
+
+def peak_for(name):
+    """The bf16 peak FLOP/s of a GPU by its name, or 0.0 when unknown."""
+    return next((p for key, p in PEAK_BF16 if key in name), 0.0)
+
+
+def plan(cfg, work, peak):
+    """
+    [dict(name, kind, cmd, after, budget_s, ...)] in order: kind 'prepare', 'bench' (out: the
+    bench JSON) or 'recipe' (script, config argv, out_dir, stage); after names the recipe whose
+    checkpoint it starts from. Paths are under work; python is this interpreter.
+    """
+    py, hh = sys.executable, os.path.join(work, "hh")
+    prefs, sft, prompts = (os.path.join(hh, f"{k}_test.jsonl") for k in ("prefs", "sft", "prompts"))
+    ckpt = lambda name: os.path.join(work, name, "ckpt_best.pt")  # noqa: E731
+    device = ["--device=cpu", "--dtype=float32"] if cfg.smoke else ["--device=cuda",
+                                                                     "--dtype=bfloat16"]
+    steps = ["--steps=1", "--warmup=0"] if cfg.smoke else [f"--steps={cfg.bench_steps}",
+                                                           "--warmup=3"]
+    shape = ["--sizes=micro", "--batch_size=2", "--block_size=32", "--compile=False"] if cfg.smoke \
+        else ["--sizes=gpt2", "--batch_size=16", "--block_size=1024", "--compile=True"]
+    hh_file = cfg.hh_file or os.path.join(cfg.shared, HH_FILE)
+    phases = [dict(name="prepare", kind="prepare", budget_s=45, cmd=[
+        py, "data/hh/prepare.py", f"--input={hh_file}", f"--out_dir={hh}"])]
+    out = os.path.join(work, "bench_target.json")
+    phases.append(dict(name="bench sft,dpo 16x1024", kind="bench", out=out, budget_s=130, cmd=[
+        py, "bench.py", "--stages=sft,dpo", *shape, *device, f"--peak_flops={peak:g}", *steps,
+        f"--out={out}"]))
+    # the smoke test's tiny settings, appended to each recipe's (the last value of a key wins)
+    tiny = dict(sft=["--n_layer=1", "--n_head=1", "--n_embd=32", "--batch_size=2", "--grad_accum=1",
+                     "--eval_examples=4", "--num_samples=1", "--sample_tokens=4", "--warmup_iters=1"],
+                rm=["--batch_size=2", "--grad_accum=1", "--eval_examples=4", "--bias_examples=4",
+                    "--warmup_iters=1"],
+                dpo=["--batch_size=2", "--grad_accum=1", "--eval_examples=4", "--warmup_iters=1"],
+                ppo=["--rollout_batch_size=4", "--minibatch_size=2", "--micro_batch_size=2",
+                     "--max_new_tokens=4", "--eval_examples=4", "--num_samples=1"],
+                grpo=["--rollout_batch_size=4", "--minibatch_size=4", "--micro_batch_size=2",
+                      "--max_new_tokens=4", "--eval_examples=4", "--num_samples=1"])
+    short_eval = lambda n: [f"--eval_interval={n}", f"--ckpt_interval={n}"]  # noqa: E731
+    recipes = [
+        ("sft", "train_sft.py", "config/sft_gpt2_hh.py", None, [
+            f"--train_data={sft}", f"--val_data={sft}", "--init_from=scratch", "--n_layer=12",
+            "--n_head=12", "--n_embd=768", "--tokenizer=gpt2", f"--max_iters={cfg.max_iters}",
+            "--warmup_iters=10", "--eval_examples=128", *short_eval(cfg.max_iters)]),
+        ("rm", "train_reward_model.py", "config/rm_gpt2_hh.py", "sft", [
+            f"--init_from={ckpt('sft')}", f"--train_data={prefs}", f"--val_data={prefs}",
+            f"--bias_data={sft}", "--bias_examples=512", f"--max_iters={cfg.max_iters}",
+            "--warmup_iters=10", "--eval_examples=256", *short_eval(cfg.max_iters)]),
+        ("dpo", "train_dpo.py", "config/dpo_gpt2_hh.py", "sft", [
+            f"--init_from={ckpt('sft')}", f"--train_data={prefs}", f"--val_data={prefs}",
+            f"--max_iters={cfg.max_iters}", "--warmup_iters=10", "--eval_examples=128",
+            *short_eval(cfg.max_iters)]),
+        ("ppo", "train_ppo.py", "config/ppo_gpt2_hh.py", "rm", [
+            f"--init_from={ckpt('sft')}", f"--reward_model={ckpt('rm')}",
+            f"--train_prompts={prompts}", f"--val_prompts={prompts}", f"--max_iters={cfg.rl_iters}",
+            "--eval_examples=64", "--save_every=0", *short_eval(cfg.rl_iters)]),
+        # no config/grpo_gpt2_hh.py: PPO's HH settings where GRPO has the key
+        ("grpo", "train_grpo.py", None, "rm", [
+            f"--init_from={ckpt('sft')}", f"--reward_model={ckpt('rm')}", "--gold_judge=",
+            f"--train_prompts={prompts}", f"--val_prompts={prompts}", "--block_size=512",
+            "--rollout_batch_size=64", "--group_size=4", "--max_new_tokens=53",
+            "--temperature=0.7", "--minibatch_size=64", "--micro_batch_size=8", "--lr=3e-6",
+            f"--max_iters={cfg.rl_iters}", "--eval_examples=64", "--save_every=0",
+            *short_eval(cfg.rl_iters)]),
+    ]
+    for stage, script, config, after, args in recipes:
+        out_dir = os.path.join(work, stage)
+        argv = ([os.path.join(ROOT, config)] if config else []) + args + [
+            f"--out_dir={out_dir}", *device, "--overwrite=True"]
+        if cfg.smoke:
+            argv += tiny[stage] + (["--compile=False"] if stage in ("sft", "rm", "dpo") else [])
+        peak_file = os.path.join(work, f"peak_{stage}.json")
+        model = dict(n_layer=1, n_head=1, n_embd=32, vocab_size=50257) if cfg.smoke else \
+            bench.SIZES["gpt2"]  # the shape the FLOPs are counted for
+        phases.append(dict(name=f"recipe {stage}", kind="recipe", stage=stage, script=script,
+                           model=model,
+                           argv=argv, out_dir=out_dir, after=after, peak_file=peak_file,
+                           budget_s=dict(sft=120, rm=100, dpo=100, ppo=80, grpo=60)[stage],
+                           cmd=[py, "-c", PEAK_WRAPPER, peak_file, script, *argv]))
+    return phases
+
+# -----------------------------------------------------------------------------
+# reading the results
+
+
+def read_log(out_dir):
+    """The training records of a run's log.jsonl, in order: SFT/RM/DPO lines carry 'ms_per_iter',
+    PPO's 'tok_per_s', GRPO's 's_per_iter'."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if {"ms_per_iter", "s_per_iter", "tok_per_s"} & set(r)]
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def step_batches(stage, run_cfg, step):
+    """The micro-batches (collated as the script collates them) of optimizer step `step` (1-based,
+    as logged) of an SFT, RM or DPO run with the resolved config run_cfg: loader.batch_indices of
+    the script's own seed, lengths and batch sizes, so the counts are of the very rows it ran."""
+    from data import loader
+    data = _training_rows(stage, run_cfg.train_data, run_cfg.block_size, run_cfg.length_buckets)
+    rows, lengths, pad = data
+    collate = loader.collate if stage == "sft" else loader.collate_pairs
+    return [collate([rows[i] for i in loader.batch_indices(
+        len(rows), run_cfg.batch_size, (step - 1) * run_cfg.grad_accum + k, run_cfg.seed,
+        lengths=lengths)], pad) for k in range(run_cfg.grad_accum)]
+
+
+_rows_cache = {}
+
+
+def _training_rows(stage, path, block_size, buckets):
+    """(rows, lengths or None, pad id) exactly as train_sft / train_reward_model / train_dpo
+    load and bucket them."""
+    key = (stage, path, block_size, buckets)
+    if key not in _rows_cache:
+        from data import loader
+        from tokenizer import get_tokenizer
+        enc = get_tokenizer("gpt2")
+        if stage == "sft":
+            rows = loader.load_sft(path, enc, block_size)
+            lengths = tuple(len(ids) for ids, _ in rows)
+        else:
+            rows = loader.load_preferences(path, enc, block_size)
+            lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in rows)
+        _rows_cache[key] = (rows, lengths if buckets else None, enc.eot_token)
+    return _rows_cache[key]
+
+
+def recipe_result(phase, peak, skip=2):
+    """Seconds per step, real tokens/s and MFU of a finished recipe run, from its log and data;
+    the first `skip` logged steps (compilation) are left out."""
+    import train_dpo
+    import train_reward_model
+    import train_sft
+    from model import GPTConfig
+    records = read_log(phase["out_dir"])
+    timed = records[skip:] if len(records) > skip else records
+    out = dict(steps_logged=len(records))
+    if os.path.isfile(phase["peak_file"]):
+        with open(phase["peak_file"]) as f:
+            out["peak_mem_mb"] = json.load(f)["peak_mb"]
+    if not timed:
+        return out
+    stage = phase["stage"]
+    if stage in ("ppo", "grpo"):  # seconds between consecutive log lines (log_interval=1)
+        gaps = [b["time"] - a["time"] for a, b in zip(records, records[1:])][skip:]
+        out["s_per_iter"] = median(gaps)
+        if "tok_per_s" in timed[0]:
+            out["response_tok_per_s"] = median([r["tok_per_s"] for r in timed])
+        return out
+    defaults = dict(sft=train_sft, rm=train_reward_model, dpo=train_dpo)[stage].DEFAULTS
+    run_cfg = common.parse_config(defaults, phase["argv"])
+    config = GPTConfig(**phase["model"])
+    # the policy or reward model trains: 3 forwards; a live DPO reference adds one
+    passes = 4 if stage == "dpo" and not run_cfg.precompute_ref_logps else 3
+    tok_s, mfu, s = [], [], []
+    for r in timed:
+        seconds = r["ms_per_iter"] / 1000
+        micro = step_batches(stage, run_cfg, r["step"])
+        masks = [(b[1], b[2]) if stage == "sft" else (b["attention_mask"],
+                 None if stage == "rm" else b["loss_mask"]) for b in micro]
+        flops = passes * sum(bench.batch_flops(config, a, m) for a, m in masks)
+        s.append(seconds)
+        tok_s.append(sum(int(a.sum()) for a, _ in masks) / seconds)
+        mfu.append(flops / seconds / peak if peak else None)
+    out.update(s_per_step=median(s), tokens_per_s=median(tok_s),
+               mfu=median(mfu) if peak else None, steps_timed=len(timed))
+    return out
+
+
+def bench_result(phase):
+    """The rows of a bench.py JSON (size, stage, tokens/s, s/step, peak MB, MFU)."""
+    with open(phase["out"]) as f:
+        rows = json.load(f)["rows"]
+    keep = ("stage", "tokens_per_s", "s_per_step", "peak_mem_mb", "tflops", "mfu", "padding")
+    return [{k: r.get(k) for k in keep} for r in rows]
+
+
+def table(results):
+    """The results as text lines: one per bench row and per recipe."""
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [f"{'phase':<24} {'row':<16} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'peak MB':>9} "
+             f"{'status':<10}"]
+    for p in results:
+        if p.get("rows"):
+            for r in p["rows"]:
+                lines.append(f"{p['name']:<24} {r['stage']:<16} {fmt(r['s_per_step'], '8.4f')} "
+                             f"{fmt(r['tokens_per_s'], '10.0f')} {fmt(r['mfu'], '6.1%')} "
+                             f"{fmt(r['peak_mem_mb'], '9.0f')} {p['status']:<10}")
+        else:
+            r = p.get("result", {})
+            s = r.get("s_per_step", r.get("s_per_iter"))
+            lines.append(f"{p['name']:<24} {'-':<16} {fmt(s, '8.4f')} "
+                         f"{fmt(r.get('tokens_per_s', r.get('response_tok_per_s')), '10.0f')} "
+                         f"{fmt(r.get('mfu'), '6.1%')} {fmt(r.get('peak_mem_mb'), '9.0f')} "
+                         f"{p['status']:<10}")
+    return lines
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    if cfg.smoke:  # two steps a phase
+        cfg.max_iters, cfg.rl_iters = 2, 2
+    import torch
+    if not (cfg.dry_run or cfg.smoke) and not torch.cuda.is_available():
+        raise common.ConfigError("gpu_check: no CUDA GPU here (torch.cuda.is_available() is "
+                                 "False); it measures GPU speed only. --dry_run=True prints "
+                                 "its commands")
+    on_gpu = torch.cuda.is_available() and not cfg.smoke
+    name = torch.cuda.get_device_name() if on_gpu else "(no GPU: smoke test or dry run)"
+    peak = cfg.peak_flops or peak_for(name) or (989e12 if cfg.dry_run or cfg.smoke else 0.0)
+    common.require(peak > 0, f"gpu_check: no known bf16 peak for {name!r}: give --peak_flops "
+                             f"(e.g. 989e12 for an H100 SXM)")
+    for need in (cfg.hh_file or os.path.join(cfg.shared, HH_FILE),
+                 os.path.join(cfg.shared, "gpt2_bpe")):
+        common.require(cfg.dry_run or os.path.exists(need),
+                       f"gpu_check: {need} is missing (--shared: the directory with hh-rlhf/ "
+                       f"and gpt2_bpe/; or --hh_file)")
+    work = cfg.work_dir or tempfile.mkdtemp(prefix="gpu_check_")
+    if not cfg.dry_run:
+        os.makedirs(work, exist_ok=True)
+    phases = plan(cfg, work, peak)
+    if cfg.dry_run:
+        for p in phases:
+            print(f"# {p['name']}" + (f" (from {p['after']})" if p.get("after") else ""))
+            # a recipe runs under PEAK_WRAPPER; printed is the plain command it wraps
+            print(shlex.join(p["cmd"][:1] + p["cmd"][4:]) if p["kind"] == "recipe"
+                  else shlex.join(p["cmd"]))
+        return dict(phases=phases)
+    # the genuine GPT-2 BPE offline, for the runs and for counting their tokens here
+    os.environ["TIKTOKEN_CACHE_DIR"] = os.path.join(cfg.shared, "gpt2_bpe")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    meta = dict(date=time.strftime("%Y-%m-%d"), gpu=name, peak_flops=peak, torch=torch.__version__,
+                work_dir=work, smoke=cfg.smoke, config=vars(cfg))
+    print(f"{meta['date']}, {name}, peak {peak / 1e12:.0f} TFLOP/s bf16, torch {torch.__version__}, "
+          f"work dir {work}", flush=True)
+    t_start, results, status = time.time(), [], {}
+
+    def write():
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        with open(cfg.out, "w") as f:
+            json.dump(dict(meta=meta, phases=results), f, indent=1)
+
+    for p in phases:
+        left = cfg.budget_s - (time.time() - t_start)
+        entry = dict(name=p["name"], kind=p["kind"], cmd=shlex.join(p["cmd"]))
+        if p.get("after") and status.get(f"recipe {p['after']}") != "ok":
+            entry["status"] = f"skipped (needs {p['after']})"
+        elif left < min(p["budget_s"], 40):
+            entry["status"] = "skipped (out of time)"
+        else:
+            t0 = time.time()
+            log = os.path.join(work, p["name"].replace(" ", "_").replace(",", "+") + ".log")
+            with open(log, "w") as f:
+                try:
+                    rc = subprocess.run(p["cmd"], cwd=ROOT, env=env, stdout=f,
+                                        stderr=subprocess.STDOUT,
+                                        timeout=min(left, p["budget_s"])).returncode
+                    entry["status"] = "ok" if rc == 0 else f"exit {rc}"
+                except subprocess.TimeoutExpired:
+                    entry["status"] = "timed out"
+            entry["wall_s"] = round(time.time() - t0, 1)
+            with open(log, errors="replace") as f:
+                entry["log_tail"] = f.read()[-2000:]
+            try:
+                if p["kind"] == "bench" and entry["status"] == "ok":
+                    entry["rows"] = bench_result(p)
+                elif p["kind"] == "recipe":
+                    entry["result"] = recipe_result(p, peak)
+            except Exception as e:  # a result that cannot be read must not lose the others
+                entry["read_error"] = repr(e)
+        status[p["name"]] = entry["status"]
+        results.append(entry)
+        print(f"  {p['name']}: {entry['status']}" + (f", {entry['wall_s']}s" if "wall_s" in entry
+                                                     else ""), flush=True)
+        write()
+    print("\n".join(table(results)))
+    print(f"wrote {cfg.out} ({time.time() - t_start:.0f}s in all)")
+    return dict(meta=meta, phases=results)
+
+
+if __name__ == "__main__":
+    common.cli(main)
