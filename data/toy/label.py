@@ -1,0 +1,235 @@
+"""
+The toy world's annotators: the comparison-collection step of InstructGPT (Ouyang et al. 2022,
+sec. 3.5). A policy (by default the SFT model) writes K answers to each training prompt, the
+annotators rank them, and the reward model and DPO learn from those rankings: comparisons of the
+policy's OWN answers, the ones PPO will start from, rather than of hand-made answer styles.
+
+    python data/toy/label.py                                  # the SFT policy's answers, ~1 minute
+    python data/toy/label.py --policy=out/ppo_toy/ckpt_last.pt --prefix=round2   # a later round
+    python data/toy/label.py --help                           # every config key and its default
+
+The annotators (a noise model on top of the gold judge, data/toy/judge.py). For one prompt, each
+distinct gold value g among its answers gets a perceived utility
+
+    u(g) = g / tau + G,    G ~ Gumbel(0, 1), drawn once per prompt and gold value,
+
+and the answers are ranked by u. Answers with the same gold value share one utility, so they
+share one rank: a tie, which the loader turns into no pair at all. Because the difference of two
+Gumbel(0, 1) variables is Logistic(0, 1), every pair of answers with different gold values is
+ordered correctly with probability sigma((g_a - g_b) / tau): exactly the Bradley-Terry model the
+reward model fits, and the ranking as a whole is a Plackett-Luce draw with weights exp(g / tau).
+Close calls are often flipped, clear ones almost never (tau = 0.5: a 0.5 gap is judged right 73%
+of the time, a 1.5 gap 95%). Duplicate samples are merged; a prompt whose answers all have one
+gold value holds no comparison and is left out (counted and printed).
+
+Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
+    {prefix}_train.jsonl     {"prompt", "responses", "ranks", "gold"}: noisy K-wise rankings of the
+                             policy's answers to train_prompts (rank 1 = best, ties share a rank;
+                             "gold" is the judge's score, for inspection: no stage reads it)
+    {prefix}_test.jsonl      {"prompt", "chosen", "rejected"}: noise-free pairs of the policy's
+                             answers to the held-out eval_prompts, from the gold order, ties left out
+    {prefix}_unpaired.jsonl  {"prompt", "completion", "label"}: every distinct labelled answer,
+                             label = its utility beats the median utility of the prompt's K samples
+                             (for unpaired losses such as KTO)
+    {prefix}_samples.jsonl   {"prompt", "response", "gold"}: every training sample, duplicates kept,
+                             in SFT format (the reward model's bias_data: the policy's mean answer)
+
+Deterministic for a seed: the sampling noise of sample j of prompt i comes from its own generator
+(model.row_generators), whatever the batch, and the annotators' noise of prompt i from its own
+random.Random. Deliberately left out: annotators who disagree with each other (one noise draw per
+prompt), labelling budgets, and choosing which prompts to label (active learning).
+"""
+
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import torch  # noqa: E402
+
+import common  # noqa: E402
+from data import loader  # noqa: E402
+from data.toy import judge  # noqa: E402
+from model import row_generators  # noqa: E402
+from tokenizer import decode_response, get_tokenizer  # noqa: E402
+
+DEFAULTS = dict(
+    policy="out/sft_toy/ckpt_best.pt",             # whose answers are labelled
+    train_prompts="data/toy/out/prompts_train.jsonl",  # prompts of the training rankings
+    eval_prompts="data/toy/out/prompts_eval.jsonl",    # held-out prompts of the test pairs ('' = none)
+    out_dir="data/toy/out",
+    prefix="onpolicy",            # file names: {prefix}_train.jsonl, ...
+    k=4,                          # answers per training prompt (C(k, 2) comparisons at most)
+    k_eval=8,                     # answers per held-out prompt for the test pairs
+    tau=0.5,                      # annotator noise: P(a ranked above b) = sigma((g_a - g_b) / tau)
+    temperature=1.0,              # PPO's sampling temperature
+    max_new_tokens=64,
+    batch_size=64,                # rows per generate call
+    block_size=128,
+    seed=1337,
+    device="auto",
+)
+
+# -----------------------------------------------------------------------------
+# the annotators: pure functions of (prompt's answers, gold values, rng)
+
+
+def gumbel(rng):
+    """One Gumbel(0, 1) draw, -log E with E ~ Exponential(1)."""
+    return -math.log(max(rng.expovariate(1.0), 1e-300))
+
+
+def utilities(golds, tau, rng):
+    """{gold value: perceived utility g / tau + Gumbel}, one draw per distinct value, in
+    descending order of gold (so the draws depend on the values alone, not on sample order)."""
+    return {g: g / tau + gumbel(rng) for g in sorted(set(golds), reverse=True)}
+
+
+def dense_ranks(values, higher_is_better=True):
+    """Dense ranks of values, 1 = best, equal values share a rank: [3, 1, 3, 2] -> [1, 3, 1, 2]."""
+    order = sorted(set(values), reverse=higher_is_better)
+    rank = {v: r + 1 for r, v in enumerate(order)}
+    return [rank[v] for v in values]
+
+
+def label_prompt(prompt, answers, tau, rng):
+    """
+    One prompt's labelled answers: a K-wise ranking record (or None when its answers have fewer
+    than two distinct gold values), and the unpaired records. answers: the K sampled texts,
+    duplicates allowed (each counts once in the ranking, every time in the median).
+    """
+    golds = [judge.gold_reward(prompt, a) for a in answers]
+    if len(set(golds)) < 2:
+        return None, []
+    u = utilities(golds, tau, rng)
+    distinct = list(dict.fromkeys(answers))  # merged duplicates, in sample order
+    gold_of = dict(zip(answers, golds))
+    ranking = dict(prompt=prompt, responses=distinct,
+                   ranks=dense_ranks([u[gold_of[a]] for a in distinct]),
+                   gold=[gold_of[a] for a in distinct])
+    median = statistics.median(u[g] for g in golds)
+    unpaired = [dict(prompt=prompt, completion=a, label=u[gold_of[a]] > median) for a in distinct]
+    return ranking, unpaired
+
+
+def gold_pairs(prompt, answers):
+    """Noise-free (chosen, rejected) records of distinct answers with different gold values."""
+    distinct = list(dict.fromkeys(answers))
+    golds = [judge.gold_reward(prompt, a) for a in distinct]
+    return [dict(prompt=prompt, chosen=distinct[a], rejected=distinct[b])
+            for a in range(len(distinct)) for b in range(len(distinct)) if golds[a] > golds[b]]
+
+# -----------------------------------------------------------------------------
+# sampling
+
+
+@torch.inference_mode()
+def sample_answers(model, enc, prompts, k, cfg, stream, device):
+    """
+    k answers to every prompt (dicts with 'ids'), as texts: [[k texts] per prompt]. Sample j of
+    prompt i draws its noise from row_generators(seed, (stream, i, j)) alone. Answers that are
+    empty after stripping (an immediate EOS) are dropped: no annotator can rank an empty answer.
+    """
+    rows = [(i, j) for i in range(len(prompts)) for j in range(k)]
+    out = [[] for _ in prompts]
+    t0, n_empty = time.time(), 0
+    for start in range(0, len(rows), cfg.batch_size):
+        keys = rows[start:start + cfg.batch_size]
+        gen = row_generators(cfg.seed, [(stream, i, j) for i, j in keys], device=device)
+        idx, attn = loader.collate_left([prompts[i]["ids"] for i, _ in keys], enc.eot_token)
+        tokens, mask, _ = model.generate(idx.to(device), attention_mask=attn.to(device),
+                                         max_new_tokens=cfg.max_new_tokens,
+                                         temperature=cfg.temperature,
+                                         eos_token_id=enc.eot_token, generator=gen)  # (B, N)
+        for (i, _), row, keep in zip(keys, tokens.tolist(), mask.tolist()):
+            text = decode_response(enc, [t for t, m in zip(row, keep) if m])
+            if text.strip():
+                out[i].append(text)
+            else:
+                n_empty += 1
+        done = start + len(keys)
+        print(f"\r  sampled {done}/{len(rows)} answers ({time.time() - t0:.0f}s)", end="",
+              flush=True)
+    print(f"; {n_empty} empty answers dropped")
+    return out
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def main(argv=None):
+    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    common.require_positive(cfg, "tau", "temperature", "max_new_tokens", "batch_size",
+                            "block_size")
+    common.require(cfg.k >= 2 and cfg.k_eval >= 2, "k and k_eval must be >= 2: a ranking needs "
+                   "two answers")
+    common.require(os.path.isfile(cfg.policy), f"policy={cfg.policy!r} does not exist "
+                   f"(python train_sft.py first)")
+    torch.manual_seed(cfg.seed)
+    device = common.pick_device(cfg.device)
+    model, tok_name = common.init_policy(cfg.policy)
+    model.to(device).eval()
+    enc = get_tokenizer(tok_name)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
+            for name in ("train", "test", "unpaired", "samples")}
+    t0 = time.time()
+
+    # training prompts: K samples each, ranked by the noisy annotators
+    prompts = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
+          f"(temperature {cfg.temperature}, tau {cfg.tau})")
+    answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
+    rankings, unpaired, samples, n_tied = [], [], [], 0
+    for i, (p, ans) in enumerate(zip(prompts, answers)):
+        golds = [judge.gold_reward(p["prompt"], a) for a in ans]
+        samples += [dict(prompt=p["prompt"], response=a, gold=g) for a, g in zip(ans, golds)]
+        ranking, rows = label_prompt(p["prompt"], ans, cfg.tau,
+                                     random.Random(f"{cfg.seed}:label:{i}"))
+        if ranking is None:
+            n_tied += 1
+            continue
+        rankings.append(ranking)
+        unpaired += rows
+    write_jsonl(path["train"], rankings)
+    write_jsonl(path["unpaired"], unpaired)
+    write_jsonl(path["samples"], samples)
+
+    # how the labels came out: pairs, and how often the annotators ordered a pair against gold
+    n_pairs = n_flipped = 0
+    for r in rankings:
+        for a in range(len(r["responses"])):
+            for b in range(len(r["responses"])):
+                if r["ranks"][a] < r["ranks"][b]:
+                    n_pairs += 1
+                    n_flipped += r["gold"][a] < r["gold"][b]
+    mean_gold = statistics.fmean(s["gold"] for s in samples) if samples else float("nan")
+    print(f"{len(prompts) - n_tied} prompts ranked, {n_tied} left out (all answers one gold "
+          f"value); {n_pairs} pairs, {n_flipped / max(n_pairs, 1):.1%} ordered against gold; "
+          f"mean gold of the samples {mean_gold:+.3f}; "
+          f"{sum(r['label'] for r in unpaired)}/{len(unpaired)} unpaired answers desirable")
+
+    # held-out prompts: noise-free pairs, the reward model's on-policy test set
+    if cfg.eval_prompts:
+        held = loader.load_prompts(cfg.eval_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+        print(f"test pairs: {cfg.k_eval} answers to each of {len(held)} held-out prompts")
+        held_answers = sample_answers(model, enc, held, cfg.k_eval, cfg, 1, device)
+        test = [pair for p, ans in zip(held, held_answers) for pair in gold_pairs(p["prompt"], ans)]
+        write_jsonl(path["test"], test)
+        print(f"{len(test)} noise-free test pairs")
+    for name, p in path.items():
+        if os.path.isfile(p) and (name != "test" or cfg.eval_prompts):
+            print(f"wrote {p}")
+    print(f"done in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""
+The toy world's annotators (data/toy/label.py): the noise model is Bradley-Terry in the gold
+reward, ties carry no pair, the output is deterministic and every file reads with data/loader.py.
+"""
+
+import json
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import common
+from data import loader
+from data.toy import label
+from data.toy.judge import gold_reward
+from data.toy.prepare import write_jsonl
+from model import GPT, GPTConfig
+from tokenizer import encode_prompt, get_tokenizer
+
+ENC = get_tokenizer("byte")
+PROMPT = "What color is a banana?"
+ANSWERS = {  # gold 3.0, 3.0, 1.5, 0.0, -1.0
+    "best": "A banana is yellow. Hope that helps!",
+    "best2": "A banana is yellow. Glad to help!",
+    "rude": "A banana is yellow. Duh.",
+    "wrong": "A banana is red. Hope that helps!",
+    "off": "A cow says moo.",
+}
+
+# -----------------------------------------------------------------------------
+# the noise model
+
+
+def test_utilities_are_gold_over_tau_plus_one_gumbel_per_gold_value():
+    golds = [3.0, 1.5, 3.0, -1.0]
+    u = label.utilities(golds, 0.5, random.Random(7))
+    # by hand: one Gumbel draw per distinct value, best value first
+    rng = random.Random(7)
+    expected = {}
+    for g in (3.0, 1.5, -1.0):
+        expected[g] = g / 0.5 - math.log(rng.expovariate(1.0))
+    assert u == pytest.approx(expected)
+    assert list(u) == [3.0, 1.5, -1.0]
+
+
+@pytest.mark.parametrize("gap, tau", [(0.5, 0.5), (1.5, 0.5), (1.0, 0.25)])
+def test_pairwise_marginals_are_bradley_terry(gap, tau):
+    rng = random.Random(0)
+    n = 40000
+    wins = 0
+    for _ in range(n):
+        u = label.utilities([gap, 0.0], tau, rng)
+        wins += u[gap] > u[0.0]
+    p = 1.0 / (1.0 + math.exp(-gap / tau))
+    assert abs(wins / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_dense_ranks_share_a_rank_on_ties():
+    assert label.dense_ranks([3, 1, 3, 2]) == [1, 3, 1, 2]
+    assert label.dense_ranks([0.5, 0.5]) == [1, 1]
+
+
+def test_a_prompt_with_one_gold_value_yields_no_comparison():
+    ranking, unpaired = label.label_prompt(PROMPT, [ANSWERS["best"], ANSWERS["best2"],
+                                                    ANSWERS["best"]], 0.5, random.Random(0))
+    assert ranking is None and unpaired == []
+
+
+def test_duplicates_merge_and_equal_gold_ties(tmp_path):
+    answers = [ANSWERS[k] for k in ("best", "wrong", "best", "best2", "off", "rude")]
+    ranking, unpaired = label.label_prompt(PROMPT, answers, 0.01, random.Random(3))
+    # duplicates merged, in sample order; tau = 0.01 makes the annotators all but noise-free
+    assert ranking["responses"] == [ANSWERS[k] for k in ("best", "wrong", "best2", "off", "rude")]
+    assert ranking["gold"] == [gold_reward(PROMPT, a) for a in ranking["responses"]]
+    assert ranking["ranks"] == [1, 3, 1, 4, 2]  # the two best answers tie
+    # the loader forms every pair but the tie: C(5, 2) - 1
+    path = write_jsonl(tmp_path / "r.jsonl", [dict(ranking)])
+    pairs = loader.load_preferences(path, ENC, 128)
+    assert len(pairs) == 9
+    assert all({p["chosen_text"], p["rejected_text"]} != {ANSWERS["best"], ANSWERS["best2"]}
+               for p in pairs)
+    assert all(gold_reward(PROMPT, p["chosen_text"]) > gold_reward(PROMPT, p["rejected_text"])
+               for p in pairs)
+    # unpaired: desirable iff the utility beats the median over the 6 samples (duplicates count)
+    assert [r["completion"] for r in unpaired] == ranking["responses"]
+    assert [r["label"] for r in unpaired] == [True, False, True, False, False]
+
+
+def test_noisy_annotators_flip_close_calls_more_than_clear_ones():
+    close = far = 0
+    for i in range(4000):
+        ranking, _ = label.label_prompt(PROMPT, [ANSWERS["best"], ANSWERS["rude"], ANSWERS["off"]],
+                                        0.5, random.Random(i))
+        r = dict(zip(ranking["responses"], ranking["ranks"]))
+        close += r[ANSWERS["best"]] > r[ANSWERS["rude"]]  # gap 1.5
+        far += r[ANSWERS["best"]] > r[ANSWERS["off"]]     # gap 4.0
+    assert abs(close / 4000 - 1 / (1 + math.exp(3.0))) < 0.015
+    assert far / 4000 < 0.003
+
+
+def test_gold_pairs_are_noise_free_and_skip_ties():
+    answers = [ANSWERS[k] for k in ("rude", "best", "best2", "best", "off")]
+    got = {(p["chosen"], p["rejected"]) for p in label.gold_pairs(PROMPT, answers)}
+    A = ANSWERS
+    assert got == {(A["best"], A["rude"]), (A["best2"], A["rude"]), (A["rude"], A["off"]),
+                   (A["best"], A["off"]), (A["best2"], A["off"])}
+
+# -----------------------------------------------------------------------------
+# sampling and the files
+
+
+def tiny_policy(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=128, vocab_size=ENC.n_vocab))
+    path = str(tmp_path / "sft.pt")
+    common.save_checkpoint(path, common.make_checkpoint(model, "policy", "sft", "byte",
+                                                        SimpleNamespace(), step=0))
+    return model, path
+
+
+def test_sampling_is_deterministic_and_independent_of_the_batch(tmp_path):
+    model, _ = tiny_policy(tmp_path)
+    prompts = [dict(prompt=p, ids=encode_prompt(ENC, p))
+               for p in ["What is 1 plus 2?", "What does a cow say?", "Name the opposite of hot."]]
+    cfg = SimpleNamespace(seed=5, batch_size=2, max_new_tokens=12, temperature=1.0)
+    a = label.sample_answers(model, ENC, prompts, 3, cfg, 0, "cpu")
+    b = label.sample_answers(model, ENC, prompts, 3, SimpleNamespace(**{**vars(cfg), "batch_size": 7}),
+                             0, "cpu")
+    assert a == b
+    c = label.sample_answers(model, ENC, prompts, 3, cfg, 1, "cpu")  # another stream
+    assert a != c
+
+
+def fake_sampler(model, enc, prompts, k, cfg, stream, device):
+    """Answers drawn from fixed styles, seeded like the real sampler (no model needed)."""
+    out = []
+    for i, p in enumerate(prompts):
+        rng = random.Random(f"{cfg.seed}:{stream}:{i}")
+        subject = p["prompt"].rstrip("?.").split()[-1]
+        styles = [f"It is {subject}. Hope that helps!", f"{subject}. Duh.", "I like turtles.",
+                  f"Well, um, {subject}, I guess, you know."]
+        out.append([rng.choice(styles) for _ in range(k)])
+    return out
+
+
+def test_files_are_deterministic_and_readable_by_the_loader(tmp_path, monkeypatch):
+    _, policy = tiny_policy(tmp_path)
+    train = write_jsonl(tmp_path / "prompts_train.jsonl",
+                        [dict(prompt=p) for p in ["What color is a crow?", "What does a dog say?",
+                                                  "What is 2 plus 2?", "What color is a lime?"] * 5])
+    held = write_jsonl(tmp_path / "prompts_eval.jsonl",
+                       [dict(prompt=p) for p in ["Tell me the color of a crow.", "What is 1 + 3?"]])
+    monkeypatch.setattr(label, "sample_answers", fake_sampler)
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        label.main([f"--policy={policy}", f"--train_prompts={train}", f"--eval_prompts={held}",
+                    f"--out_dir={out}", "--k=4", "--k_eval=4", "--seed=3"])
+        outs.append({name: (out / f"onpolicy_{name}.jsonl").read_bytes()
+                     for name in ("train", "test", "unpaired", "samples")})
+    assert outs[0] == outs[1]
+    out = tmp_path / "a"
+    pairs = loader.load_preferences(str(out / "onpolicy_train.jsonl"), ENC, 128)
+    test = loader.load_preferences(str(out / "onpolicy_test.jsonl"), ENC, 128)
+    assert pairs and test
+    for p in test:  # the test pairs follow the gold order exactly
+        assert gold_reward(p["prompt"], p["chosen_text"]) > gold_reward(p["prompt"], p["rejected_text"])
+    assert len(loader.load_sft(str(out / "onpolicy_samples.jsonl"), ENC, 128)) == 4 * 20
+    unpaired = [json.loads(line) for line in open(out / "onpolicy_unpaired.jsonl")]
+    assert unpaired and all(set(r) == {"prompt", "completion", "label"}
+                            and isinstance(r["label"], bool) for r in unpaired)
+    assert len(loader.load_sft(str(out / "onpolicy_unpaired.jsonl"), ENC, 128)) == len(unpaired)
