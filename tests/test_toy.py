@@ -223,3 +223,46 @@ def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_
     with_contrast, mixed = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
     replaced = sum(a != b for a, b in zip(mixed, with_contrast)) / len(mixed)
     assert abs(replaced - share) < 0.01
+
+
+# the held-out split is the yardstick of every result: these pin it (seed 1337)
+PROMPTS_EVAL_SHA256 = "d592dad13a0a964cf76a17f17f44d340a671ba71be1efd559d4532da31ecac3e"
+HELD_OUT_COMBOS_SHA256 = "851a766441293478456622c146d732155e4a6279cec900643a9c6c5e0d426c64"
+
+
+def sha256_lines(lines):
+    import hashlib
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def test_the_held_out_split_is_pinned(toy_dir):
+    import random
+    assert sha256_lines(r["prompt"] for r in read(toy_dir, "prompts_eval.jsonl")) == PROMPTS_EVAL_SHA256
+    splits = prepare.split_combinations(random.Random(1337))
+    held = [repr((f, t, s)) for f, (_, ho) in splits.items() for t, s in ho]
+    assert len(held) == 96 and sha256_lines(held) == HELD_OUT_COMBOS_SHA256
+
+
+def test_extra_phrasings_re_ask_a_share_of_the_demonstrations_only(toy_dir, tmp_path):
+    prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--sft_extra_share=0"])
+    for name in os.listdir(toy_dir):  # drawn from their own stream: every other file is the same
+        same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
+        assert same == (name != "sft_train.jsonl"), name
+    plain, rephrased = read(tmp_path, "sft_train.jsonl"), read(toy_dir, "sft_train.jsonl")
+    extra = {prepare.question(f, t, x) for f, ts in prepare.EXTRA_TEMPLATES.items() for t in ts
+             for x in prepare.subjects(f)}
+    changed = 0
+    for a, b in zip(plain, rephrased):
+        assert a["response"] == b["response"] and a["style"] == b["style"]
+        if a["prompt"] != b["prompt"]:
+            changed += 1
+            assert parse_prompt(a["prompt"])[:3] == parse_prompt(b["prompt"])[:3]  # same question
+            assert score_parts(a["prompt"], a["response"]) == score_parts(b["prompt"], b["response"])
+    assert abs(changed / len(plain) - prepare.SFT_EXTRA_SHARE) < 0.01
+    # the training-only phrasings never reach a held-out file
+    for name in ("sft_val", "prefs_val", "prefs_test", "prompts_eval"):
+        for r in read(toy_dir, f"{name}.jsonl"):
+            assert r["prompt"] not in extra, r
+    assert changed and sum(r["prompt"] in extra for r in rephrased) == changed
+    all_templates = {t for ts in prepare.TEMPLATES.values() for t in ts}
+    assert not all_templates & {t for ts in prepare.EXTRA_TEMPLATES.values() for t in ts}

@@ -56,6 +56,20 @@ TEMPLATES = {
 }
 HELD_OUT = {"color": 2, "sound": 2, "opposite": 2, "add": 1}
 FAMILIES = list(TEMPLATES)
+# training-only phrasings: real SFT prompts ask the same thing in many ways, more than the split's
+# five. A share of the demonstrations is asked in one of these (never held out, never evaluated),
+# so that the model learns to find the subject in any wording, not per (phrasing, subject)
+EXTRA_TEMPLATES = {
+    "color": ["What is the colour of {x}?", "Which colour is {x}?", "Say the color of {x}.",
+              "What color does {x} have?", "Name the color of {x}."],
+    "sound": ["Which noise does {x} make?", "What is the sound of {x}?", "Name the sound {x} makes.",
+              "How does {x} sound?", "Say the sound {x} makes."],
+    "opposite": ["Which word is the opposite of {x}?", "Say the opposite of {x}.", "Opposite of {x}?",
+                 "The opposite of {x} is what?", "What word means the opposite of {x}?"],
+    "add": ["What does {a} plus {b} make?", "Compute {a} + {b}.", "Tell me {a} plus {b}.",
+            "{a} plus {b} is what?", "What do {a} and {b} make?"],
+}
+SFT_EXTRA_SHARE = 0.5  # share of sft_train questions asked in an EXTRA_TEMPLATES phrasing
 
 CLOSINGS = ["Hope that helps!", "Glad to help!", "Happy to help!"]
 RUDE = ["{core} Duh.", "Ugh. {core}", "{core} Obviously.", "Whatever. {core}", "{core} Dumb question."]
@@ -196,13 +210,30 @@ def answer(rng, family, subject, prompt, style):
     return response, sum(parts.values())
 
 
-def make_sft(rng, combos, n):
+def make_sft(rng, combos, n, subjects_out=None):
+    """n demonstrations in the style mix; appends each one's (family, subject) to subjects_out."""
     rows = []
     for _ in range(n):
         family, subject, prompt = draw(rng, combos)
         style = draw_style(rng)
         response, _ = answer(rng, family, subject, prompt, style)
         rows.append(dict(prompt=prompt, response=response, style=style))
+        if subjects_out is not None:
+            subjects_out.append((family, subject))
+    return rows
+
+
+def rephrase_sft(rows, subjects_of, rng, share):
+    """Ask a share of the demonstrations' questions, at random rows, in a training-only phrasing
+    (EXTRA_TEMPLATES): the same subject and the same answer, which the judge scores alike."""
+    for i in sorted(rng.sample(range(len(rows)), round(share * len(rows)))):
+        family, subject = subjects_of[i]
+        prompt = question(family, rng.choice(EXTRA_TEMPLATES[family]), subject)
+        if judge.score_parts(prompt, rows[i]["response"]) != \
+                judge.score_parts(rows[i]["prompt"], rows[i]["response"]) \
+                or len(prompt) > MAX_PROMPT_CHARS:
+            raise RuntimeError(f"toy world bug: {prompt!r} is not {rows[i]['prompt']!r} re-phrased")
+        rows[i] = dict(rows[i], prompt=prompt)
     return rows
 
 
@@ -286,14 +317,15 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def prepare(out_dir, seed=1337, contrast_share=None):
+def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None):
     """Write the seven files into out_dir; returns {file name: number of lines}."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
     train = {f: tr for f, (tr, _) in splits.items()}
     held = {f: ho for f, (_, ho) in splits.items()}
+    sft_subjects = []
     files = {
-        "sft_train.jsonl": make_sft(rng, train, N_SFT_TRAIN),
+        "sft_train.jsonl": make_sft(rng, train, N_SFT_TRAIN, sft_subjects),
         "sft_val.jsonl": make_sft(rng, held, N_SFT_VAL),
         "prefs_train.jsonl": make_prefs(rng, train, N_PREFS_TRAIN, FLIP_RATE),
         "prefs_val.jsonl": make_prefs(rng, held, N_PREFS_VAL, 0.0),
@@ -303,6 +335,8 @@ def prepare(out_dir, seed=1337, contrast_share=None):
     # drawn from their own streams, so every other file is the same with or without them
     share = CONTRAST_SHARE if contrast_share is None else contrast_share
     add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, share, FLIP_RATE)
+    extra = SFT_EXTRA_SHARE if sft_extra_share is None else sft_extra_share
+    rephrase_sft(files["sft_train.jsonl"], sft_subjects, random.Random(seed + 3), extra)
     # the reward model's best checkpoint is picked on prefs_val: its accuracy there is biased up,
     # so the accuracy we report comes from pairs no choice was made on
     files["prefs_test.jsonl"] = make_prefs(random.Random(seed + 2), held, N_PREFS_TEST, 0.0)
@@ -318,11 +352,14 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=os.path.join("data", "toy", "out"))
     parser.add_argument("--contrast_share", type=float, default=CONTRAST_SHARE,
                         help="share of training pairs that differ only in the stated fact")
+    parser.add_argument("--sft_extra_share", type=float, default=SFT_EXTRA_SHARE,
+                        help="share of sft_train questions asked in a training-only phrasing")
     args = parser.parse_args(argv)
-    if not 0.0 <= args.contrast_share <= 1.0:
-        parser.error(f"--contrast_share={args.contrast_share} must be in [0, 1]")
+    for key in ("contrast_share", "sft_extra_share"):
+        if not 0.0 <= getattr(args, key) <= 1.0:
+            parser.error(f"--{key}={getattr(args, key)} must be in [0, 1]")
     t0 = time.time()
-    counts = prepare(args.out_dir, args.seed, args.contrast_share)
+    counts = prepare(args.out_dir, args.seed, args.contrast_share, args.sft_extra_share)
     for name, n in counts.items():
         print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
     print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
