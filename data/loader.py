@@ -9,7 +9,8 @@ Formats (TRL's conventions), one JSON object per line; extra fields are ignored:
     preferences  {"prompt", "chosen", "rejected"} with an optional numeric "margin", or a K-wise
                  ranking {"prompt", "responses": [...], "ranks": [...]} (rank 1 = best) or
                  {..., "scores": [...]} (higher = better), expanded to all C(K, 2) pairs with the
-                 better answer as chosen, as in InstructGPT (Ouyang et al. 2022, sec. 3.5).
+                 better answer as chosen, as in InstructGPT (Ouyang et al. 2022, sec. 3.5);
+                 tied answers (equal ranks or scores) form no pair with each other.
     unpaired     {"prompt", "completion", "label": true|false}: one answer and whether it is
                  desirable (KTO's feedback, TRL's unpaired preference format).
     RL prompts   {"prompt"}.
@@ -163,7 +164,13 @@ def _messages(path, lineno, obj):
 
 
 def _ranked_pairs(path, lineno, obj):
-    """All C(K, 2) (better, worse) pairs of a K-wise ranking, best answer first."""
+    """
+    The (better, worse) pairs of a K-wise ranking, best answer first: all C(K, 2) of them when
+    every answer has its own rank, fewer with ties. Tied answers (the same rank, or the same
+    score) are equally good to the annotator: no pair is formed between them, exactly as
+    InstructGPT's labellers could mark two answers as ties. Ranks are dense (1 = best, tied
+    answers share a rank, the m distinct ranks are 1..m); a ranking needs two different ranks.
+    """
     responses = _array(path, lineno, obj, "responses", min_len=2)
     for i, r in enumerate(responses):
         _check_text(path, lineno, r, f"responses[{i}]")
@@ -177,15 +184,20 @@ def _ranked_pairs(path, lineno, obj):
         raise _error(path, lineno, f"field {key!r}: has {len(values)} items but 'responses' has "
                                    f"{len(responses)}")
     values = [_number(path, lineno, v, f"{key}[{i}]") for i, v in enumerate(values)]
-    if len(set(values)) < len(values):
-        raise _error(path, lineno, f"field {key!r}: has a tie: a ranking must order every answer")
-    if key == "ranks" and sorted(values) != list(range(1, len(values) + 1)):
-        raise _error(path, lineno, f"field 'ranks': must be a permutation of 1..{len(values)} "
-                                   f"(1 = best), got {obj['ranks']}")
-    # best first: smallest rank, or highest score
+    distinct = sorted(set(values))
+    if key == "ranks" and (any(v != int(v) for v in values)
+                           or distinct != list(range(1, len(distinct) + 1))):
+        raise _error(path, lineno, f"field 'ranks': must be dense whole numbers: the m distinct "
+                                   f"ranks are 1..m (1 = best, tied answers share a rank), got "
+                                   f"{obj['ranks']}")
+    if len(distinct) < 2:
+        raise _error(path, lineno, f"field {key!r}: every answer is tied, so the ranking holds "
+                                   f"no comparison")
+    # best first: smallest rank, or highest score (a stable sort keeps tied answers in file order)
     order = sorted(range(len(values)), key=lambda i: values[i] if key == "ranks" else -values[i])
     return [(responses[order[a]], responses[order[b]])
-            for a in range(len(order)) for b in range(a + 1, len(order))]
+            for a in range(len(order)) for b in range(a + 1, len(order))
+            if values[order[a]] != values[order[b]]]
 
 # -----------------------------------------------------------------------------
 # the length policy
@@ -264,8 +276,8 @@ def load_sft(path, enc, block_size):
 def load_preferences(path, enc, block_size):
     """
     [dict(chosen=(ids, mask), rejected=(ids, mask), margin, prompt, chosen_text, rejected_text)].
-    Both answers share one (possibly truncated) prompt; K-wise rankings become C(K, 2) pairs
-    with margin 0.
+    Both answers share one (possibly truncated) prompt; K-wise rankings become their C(K, 2)
+    pairs (fewer with ties: tied answers form no pair) with margin 0.
     """
     pairs, truncated, dropped, n_ranked = [], 0, 0, 0
     for lineno, obj in read_jsonl(path):

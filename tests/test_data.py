@@ -99,11 +99,15 @@ PREF_ERRORS = [
     ({"prompt": "a", "chosen": "x", "rejected": None}, ["'rejected'", "string", "null"]),
     ({"prompt": "a", "chosen": "x", "rejected": "y", "margin": "big"}, ["'margin'", "number"]),
     ({"prompt": "a", "chosen": "x", "rejected": "y", "margin": True}, ["'margin'", "number"]),
-    ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 1]}, ["'ranks'", "tie"]),
-    ({"prompt": "a", "responses": ["x", "y", "z"], "scores": [0.5, 0.1, 0.5]}, ["'scores'", "tie"]),
+    ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 1]}, ["'ranks'", "tied", "no comparison"]),
+    ({"prompt": "a", "responses": ["x", "y", "z"], "scores": [0.5, 0.5, 0.5]}, ["'scores'", "tied"]),
+    ({"prompt": "a", "responses": ["x", "y", "z"], "ranks": [1, 1, 3]}, ["'ranks'", "dense", "1..m"]),
+    ({"prompt": "a", "responses": ["x", "y", "z"], "ranks": [2, 2, 3]}, ["'ranks'", "dense"]),
+    ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 1.5]}, ["'ranks'", "whole numbers"]),
+    ({"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}, ["'ranks'", "dense"]),
     ({"prompt": "a", "responses": ["x", "y", "z"], "ranks": [1, 2]}, ["'ranks'", "2 items", "3"]),
     ({"prompt": "a", "responses": ["x", "y"], "scores": [1.0, 2.0, 3.0]}, ["'scores'", "3 items"]),
-    ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 3]}, ["'ranks'", "permutation"]),
+    ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 3]}, ["'ranks'", "dense"]),
     ({"prompt": "a", "responses": ["x", "y"]}, ["'ranks' or 'scores'"]),
     ({"prompt": "a", "responses": ["x", "y"], "ranks": [1, 2], "scores": [1, 2]}, ["exactly one"]),
     ({"prompt": "a", "responses": ["x"], "ranks": [1]}, ["'responses'", "at least 2"]),
@@ -216,6 +220,21 @@ def test_kwise_rankings_expand_to_all_ordered_pairs(tmp_path, capsys):
         assert p["chosen"] == encode_example(ENC, p["prompt"], p["chosen_text"])
         assert p["rejected"] == encode_example(ENC, p["prompt"], p["rejected_text"])
     assert "loaded 10 examples" in capsys.readouterr().out
+
+def test_tied_answers_form_no_pair(tmp_path, capsys):
+    path = write(tmp_path, [
+        # a and c tie for first, d and e tie for third: 2 x 1 + 2 x 2 + 1 x 2 = 8 of C(5, 2)
+        {"prompt": "p", "responses": ["a", "b", "c", "d", "e"], "ranks": [1, 2, 1, 3, 3]},
+        {"prompt": "q", "responses": ["a", "b", "c"], "scores": [0.5, 0.1, 0.5]},
+        {"prompt": "r", "responses": ["a", "b", "c"], "ranks": [2, 1, 2]},  # one best, two tied
+    ])
+    got = [(p["prompt"], p["chosen_text"], p["rejected_text"])
+           for p in loader.load_preferences(path, ENC, 64)]
+    assert got == [("p", "a", "b"), ("p", "a", "d"), ("p", "a", "e"), ("p", "c", "b"),
+                   ("p", "c", "d"), ("p", "c", "e"), ("p", "b", "d"), ("p", "b", "e"),
+                   ("q", "a", "b"), ("q", "c", "b"), ("r", "b", "a"), ("r", "b", "c")]
+    assert "loaded 12 examples" in capsys.readouterr().out
+
 
 # -----------------------------------------------------------------------------
 # the length policy
