@@ -16,8 +16,8 @@ text is the head's output at its last real token, the response's EOS. Training m
 Bradley-Terry loss -log sigma(r_chosen - r_rejected) over pairs, optionally with a per-pair
 margin from the data (use_margin, as Llama 2 does) and a term that keeps the scores centred
 (center_coef). The chosen and rejected rows of a batch go through the model in ONE forward.
-K-wise rankings {"prompt", "responses": [best, ..., worst]} are expanded by data/loader.py into
-their K(K-1)/2 pairs. One epoch by default: reward models overfit quickly.
+K-wise rankings {"prompt", "responses", "ranks"} are expanded by data/loader.py into their
+K(K-1)/2 pairs (fewer with ties). One epoch by default: reward models overfit quickly.
 
 After training, the mean score of reference responses (the SFT data's answers, or the chosen
 answers, on training prompts: bias_ref) is stored in the checkpoint as the model's reward_bias,
@@ -26,9 +26,14 @@ which ScalarModel subtracts from every score, so PPO starts from centred rewards
 Other scripts score texts with `score(model, prompts, responses)` and token ids with
 `score_ids(model, idx, attention_mask)` (the ids the policy produced, never re-tokenised).
 
-Deliberately left out: reward-model ensembles, InstructGPT's grouping of a prompt's K(K-1)/2
-comparisons into one batch element (here they are ordinary, shuffled pairs), an auxiliary
-language-modelling loss, label smoothing / noisy-label losses, and gradient checkpointing.
+With group_rankings=True a batch holds whole rankings, as InstructGPT batches them: each distinct
+answer of a ranking is scored once and every pair of the ranking is a term of the loss, so a
+K-wise ranking costs K forwards instead of K(K-1) (and its answers are not seen K-1 times per
+epoch, which InstructGPT found to overfit). The loss is the mean over the batch's pairs.
+
+Deliberately left out: reward-model ensembles, InstructGPT's 1/C(K,2) weighting of each prompt
+(the loss weighs every pair alike), an auxiliary language-modelling loss, label smoothing /
+noisy-label losses, and gradient checkpointing.
 """
 
 import copy
@@ -73,6 +78,9 @@ DEFAULTS = dict(
     batch_size=32,                         # pairs per micro-step (2x sequences per forward)
     grad_accum=1,
     length_buckets=True,                   # batches of similar lengths: less compute on padding
+    group_rankings=False,                  # InstructGPT's batching: a K-wise ranking is one batch
+                                           # element, each answer scored once for all its pairs
+                                           # (K forwards, not K(K-1)); batch_size counts rankings
     num_epochs=1.0,                        # sets max_iters when max_iters = -1
     max_iters=-1,                          # -1: num_epochs over the training pairs
     lr=1e-3,
@@ -199,19 +207,42 @@ def validate(cfg):
                                                     "init_from='scratch'")
 
 
+def collate_rankings(pairs, pad_id):
+    """
+    The pairs of whole rankings as one batch: each distinct answer of a ranking (its loader
+    'record') once, right-padded into idx, attention_mask (N, T), and each pair's two rows in it,
+    chosen_row and rejected_row (P,) long; margin (P,) float.
+    """
+    rows, row_of, sides = [], {}, ([], [])
+    for p in pairs:
+        for side, out in zip(("chosen", "rejected"), sides):
+            key = (p["record"], tuple(p[side][0]))  # an answer of one ranking is scored once
+            if key not in row_of:
+                row_of[key] = len(rows)
+                rows.append(p[side])
+            out.append(row_of[key])
+    idx, attn, _ = loader.collate(rows, pad_id)
+    return dict(idx=idx, attention_mask=attn, chosen_row=torch.tensor(sides[0]),
+                rejected_row=torch.tensor(sides[1]),
+                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
+
+
 def pair_rewards(model, batch, autocast):
-    """One forward over a collate_pairs batch, chosen rows then rejected rows: (B,), (B,) raw
-    scores (reward_bias is 0 while training). The rows are right-padded: ScalarModel runs its
-    trunk without the mask and reads each row at its last real token."""
+    """One forward over a collate_pairs batch, chosen rows then rejected rows, or over a
+    collate_rankings batch's distinct answers: (P,), (P,) raw scores of each pair's chosen and
+    rejected answer (reward_bias is 0 while training). The rows are right-padded: ScalarModel
+    runs its trunk without the mask and reads each row at its last real token."""
     with autocast:
-        r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (2B,)
+        r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (rows,)
+    if "chosen_row" in batch:
+        return r[batch["chosen_row"]], r[batch["rejected_row"]]
     B = r.size(0) // 2
     return r[:B], r[B:]
 
 
 def rm_step(model, micro_batches, cfg, rt):
-    """Forward and backward of one optimizer step's micro-batches (collate_pairs dicts on the
-    device), each holding batch_size pairs. Returns the step's metrics (reward_model_loss's),
+    """Forward and backward of one optimizer step's micro-batches (collate_pairs or
+    collate_rankings dicts on the device), each holding batch_size pairs or rankings. Returns the step's metrics (reward_model_loss's),
     averaged over the micro-batches."""
     sums = {}
     for k, batch in enumerate(micro_batches):
@@ -259,29 +290,39 @@ def to_device(batch, rt):
 
 def load_data(cfg, enc, rt):
     """Training and held-out pairs (right-padded at batch time; a batch's position in the data
-    is its step, for exact resume), the number of steps, the reference texts of the final
-    normalisation (read now: a bad bias_data fails before training, not after it) and the
-    lengths that length bucketing sorts by (a pair pads to its longer answer)."""
+    is its step, for exact resume), the training units (a list of pair indices each: one pair,
+    or with group_rankings every pair of one ranking), the number of steps, the reference texts
+    of the final normalisation (read now: a bad bias_data fails before training, not after it)
+    and the lengths that length bucketing sorts the units by (a pair pads to its longer
+    answer)."""
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
     val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
     # evaluation sums over pairs, so their order is free: sorted by length its batches pad
     # little (real HH pairs at block_size 512: 0.86M positions instead of 2.26M)
     val = sorted(val, key=lambda p: max(len(p["chosen"][0]), len(p["rejected"][0])))
-    pairs_per_step = cfg.batch_size * cfg.grad_accum * rt.world_size
+    units = [[i] for i in range(len(train))]
+    if cfg.group_rankings:
+        by_record = {}
+        for i, p in enumerate(train):
+            by_record.setdefault(p["record"], []).append(i)
+        units = list(by_record.values())
+    per_step = cfg.batch_size * cfg.grad_accum * rt.world_size  # pairs or rankings
     max_iters = cfg.max_iters
     if max_iters == -1:  # one epoch by default: reward models overfit quickly
-        max_iters = max(1, math.ceil(cfg.num_epochs * len(train) / pairs_per_step))
+        max_iters = max(1, math.ceil(cfg.num_epochs * len(units) / per_step))
     common.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
                    f"warmup_iters={cfg.warmup_iters} and stop_iter={cfg.stop_iter} must be <= "
                    f"max_iters={max_iters}")
     if cfg.use_margin and not any(p["margin"] for p in train):
         print0(f"note: use_margin=True but no pair in {cfg.train_data} has a non-zero 'margin'")
-    print0(f"data: {len(train)} train pairs, {len(val)} held-out pairs; {pairs_per_step} pairs "
-           f"per step, {max_iters} steps ({max_iters * pairs_per_step / len(train):.2f} epochs)")
-    lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in train) \
-        if cfg.length_buckets else None
-    return train, val, max_iters, reference_rows(cfg, enc, train), lengths
+    unit = "rankings" if cfg.group_rankings else "pairs"
+    print0(f"data: {len(train)} train pairs" + (f" in {len(units)} rankings" * cfg.group_rankings)
+           + f", {len(val)} held-out pairs; {per_step} {unit} per step, {max_iters} steps "
+           f"({max_iters * per_step / len(units):.2f} epochs)")
+    lengths = tuple(max(max(len(train[i]["chosen"][0]), len(train[i]["rejected"][0])) for i in u)
+                    for u in units) if cfg.length_buckets else None
+    return train, val, units, max_iters, reference_rows(cfg, enc, train), lengths
 
 
 def main(argv=None):
@@ -302,7 +343,8 @@ def main(argv=None):
     enc = get_tokenizer(tok_name)
     print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
            f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device {rt.device}")
-    train, val, max_iters, ref_rows, lengths = load_data(cfg, enc, rt)
+    train, val, units, max_iters, ref_rows, lengths = load_data(cfg, enc, rt)
+    collate = collate_rankings if cfg.group_rankings else loader.collate_pairs
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
@@ -342,10 +384,11 @@ def main(argv=None):
         t0 = time.time()
         lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, max_iters)
         common.set_lr(optimizer, lr)
-        # 1. this step's pairs, as grad_accum micro-batches of chosen + rejected rows
-        micro = [to_device(loader.collate_pairs([train[i] for i in loader.batch_indices(
-                     len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, rt.rank,
-                     rt.world_size, lengths)], enc.eot_token), rt) for k in range(cfg.grad_accum)]
+        # 1. this step's pairs (or whole rankings), as grad_accum micro-batches of answers
+        micro = [to_device(collate([train[i] for u in loader.batch_indices(
+                     len(units), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, rt.rank,
+                     rt.world_size, lengths) for i in units[u]], enc.eot_token), rt)
+                 for k in range(cfg.grad_accum)]
         # 2. the Bradley-Terry loss of each pair's two scores, forward and backward
         metrics = rm_step(trained, micro, cfg, rt)
         # 3. clip, check, update (the error names the step as the log numbers it)

@@ -193,6 +193,39 @@ def test_kwise_ranking_file_trains(tmp_path):
     assert math.isfinite(out["reward_bias"]) and out["reward_bias"] != 0.0
 
 
+def test_grouped_rankings_score_each_answer_once_with_the_same_loss(small_prefs, tmp_path):
+    prefs, sft, _ = small_prefs
+    # one pair per record: a ranking of two is a pair, so both batchings train alike
+    args = TINY + [f"--train_data={prefs}", f"--val_data={prefs}", f"--bias_data={sft}",
+                   "--batch_size=2", "--num_epochs=2", "--warmup_iters=0", "--eval_interval=100",
+                   "--log_interval=1"]
+    pairs = train_reward_model.main(args + [f"--out_dir={tmp_path / 'pairs'}"])
+    grouped = train_reward_model.main(args + [f"--out_dir={tmp_path / 'grouped'}",
+                                              "--group_rankings=True"])
+    assert pairs["max_iters"] == grouped["max_iters"]
+    assert grouped["train_loss"] == pytest.approx(pairs["train_loss"], abs=1e-5)
+    assert grouped["val_accuracy"] == pairs["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_grouped_kwise_rankings_train(tmp_path):
+    rows = [dict(prompt="What color is a banana?",
+                 responses=["Ugh. Purple.", "A banana is yellow. Glad to help!", "A banana is yellow.",
+                            "A banana is yellow. Hope that helps!"], ranks=[3, 1, 2, 1]),
+            dict(prompt="What does a dog say?",
+                 responses=["A dog says woof.", "Whatever.", "Um, a dog says woof, I guess.",
+                            "A dog says woof. Happy to help!"], scores=[2.0, -3.0, 0.5, 3.0])]
+    data = write_jsonl(tmp_path / "ranked.jsonl", rows)
+    # 5 + 6 pairs in 2 rankings; batches of one ranking: 2 steps per epoch
+    out = train_reward_model.main(TINY + [f"--train_data={data}", f"--val_data={data}",
+                                          f"--out_dir={tmp_path / 'rm'}", "--batch_size=1",
+                                          "--num_epochs=6", "--warmup_iters=0", "--lr=1e-2",
+                                          "--eval_interval=100", "--bias_ref=chosen",
+                                          "--group_rankings=True"])
+    assert out["max_iters"] == 12 and out["step"] == 12
+    assert out["val_accuracy"] == 1.0, out
+
+
 @pytest.mark.slow
 def test_resume_gives_the_same_weights(small_prefs):
     prefs, sft, tmp = small_prefs
