@@ -2,13 +2,15 @@
 The whole RLHF recipe on the offline toy world, as the seeds teach it:
 
     prepare -> SFT -> label (the SFT policy's own answers, ranked) -> reward model
-            -> PPO, GRPO, RLOO (against the reward model), PPO and GRPO on the gold judge
+            -> PPO and GRPO (against the reward model; with --methods=all also RLOO, and PPO
+               and GRPO on the gold judge, the true reward)
             -> DPO and KTO (on the same comparisons, as pairs and as single labelled answers)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
     python pipeline.py                       # the default: about 10 minutes on a 2-core CPU
     python pipeline.py --data=static         # the hand-made comparisons instead of labelled ones
     python pipeline.py --rounds=2            # Llama-2-style: round 2 labels round 1's PPO policy
+    python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
@@ -35,6 +37,8 @@ DEFAULTS = dict(
     data="onpolicy",          # 'onpolicy': comparisons of SFT samples (label.py) | 'static'
     rounds=1,                 # > 1: round r labels round r-1's PPO policy (rewards on all so far)
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
+    methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
+                              # grpo_gold, or 'all' (about 1.6x the time)
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out}
@@ -58,6 +62,7 @@ MINI = {
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
+OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold")  # the stages `methods` picks
 
 
 def stage_path(path):
@@ -125,6 +130,10 @@ def main(argv=None):
         "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
     common.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
+    methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
+    common.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
+                   f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
+    methods -= set() if cfg.data == "onpolicy" else {"kto"}  # KTO's labels come from label.py
     mini = cfg.scale == "mini"
     extra = (lambda stage: MINI[stage]) if mini else (lambda stage: [])
     out, data = stage_path(cfg.out), stage_path(cfg.data_dir)
@@ -143,6 +152,9 @@ def main(argv=None):
     # 3. the comparisons: the SFT policy's own answers ranked by the toy world's annotators
     # (or the hand-made pairs); round r > 1 ranks round r - 1's PPO policy
     prefs, kto, rm_needs = f"{data}/prefs_train.jsonl", None, ["sft"]
+    # the static pairs: one pair per record, so pairs, one epoch, centred on the demonstrations
+    rm_data = [f"--bias_data={data}/sft_train.jsonl", "--group_rankings=False", "--batch_size=32",
+               "--num_epochs=1"]
     policy, rankings = sft, []
     for r in range(1, cfg.rounds + 1):
         tag = "" if r == 1 else f"_r{r}"
@@ -155,12 +167,13 @@ def main(argv=None):
                                                 f"--seed={cfg.seed + r - 1}"] + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
+            rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
         # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far
         rm = f"{d('rm' + tag)}/ckpt_best.pt"
         stages[f"rm{tag}"] = (rm_needs, [
             "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('rm' + tag)}",
-            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={data}/prefs_val.jsonl",
-            f"--bias_data={data}/sft_train.jsonl"] + common_args + extra("rm"))
+            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={data}/prefs_val.jsonl"]
+            + rm_data + common_args + extra("rm"))
         # 5. PPO against the reward model, KL-anchored to the SFT policy
         stages[f"ppo{tag}"] = ([f"rm{tag}"], [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
@@ -185,21 +198,24 @@ def main(argv=None):
     pair_data = [f"--val_data={data}/prefs_val.jsonl"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
-    if kto:
+    if "kto" in methods:
         stages["kto"] = (stages["rm"][0], [
             "train_dpo.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
     # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
     eval_dir = os.path.join(out, "eval")
-    names = ["ppo", "grpo", "rloo", "dpo"] + (["kto"] if kto else []) + ["ppo_gold", "grpo_gold"]
+    for name in set(OPTIONAL) - methods:
+        stages.pop(name, None)
+    names = ["ppo"] + [m for m in OPTIONAL if m in methods]
     policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
         f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names])
     pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
+    sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
     stages["eval"] = (list(stages), [
         "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
         f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
-        f"--sweep={d('ppo' + last)},{d('grpo')}", "--bon_sweep=64"] + extra("eval"))
+        f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
     if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
         print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
     elif cfg.plots:

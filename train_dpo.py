@@ -54,7 +54,7 @@ DEFAULTS = dict(
     reference="",                          # reference model; '' = the same weights as init_from
     tokenizer="byte",                      # only used when init_from is not a checkpoint
     # data: JSONL preference pairs {"prompt", "chosen", "rejected"}
-    train_data="data/toy/out/prefs_train.jsonl",
+    train_data="data/toy/out/onpolicy_train.jsonl",  # several files: comma-separated
     val_data="data/toy/out/prefs_val.jsonl",
     block_size=128,                        # prompt + response tokens per sequence
     length_buckets=False,                  # batch pairs of similar length: less padding (HH)
@@ -340,7 +340,7 @@ def content_key(cfg, ref_model, rt):
     reference's weights, block_size, the tokenizer and the precision. A cache made for anything
     else (data edited since, another reference) has another key and is recomputed."""
     h = hashlib.sha256(f"{cfg.block_size} {rt.dtype} {ref_model.config}".encode())
-    for path in (cfg.train_data, cfg.val_data):
+    for path in cfg.train_data.split(",") + [cfg.val_data]:
         with open(path, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())
     for name, t in sorted(ref_model.state_dict().items()):

@@ -99,7 +99,7 @@ DEFAULTS = dict(
     beta2=0.999,
     eps=1e-5,
     grad_clip=1.0,
-    max_iters=60,
+    max_iters=30,
     # evaluation, samples, logging, checkpoints
     log_interval=1,
     eval_interval=10,
@@ -107,7 +107,7 @@ DEFAULTS = dict(
     sample_interval=10,
     num_samples=3,
     ckpt_interval=20,
-    save_every=10,            # also keep ckpt_iter{N}.pt every N iterations (over-optimisation)
+    save_every=5,             # also keep ckpt_iter{N}.pt every N iterations (over-optimisation)
     # system
     seed=1337,
     device="auto",

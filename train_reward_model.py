@@ -17,7 +17,7 @@ Bradley-Terry loss -log sigma(r_chosen - r_rejected) over pairs, optionally with
 margin from the data (use_margin, as Llama 2 does) and a term that keeps the scores centred
 (center_coef). The chosen and rejected rows of a batch go through the model in ONE forward.
 K-wise rankings {"prompt", "responses", "ranks"} are expanded by data/loader.py into their
-K(K-1)/2 pairs (fewer with ties). One epoch by default: reward models overfit quickly.
+K(K-1)/2 pairs (fewer with ties).
 
 After training, the mean score of reference responses (the SFT data's answers, or the chosen
 answers, on training prompts: bias_ref) is stored in the checkpoint as the model's reward_bias,
@@ -58,7 +58,7 @@ DEFAULTS = dict(
     init_from="out/sft_toy/ckpt_best.pt",  # SFT checkpoint | 'gpt2'...'gpt2-xl' | HF dir | 'scratch'
     tokenizer="byte",                      # only used with init_from='scratch'
     # data: JSONL pairs {"prompt", "chosen", "rejected"[, "margin"]} or K-wise rankings
-    train_data="data/toy/out/prefs_train.jsonl",
+    train_data="data/toy/out/onpolicy_train.jsonl",  # several files: comma-separated
     val_data="data/toy/out/prefs_val.jsonl",
     block_size=128,                        # prompt + response tokens per sequence
     # model (only for init_from='scratch')
@@ -72,16 +72,17 @@ DEFAULTS = dict(
     center_coef=0.0,                       # lambda of the centering term lambda*(r_c + r_r)^2
     # reward normalisation after training: the mean score of these reference responses
     bias_ref="sft",                        # 'sft' (answers in bias_data) | 'chosen' | 'none'
-    bias_data="data/toy/out/sft_train.jsonl",  # SFT-format JSONL, used when bias_ref='sft'
+    bias_data="data/toy/out/onpolicy_samples.jsonl",  # SFT-format JSONL (bias_ref='sft'): the
+                                           # SFT policy's own answers (data/toy/label.py)
     bias_examples=1024,                    # reference responses to average (-1 = all)
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
-    batch_size=32,                         # pairs per micro-step (2x sequences per forward)
+    batch_size=8,                          # pairs (or rankings) per micro-step
     grad_accum=1,
     length_buckets=True,                   # batches of similar lengths: less compute on padding
-    group_rankings=False,                  # InstructGPT's batching: a K-wise ranking is one batch
+    group_rankings=True,                   # InstructGPT's batching: a K-wise ranking is one batch
                                            # element, each answer scored once for all its pairs
                                            # (K forwards, not K(K-1)); batch_size counts rankings
-    num_epochs=1.0,                        # sets max_iters when max_iters = -1
+    num_epochs=5.0,                        # sets max_iters when max_iters = -1
     max_iters=-1,                          # -1: num_epochs over the training pairs
     lr=1e-3,
     min_lr=1e-4,
@@ -309,7 +310,7 @@ def load_data(cfg, enc, rt):
         units = list(by_record.values())
     per_step = cfg.batch_size * cfg.grad_accum * rt.world_size  # pairs or rankings
     max_iters = cfg.max_iters
-    if max_iters == -1:  # one epoch by default: reward models overfit quickly
+    if max_iters == -1:  # few epochs: reward models overfit (the toy default: 5 over rankings)
         max_iters = max(1, math.ceil(cfg.num_epochs * len(units) / per_step))
     common.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
                    f"warmup_iters={cfg.warmup_iters} and stop_iter={cfg.stop_iter} must be <= "

@@ -46,7 +46,7 @@ DEFAULTS = dict(
     # model (only for init_from='scratch')
     n_layer=4,
     n_head=4,
-    n_embd=128,
+    n_embd=96,
     bias=True,
     dropout=0.0,
     # data
@@ -58,7 +58,7 @@ DEFAULTS = dict(
                                 # world length tracks the answer's style, so batches would be
                                 # one style at a time (noisier steps); on for HH
     # optimisation: AdamW, linear warmup then cosine decay to min_lr
-    max_iters=1200,
+    max_iters=2000,
     lr=5e-3,
     min_lr=5e-4,
     warmup_iters=50,

@@ -3,7 +3,7 @@
 # These are the values train_dpo.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/dpo_toy"
 init_from = "out/sft_toy/ckpt_best.pt"
-train_data = "data/toy/out/prefs_train.jsonl"
+train_data = "data/toy/out/onpolicy_train.jsonl"  # the rankings, as their pairs
 val_data = "data/toy/out/prefs_val.jsonl"
 block_size = 128
 

@@ -4,19 +4,20 @@
 # These are the values train_reward_model.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/rm_toy"
 init_from = "out/sft_toy/ckpt_best.pt"
-train_data = "data/toy/out/prefs_train.jsonl"   # 10% of the labels flipped, like real annotators
+train_data = "data/toy/out/onpolicy_train.jsonl"  # the SFT policy's answers, ranked (label.py)
 val_data = "data/toy/out/prefs_val.jsonl"       # no flipped labels: accuracy against the truth
 block_size = 128
 
 use_margin = False
 center_coef = 0.0
 bias_ref = "sft"                                # reward_bias = mean score of the SFT answers
-bias_data = "data/toy/out/sft_train.jsonl"
+bias_data = "data/toy/out/onpolicy_samples.jsonl"  # the SFT policy's own answers
 bias_examples = 1024
 
-batch_size = 32
+batch_size = 8                                  # rankings per step (group_rankings)
 grad_accum = 1
-num_epochs = 1.0
+group_rankings = True                           # each answer scored once for all its pairs
+num_epochs = 5.0
 max_iters = -1
 lr = 1e-3
 min_lr = 1e-4

@@ -9,7 +9,7 @@ val_data = "data/toy/out/sft_val.jsonl"
 
 n_layer = 4
 n_head = 4
-n_embd = 128
+n_embd = 96
 bias = True
 dropout = 0.0
 block_size = 128
@@ -17,7 +17,7 @@ block_size = 128
 batch_size = 16
 grad_accum = 1
 length_buckets = False        # toy lengths track the answer style: bucketing makes batches one-style
-max_iters = 1200
+max_iters = 2000
 lr = 5e-3
 min_lr = 5e-4
 warmup_iters = 50

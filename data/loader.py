@@ -276,10 +276,13 @@ def load_sft(path, enc, block_size):
 def load_preferences(path, enc, block_size):
     """
     [dict(chosen=(ids, mask), rejected=(ids, mask), margin, prompt, chosen_text, rejected_text,
-    record)]: record is the line number of the record the pair came from. Both answers share one
-    (possibly truncated) prompt; K-wise rankings become their C(K, 2) pairs (fewer with ties:
-    tied answers form no pair) with margin 0.
+    record)]: record is (file, line number) of the record the pair came from. Both answers share
+    one (possibly truncated) prompt; K-wise rankings become their C(K, 2) pairs (fewer with ties:
+    tied answers form no pair) with margin 0. path may list several files, comma-separated (the
+    rounds of on-policy labels): their pairs in that order.
     """
+    if "," in path:
+        return [p for part in path.split(",") for p in load_preferences(part, enc, block_size)]
     pairs, truncated, dropped, n_ranked = [], 0, 0, 0
     for lineno, obj in read_jsonl(path):
         prompt = _text(path, lineno, obj, "prompt")
@@ -306,7 +309,7 @@ def load_preferences(path, enc, block_size):
             pairs.append(dict(chosen=(p + c, [0] * len(p) + [1] * len(c)),
                               rejected=(p + r, [0] * len(p) + [1] * len(r)),
                               margin=margin, prompt=prompt, chosen_text=chosen, rejected_text=rejected,
-                              record=lineno))
+                              record=(path, lineno)))
     _report(path, len(pairs), truncated, dropped,
             f"; {n_ranked} pairs from K-wise rankings" if n_ranked else "")
     return pairs

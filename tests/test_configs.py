@@ -1,4 +1,5 @@
-"""Every config file names only keys its script knows; the toy configs repeat the defaults."""
+"""Every config file names only keys its script knows; the toy configs repeat the defaults (KTO's
+is train_dpo.py's with loss_type='kto' and its unpaired files)."""
 
 import glob
 import os
@@ -12,6 +13,7 @@ import train_reward_model
 import train_sft
 
 SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": train_dpo}
+SCRIPT_OF = {**SCRIPTS, "kto": train_dpo}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 
@@ -22,7 +24,7 @@ def settings(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_keys_and_types_match_the_script(path):
-    script = SCRIPTS[os.path.basename(path).split("_")[0]]
+    script = SCRIPT_OF[os.path.basename(path).split("_")[0]]
     for key, value in settings(path).items():
         assert key in script.DEFAULTS, f"{path}: unknown key {key}"
         assert type(value) is type(script.DEFAULTS[key]) or (
@@ -35,3 +37,9 @@ def test_toy_config_equals_the_defaults(stage):
     differ = {k: (v, SCRIPTS[stage].DEFAULTS[k]) for k, v in cfg.items()
               if SCRIPTS[stage].DEFAULTS[k] != v}
     assert not differ, differ
+
+
+def test_kto_config_differs_from_dpo_only_in_its_loss_and_data():
+    cfg = settings(os.path.join(ROOT, "config", "kto_toy.py"))
+    differ = {k for k, v in cfg.items() if train_dpo.DEFAULTS[k] != v}
+    assert differ == {"out_dir", "loss_type", "train_data", "val_data"}, differ

@@ -159,7 +159,7 @@ def test_files_are_deterministic_and_readable_by_the_loader(tmp_path, monkeypatc
         label.main([f"--policy={policy}", f"--train_prompts={train}", f"--eval_prompts={held}",
                     f"--out_dir={out}", "--k=4", "--k_eval=4", "--seed=3"])
         outs.append({name: (out / f"onpolicy_{name}.jsonl").read_bytes()
-                     for name in ("train", "test", "unpaired", "samples")})
+                     for name in ("train", "test", "unpaired", "unpaired_val", "samples")})
     assert outs[0] == outs[1]
     out = tmp_path / "a"
     pairs = loader.load_preferences(str(out / "onpolicy_train.jsonl"), ENC, 128)
@@ -172,3 +172,30 @@ def test_files_are_deterministic_and_readable_by_the_loader(tmp_path, monkeypatc
     assert unpaired and all(set(r) == {"prompt", "completion", "label"}
                             and isinstance(r["label"], bool) for r in unpaired)
     assert len(loader.load_sft(str(out / "onpolicy_unpaired.jsonl"), ENC, 128)) == len(unpaired)
+    # KTO's held-out set: the held-out answers, desirable iff gold beats the prompt's median
+    val = loader.load_unpaired(str(out / "onpolicy_unpaired_val.jsonl"), ENC, 128)
+    assert val and any(v["desirable"] for v in val) and not all(v["desirable"] for v in val)
+    # several ranking files train as one (the rounds of labels): records stay apart by file
+    both = loader.load_preferences(f"{out / 'onpolicy_train.jsonl'},{tmp_path / 'b' / 'onpolicy_train.jsonl'}",
+                                   ENC, 128)
+    assert len(both) == 2 * len(pairs) and len({p["record"] for p in both}) == 2 * len(
+        {p["record"] for p in pairs})
+
+
+def test_gold_unpaired_labels_beat_the_median():
+    answers = [ANSWERS[k] for k in ("rude", "best", "off", "wrong", "best")]
+    golds = [gold_reward(PROMPT, a) for a in answers]  # 1.5, 3.0, -1.0, 0.0, 3.0
+    median = sorted(golds)[2]
+    got = label.gold_unpaired(PROMPT, answers)
+    assert [r["completion"] for r in got] == list(dict.fromkeys(answers))
+    assert [r["label"] for r in got] == [gold_reward(PROMPT, r["completion"]) > median for r in got]
+    assert [r["label"] for r in got] == [False, True, False, False]  # only 3.0 beats 1.5
+    assert label.gold_unpaired(PROMPT, [ANSWERS["best"], ANSWERS["best2"]]) == []  # one value
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    _, policy = tiny_policy(tmp_path)
+    with pytest.raises(common.ConfigError, match="'k' must be >= 2"):
+        label.main([f"--policy={policy}", "--k=1"])
+    with pytest.raises(common.ConfigError, match="policy="):
+        label.main([f"--policy={tmp_path / 'missing.pt'}"])

@@ -1,39 +1,88 @@
 """The whole pipeline, end to end, at a miniature scale: every stage runs as a real subprocess."""
 
 import json
+import math
 import os
 
 import pytest
 
+import common
+import frontier
 import pipeline
 
 
+POLICIES = {"sft", "bon16", "ppo", "grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold"}
+
+
 @pytest.mark.slow
-def test_mini_pipeline_runs_every_stage(tmp_path, monkeypatch, capsys):
+def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the stages must not depend on the caller's directory
-    pipeline.main(["--scale=mini", "--out=runs", "--data_dir=runs/data"])
+    pipeline.main(["--scale=mini", "--out=runs", "--data_dir=runs/data", "--methods=all"])
     out = tmp_path / "runs"
-    for stage in ("sft", "rm", "ppo", "dpo"):
+    for stage in POLICIES - {"sft", "bon16"} | {"sft", "rm"}:
         assert (out / f"{stage}_toy" / "log.jsonl").stat().st_size > 0, stage
+    # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples
+    for name in ("train", "test", "unpaired", "unpaired_val", "samples"):
+        assert (out / "data" / f"onpolicy_{name}.jsonl").stat().st_size > 0, name
+    rm_cfg = common.load_checkpoint(str(out / "rm_toy" / "ckpt_best.pt"))["config"]
+    assert rm_cfg["train_data"].endswith("onpolicy_train.jsonl") and rm_cfg["group_rankings"]
+    assert rm_cfg["bias_data"].endswith("onpolicy_samples.jsonl")
     assert (out / "ppo_toy" / "ckpt_iter1.pt").exists() and (out / "ppo_toy" / "ckpt_iter2.pt").exists()
     res = json.loads((out / "eval" / "results.json").read_text())
-    assert set(res["policies"]) == {"sft", "ppo", "dpo"}
+    assert set(res["policies"]) == POLICIES
     assert res["n_prompts"] == 8
     for name, m in res["policies"].items():
-        for key in ("win_rate_vs_sft", "gold_reward", "rm_score", "kl", "rm_accuracy"):
+        for key in ("win_rate_vs_sft", "gold_reward", "rm_score", "kl", "rm_accuracy", "distinct"):
             assert key in m, (name, key)
+        assert 1 <= m["distinct"] <= 8, name
+    # the reward model's accuracy on the static test pairs and on noise-free on-policy pairs
+    assert [os.path.basename(p) for p in res["rm_accuracies"]] == ["prefs_test.jsonl",
+                                                                  "onpolicy_test.jsonl"]
     assert res["policies"]["sft"]["win_rate_vs_sft"] == 0.5  # the baseline against itself
     assert res["policies"]["sft"]["kl"] == 0.0                # the reference is the SFT policy
     sweep = json.loads((out / "eval" / "overoptimization.json").read_text())
     assert sweep["iter"] == [0, 1, 2]
     pngs = sorted(os.listdir(out / "plots"))
-    assert {"sft.png", "rm.png", "ppo.png", "dpo.png", "overoptimization.png"} <= set(pngs), pngs
+    assert {"sft.png", "rm.png", "ppo.png", "grpo.png", "dpo.png", "kto.png",
+            "overoptimization.png"} <= set(pngs), pngs
     printed = capsys.readouterr().out
     assert "pipeline done" in printed and "| sft |" in printed and "win vs sft (gold)" in printed
 
+    # the frontier on the pipeline's runs: two betas per method, then best-of-N
+    curves = frontier.main(["--budget=mini", "--out=runs", "--data_dir=runs/data",
+                            "--methods=dpo,kto,ppo,grpo,bon"])
+    assert set(curves) == {"dpo", "kto", "ppo", "grpo", "bon", "_reference"}
+    for m in ("dpo", "kto", "ppo", "grpo"):
+        assert sorted(p["knob"] for p in curves[m]["points"]) == sorted(frontier.METHODS[m][1][:2])
+    assert [p["knob"] for p in curves["bon"]["points"]] == [1, 2, 4]
+    assert (out / "frontier" / "frontier.png").stat().st_size > 0
+    # run again: every point is finished, nothing is retrained
+    mtime = (out / "frontier" / "dpo_beta0.03_s1337" / "ckpt_last.pt").stat().st_mtime
+    frontier.main(["--budget=mini", "--out=runs", "--data_dir=runs/data", "--methods=dpo"])
+    assert (out / "frontier" / "dpo_beta0.03_s1337" / "ckpt_last.pt").stat().st_mtime == mtime
+
+
+def test_gao_fits_recover_their_coefficients():
+    d = [0.5, 1.0, 1.5, 2.0, 3.0]
+    a, b = frontier.gao_fit(d, [x * (2.0 - 0.3 * x) for x in d], "bon")
+    assert (a, b) == (pytest.approx(2.0), pytest.approx(0.3))
+    a, b = frontier.gao_fit(d, [x * (1.5 - 0.4 * math.log(x)) for x in d], "rl")
+    assert (a, b) == (pytest.approx(1.5), pytest.approx(0.4))
+    assert frontier.gao_fit([0.0, 1.0], [0.0, 1.0], "rl") is None  # one usable point
+
+
+def test_frontier_curves_average_seeds_and_add_their_spread():
+    grid = [("dpo", 0.1, s, "") for s in (1, 2)]
+    r = lambda g: dict(gold_reward=g, gold_reward_stderr=0.1, rm_score=0.0, rm_score_stderr=0.0,  # noqa: E731
+                       kl=1.0, kl_stderr=0.0)
+    results = {"dpo_beta0.1_s1": r(1.0), "dpo_beta0.1_s2": r(2.0), "sft": r(0.0)}
+    p = frontier.frontier_curves(grid, results)["dpo"]["points"][0]
+    assert p["gold"] == pytest.approx(1.5)
+    # prompts: sqrt(0.1^2 + 0.1^2) / 2; seeds: sd 0.707 / sqrt(2) = 0.5
+    assert p["gold_stderr"] == pytest.approx(math.hypot(math.sqrt(0.02) / 2, 0.5))
+
 
 def test_bad_config_is_rejected(tmp_path):
-    import common
-    for arg in ("--scale=huge", "--data=both", "--rounds=0"):
+    for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft"):
         with pytest.raises(common.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])

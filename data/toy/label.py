@@ -31,6 +31,8 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
     {prefix}_unpaired.jsonl  {"prompt", "completion", "label"}: every distinct labelled answer,
                              label = its utility beats the median utility of the prompt's K samples
                              (for unpaired losses such as KTO)
+    {prefix}_unpaired_val.jsonl  the same for the held-out answers, noise-free: gold above the
+                             median of the prompt's samples (KTO's held-out set)
     {prefix}_samples.jsonl   {"prompt", "response", "gold"}: every training sample, duplicates kept,
                              in SFT format (the reward model's bias_data: the policy's mean answer)
 
@@ -64,7 +66,8 @@ DEFAULTS = dict(
     eval_prompts="data/toy/out/prompts_eval.jsonl",    # held-out prompts of the test pairs ('' = none)
     out_dir="data/toy/out",
     prefix="onpolicy",            # file names: {prefix}_train.jsonl, ...
-    k=4,                          # answers per training prompt (C(k, 2) comparisons at most)
+    max_prompts=500,              # label the first N training prompts (-1 = all)
+    k=8,                          # answers per training prompt (C(k, 2) comparisons at most)
     k_eval=8,                     # answers per held-out prompt for the test pairs
     tau=0.5,                      # annotator noise: P(a ranked above b) = sigma((g_a - g_b) / tau)
     temperature=1.0,              # PPO's sampling temperature
@@ -124,6 +127,18 @@ def gold_pairs(prompt, answers):
     return [dict(prompt=prompt, chosen=distinct[a], rejected=distinct[b])
             for a in range(len(distinct)) for b in range(len(distinct)) if golds[a] > golds[b]]
 
+
+def gold_unpaired(prompt, answers):
+    """Noise-free unpaired records of the distinct answers: desirable when the answer's gold
+    value beats the median gold of all the prompt's samples (KTO's held-out set). A prompt whose
+    answers share one gold value gives none."""
+    golds = [judge.gold_reward(prompt, a) for a in answers]
+    if len(set(golds)) < 2:
+        return []
+    median = statistics.median(golds)
+    return [dict(prompt=prompt, completion=a, label=judge.gold_reward(prompt, a) > median)
+            for a in dict.fromkeys(answers)]
+
 # -----------------------------------------------------------------------------
 # sampling
 
@@ -167,12 +182,13 @@ def write_jsonl(path, rows):
 
 def main(argv=None):
     cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    common.require_positive(cfg, "tau", "temperature", "max_new_tokens", "batch_size",
-                            "block_size")
-    common.require(cfg.k >= 2 and cfg.k_eval >= 2, "k and k_eval must be >= 2: a ranking needs "
-                   "two answers")
-    common.require(os.path.isfile(cfg.policy), f"policy={cfg.policy!r} does not exist "
-                   f"(python train_sft.py first)")
+    common.validate(cfg, {
+        "tau": (lambda v: 0.01 <= v <= 1e6, "in [0.01, 1e6] (the annotators' noise temperature)"),
+        "k": (lambda v: v >= 2, ">= 2: a ranking needs two answers"),
+        "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
+        "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
+    common.require_files(cfg, "policy", "train_prompts", "eval_prompts",
+                         hint="python data/toy/prepare.py, then python train_sft.py")
     torch.manual_seed(cfg.seed)
     device = common.pick_device(cfg.device)
     model, tok_name = common.init_policy(cfg.policy)
@@ -180,11 +196,12 @@ def main(argv=None):
     enc = get_tokenizer(tok_name)
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
-            for name in ("train", "test", "unpaired", "samples")}
+            for name in ("train", "test", "unpaired", "unpaired_val", "samples")}
     t0 = time.time()
 
     # training prompts: K samples each, ranked by the noisy annotators
     prompts = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    prompts = prompts[:cfg.max_prompts] if cfg.max_prompts > 0 else prompts
     print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
           f"(temperature {cfg.temperature}, tau {cfg.tau})")
     answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
@@ -199,6 +216,9 @@ def main(argv=None):
             continue
         rankings.append(ranking)
         unpaired += rows
+    if not rankings:
+        raise common.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
+                               f"one gold value (is the policy trained?)")
     write_jsonl(path["train"], rankings)
     write_jsonl(path["unpaired"], unpaired)
     write_jsonl(path["samples"], samples)
@@ -224,12 +244,15 @@ def main(argv=None):
         held_answers = sample_answers(model, enc, held, cfg.k_eval, cfg, 1, device)
         test = [pair for p, ans in zip(held, held_answers) for pair in gold_pairs(p["prompt"], ans)]
         write_jsonl(path["test"], test)
-        print(f"{len(test)} noise-free test pairs")
+        val = [row for p, ans in zip(held, held_answers) for row in gold_unpaired(p["prompt"], ans)]
+        write_jsonl(path["unpaired_val"], val)
+        print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
+              f"({sum(r['label'] for r in val)} desirable)")
     for name, p in path.items():
-        if os.path.isfile(p) and (name != "test" or cfg.eval_prompts):
+        if os.path.isfile(p) and (name not in ("test", "unpaired_val") or cfg.eval_prompts):
             print(f"wrote {p}")
     print(f"done in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)
