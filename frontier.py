@@ -39,12 +39,12 @@ DEFAULTS = dict(
 
 # method -> (script and fixed arguments, the betas of the small and the full budget)
 METHODS = {
-    "dpo": (["train_dpo.py", "config/dpo_toy.py"], [0.03, 0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0]),
+    "dpo": (["train_dpo.py", "config/dpo_toy.py"], [0.1, 0.5, 2.0], [0.1, 0.2, 0.5, 1.0, 2.0]),
     "ipo": (["train_dpo.py", "config/dpo_toy.py", "--loss_type=ipo"], [0.1, 0.3, 1.0],
             [0.03, 0.1, 0.3, 1.0, 3.0]),
-    "kto": (["train_dpo.py", "config/kto_toy.py"], [0.03, 0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0]),
-    "rpo": (["train_dpo.py", "config/dpo_toy.py", "--rpo_alpha=1.0"], [0.03, 0.1, 0.3],
-            [0.01, 0.03, 0.1, 0.3, 1.0]),
+    "kto": (["train_dpo.py", "config/kto_toy.py"], [0.1, 0.5, 2.0], [0.1, 0.2, 0.5, 1.0, 2.0]),
+    "rpo": (["train_dpo.py", "config/dpo_toy.py", "--rpo_alpha=1.0"], [0.1, 0.5, 2.0],
+            [0.1, 0.2, 0.5, 1.0, 2.0]),
     "ppo": (["train_ppo.py", "config/ppo_toy.py"], [0.02, 0.1, 0.5], [0.01, 0.03, 0.1, 0.2, 0.5]),
     "grpo": (["train_grpo.py"], [0.01, 0.04, 0.2], [0.0, 0.01, 0.04, 0.1, 0.3]),
     "rloo": (["train_grpo.py", "--advantage=rloo"], [0.02, 0.1, 0.5], [0.01, 0.03, 0.1, 0.2, 0.5]),

@@ -246,7 +246,8 @@ def plot_frontier(curves, path, dpi=120):
     ax.set_title("Reward-KL frontier", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for i, m in enumerate(m for m in ("ppo", "bon") if m in curves):
+    for m in (m for m in ("ppo", "bon") if m in curves):
+        i = methods.index(m)  # the left panel's colour for the method
         pts, fit = curves[m]["points"], curves[m].get("gao_fit")
         d = [math.sqrt(max(p["kl"], 0.0)) for p in pts]
         ax2.plot(d, [p["gold"] - ref["gold"] for p in pts], "o" if m == "ppo" else "^",
@@ -263,7 +264,8 @@ def plot_frontier(curves, path, dpi=120):
     ax2.set_ylabel("gain over the SFT policy")
     ax2.set_title("Over-optimisation with Gao et al.'s fits", fontsize=10)
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:  # without PPO and best-of-N the panel stays empty
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

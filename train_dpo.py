@@ -60,7 +60,8 @@ DEFAULTS = dict(
     length_buckets=False,                  # batch pairs of similar length: less padding (HH)
     # the loss
     loss_type="sigmoid",                   # sigmoid | robust | ipo | hinge | simpo | orpo | kto
-    beta=0.1,                              # DPO-family temperature (strength of the KL anchor)
+    beta=0.5,                              # DPO-family temperature (strength of the KL anchor);
+                                           # 0.1 on the toy world's on-policy pairs: KL 19 (README)
     label_smoothing=0.0,                   # assumed fraction of flipped labels (sigmoid, robust)
     rpo_alpha=0.0,                         # weight of the chosen answer's NLL (RPO); 0 = off
     simpo_beta=2.0,                        # SimPO reward scale

@@ -8,7 +8,7 @@ val_data = "data/toy/out/prefs_val.jsonl"
 block_size = 128
 
 loss_type = "sigmoid"
-beta = 0.1
+beta = 0.5                    # 0.1 (the paper's): KL 19 nats and garbled answers on these pairs
 label_smoothing = 0.0
 rpo_alpha = 0.0               # > 0 adds the chosen answer's NLL: that is RPO, not DPO
 precompute_ref_logps = False

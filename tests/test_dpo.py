@@ -166,7 +166,8 @@ def test_every_default_is_the_published_loss():
     avg_c, avg_r = t([-0.5, -1.0]), t([-0.8, -0.6])
     logps = (t(PC), t(PR), avg_c, avg_r)
     assert train_dpo.DEFAULTS["rpo_alpha"] == 0.0
-    for lt, want in (("sigmoid", dpo("sigmoid")[0]), ("ipo", dpo("ipo")[0]),
+    beta = train_dpo.DEFAULTS["beta"]
+    for lt, want in (("sigmoid", dpo("sigmoid", beta)[0]), ("ipo", dpo("ipo", beta)[0]),
                      ("simpo", train_dpo.simpo_loss(avg_c, avg_r)[0]),
                      ("orpo", train_dpo.orpo_loss(avg_c, avg_r)[0])):
         got, _, _ = train_dpo.preference_losses(cfg_for(loss_type=lt), logps, (t(RC), t(RR)))

@@ -41,7 +41,9 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert res["policies"]["sft"]["win_rate_vs_sft"] == 0.5  # the baseline against itself
     assert res["policies"]["sft"]["kl"] == 0.0                # the reference is the SFT policy
     sweep = json.loads((out / "eval" / "overoptimization.json").read_text())
-    assert sweep["iter"] == [0, 1, 2]
+    # the reference at KL 0, then PPO's checkpoints, then GRPO's
+    assert [(os.path.basename(r), i) for r, i in zip(sweep["run"], sweep["iter"])] == [
+        ("reference", 0), ("ppo_toy", 1), ("ppo_toy", 2), ("grpo_toy", 1), ("grpo_toy", 2)]
     pngs = sorted(os.listdir(out / "plots"))
     assert {"sft.png", "rm.png", "ppo.png", "grpo.png", "dpo.png", "kto.png",
             "overoptimization.png"} <= set(pngs), pngs
@@ -57,9 +59,9 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert [p["knob"] for p in curves["bon"]["points"]] == [1, 2, 4]
     assert (out / "frontier" / "frontier.png").stat().st_size > 0
     # run again: every point is finished, nothing is retrained
-    mtime = (out / "frontier" / "dpo_beta0.03_s1337" / "ckpt_last.pt").stat().st_mtime
+    mtime = (out / "frontier" / "dpo_beta0.1_s1337" / "ckpt_last.pt").stat().st_mtime
     frontier.main(["--budget=mini", "--out=runs", "--data_dir=runs/data", "--methods=dpo"])
-    assert (out / "frontier" / "dpo_beta0.03_s1337" / "ckpt_last.pt").stat().st_mtime == mtime
+    assert (out / "frontier" / "dpo_beta0.1_s1337" / "ckpt_last.pt").stat().st_mtime == mtime
 
 
 def test_gao_fits_recover_their_coefficients():

@@ -140,11 +140,11 @@ def test_bad_config_is_a_clear_error(arg, key, small_prefs, tmp_path):
 
 def test_warmup_longer_than_derived_max_iters_is_an_error(small_prefs, tmp_path):
     prefs, sft, _ = small_prefs
-    # 4 pairs, batch 2, one epoch -> 2 steps: a 10-step warmup cannot fit
+    # 4 pairs, batch 2, five epochs -> 10 steps: an 11-step warmup cannot fit
     with pytest.raises(common.ConfigError, match="warmup_iters"):
         train_reward_model.main(TINY + [f"--train_data={prefs}", f"--val_data={prefs}",
                                         f"--bias_data={sft}", f"--out_dir={tmp_path / 'rm'}",
-                                        "--batch_size=2", "--warmup_iters=10"])
+                                        "--batch_size=2", "--warmup_iters=11"])
 
 # -----------------------------------------------------------------------------
 # end to end
@@ -186,6 +186,7 @@ def test_kwise_ranking_file_trains(tmp_path):
     # 3 + 6 = 9 pairs, each better answer chosen; 4 epochs of 3-pair batches = 12 steps
     out = train_reward_model.main(TINY + [f"--train_data={data}", f"--val_data={data}",
                                           f"--out_dir={tmp_path / 'rm'}", "--batch_size=3",
+                                          "--group_rankings=False",
                                           "--num_epochs=4", "--warmup_iters=0", "--lr=1e-2",
                                           "--eval_interval=100", "--bias_ref=chosen"])
     assert out["max_iters"] == 12 and out["step"] == 12
