@@ -50,7 +50,7 @@ MINI = {
     "sft": ["--n_layer=1", "--n_head=2", "--n_embd=32", "--max_iters=4", "--warmup_iters=1",
             "--eval_interval=2", "--eval_examples=16", "--log_interval=1", "--num_samples=1",
             "--sample_tokens=8"],
-    "label": ["--max_prompts=24", "--k=3", "--k_eval=2", "--max_new_tokens=16"],
+    "label": ["--max_prompts=96", "--k=4", "--k_eval=2", "--max_new_tokens=16"],
     "rm": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
            "--eval_examples=16", "--bias_examples=16", "--log_interval=1"],
     "rl": ["--max_iters=2", "--rollout_batch_size=8", "--minibatch_size=4",

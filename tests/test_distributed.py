@@ -236,7 +236,7 @@ def test_dpo_two_processes_equal_one(world, tmp_path):
     # with precomputed reference log-probs: the ranks share that pass and all-reduce the rows
     args = [f"--init_from={world / 'sft.pt'}", f"--train_data={world / 'prefs_train.jsonl'}",
             f"--val_data={world / 'prefs_val.jsonl'}", "--device=cpu", "--dtype=float32",
-            "--block_size=96", "--max_iters=4", "--warmup_iters=0", "--lr=1e-3",
+            "--block_size=96", "--max_iters=4", "--warmup_iters=0", "--lr=1e-4",
             "--log_interval=1", "--eval_interval=2", "--eval_examples=-1", "--rpo_alpha=0.5",
             "--precompute_ref_logps=True"]
     two = tmp_path / "two"

@@ -88,3 +88,30 @@ def test_bad_config_is_rejected(tmp_path):
     for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft"):
         with pytest.raises(common.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline.main(["--scale=mini", "--out=static", "--data_dir=static/data", "--data=static",
+                   "--methods=dpo", "--plots=False"])
+    assert not (tmp_path / "static" / "data" / "onpolicy_train.jsonl").exists()  # no labelling
+    rm_cfg = common.load_checkpoint(str(tmp_path / "static" / "rm_toy" / "ckpt_best.pt"))["config"]
+    assert rm_cfg["train_data"].endswith("prefs_train.jsonl") and not rm_cfg["group_rankings"]
+    res = json.loads((tmp_path / "static" / "eval" / "results.json").read_text())
+    assert set(res["policies"]) == {"sft", "bon16", "ppo", "dpo"}
+    assert [os.path.basename(p) for p in res["rm_accuracies"]] == ["prefs_test.jsonl"]
+
+    pipeline.main(["--scale=mini", "--out=rounds", "--data_dir=rounds/data", "--rounds=2",
+                   "--methods=", "--plots=False"])
+    out = tmp_path / "rounds"
+    # round 2 labels round 1's PPO policy; its reward model learns from both rounds' rankings
+    for name in ("onpolicy_train.jsonl", "onpolicy_r2_train.jsonl"):
+        assert (out / "data" / name).stat().st_size > 0, name
+    rm2 = common.load_checkpoint(str(out / "rm_r2_toy" / "ckpt_best.pt"))["config"]
+    assert [os.path.basename(p) for p in rm2["train_data"].split(",")] == [
+        "onpolicy_train.jsonl", "onpolicy_r2_train.jsonl"]
+    for stage in ("rm", "ppo", "rm_r2", "ppo_r2"):
+        assert (out / f"{stage}_toy" / "ckpt_last.pt").exists(), stage
+    res = json.loads((out / "eval" / "results.json").read_text())
+    assert set(res["policies"]) == {"sft", "bon16", "ppo"}
