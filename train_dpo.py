@@ -2,14 +2,13 @@
 Direct Preference Optimization (Rafailov et al. 2023) and its relatives, starting from the SFT
 policy and learning from pairs (prompt, chosen, rejected) with no reward model and no sampling.
 
-    python data/toy/prepare.py && python train_sft.py     # the toy world and its SFT policy
+    python data/toy/prepare.py && python train_sft.py && python data/toy/label.py  # world, SFT, labels
     python train_dpo.py                                   # CPU toy default, a few minutes
     python train_dpo.py config/dpo_gpt2_hh.py             # one GPU, GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py \
         --grad_accum=1                                    # 8 GPUs, the same 64 pairs per step
     python train_dpo.py --loss_type=simpo                 # reference-free: SimPO or ORPO
-    python train_dpo.py --loss_type=kto --train_data=data/toy/out/kto_train.jsonl \
-        --val_data=data/toy/out/kto_val.jsonl             # KTO: single answers, good or bad
+    python train_dpo.py config/kto_toy.py                 # KTO: single answers, good or bad
 
 The policy starts as the SFT model; the reference is a frozen copy of it. Each pair's chosen and
 rejected answers go through the policy in one forward (chosen rows, then rejected rows), and a

@@ -3,8 +3,8 @@ Reward modelling: the second stage. Learn a scalar reward r(prompt, response) fr
 pairs (prompt, chosen, rejected), so that PPO can ask "how good is this answer?" of any text.
 
 Run it:
-    python data/toy/prepare.py && python train_sft.py    # the toy world and its SFT model
-    python train_reward_model.py                          # offline CPU default, about 1.5 minutes
+    python data/toy/prepare.py && python train_sft.py && python data/toy/label.py  # world, SFT, labels
+    python train_reward_model.py                          # offline CPU default, about 3 minutes
     python train_reward_model.py config/rm_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py \
         --batch_size=8 --grad_accum=1                     # 8 GPUs, the same 64 pairs per step

@@ -7,7 +7,7 @@ with plain next-token cross-entropy on the response tokens (and their EOS) only.
 
 Run it:
     python train_sft.py                                  # offline CPU default: the toy world,
-                                                         # a ~0.8M-param byte-level GPT from scratch
+                                                         # a ~0.48M-param byte-level GPT from scratch
     python train_sft.py config/sft_gpt2_hh.py            # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_hh.py \
         --batch_size=8 --grad_accum=1                    # 8 GPUs, the same 64 rows per step

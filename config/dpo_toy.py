@@ -1,5 +1,5 @@
 # DPO on the offline toy world, from the toy SFT policy: CPU, under 2 minutes on 2 cores.
-#   python data/toy/prepare.py && python train_sft.py && python train_dpo.py config/dpo_toy.py
+#   python data/toy/prepare.py && python train_sft.py && python data/toy/label.py && python train_dpo.py config/dpo_toy.py
 # These are the values train_dpo.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/dpo_toy"
 init_from = "out/sft_toy/ckpt_best.pt"

@@ -1,4 +1,4 @@
-# SFT on the offline toy world, from scratch: a ~0.8M-parameter byte-level GPT on CPU.
+# SFT on the offline toy world, from scratch: a ~0.48M-parameter byte-level GPT on CPU.
 #   python data/toy/prepare.py && python train_sft.py config/sft_toy.py
 # These are the values train_sft.py's DEFAULTS already use, written out to copy and edit.
 out_dir = "out/sft_toy"
