@@ -7,7 +7,7 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
             -> DPO and KTO (on the same comparisons, as pairs and as single labelled answers)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: over 10 minutes on a 2-core CPU
+    python pipeline.py                       # the default: about 13 minutes on a 2-core CPU
     python pipeline.py --data=static         # the hand-made comparisons instead of labelled ones
     python pipeline.py --rounds=2            # Llama-2-style: round 2 labels round 1's PPO policy
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
