@@ -803,12 +803,16 @@ def main(argv=None):
             print(f"{size}: the KV cache generates {speedup:.1f}x faster than recomputing")
     for line in variant_lines(rows):
         print(line)
-    result = dict(meta=meta, rows=rows)
-    if cfg.out:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        with open(cfg.out, "w") as f:
+    return write_result(cfg.out, dict(meta=meta, rows=rows))
+
+
+def write_result(path, result):
+    """Write result as JSON to path ('' = nowhere), making its directory; returns result."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(result, f, indent=1)
-        print(f"wrote {cfg.out}")
+        print(f"wrote {path}")
     return result
 
 

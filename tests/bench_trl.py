@@ -538,12 +538,7 @@ def main(argv=None):
               f"{cfg.steps} timed steps (+{cfg.warmup} warm-up) each, nanoRLHF's step beside "
               f"each TRL step on the same batch, data {cfg.data or 'random ids'}, {cfg.dtype}")
         print("\n".join(summary_lines(result["summary"])))
-        if cfg.out:
-            os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-            with open(cfg.out, "w") as f:
-                json.dump(result, f, indent=1)
-            print(f"wrote {cfg.out}")
-        return result
+        return bench.write_result(cfg.out, result)
     if cfg.keep_freed_memory:  # what nanoRLHF's init_runtime does on a CPU: compare like with like
         common.keep_freed_cpu_memory()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never ask the hub
@@ -583,12 +578,7 @@ def main(argv=None):
               f"{r['s_per_step']:>9.4f} {same:>9}{paired}")
     if cfg.compare:
         print(comparison(rows, cfg.compare))
-    if cfg.out:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        with open(cfg.out, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
-        print(f"wrote {cfg.out}")
-    return dict(meta=meta, rows=rows)
+    return bench.write_result(cfg.out, dict(meta=meta, rows=rows))
 
 
 if __name__ == "__main__":

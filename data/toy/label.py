@@ -132,12 +132,12 @@ def gold_unpaired(prompt, answers):
     """Noise-free unpaired records of the distinct answers: desirable when the answer's gold
     value beats the median gold of all the prompt's samples (KTO's held-out set). A prompt whose
     answers share one gold value gives none."""
-    golds = [judge.gold_reward(prompt, a) for a in answers]
+    gold_of = {a: judge.gold_reward(prompt, a) for a in answers}  # each distinct answer once
+    golds = [gold_of[a] for a in answers]
     if len(set(golds)) < 2:
         return []
     median = statistics.median(golds)
-    return [dict(prompt=prompt, completion=a, label=judge.gold_reward(prompt, a) > median)
-            for a in dict.fromkeys(answers)]
+    return [dict(prompt=prompt, completion=a, label=g > median) for a, g in gold_of.items()]
 
 # -----------------------------------------------------------------------------
 # sampling
