@@ -29,7 +29,10 @@ lengths, still gen_tokens new tokens each).
 call in turn (measure), as rows named stage_variant: full_logits runs the LM head at every
 position and common.token_logprobs on the (B, T, V) logits instead of common.trained_logprobs
 (the path before GPT.forward's logits_at; sft and dpo); no_buckets draws the same epoch's batches
-without length bucketing (with --data). A summary line compares each with its default row.
+without length bucketing (with --data); shared_prompt lays the same pairs out with each prompt
+once (share_prompt=True, loader.collate_shared_prompt; rm and dpo, the reference too, and
+dpo_cached_ref_shared_prompt beside dpo_cached_ref). A summary line compares each with its
+default row; tokens and FLOPs are counted alike for all (the pairs as separate rows).
 
 For each model size (tiny: the toy world's 4-layer byte-level GPT; gpt2: GPT-2 124M, 50257
 tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and prints one row:
@@ -121,7 +124,8 @@ DEFAULTS = dict(
     peak_flops=0.0,             # device peak FLOP/s for MFU: 989e12 = H100 SXM bf16; 0 = no MFU
     data="",                    # '' random ids | 'hh' (data/hh/out/prefs_train.jsonl) | a prefs JSONL
     length_buckets=True,        # with data: batch rows of similar lengths, as the HH recipes do
-    variants="",                # also time, step by step beside the default: full_logits,no_buckets
+    variants="",                # also time, step by step beside the default: full_logits,
+                                # no_buckets,shared_prompt
     seed=1337,
     out="",                     # also write the results to this JSON file
 )
@@ -133,6 +137,7 @@ SIZES = dict(
     gpt2=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
 )
 STAGES = ("sft", "rm", "dpo", "ppo", "grpo")
+VARIANTS = ("full_logits", "no_buckets", "shared_prompt")
 HH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hh", "out")
 GROUP = 4  # grpo: answers per prompt
 
@@ -275,6 +280,18 @@ def pair_batch(B, T, V, gen, device):
     idx, loss_mask = sft_batch(2 * B, T, V, gen, device)
     idx[B:, :T // 4] = idx[:B, :T // 4]
     return dict(idx=idx, attention_mask=torch.ones_like(idx), loss_mask=loss_mask)
+
+
+def shared_prompt_batch(batch, pad_id):
+    """The pairs of a collate_pairs-style batch (rows 0..B-1 chosen, B..2B-1 rejected) laid out
+    with each prompt once (loader.collate_shared_prompt), on the batch's device: what
+    share_prompt=True gives the reward model and DPO for the same pairs."""
+    idx, attn, lm = (batch[k].cpu() for k in ("idx", "attention_mask", "loss_mask"))
+    B = idx.size(0) // 2
+    row = lambda i: (idx[i][attn[i] != 0].tolist(), lm[i][attn[i] != 0].tolist())  # noqa: E731
+    pairs = [dict(chosen=row(i), rejected=row(B + i), margin=0.0) for i in range(B)]
+    return {k: v.to(batch["idx"].device)
+            for k, v in loader.collate_shared_prompt(pairs, pad_id).items()}
 
 
 def data_file(data):
@@ -453,10 +470,14 @@ def generate_no_cache(model, idx, attention_mask, max_new_tokens, greedy=False, 
 
 
 def variant_batches(kind, size, cfg, gen, rt):
-    """{'': the stage's batches, 'no_buckets': unbucketed ones when asked}."""
+    """{'': the stage's batches, 'no_buckets': unbucketed ones, 'shared_prompt': the same pairs
+    with each prompt once (kind 'pairs'), when asked}."""
     out = {"": stage_batches(kind, size, cfg, gen, rt)}
     if "no_buckets" in cfg.variant_list:
         out["no_buckets"] = stage_batches(kind, size, cfg, gen, rt, buckets=False)
+    if "shared_prompt" in cfg.variant_list and kind == "pairs":
+        pad = SIZES[size]["vocab_size"] - 1
+        out["shared_prompt"] = [shared_prompt_batch(b, pad) for b in out[""]]
     return out
 
 
@@ -467,9 +488,13 @@ def training_rows(size, times, stage, cfg, peak):
     for name, seconds in times.items():
         timed_b = timed_batches(stage.batches[name], cfg)
         masks = [b["attention_mask"] if isinstance(b, dict) else b[1] for b in timed_b]
+        # the padding of the batches the step ran (shared-prompt rows: their own layout)
+        ran = timed_batches(getattr(stage, "layouts", {}).get(name) or stage.batches[name], cfg)
+        ran = [(b["segments"] >= 0).long() if isinstance(b, dict) and "segments" in b else m
+               for b, m in zip(ran, masks)]
         rows.append(row(size, name, mean([int(m.sum()) for m in masks]), seconds,
                         mean([stage.flops(name, b) for b in timed_b]), cfg, peak,
-                        padding_share(masks)))
+                        padding_share(ran)))
     return rows
 
 
@@ -502,8 +527,7 @@ def rm_steps(size, cfg, rt, gen):
     model = build(ScalarModel, size, cfg.block_size, rt)
     optimizer = optimizer_for(model, rt, train_reward_model.DEFAULTS)
     trained = common.maybe_compile(model, cfg.compile)
-    batches = {("rm_" + v if v else "rm"): b
-               for v, b in variant_batches("pairs", size, cfg, gen, rt).items()}
+    by_variant = variant_batches("pairs", size, cfg, gen, rt)
     rm_cfg = SimpleNamespace(**train_reward_model.DEFAULTS)
 
     def make_step(batches):
@@ -512,9 +536,13 @@ def rm_steps(size, cfg, rt, gen):
             common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
         return step
 
-    return SimpleNamespace(steps={name: make_step(b) for name, b in batches.items()},
-                           batches=batches, flops=lambda name, b: 3 * batch_flops(
-                               model.config, b["attention_mask"]))
+    steps = {("rm_" + v if v else "rm"): make_step(b) for v, b in by_variant.items()}
+    # tokens and FLOPs are counted on the pairs as separate rows: the same job for every variant
+    batches = {("rm_" + v if v else "rm"): by_variant["" if v == "shared_prompt" else v]
+               for v in by_variant}
+    return SimpleNamespace(steps=steps, batches=batches, flops=lambda name, b: 3 * batch_flops(
+        model.config, b["attention_mask"]), layouts={"rm_shared_prompt": by_variant.get(
+            "shared_prompt")})
 
 
 def dpo_steps(size, cfg, rt, gen):
@@ -551,11 +579,20 @@ def dpo_steps(size, cfg, rt, gen):
     if "no_buckets" in cfg.variant_list:
         steps["dpo_no_buckets"] = make_step(by_variant["no_buckets"], live_ref)
         batches["dpo_no_buckets"] = by_variant["no_buckets"]
+    if "shared_prompt" in cfg.variant_list:  # policy and reference: each prompt once
+        shared = by_variant["shared_prompt"]
+        cached.update({id(b): live_ref(b) for b in shared})
+        steps["dpo_shared_prompt"] = make_step(shared, live_ref)
+        steps["dpo_cached_ref_shared_prompt"] = make_step(shared, lambda b: cached[id(b)])
+        # counted on the pairs as separate rows, as the default rows: the same job
+        batches.update(dpo_shared_prompt=by_variant[""], dpo_cached_ref_shared_prompt=by_variant[""])
 
     def flops(name, b):  # the policy trains (3 forwards), a live reference adds one forward
-        passes = 3 if name == "dpo_cached_ref" else 4
+        passes = 3 if name.startswith("dpo_cached_ref") else 4
         return passes * batch_flops(model.config, b["attention_mask"], b["loss_mask"])
-    return SimpleNamespace(steps=steps, batches=batches, flops=flops)
+    layouts = dict.fromkeys(("dpo_shared_prompt", "dpo_cached_ref_shared_prompt"),
+                            by_variant.get("shared_prompt"))
+    return SimpleNamespace(steps=steps, batches=batches, flops=flops, layouts=layouts)
 
 
 TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
@@ -709,10 +746,10 @@ def format_table(rows):
     """The rows as an aligned text table; '-' where a number does not apply."""
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
-    lines = [f"{'size':<6} {'stage':<20} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
+    lines = [f"{'size':<6} {'stage':<28} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
              f"{'TFLOP/s':>8} {'MFU':>6} {'pad':>6}"]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['stage']:<20} {fmt(r['tokens_per_s'], '11.1f')} "
+        lines.append(f"{r['size']:<6} {r['stage']:<28} {fmt(r['tokens_per_s'], '11.1f')} "
                      f"{fmt(r['s_per_step'], '9.4f')} {fmt(r['peak_mem_mb'], '9.1f')} "
                      f"{fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')} "
                      f"{fmt(r.get('padding'), '6.1%')}")
@@ -725,8 +762,9 @@ def variant_lines(rows):
     draws its own). Above 1: the variant is slower."""
     lines, by_key = [], {(r["size"], r["stage"]): r for r in rows}
     for r in rows:
-        base_name = next((s for s in ("sft", "rm", "dpo") if r["stage"].startswith(s + "_")
-                          and r["stage"] != "dpo_cached_ref"), None)
+        base_name = next((s for s in ("dpo_cached_ref", "sft", "rm", "dpo")
+                          if r["stage"].startswith(s + "_") and r["stage"] != "dpo_cached_ref"),
+                         None)
         base = by_key.get((r["size"], base_name))
         if base is None:
             continue
@@ -747,10 +785,10 @@ def checked_shapes(cfg):
                    f"sizes={cfg.sizes!r}: a comma-separated list of {', '.join(SIZES)}")
     common.require(stages and all(s in STAGES for s in stages),
                    f"stages={cfg.stages!r}: a comma-separated list of {', '.join(STAGES)}")
-    variants = getattr(cfg, "variants", "")  # tests/bench_trl.py has no variants
+    variants = cfg.variants
     cfg.variant_list = [v.strip() for v in variants.split(",") if v.strip()]
-    common.require(all(v in ("full_logits", "no_buckets") for v in cfg.variant_list),
-                   f"variants={variants!r}: a comma-separated list of full_logits, no_buckets")
+    common.require(all(v in VARIANTS for v in cfg.variant_list),
+                   f"variants={variants!r}: a comma-separated list of {', '.join(VARIANTS)}")
     data = getattr(cfg, "data", "")
     if data:
         path = data_file(data)

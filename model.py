@@ -5,6 +5,8 @@ Differences from a plain language model, all needed by the RLHF stages:
 - logits for EVERY position (log-probs of whole responses), not just the last one;
 - exact attention masks: left-padded prompts (generation) and right-padded batches (training)
   give the same numbers at real positions as each row run alone;
+- rows that hold a prompt once and several answers after it (shared_prompt_mask), each answer
+  seeing only the prompt and itself: the reward model and DPO compute a pair's prompt once;
 - ScalarModel: the same trunk with a scalar head, used as reward model and as PPO critic;
 - generate() with a pre-allocated KV cache, per-row EOS stopping and the sampled tokens'
   log-probs;
@@ -65,6 +67,24 @@ def attention_mask_4d(key_mask, q_len):
     allowed = causal & key_mask.bool()[:, None, :]  # (B, Tq, Tk)
     allowed = allowed | (k_pos == q_pos)  # the diagonal
     return allowed[:, None]  # (B, 1, Tq, Tk): broadcast over heads
+
+
+def shared_prompt_mask(segments):
+    """
+    Boolean SDPA mask of rows that hold one prompt followed by several answers to it
+    (loader.collate_shared_prompt), so that the prompt is computed once for all of them.
+    segments (B, T) long: 0 for the prompt, k >= 1 for the k-th answer, -1 for padding. A query
+    sees the keys before it (causal) that are the prompt or of its own answer: each answer sees
+    exactly what it would see in a row of its own (prompt + answer), and never another answer.
+    A padding query sees the other padding and the prompt (finite garbage nothing reads); every
+    query sees itself. Returns (B, 1, T, T).
+    """
+    T = segments.size(1)
+    pos = torch.arange(T, device=segments.device)
+    causal = pos[None, :] <= pos[:, None]  # (Tq, Tk)
+    q, k = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
+    allowed = causal & ((k == 0) | (k == q))  # (B, Tq, Tk)
+    return allowed[:, None]
 
 
 def is_right_padded(attention_mask):
@@ -188,9 +208,15 @@ class Transformer(nn.Module):
         """idx (B, T) -> hidden states after ln_f (B, T, C). See GPT.forward for the masks."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        if past + T > self.config.block_size:
+        if position_ids is None and past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds block_size "
                              f"{self.config.block_size}")
+        if position_ids is not None and position_ids.numel() > 0 and \
+                not torch.compiler.is_compiling():
+            # rows longer than block_size are fine (shared-prompt rows); positions are not
+            top = position_ids.max().item()
+            if top >= self.config.block_size:
+                raise ValueError(f"position {top} exceeds block_size {self.config.block_size}")
         if past == 0 and idx.numel() > 0 and not torch.compiler.is_compiling():
             lo, hi = idx.min().item(), idx.max().item()  # one sync: cheap next to the forward
             if lo < 0 or hi >= self.config.vocab_size:
@@ -204,6 +230,9 @@ class Transformer(nn.Module):
         if attention_mask is None:
             assert cache is None or past == 0, "decoding with a cache needs the full key mask"
             attn_mask = None  # SDPA's is_causal fast path
+        elif attention_mask.dim() == 4:  # (B, 1, T, T) bool, e.g. shared_prompt_mask: as given
+            assert position_ids is not None and cache is None, "a 4-D mask needs position_ids"
+            attn_mask = attention_mask
         else:
             # with a cache, attention_mask covers all past + new keys (B, past + T)
             attn_mask = attention_mask_4d(attention_mask, T)
@@ -236,10 +265,14 @@ class GPT(nn.Module):
         """
         idx (B, T) token ids; attention_mask (B, T) 1 = real token, 0 = pad, left or right
         padding; position_ids (B, T), by default counted over real tokens only.
+        A (B, 1, T, T) bool attention_mask (True = may attend, with position_ids) is used as
+        given: shared_prompt_mask's rows of one prompt and several answers.
         Returns logits (B, T, vocab_size) at every position; pad positions hold garbage.
         logits_at, a (B, T) bool mask, asks for the logits of those positions only, (n, V) in
         row-major order: the LM head (the largest matmul of GPT-2 on short rows) then skips the
-        prompt and padding positions whose predictions nothing reads.
+        prompt and padding positions whose predictions nothing reads. logits_at may also be a
+        pair of (n,) long tensors (rows, positions), positions listed in any order and as often
+        as wanted (the last prompt token predicts the first token of every shared-prompt answer).
         A RIGHT-padded batch needs no mask: causal attention never lets a real token see the pads
         after it, and real positions are 0..n-1 either way, so attention_mask=None gives the
         same logits at real positions and keeps SDPA's fast causal kernel.
@@ -417,17 +450,22 @@ class ScalarModel(nn.Module):
         h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
         return self.head(h).squeeze(-1) - self.reward_bias
 
-    def forward(self, idx, attention_mask=None, position_ids=None):
+    def forward(self, idx, attention_mask=None, position_ids=None, score_at=None):
         """
         Scores (B,) at each row's last real token (left or right padding), minus reward_bias.
+        score_at, a pair of (n,) long tensors (rows, positions), reads the scores there instead,
+        (n,): the answers' last tokens in shared-prompt rows (a 4-D attention_mask, GPT.forward).
         A right-padded batch (every row's 1s before its 0s, as loader.collate builds them) runs the
         trunk without the mask, as GPT.forward explains: the same hidden states at real tokens,
         and SDPA keeps its fast causal kernel. The mask still says where each row ends.
         """
         trunk_mask = attention_mask
-        if attention_mask is not None and position_ids is None and is_right_padded(attention_mask):
+        if attention_mask is not None and attention_mask.dim() == 2 and position_ids is None \
+                and is_right_padded(attention_mask):
             trunk_mask = None
         h = self.transformer(idx, trunk_mask, position_ids)  # (B, T, C)
+        if score_at is not None:
+            return self.head(h[score_at]).squeeze(-1) - self.reward_bias  # (n,)
         B, T, _ = h.size()
         if attention_mask is None:
             last = torch.full((B,), T - 1, dtype=torch.long, device=idx.device)

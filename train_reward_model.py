@@ -15,7 +15,9 @@ The model is the SFT model's trunk with a fresh linear head (model.ScalarModel);
 text is the head's output at its last real token, the response's EOS. Training minimises the
 Bradley-Terry loss -log sigma(r_chosen - r_rejected) over pairs, optionally with a per-pair
 margin from the data (use_margin, as Llama 2 does) and a term that keeps the scores centred
-(center_coef). The chosen and rejected rows of a batch go through the model in ONE forward.
+(center_coef). The chosen and rejected rows of a batch go through the model in ONE forward;
+with share_prompt each prompt is computed once, its answers after it in the same row (each sees
+only the prompt and itself: model.shared_prompt_mask), the same scores for fewer positions.
 K-wise rankings {"prompt", "responses", "ranks"} are expanded by data/loader.py into their
 K(K-1)/2 pairs (fewer with ties).
 
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 import common
 from common import print0
 from data import loader
-from model import ScalarModel
+from model import ScalarModel, shared_prompt_mask
 from tokenizer import encode_example, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -82,6 +84,8 @@ DEFAULTS = dict(
     group_rankings=True,                   # InstructGPT's batching: a K-wise ranking is one batch
                                            # element, each answer scored once for all its pairs
                                            # (K forwards, not K(K-1)); batch_size counts rankings
+    share_prompt=False,                    # each prompt computed once for all its answers
+                                           # (loader.collate_shared_prompt): fewer positions
     num_epochs=5.0,                        # sets max_iters when max_iters = -1
     max_iters=-1,                          # -1: num_epochs over the training pairs
     lr=1e-3,
@@ -228,11 +232,28 @@ def collate_rankings(pairs, pad_id):
                 margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
 
 
+def collate_for(cfg):
+    """How a batch of pairs is laid out: each prompt once (share_prompt; with group_rankings a
+    row per ranking), whole rankings (group_rankings), or chosen rows then rejected rows."""
+    if cfg.share_prompt:
+        return lambda pairs, pad_id: loader.collate_shared_prompt(pairs, pad_id,
+                                                                  cfg.group_rankings)
+    return collate_rankings if cfg.group_rankings else loader.collate_pairs
+
+
 def pair_rewards(model, batch, autocast):
     """One forward over a collate_pairs batch, chosen rows then rejected rows, or over a
     collate_rankings batch's distinct answers: (P,), (P,) raw scores of each pair's chosen and
     rejected answer (reward_bias is 0 while training). The rows are right-padded: ScalarModel
-    runs its trunk without the mask and reads each row at its last real token."""
+    runs its trunk without the mask and reads each row at its last real token. A
+    loader.collate_shared_prompt batch (each prompt once, its answers after it) runs under
+    model.shared_prompt_mask and is read at each answer's last token: the same scores."""
+    if "segments" in batch:
+        with autocast:
+            r = model(batch["idx"], attention_mask=shared_prompt_mask(batch["segments"]),
+                      position_ids=batch["position_ids"],
+                      score_at=(batch["last_rows"], batch["last_pos"])).float()  # (answers,)
+        return r[batch["chosen"]], r[batch["rejected"]]
     with autocast:
         r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (rows,)
     if "chosen_row" in batch:
@@ -264,7 +285,9 @@ def evaluate(model, val, cfg, rt, pad_id):
     model.eval()
     s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
     for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
-        batch = to_device(loader.collate_pairs(val[start:start + cfg.batch_size], pad_id), rt)
+        pairs = val[start:start + cfg.batch_size]
+        batch = to_device(loader.collate_shared_prompt(pairs, pad_id) if cfg.share_prompt else
+                          loader.collate_pairs(pairs, pad_id), rt)
         rc, rr = pair_rewards(model, batch, rt.autocast)
         _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                  cfg.center_coef)
@@ -345,7 +368,7 @@ def main(argv=None):
     print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
            f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device {rt.device}")
     train, val, units, max_iters, ref_rows, lengths = load_data(cfg, enc, rt)
-    collate = collate_rankings if cfg.group_rankings else loader.collate_pairs
+    collate = collate_for(cfg)
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up

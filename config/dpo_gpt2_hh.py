@@ -18,6 +18,7 @@ train_data = "data/hh/out/prefs_train.jsonl"
 val_data = "data/hh/out/prefs_test.jsonl"     # HH has no separate validation split
 block_size = 512                              # longer prompts keep their end (the loader)
 length_buckets = True                         # HH lengths vary a lot: bucketing saves padding
+share_prompt = True                           # each prompt computed once for both answers
 
 # the DPO paper's settings: beta 0.1, a small learning rate, 64 pairs per step, plain DPO
 loss_type = "sigmoid"

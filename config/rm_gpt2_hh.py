@@ -15,6 +15,7 @@ init_from = "out/sft_gpt2_hh/ckpt_best.pt"   # or 'gpt2' to skip SFT
 train_data = "data/hh/out/prefs_train.jsonl"
 val_data = "data/hh/out/prefs_test.jsonl"     # HH has no separate validation split
 block_size = 512                              # longer prompts keep their end (the loader)
+share_prompt = True                           # each prompt computed once for both answers
 
 # reward_bias = the mean score of the SFT answers (HH's chosen side) on training prompts
 bias_ref = "sft"

@@ -44,7 +44,8 @@ logging excluded, as in bench.py); a PPO iteration from one on_step_end to the n
 generation (batch_generation) timed inside it.
 
 --inline=True runs nanoRLHF's own step (bench.py's sft_steps, rm_steps, dpo_steps: the scripts'
-step functions, in --dtype) on each batch too, in this process, right before TRL's step on that
+step functions, in --dtype, and the --variants bench.py would time beside them, e.g.
+shared_prompt: the HH recipes' share_prompt=True) on each batch too, in this process, right before TRL's step on that
 batch (even steps) or right after it (odd ones): A B B A A B ..., each pair within seconds, so a
 shared machine's changing speed hits both sides alike, and each step gives a ratio. Side by side
 (--repeats=N): N rounds of one such process per stage and TRL setting of --vs, the settings'
@@ -78,7 +79,7 @@ import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHARED = ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations", "steps",
-          "warmup", "seed", "data", "length_buckets")  # bench.py's keys, with its defaults
+          "warmup", "seed", "data", "length_buckets", "variants")  # bench.py's keys and defaults
 DEFAULTS = {k: v for k, v in bench.DEFAULTS.items() if k in SHARED}
 DEFAULTS.update(
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
@@ -258,7 +259,7 @@ def our_steps(stage, size, cfg):
     *_steps namespace), on this process's CPU in cfg.dtype, on the same rows."""
     bcfg = SimpleNamespace(**{**bench.DEFAULTS, **{k: getattr(cfg, k) for k in SHARED},
                               "device": "cpu", "dtype": cfg.dtype, "compile": False,
-                              "variants": "", "variant_list": []})
+                              "variant_list": cfg.variant_list})
     rt = common.init_runtime(bcfg)
     return bench.TRAINING[stage](size, bcfg, rt, torch.Generator().manual_seed(cfg.seed)), bcfg
 
@@ -420,7 +421,7 @@ def comparison(rows, path):
         if mine is None:
             continue
         ratio = mine["s_per_step"] / r["s_per_step"]
-        target = TARGET_RATIO.get(r["stage"])
+        target = target_ratio(r["stage"])
         verdict = "-" if target is None else (
             f"<={target:.2f} {'ok' if ratio <= target else 'MISSED'}")
         lines.append(f"{r['size']:<6} {r['stage']:<10} {mine['s_per_step']:>11.4f} "
@@ -446,6 +447,16 @@ def run_json(cmd, log, out):
         raise RuntimeError(f"{' '.join(cmd[1:])} exited with {rc}:\n{tail}")
     with open(out) as f:
         return json.load(f)
+
+
+def target_ratio(name):
+    """The target of a row (its variants share their stage's: rm_shared_prompt is an rm step)."""
+    return TARGET_RATIO.get(name, TARGET_RATIO.get(name.split("_")[0]))
+
+
+def applies(setting, stage):
+    """Whether a TRL setting differs from 'fast' for a stage: precompute_ref is DPO's alone."""
+    return setting != "fast_precompute" or stage == "dpo"
 
 
 def side_by_side(cfg, sizes, stages):
@@ -474,6 +485,8 @@ def side_by_side(cfg, sizes, stages):
                 for stage in stages:
                     k = rep % len(settings)
                     for s in settings[k:] + settings[:k]:
+                        if not applies(s, stage):
+                            continue
                         out = os.path.join(tmp, f"{rep}_{s}_{size}_{stage}.json")
                         t0 = time.time()
                         cmd = [sys.executable, os.path.abspath(__file__), *keys,
@@ -491,6 +504,8 @@ def side_by_side(cfg, sizes, stages):
             for stage in stages:
                 mine = [run for run in runs if (run["setting"], run["size"], run["stage"]) ==
                         (s, size, stage)]
+                if not mine:
+                    continue
                 trl = [next(r for r in run["rows"] if r.get("side") != "nanoRLHF") for run in mine]
                 for name in [r["stage"] for r in mine[0]["rows"] if r.get("side") == "nanoRLHF"]:
                     ours = [next(r for r in run["rows"] if r["stage"] == name
@@ -507,17 +522,17 @@ def side_by_side(cfg, sizes, stages):
 def summary_lines(summary):
     """The side-by-side table: each side's median s/step over the rounds; nanoRLHF's time over
     TRL's step by step (median, min-max, count) and round by round (summed seconds)."""
-    lines = [f"{'TRL setting':<16} {'size':<5} {'nanoRLHF':<15} {'TRL':<15} {'ours s':>7} "
+    lines = [f"{'TRL setting':<16} {'size':<5} {'nanoRLHF':<28} {'TRL':<15} {'ours s':>7} "
              f"{'TRL s':>7} {'per step: median':>16} {'min-max':>11} {'n':>3} "
              f"{'per round':>17} {'target':>11} {'same rows':>9}"]
     for e in summary:
         med, lo, hi = spread(e["paired"])
         rmed, rlo, rhi = spread(e["rounds"])
-        target = TARGET_RATIO.get(e["ours"])
+        target = target_ratio(e["ours"])
         verdict = "-" if target is None else f"<={target:.2f} {'ok' if med <= target else 'MISSED'}"
         same = e["same_batches"]
         same = "-" if None in same else "yes" if all(same) else "NO"
-        lines.append(f"{e['setting']:<16} {e['size']:<5} {e['ours']:<15} {e['trl']:<15} "
+        lines.append(f"{e['setting']:<16} {e['size']:<5} {e['ours']:<28} {e['trl']:<15} "
                      f"{spread(e['ours_s'])[0]:>7.3f} {spread(e['trl_s'])[0]:>7.3f} {med:>16.3f} "
                      f"{f'{lo:.3f}-{hi:.3f}':>11} {len(e['paired']):>3} "
                      f"{f'{rmed:.3f} ({rlo:.2f}-{rhi:.2f})':>17} {verdict:>11} {same:>9}")

@@ -168,7 +168,7 @@ DATA = ["--sizes=micro", "--batch_size=4", "--block_size=96", "--gen_tokens=4", 
 def hh_result(tmp_path_factory):
     path = hh_like_file(tmp_path_factory.mktemp("hh") / "prefs.jsonl")
     out = bench.main(DATA + [f"--data={path}", "--stages=sft,rm,dpo,ppo,grpo",
-                             "--variants=full_logits,no_buckets"])
+                             "--variants=full_logits,no_buckets,shared_prompt"])
     return path, out
 
 
@@ -176,12 +176,15 @@ def test_data_mode_times_every_stage_and_variant(hh_result):
     _, result = hh_result
     rows = {r["stage"]: r for r in result["rows"]}
     assert set(rows) == set(ROWS) | {"grpo_iter", "sft_full_logits", "sft_no_buckets", "rm_no_buckets",
-                                     "dpo_full_logits", "dpo_no_buckets"}
+                                     "dpo_full_logits", "dpo_no_buckets", "rm_shared_prompt",
+                                     "dpo_shared_prompt", "dpo_cached_ref_shared_prompt"}
     for stage, r in rows.items():
         assert len(r["step_s"]) == 3 and r["s_per_step"] == pytest.approx(sum(r["step_s"]) / 3)
         assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0, stage
     lines = bench.variant_lines(result["rows"])
-    assert len(lines) == 5 and all("the time per real token of" in line for line in lines)
+    assert len(lines) == 8 and all("the time per real token of" in line for line in lines)
+    assert any(line.startswith("micro dpo_cached_ref_shared_prompt: ") and "of dpo_cached_ref "
+               in line for line in lines)
 
 
 def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
@@ -197,6 +200,14 @@ def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
                 r = rows[stage + suffix]
                 assert r["tokens"] == pytest.approx(sum(int(m.sum()) for m in masks) / 3)
                 assert r["padding"] == pytest.approx(bench.padding_share(masks))
+    # each prompt once: the same pairs (the same real tokens), fewer positions, their own padding
+    shared = [bench.shared_prompt_batch(b, 256) for b in bench.real_batches("pairs", "micro", cfg)[1:]]
+    for stage in ("rm_shared_prompt", "dpo_shared_prompt", "dpo_cached_ref_shared_prompt"):
+        assert rows[stage]["tokens"] == rows["rm"]["tokens"]
+        assert rows[stage]["padding"] == pytest.approx(
+            bench.padding_share([(b["segments"] >= 0).long() for b in shared]))
+    pairs_b = bench.real_batches("pairs", "micro", cfg)[1:]
+    assert sum(b["idx"].numel() for b in shared) < sum(b["idx"].numel() for b in pairs_b)
     # step s takes batch s of the epoch, drawn as train_sft.py draws it (bucketed by length)
     sft = bench.real_rows(path, "byte", 96, 4)["sft"]
     lengths = tuple(len(ids) for ids, _ in sft)

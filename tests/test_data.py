@@ -330,6 +330,43 @@ def test_collate_pairs_puts_chosen_rows_first():
     assert batch["margin"].tolist() == [0.5, 0.0]
 
 
+def test_collate_shared_prompt_by_hand():
+    # each row: the prompt once, then the chosen answer, then the rejected one, each answer at
+    # the positions it has in a row of its own
+    pairs = [dict(chosen=([1, 2, 3], [0, 1, 1]), rejected=([1, 4], [0, 1]), margin=0.5),
+             dict(chosen=([5, 6, 7, 8], [0, 0, 1, 1]), rejected=([5, 6, 9], [0, 0, 1]), margin=0.0)]
+    b = loader.collate_shared_prompt(pairs, pad_id=EOT)
+    assert b["idx"].tolist() == [[1, 2, 3, 4, EOT], [5, 6, 7, 8, 9]]
+    assert b["segments"].tolist() == [[0, 1, 1, 2, -1], [0, 0, 1, 1, 2]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 1, 0], [0, 1, 2, 3, 2]]
+    # every answer token and the position that predicts it: a first token from the prompt's end
+    assert b["targets"].tolist() == [2, 3, 4, 7, 8, 9]
+    assert b["src_rows"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert b["src_pos"].tolist() == [0, 1, 0, 1, 2, 1]
+    assert b["owner"].tolist() == [0, 0, 1, 2, 2, 3]
+    assert b["last_rows"].tolist() == [0, 0, 1, 1] and b["last_pos"].tolist() == [2, 3, 3, 4]
+    assert b["chosen"].tolist() == [0, 2] and b["rejected"].tolist() == [1, 3]
+    assert b["margin"].tolist() == [0.5, 0.0]
+    # the same positions computed: 9 instead of collate_pairs' 2 x 2 x 4 = 16
+    assert loader.collate_pairs(pairs, pad_id=EOT)["idx"].numel() == 16
+
+
+def test_collate_shared_prompt_by_record_puts_a_ranking_in_one_row():
+    # a ranking A > B > C as its three pairs: one row, each answer once
+    A, B, C = [7, 8], [9], [10, 11, 12]
+    pair = lambda x, y: dict(chosen=([1, 2] + x, [0, 0] + [1] * len(x)), record=("f", 3),  # noqa
+                             rejected=([1, 2] + y, [0, 0] + [1] * len(y)), margin=0.0)
+    pairs = [pair(A, B), pair(A, C), pair(B, C)]
+    b = loader.collate_shared_prompt(pairs, pad_id=EOT, by_record=True)
+    assert b["idx"].tolist() == [[1, 2, 7, 8, 9, 10, 11, 12]]
+    assert b["segments"].tolist() == [[0, 0, 1, 1, 2, 3, 3, 3]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2, 2, 3, 4]]
+    assert b["chosen"].tolist() == [0, 0, 1] and b["rejected"].tolist() == [1, 2, 2]
+    assert b["last_pos"].tolist() == [3, 4, 7]
+    # without by_record: a row per pair
+    assert loader.collate_shared_prompt(pairs, pad_id=EOT)["idx"].size(0) == 3
+
+
 def test_collate_left_pads_prompts():
     idx, attn = loader.collate_left([[7, 8, 9], [5]], pad_id=EOT)
     assert idx.tolist() == [[7, 8, 9], [EOT, EOT, 5]]

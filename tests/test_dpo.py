@@ -259,6 +259,50 @@ def test_one_step_widens_the_policy_margin():
     assert ((c2 - r2) - (c - r)).min() > 0  # every pair's margin grew
 
 # -----------------------------------------------------------------------------
+# each prompt once (share_prompt): the same log-probs and gradients as separate rows
+
+
+def toy_pairs(enc):
+    """Four pairs of different prompt and answer lengths, encoded as the loader encodes them."""
+    rows = [("What color is a banana?", "A banana is yellow. Glad to help!", "Blue."),
+            ("What does a cow say, and why does it say it so loudly every morning?", "Moo.",
+             "A cow says woof, I think, but I am not sure at all."),
+            ("2 + 3?", "5", "7"),
+            ("Name a fruit.", "An apple is a fruit.", "I like turtles very much.")]
+    return [dict(chosen=encode_example(enc, prompt, chosen),
+                 rejected=encode_example(enc, prompt, rejected), margin=0.0)
+            for prompt, chosen, rejected in rows]
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_separate_rows():
+    from data import loader
+    enc = get_tokenizer("byte")
+    pairs = toy_pairs(enc)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
+    plain = loader.collate_pairs(pairs, enc.eot_token)
+    shared = loader.collate_shared_prompt(pairs, enc.eot_token)
+    assert shared["idx"].numel() < plain["idx"].numel()
+    a = train_dpo.pair_logprobs(model, plain, None)
+    b = train_dpo.pair_logprobs(model, shared, None)
+    for x, y in zip(a, b):  # summed (chosen, rejected), then per-token averages
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-6)
+    # each sum is the hand-computed one: full logits of each row alone
+    c0 = pairs[1]["chosen"]
+    logits = model(torch.tensor([c0[0]]))
+    want = (common.token_logprobs(logits, torch.tensor([c0[0]]))[0]
+            * torch.tensor(c0[1][1:])).sum()
+    torch.testing.assert_close(b[0][1], want, atol=1e-5, rtol=1e-6)
+    grads = []
+    for batch in (plain, shared):
+        model.zero_grad()
+        c, r, _, _ = train_dpo.pair_logprobs(model, batch, None)
+        (c - 2 * r).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-4)
+
+# -----------------------------------------------------------------------------
 # end to end on the toy world, with a tiny policy standing in for the SFT checkpoint
 
 
@@ -364,6 +408,21 @@ def test_precomputed_reference_and_exact_resume(toy, tmp_path):
 
 
 @pytest.mark.slow
+def test_shared_prompt_run_equals_the_plain_run(toy, tmp_path):
+    # the same pairs, each prompt computed once for both answers (the reference's too, live and
+    # precomputed): the same losses and weights, to float32 rounding
+    plain = run(toy, tmp_path / "plain")
+    shared = run(toy, tmp_path / "shared", "--share_prompt=True")
+    pre = run(toy, tmp_path / "pre", "--share_prompt=True", "--precompute_ref_logps=True")
+    for res in (shared, pre):
+        for k in ("loss", "margin", "logps_chosen", "logps_rejected", "val_loss", "val_margin"):
+            assert res[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-5), k
+    a = common.load_checkpoint(str(tmp_path / "plain" / "ckpt_last.pt"))["model"]
+    b = common.load_checkpoint(str(tmp_path / "shared" / "ckpt_last.pt"))["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
 def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, loss_type):
     calls = []
@@ -384,6 +443,7 @@ def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, lo
     ("--loss_type=orpo --rpo_alpha=0.5", "NLL term built in"),
     ("--loss_type=kto --precompute_ref_logps=True", "precompute_ref_logps must be False"),
     ("--loss_type=kto --batch_size=1", "batch_size >= 2"),
+    ("--loss_type=kto --share_prompt=True", "share_prompt applies to pairs"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, arg, words):
     with pytest.raises(common.ConfigError, match=words):

@@ -281,6 +281,9 @@ def test_batch_shares_by_hand(tmp_path, capsys):
         # SFT: rows 25 and 30 -> 60 positions, 55 real, 3 + 6 response tokens
         assert out["shares"][("SFT", 2, bucketed)] == dict(
             padding=5 / 60, prompt=46 / 60, response=9 / 60, positions=60)
+    # each prompt once: rows 22 + 3 + 4 and 24 + 6 + 3 -> 66 positions, 62 real, 16 response
+    assert out["shares"][("RM/DPO", 2, "shared")] == dict(
+        padding=4 / 66, prompt=46 / 66, response=16 / 66, positions=66)
     assert out["lengths"]["prompt"] == dict(mean=23.0, p50=22, p90=24, p99=24, max=24, over=0)
     assert out["lengths"]["prompt+longer"]["max"] == 30
     assert "RM/DPO 2 pairs" in capsys.readouterr().out

@@ -9,6 +9,7 @@ folder every test here is skipped, saying why.
   response, masks covering exactly each response and its EOS in load_sft / load_preferences,
   long multi-turn prompts cut from the left, non-ASCII text round-tripping;
 - the measured token lengths (data/hh/stats.py) that the README quotes;
+- each prompt computed once (share_prompt) gives real pairs' log-probs and scores of separate rows;
 - (slow) every stage on real records with a tiny GPT-2-vocabulary model: SFT, reward model, PPO
   (first update: KL exactly 0, ratio exactly 1), DPO (loss log 2 at the start), GRPO, eval.py,
   export_hf.py, and the export reloaded in transformers with the same logits.
@@ -245,7 +246,38 @@ def test_measured_lengths(gpt2, converted, capsys):
     # (chosen and rejected rows of one pair pad to the longer one)
     assert s[("RM/DPO", 16, False)]["padding"] > 0.6 and s[("RM/DPO", 16, True)]["padding"] < 0.14
     assert s[("SFT", 16, True)]["padding"] < 0.04 < s[("RM/DPO", 8, True)]["padding"]
+    # each prompt once (share_prompt): a third fewer positions than bucketing alone (README)
+    assert (s[("RM/DPO", 8, True)]["positions"], s[("RM/DPO", 8, "shared")]["positions"]) == \
+        (877248, 576088)
+    for B in (8, 16):  # the same real tokens, a prompt once instead of twice
+        on, shared = s[("RM/DPO", B, True)], s[("RM/DPO", B, "shared")]
+        assert shared["response"] * shared["positions"] == pytest.approx(
+            on["response"] * on["positions"])
+        assert shared["prompt"] * shared["positions"] == pytest.approx(
+            on["prompt"] * on["positions"] / 2)
     assert "share of padded batch positions at block_size 512" in capsys.readouterr().out
+
+def test_shared_prompt_on_real_pairs_equals_separate_rows(gpt2, converted):
+    # the longest real prompts and answers in one batch: multi-turn prompts, cut from the left
+    import train_dpo
+    import train_reward_model
+    from model import GPT, GPTConfig, ScalarModel
+    pairs = loader.load_preferences(str(converted[0] / "prefs_test.jsonl"), gpt2, 512)
+    pairs = sorted(pairs, key=lambda p: -len(p["chosen"][0]) - len(p["rejected"][0]))[:3] + pairs[:3]
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=512, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
+    policy, rm = GPT(config), ScalarModel(config)
+    plain = loader.collate_pairs(pairs, EOT)
+    shared = loader.collate_shared_prompt(pairs, EOT)
+    assert shared["idx"].size(1) > 512  # rows longer than block_size; positions within it
+    with torch.no_grad():
+        for x, y in zip(train_dpo.pair_logprobs(policy, plain, None),
+                        train_dpo.pair_logprobs(policy, shared, None)):
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-6)
+        off = torch.autocast("cpu", enabled=False)
+        for x, y in zip(train_reward_model.pair_rewards(rm, plain, off),
+                        train_reward_model.pair_rewards(rm, shared, off)):
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
 # -----------------------------------------------------------------------------
 # every stage on real records (slow)
@@ -306,7 +338,7 @@ def test_every_stage_on_real_records(gpt2, converted, tmp_path):
           f"--train_data={data['prefs_train']}", f"--val_data={data['prefs_val']}",
           f"--bias_data={data['sft_train']}", "--batch_size=8", "--max_iters=8",
           "--warmup_iters=1", "--eval_interval=4", "--eval_examples=-1", "--bias_examples=32",
-          "--log_interval=4", timings=timings)
+          "--log_interval=4", "--share_prompt=True", timings=timings)  # as config/rm_gpt2_hh.py
     rm_log = log_lines(out["rm"])
     assert 0.0 <= [r["val_accuracy"] for r in rm_log if "val_accuracy" in r][-1] <= 1.0
     assert math.isfinite(rm_log[-1]["reward_bias"])
@@ -331,7 +363,8 @@ def test_every_stage_on_real_records(gpt2, converted, tmp_path):
     stage("train_dpo.py", f"--init_from={sft}", *SYSTEM, f"--out_dir={out['dpo']}",
           f"--train_data={data['prefs_train']}", f"--val_data={data['prefs_val']}",
           "--batch_size=4", "--max_iters=4", "--warmup_iters=1", "--eval_interval=4",
-          "--eval_examples=16", "--log_interval=1", "--length_buckets=True", timings=timings)
+          "--eval_examples=16", "--log_interval=1", "--length_buckets=True",
+          "--share_prompt=True", timings=timings)  # as config/dpo_gpt2_hh.py
     dpo_log = log_lines(out["dpo"])
     assert dpo_log[0]["step"] == 0 and dpo_log[0]["val_margin"] == 0.0
     assert dpo_log[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)

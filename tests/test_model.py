@@ -187,6 +187,40 @@ def test_attention_mask_4d_by_hand():
     assert M.attention_mask_4d(torch.tensor([[0, 1, 1]]), 1)[0, 0].long().tolist() == [[0, 1, 1]]
 
 
+def test_shared_prompt_mask_by_hand():
+    # prompt (0), an answer of two tokens (1), another of one (2), a pad (-1)
+    m = M.shared_prompt_mask(torch.tensor([[0, 1, 1, 2, -1]]))[0, 0].long()
+    assert m.tolist() == [[1, 0, 0, 0, 0],
+                          [1, 1, 0, 0, 0],
+                          [1, 1, 1, 0, 0],
+                          [1, 0, 0, 1, 0],   # the second answer sees the prompt, not the first
+                          [1, 0, 0, 0, 1]]   # a pad query: the prompt and itself
+
+
+def test_shared_prompt_rows_equal_separate_rows_and_may_exceed_block_size():
+    # a prompt of 40 tokens and two answers of 20: a 80-token row on a 64-position model, each
+    # answer's hidden states those of prompt + answer run alone (positions 40..59 both)
+    torch.manual_seed(0)
+    model = tiny_gpt().eval()
+    prompt, a, b = (torch.randint(0, V - 1, (n,)) for n in (40, 20, 20))
+    row = torch.cat([prompt, a, b])[None]
+    segments = torch.tensor([[0] * 40 + [1] * 20 + [2] * 20])
+    positions = torch.cat([torch.arange(60), torch.arange(40, 60)])[None]
+    with torch.no_grad():
+        h = model.hidden_states(row, M.shared_prompt_mask(segments), positions)[0]
+        ha = model.hidden_states(torch.cat([prompt, a])[None])[0]
+        hb = model.hidden_states(torch.cat([prompt, b])[None])[0]
+    torch.testing.assert_close(h[:60], ha, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h[60:], hb[40:], atol=1e-5, rtol=0)
+    # logits_at as (rows, positions), a position named twice
+    at = (torch.tensor([0, 0, 0]), torch.tensor([39, 39, 60]))
+    with torch.no_grad():
+        logits = model(row, M.shared_prompt_mask(segments), positions, logits_at=at)
+    torch.testing.assert_close(logits, model.lm_head(h[[39, 39, 60]]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="position 64 exceeds block_size 64"):
+        model(row, M.shared_prompt_mask(segments), positions + 5)
+
+
 def test_input_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="block_size"):

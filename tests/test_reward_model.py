@@ -208,6 +208,42 @@ def test_grouped_rankings_score_each_answer_once_with_the_same_loss(small_prefs,
     assert grouped["val_accuracy"] == pairs["val_accuracy"]
 
 
+def test_shared_prompt_scores_equal_separate_rows():
+    # each prompt once, its answers after it: the same scores as rows of their own, for pairs
+    # and (by_record) for whole rankings as collate_rankings scores them
+    from data import loader
+    enc = get_tokenizer("byte")
+    ranking = [("A banana is yellow.", "Ugh. Purple."), ("A banana is yellow.", "Blue?"),
+               ("Blue?", "Ugh. Purple.")]
+    pairs = [dict(chosen=encode_example(enc, "What color is a banana?", c),
+                  rejected=encode_example(enc, "What color is a banana?", r), margin=0.0,
+                  record=("f", 1)) for c, r in ranking]
+    pairs.append(dict(chosen=encode_example(enc, "2 + 3?", "5"), margin=0.0, record=("f", 2),
+                      rejected=encode_example(enc, "2 + 3?", "It is 7, I am sure."),))
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
+    plain = train_reward_model.pair_rewards(rm, loader.collate_pairs(pairs, enc.eot_token),
+                                            torch.autocast("cpu", enabled=False))
+    for by_record in (False, True):
+        batch = loader.collate_shared_prompt(pairs, enc.eot_token, by_record)
+        assert batch["idx"].size(0) == (2 if by_record else 4)
+        shared = train_reward_model.pair_rewards(rm, batch, torch.autocast("cpu", enabled=False))
+        for x, y in zip(plain, shared):
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_run_equals_the_plain_run(small_prefs, tmp_path):
+    prefs, sft, _ = small_prefs
+    args = TINY + [f"--train_data={prefs}", f"--val_data={prefs}", f"--bias_data={sft}",
+                   "--batch_size=2", "--num_epochs=2", "--warmup_iters=0", "--eval_interval=100"]
+    plain = train_reward_model.main(args + [f"--out_dir={tmp_path / 'plain'}"])
+    shared = train_reward_model.main(args + [f"--out_dir={tmp_path / 'shared'}",
+                                             "--share_prompt=True"])
+    for k in ("train_loss", "val_loss", "val_margin", "reward_bias"):
+        assert shared[k] == pytest.approx(plain[k], abs=1e-5), k
+    assert shared["val_accuracy"] == plain["val_accuracy"]
+
+
 @pytest.mark.slow
 def test_grouped_kwise_rankings_train(tmp_path):
     rows = [dict(prompt="What color is a banana?",

@@ -13,7 +13,8 @@ Prints two tables:
      padding, prompt and response (the trained tokens): for the reward model / DPO (batches of
      pairs, chosen and rejected rows padded together) and for SFT (prompt + chosen rows), each
      with and without the loaders' length bucketing (loader.batch_indices(..., lengths=...)),
-     the batches drawn exactly as the training scripts draw them.
+     the batches drawn exactly as the training scripts draw them; RM/DPO also bucketed with
+     each prompt once (share_prompt=True: a row holds the prompt and both answers).
 
 The 'gpt2' tokenizer needs tiktoken's files once (a network, or TIKTOKEN_CACHE_DIR pointing to a
 copy); --tokenizer=byte needs nothing.
@@ -68,14 +69,19 @@ def epoch_batches(n, batch_size, seed, lengths=None):
             for step in range(n // batch_size)]
 
 
-def pair_batches(pairs, batch_size, seed, bucketed, pad_id):
-    """(attention_mask, loss_mask) of one epoch of reward-model / DPO batches (2B rows each),
-    bucketed by the longer answer's row as train_reward_model.py and train_dpo.py do."""
+def pair_batches(pairs, batch_size, seed, bucketed, pad_id, shared=False):
+    """(attention_mask, loss_mask) of one epoch of reward-model / DPO batches (2B rows each, or
+    with shared B rows of a prompt and both answers: share_prompt=True), bucketed by the longer
+    answer's row as train_reward_model.py and train_dpo.py do."""
     lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in pairs) if bucketed else None
     out = []
     for rows in epoch_batches(len(pairs), batch_size, seed, lengths):
-        b = loader.collate_pairs([pairs[i] for i in rows], pad_id)
-        out.append((b["attention_mask"], b["loss_mask"]))
+        if shared:
+            b = loader.collate_shared_prompt([pairs[i] for i in rows], pad_id)
+            out.append(((b["segments"] >= 0).long(), (b["segments"] >= 1).long()))
+        else:
+            b = loader.collate_pairs([pairs[i] for i in rows], pad_id)
+            out.append((b["attention_mask"], b["loss_mask"]))
     return out
 
 
@@ -143,15 +149,18 @@ def main(argv=None):
     sft = sft_examples(records, enc, args.block_size)
     shares = {}
     print(f"\nshare of padded batch positions at block_size {args.block_size} (one epoch, seed {args.seed})")
-    print(f"{'batches':22s} {'bucketing':9s} {'padding':>8s} {'prompt':>8s} {'response':>9s} {'positions':>10s}")
+    print(f"{'batches':22s} {'bucketing':20s} {'padding':>8s} {'prompt':>8s} {'response':>9s} {'positions':>10s}")
     for stage, build in (("RM/DPO", pair_batches), ("SFT", sft_batches)):
         examples = pairs if stage == "RM/DPO" else sft
         for B in sizes:
-            for bucketed in (False, True):
-                s = batch_shares(build(examples, B, args.seed, bucketed, enc.eot_token))
+            for bucketed in (False, True, "shared") if stage == "RM/DPO" else (False, True):
+                extra = dict(shared=True) if bucketed == "shared" else {}
+                s = batch_shares(build(examples, B, args.seed, bool(bucketed), enc.eot_token,
+                                       **extra))
                 shares[(stage, B, bucketed)] = s
                 what = f"{stage} {B} {'pairs' if stage == 'RM/DPO' else 'rows'}"
-                print(f"{what:22s} {'on' if bucketed else 'off':9s} {s['padding']:8.1%} {s['prompt']:8.1%} "
+                how = {False: "off", True: "on", "shared": "on, each prompt once"}[bucketed]
+                print(f"{what:22s} {how:20s} {s['padding']:8.1%} {s['prompt']:8.1%} "
                       f"{s['response']:9.1%} {s['positions']:10d}")
     return dict(lengths=table, shares=shares, n_pairs=len(pairs))
 
