@@ -64,7 +64,7 @@ from data import loader
 from model import row_generators
 from tokenizer import decode_response, get_tokenizer
 from train_ppo import kl_estimates, policy_forward
-from train_reward_model import score_ids
+from train_reward_model import pair_rewards, score_ids
 
 # -----------------------------------------------------------------------------
 # default config: the toy world's policies
@@ -294,16 +294,23 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
 @torch.inference_mode()
 def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autocast=None):
     """Share of preference pairs (data.loader.load_preferences) where the reward model scores
-    the chosen answer above the rejected one, ties half; returns (accuracy, stderr)."""
+    the chosen answer above the rejected one, ties half; returns (accuracy, stderr). The pairs
+    are batched by length, each prompt computed once for both answers
+    (loader.collate_shared_prompt): the scores of separate rows, for fewer positions (the 2,303
+    real HH test pairs at GPT-2's 1024 positions, 64 per batch: 0.67M positions, 0.95M sorted
+    alone, 3.29M in file order)."""
     autocast = autocast or nullcontext()
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i]["chosen"][0]),
+                                                        len(pairs[i]["rejected"][0])))
+    was_training = reward_model.training
+    reward_model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        b = loader.collate_pairs(pairs[start:start + batch_size], pad_id)
-        with autocast:
-            r = score_ids(reward_model, b["idx"].to(device), b["attention_mask"].to(device)).cpu()
-        B = r.size(0) // 2  # chosen rows first, then the rejected rows in the same order
-        chosen.append(r[:B])
-        rejected.append(r[B:])
+        b = loader.collate_shared_prompt([pairs[i] for i in order[start:start + batch_size]], pad_id)
+        rc, rr = pair_rewards(reward_model, {k: v.to(device) for k, v in b.items()}, autocast)
+        chosen.append(rc.cpu())
+        rejected.append(rr.cpu())
+    reward_model.train(was_training)
     return mean_and_stderr(win_outcomes(torch.cat(chosen), torch.cat(rejected)))
 
 # -----------------------------------------------------------------------------

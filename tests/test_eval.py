@@ -37,6 +37,27 @@ def test_win_rate_counts_ties_half():
     assert win_rate([3.0, -1.0], [3.0, -1.0]) == 0.5  # a policy against itself
 
 
+def test_rm_accuracy_scores_each_pair_as_separate_rows():
+    # batched by length with each prompt once: the wins of scoring every answer in a row alone
+    from data import loader
+    from tokenizer import encode_example
+    enc = get_tokenizer("byte")
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
+    texts = [("What color is a banana?", "Yellow.", "Blue, I think, or maybe purple."),
+             ("2 + 3?", "5", "7"), ("Say hi.", "Hi!", "No."), ("Name a fruit.", "Apple.", "A rock."),
+             ("What does a cow say?", "Moo.", "Woof woof woof.")]
+    pairs = [dict(chosen=encode_example(enc, p, c), rejected=encode_example(enc, p, r), margin=0.0)
+             for p, c, r in texts]
+    with torch.no_grad():
+        alone = lambda ids: rm(torch.tensor([ids])).item()  # noqa: E731
+        wins = [float(alone(p["chosen"][0]) > alone(p["rejected"][0])) for p in pairs]
+    acc, se = evaluate.rm_accuracy(rm, pairs, enc.eot_token, batch_size=2)
+    assert 0 < sum(wins) < len(wins)  # the check can tell pairs apart
+    assert (acc, se) == pytest.approx(mean_and_stderr(wins))
+    assert rm.training  # its mode given back
+
+
 def test_mean_and_stderr_hand_computation():
     mean, se = mean_and_stderr([1.0, 2.0, 3.0, 4.0])
     # sample variance: (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3; stderr = sqrt(5/3) / sqrt(4)
