@@ -2,19 +2,23 @@
 Hugging Face TRL's trainers at the sizes bench.py measures, for the speed comparison in the
 README. A development tool: nothing in nanoRLHF imports it, and TRL is no dependency of ours.
 
-Set-up, in a virtual environment of its own (outside this directory; the CPU torch wheel first,
-so that pip keeps it instead of fetching a CUDA build):
-    python -m venv ../trl-venv
+Set-up, in virtual environments of their own (outside this directory; the CPU torch wheel
+first, so that pip keeps it instead of fetching a CUDA build): the latest TRL for SFT, the reward
+model and DPO, and TRL 1.12 for PPO, the last release with a PPO trainer
+(trl.experimental.ppo.PPOTrainer; 1.13 removed it; with a newer TRL the ppo rows are skipped,
+saying so):
+    python -m venv ../trl-venv && python -m venv ../trl112-venv
     ../trl-venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-    ../trl-venv/bin/pip install -r requirements.txt trl==1.12.0 transformers accelerate datasets
-TRL 1.12 is the last release with a PPO trainer (trl.experimental.ppo.PPOTrainer); 1.13 removed
-it. With a newer TRL the sft, rm and dpo rows still run and the ppo rows are skipped, saying so.
+    ../trl-venv/bin/pip install -r requirements.txt trl transformers accelerate datasets
+    ../trl112-venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    ../trl112-venv/bin/pip install -r requirements.txt trl==1.12.0 transformers accelerate datasets
 
 Run it:
     python bench.py --out=out/bench_cpu.json                           # nanoRLHF, then
-    ../trl-venv/bin/python tests/bench_trl.py --compare=out/bench_cpu.json   # TRL, and the ratios
+    ../trl112-venv/bin/python tests/bench_trl.py --compare=out/bench_cpu.json   # TRL, the ratios
     ../trl-venv/bin/python tests/bench_trl.py --data=hh --block_size=512 --sizes=gpt2 \
-        --stages=sft,rm,dpo --dtype=bfloat16 --steps=6 --repeats=3 --vs=defaults,fast
+        --stages=sft,rm,dpo --dtype=bfloat16 --batch_size=8 --steps=5 --repeats=3 \
+        --vs=defaults,fast,fast_precompute --variants=shared_prompt --out=out/bench_trl_hh.json
                           # side by side: nanoRLHF's and TRL's step in turn, 3 rounds, the spread
 Use the same OMP_NUM_THREADS for both. Shapes and step counts are bench.py's (the same config
 keys and defaults), and the models are GPT-2s of bench.py's sizes with random weights and no
