@@ -208,11 +208,11 @@ class Transformer(nn.Module):
         """idx (B, T) -> hidden states after ln_f (B, T, C). See GPT.forward for the masks."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        if position_ids is None and past + T > self.config.block_size:
+        given_positions = position_ids is not None and past == 0  # no cache: training, prefill
+        if not given_positions and past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds block_size "
                              f"{self.config.block_size}")
-        if position_ids is not None and position_ids.numel() > 0 and \
-                not torch.compiler.is_compiling():
+        if given_positions and position_ids.numel() > 0 and not torch.compiler.is_compiling():
             # rows longer than block_size are fine (shared-prompt rows); positions are not
             top = position_ids.max().item()
             if top >= self.config.block_size:
