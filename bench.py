@@ -358,7 +358,7 @@ def real_batch_rows(kind, size, cfg, buckets=True):
     if kind in ("sft", "pairs"):
         ex = rows[kind]
         lengths = None if not buckets else tuple(len(e[0]) for e in ex) if kind == "sft" else \
-            tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in ex)
+            tuple(map(loader.pair_length, ex))
         return [[ex[i] for i in loader.batch_indices(len(ex), B, s, cfg.seed, lengths=lengths)]
                 for s in steps]
     k = GROUP if kind == "groups" else 1
@@ -399,6 +399,14 @@ def stage_batches(kind, size, cfg, gen, rt, buckets=True):
 def timed_batches(batches, cfg):
     """The batches the timed calls of measure() took."""
     return [batches[i % len(batches)] for i in range(cfg.warmup, cfg.warmup + cfg.steps)]
+
+
+def real_positions(batch):
+    """The (rows, T) mask of a batch's real positions: an (idx, attention_mask, ...) tuple, a
+    collate_pairs dict, or a collate_shared_prompt dict (its segments, -1 on padding)."""
+    if not isinstance(batch, dict):
+        return batch[1]
+    return (batch["segments"] >= 0).long() if "segments" in batch else batch["attention_mask"]
 
 
 def padding_share(masks):
@@ -487,14 +495,12 @@ def training_rows(size, times, stage, cfg, peak):
     rows = []
     for name, seconds in times.items():
         timed_b = timed_batches(stage.batches[name], cfg)
-        masks = [b["attention_mask"] if isinstance(b, dict) else b[1] for b in timed_b]
+        masks = [real_positions(b) for b in timed_b]
         # the padding of the batches the step ran (shared-prompt rows: their own layout)
         ran = timed_batches(getattr(stage, "layouts", {}).get(name) or stage.batches[name], cfg)
-        ran = [(b["segments"] >= 0).long() if isinstance(b, dict) and "segments" in b else m
-               for b, m in zip(ran, masks)]
         rows.append(row(size, name, mean([int(m.sum()) for m in masks]), seconds,
                         mean([stage.flops(name, b) for b in timed_b]), cfg, peak,
-                        padding_share(ran)))
+                        padding_share([real_positions(b) for b in ran])))
     return rows
 
 

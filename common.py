@@ -57,11 +57,13 @@ class NonFiniteError(UserError, FloatingPointError):
 
 def cli(main):
     """Run a script's main() from the command line: a UserError prints `error: <what>` and exits
-    with status 1; a second Ctrl-C exits 130; any other exception is a bug and keeps its traceback."""
+    with status 1; a second Ctrl-C exits 130; any other exception is a bug and keeps its traceback.
+    A config error is the same on every rank: under torchrun rank 0 alone prints it."""
     try:
         main()
     except UserError as e:
-        sys.exit(f"error: {e}")
+        quiet = isinstance(e, ConfigError) and os.environ.get("RANK", "0") != "0"
+        sys.exit(1 if quiet else f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
 

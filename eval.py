@@ -300,13 +300,13 @@ def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autoca
     real HH test pairs at GPT-2's 1024 positions, 64 per batch: 0.67M positions, 0.95M sorted
     alone, 3.29M in file order)."""
     autocast = autocast or nullcontext()
-    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i]["chosen"][0]),
-                                                        len(pairs[i]["rejected"][0])))
+    order = sorted(range(len(pairs)), key=lambda i: loader.pair_length(pairs[i]))
     was_training = reward_model.training
     reward_model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        b = loader.collate_shared_prompt([pairs[i] for i in order[start:start + batch_size]], pad_id)
+        b = loader.collate_pairs([pairs[i] for i in order[start:start + batch_size]], pad_id,
+                                 share_prompt=True)
         rc, rr = pair_rewards(reward_model, {k: v.to(device) for k, v in b.items()}, autocast)
         chosen.append(rc.cpu())
         rejected.append(rr.cpu())

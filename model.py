@@ -208,20 +208,20 @@ class Transformer(nn.Module):
         """idx (B, T) -> hidden states after ln_f (B, T, C). See GPT.forward for the masks."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        given_positions = position_ids is not None and past == 0  # no cache: training, prefill
-        if not given_positions and past + T > self.config.block_size:
+        # given positions without a cache (training, prefill) are checked instead of the length:
+        # a shared-prompt row may be longer than block_size, its positions may not
+        if (position_ids is None or past > 0) and past + T > self.config.block_size:
             raise ValueError(f"sequence length {past + T} exceeds block_size "
                              f"{self.config.block_size}")
-        if given_positions and position_ids.numel() > 0 and not torch.compiler.is_compiling():
-            # rows longer than block_size are fine (shared-prompt rows); positions are not
-            top = position_ids.max().item()
-            if top >= self.config.block_size:
-                raise ValueError(f"position {top} exceeds block_size {self.config.block_size}")
         if past == 0 and idx.numel() > 0 and not torch.compiler.is_compiling():
-            lo, hi = idx.min().item(), idx.max().item()  # one sync: cheap next to the forward
+            top = position_ids.max() if position_ids is not None else idx.new_tensor(0)
+            # one host sync for every check: cheap next to the forward
+            lo, hi, top = torch.stack([idx.min(), idx.max(), top.to(idx.dtype)]).tolist()
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got "
                                  f"min {lo} max {hi} (wrong tokenizer for this model?)")
+            if top >= self.config.block_size:
+                raise ValueError(f"position {top} exceeds block_size {self.config.block_size}")
         if position_ids is None:
             if attention_mask is not None and cache is None:
                 position_ids = position_ids_from_mask(attention_mask)

@@ -388,11 +388,11 @@ def reference_logps(ref_model, data, cfg, rt, pad_id):
     out = torch.zeros(len(data), 2, device=rt.device)
     B = cfg.batch_size * 2  # no gradients, so twice the training batch fits
     # pairs of similar lengths pad less (real HH: 60% fewer positions); rows go back in place
-    order = sorted(range(len(data)), key=lambda i: max(len(data[i]["chosen"][0]),
-                                                       len(data[i]["rejected"][0])))
+    order = sorted(range(len(data)), key=lambda i: loader.pair_length(data[i]))
     for start in range(rt.rank * B, len(data), B * rt.world_size):
         rows = order[start:start + B]
-        batch = to_device(collate_pairs([data[i] for i in rows], pad_id, cfg.share_prompt), rt)
+        batch = to_device(loader.collate_pairs([data[i] for i in rows], pad_id,
+                                               cfg.share_prompt), rt)
         c, r, _, _ = pair_logprobs(ref_model, batch, rt.autocast)
         out[rows, 0], out[rows, 1] = c.float(), r.float()
     return common.all_reduce_mean(out) * rt.world_size  # every row came from one rank
@@ -459,13 +459,6 @@ def to_device(batch, rt):
     return {k: v.to(rt.device) for k, v in batch.items()}
 
 
-def collate_pairs(pairs, pad_id, share_prompt):
-    """A batch of pairs for pair_logprobs: each prompt once (share_prompt), or chosen rows then
-    rejected rows."""
-    return loader.collate_shared_prompt(pairs, pad_id) if share_prompt else \
-        loader.collate_pairs(pairs, pad_id)
-
-
 def validate(cfg):
     """Bad values fail here, with the key's name, before anything is loaded or written."""
     common.validate(cfg, {
@@ -521,7 +514,7 @@ def load_data(cfg, enc):
     if kto:
         print_kto_balance(train, cfg)
     lengths = tuple(len(e["prompt"]) + len(e["completion"]) if kto else
-                    max(len(e["chosen"][0]), len(e["rejected"][0])) for e in train) \
+                    loader.pair_length(e) for e in train) \
         if cfg.length_buckets else None
     return train, val, lengths
 
@@ -575,7 +568,7 @@ def main(argv=None):
     def get_batch(split, rows, share_prompt=cfg.share_prompt):
         data = [(train if split == "train" else val)[i] for i in rows]
         batch = loader.collate_unpaired(data, enc.eot_token, cfg.block_size) if kto else \
-            collate_pairs(data, enc.eot_token, share_prompt)
+            loader.collate_pairs(data, enc.eot_token, share_prompt)
         return dict(to_device(batch, rt), split=split, rows=torch.as_tensor(rows, device=rt.device))
 
     # -------------------------------------------------------------------------

@@ -285,9 +285,8 @@ def evaluate(model, val, cfg, rt, pad_id):
     model.eval()
     s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
     for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
-        pairs = val[start:start + cfg.batch_size]
-        batch = to_device(loader.collate_shared_prompt(pairs, pad_id) if cfg.share_prompt else
-                          loader.collate_pairs(pairs, pad_id), rt)
+        batch = to_device(loader.collate_pairs(val[start:start + cfg.batch_size], pad_id,
+                                               cfg.share_prompt), rt)
         rc, rr = pair_rewards(model, batch, rt.autocast)
         _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                  cfg.center_coef)
@@ -324,7 +323,7 @@ def load_data(cfg, enc, rt):
     val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
     # evaluation sums over pairs, so their order is free: sorted by length its batches pad
     # little (real HH pairs at block_size 512: 0.86M positions instead of 2.26M)
-    val = sorted(val, key=lambda p: max(len(p["chosen"][0]), len(p["rejected"][0])))
+    val = sorted(val, key=loader.pair_length)
     units = [[i] for i in range(len(train))]
     if cfg.group_rankings:
         by_record = {}
@@ -344,7 +343,7 @@ def load_data(cfg, enc, rt):
     print0(f"data: {len(train)} train pairs" + (f" in {len(units)} rankings" * cfg.group_rankings)
            + f", {len(val)} held-out pairs; {per_step} {unit} per step, {max_iters} steps "
            f"({max_iters * per_step / len(units):.2f} epochs)")
-    lengths = tuple(max(max(len(train[i]["chosen"][0]), len(train[i]["rejected"][0])) for i in u)
+    lengths = tuple(max(loader.pair_length(train[i]) for i in u)
                     for u in units) if cfg.length_buckets else None
     return train, val, units, max_iters, reference_rows(cfg, enc, train), lengths
 

@@ -374,12 +374,21 @@ def collate(examples, pad_id):
 collate_sft = collate  # the name train_sft.py uses
 
 
-def collate_pairs(pairs, pad_id):
+def pair_length(pair):
+    """The tokens of a pair's longer row (prompt + the longer answer): what it pads a batch to,
+    and the length that bucketing and length-sorted batches sort pairs by."""
+    return max(len(pair["chosen"][0]), len(pair["rejected"][0]))
+
+
+def collate_pairs(pairs, pad_id, share_prompt=False):
     """
     One batch for a single forward over chosen and rejected answers: a dict with idx,
     attention_mask, loss_mask (2B, T), rows 0..B-1 the chosen answers and B..2B-1 the rejected
-    ones in the same order, and margin (B,) float.
+    ones in the same order, and margin (B,) float. share_prompt: each prompt once, both answers
+    after it (collate_shared_prompt's layout).
     """
+    if share_prompt:
+        return collate_shared_prompt(pairs, pad_id)
     idx, attn, loss = collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
     margin = torch.tensor([p["margin"] for p in pairs], dtype=torch.float)
     return dict(idx=idx, attention_mask=attn, loss_mask=loss, margin=margin)

@@ -306,3 +306,16 @@ def test_metrics_logger_drops_lines_after_the_resumed_step(tmp_path, capsys):
     common.MetricsLogger(str(tmp_path), "log", resume_step=2)
     steps = [json.loads(l)["step"] for l in open(tmp_path / "log.jsonl")]
     assert steps == [0, 1, 2]
+
+
+def test_cli_prints_a_config_error_once_under_torchrun(monkeypatch, capsys):
+    # every rank rejects the same config: rank 0 prints the one line, the others exit quietly;
+    # errors of other kinds (a rank's own data or checkpoint) are printed by every rank
+    for rank, message in (("0", "error: config key 'batch_size' must be > 0, got 0"), ("1", 1)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            common.cli(lambda: common.validate(SimpleNamespace(batch_size=0), {}))
+        assert e.value.code == message
+    with pytest.raises(SystemExit) as e:
+        common.cli(lambda: (_ for _ in ()).throw(common.DataError("f.jsonl:3: field 'prompt'")))
+    assert e.value.code == "error: f.jsonl:3: field 'prompt'"

@@ -73,15 +73,12 @@ def pair_batches(pairs, batch_size, seed, bucketed, pad_id, shared=False):
     """(attention_mask, loss_mask) of one epoch of reward-model / DPO batches (2B rows each, or
     with shared B rows of a prompt and both answers: share_prompt=True), bucketed by the longer
     answer's row as train_reward_model.py and train_dpo.py do."""
-    lengths = tuple(max(len(p["chosen"][0]), len(p["rejected"][0])) for p in pairs) if bucketed else None
+    lengths = tuple(map(loader.pair_length, pairs)) if bucketed else None
     out = []
     for rows in epoch_batches(len(pairs), batch_size, seed, lengths):
-        if shared:
-            b = loader.collate_shared_prompt([pairs[i] for i in rows], pad_id)
-            out.append(((b["segments"] >= 0).long(), (b["segments"] >= 1).long()))
-        else:
-            b = loader.collate_pairs([pairs[i] for i in rows], pad_id)
-            out.append((b["attention_mask"], b["loss_mask"]))
+        b = loader.collate_pairs([pairs[i] for i in rows], pad_id, shared)
+        out.append(((b["segments"] >= 0).long(), (b["segments"] >= 1).long()) if shared else
+                   (b["attention_mask"], b["loss_mask"]))
     return out
 
 
