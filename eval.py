@@ -296,9 +296,7 @@ def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autoca
     """Share of preference pairs (data.loader.load_preferences) where the reward model scores
     the chosen answer above the rejected one, ties half; returns (accuracy, stderr). The pairs
     are batched by length, each prompt computed once for both answers
-    (loader.collate_shared_prompt): the scores of separate rows, for fewer positions (the 2,303
-    real HH test pairs at GPT-2's 1024 positions, 64 per batch: 0.67M positions, 0.95M sorted
-    alone, 3.29M in file order)."""
+    (loader.collate_shared_prompt): the scores of separate rows, for fewer positions."""
     autocast = autocast or nullcontext()
     order = sorted(range(len(pairs)), key=lambda i: loader.pair_length(pairs[i]))
     was_training = reward_model.training
