@@ -17,7 +17,8 @@ Run it:
 One iteration, and where it differs from PPO:
   1. rollout: rollout_batch_size / group_size prompts, each answered group_size times (one
      generate call; rows 0..k-1 are the answers to prompt 0, and so on);
-  2. the sequence reward: the score, minus beta * KL (k1, summed) when kl_in='reward' (RLOO);
+  2. the sequence reward: the score, minus beta * KL (the kl_estimator, summed) when
+     kl_in='reward' (RLOO: k1);
   3. group baselines instead of a critic: group_advantages, one number per answer, given to
      every token of that answer (an answer whose group all scored alike gets 0: no signal);
   4. num_iterations passes of train_ppo.ppo_update with no critic, the clipped surrogate
@@ -159,6 +160,18 @@ def group_advantages(scores, group_size, baseline="mean", scale="group", eps=1e-
     return adv.flatten()
 
 
+def kl_penalised_scores(scores, logprobs, ref_logprobs, mask, beta, estimator="k1"):
+    """
+    The sequence reward of RLOO and REINFORCE++ (Ahmadian et al. 2024, eq. 1): the score minus
+    beta times the chosen KL estimator (train_ppo.kl_penalty: k1, k2 or k3) summed over the
+    answer's valid tokens,   R_i = r_i - beta * sum_t KL_t.
+    With k1 a response's R is PPO's KL-shaped reward summed over its tokens. scores (B,);
+    logprobs, ref_logprobs, mask (B, N) -> (B,).
+    """
+    kl = (kl_penalty(logprobs, ref_logprobs, estimator) * mask.to(logprobs.dtype)).sum(1)
+    return scores - beta * kl
+
+
 def no_signal_share(scores, group_size):
     """The share of groups whose rewards are all equal: their advantages are 0, so they train
     nothing (DAPO filters them out and samples again). (B,) -> float."""
@@ -186,6 +199,11 @@ def validate(cfg):
                              "'replace', 'subtract', 'mask' or ''")})
     common.require(cfg.rollout_batch_size % cfg.group_size == 0, f"group_size={cfg.group_size} "
                    f"must divide rollout_batch_size={cfg.rollout_batch_size}")
+    kl_in, estimator = settings(cfg)[3:]
+    common.require(not (kl_in == "loss" and estimator == "k1" and cfg.beta > 0), "kl_in='loss' "
+                   "with kl_estimator='k1': k1 as a loss has zero expected gradient (E_pi[grad log "
+                   "pi] = 0), so it would not anchor the policy; use k3 or k2 in the loss, or k1 "
+                   "in the reward (kl_in='reward')")
 
 
 def main(argv=None):
@@ -240,14 +258,18 @@ def main(argv=None):
                                     cfg.seed, rt.rank, rt.world_size)
         ro = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, rt, cfg.group_size),
                      enc, cfg, rt)
-        # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (k1, summed)
+        # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (kl_estimator, summed)
         kl_k1, kl_k3 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask) if ref else \
             (torch.zeros_like(ro.scores),) * 2
-        scores = ro.scores - cfg.beta * kl_k1 if kl_in == "reward" else ro.scores
+        scores = ro.scores
+        if kl_in == "reward" and ref:
+            scores = kl_penalised_scores(ro.scores, ro.logprobs, ro.ref_logprobs, ro.resp_mask,
+                                         cfg.beta, kl_estimator)
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
-        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO)
-            ro = dataclasses.replace(ro, resp_mask=ro.resp_mask * ro.has_eos[:, None])
+        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO); the
+            # metrics still see it as it was written
+            ro = dataclasses.replace(ro, loss_mask=ro.resp_mask * ro.has_eos[:, None])
         token_advantages = advantages[:, None] * ro.resp_mask  # (B, N)
         # 4. the clipped update, without a critic; GRPO pays the KL here, in the loss
         stats = ppo_update(ro, token_advantages, None, policy, optimizer, cfg, rt, it + 1,
@@ -260,7 +282,7 @@ def main(argv=None):
         dt = time.time() - t0
         metrics = dict(rollout_metrics(ro, cfg.beta if ref else 0.0, kl_k1, kl_k3),
                        **stats, no_signal=common.all_reduce_mean(
-                           no_signal_share(ro.scores, cfg.group_size)))
+                           no_signal_share(scores, cfg.group_size)))
         gold = [gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)] if gold_fn else None
         if gold:
             metrics["gold"] = common.all_reduce_mean(sum(gold) / len(gold))

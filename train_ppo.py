@@ -212,30 +212,35 @@ def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
-def loss_normalizer(mask, mode="token_mean"):
+def loss_normalizer(mask, mode="token_mean", budget=None):
     """
     The denominator of aggregate_loss for a whole (mini)batch, counted over EVERY rank under DDP
     (a collective): valid tokens (token_mean), sequences (seq_mean_token_mean), or sequences x
-    the padded length T (seq_mean_token_sum_norm; T the largest of the ranks'). Pass it as
-    aggregate_loss's `total` in each micro-batch: their losses then sum to the loss of the whole
-    batch in one process, however it is split into micro-batches and ranks.
+    the generation budget (seq_mean_token_sum_norm; budget = max_new_tokens, by default the
+    padded length T, the largest of the ranks'). Pass it as aggregate_loss's `total` in each micro-batch: their losses then
+    sum to the loss of the whole batch in one process, however it is split into micro-batches
+    and ranks.
     """
     if mode == "token_mean":
         return common.all_reduce_sum(mask.sum().float())
     n = common.all_reduce_sum(torch.tensor(float(mask.size(0)), device=mask.device))
     if mode == "seq_mean_token_mean":
         return n
-    return n * common.all_reduce_max(torch.tensor(float(mask.size(1)), device=mask.device))
+    if budget is None:  # the padded length, the largest of the ranks'
+        budget = common.all_reduce_max(torch.tensor(float(mask.size(1)), device=mask.device))
+    return n * budget
 
 
-def aggregate_loss(per_token, mask, mode="token_mean", total=None):
+def aggregate_loss(per_token, mask, mode="token_mean", total=None, budget=None):
     """
     A scalar loss from per-token losses (B, T) and the mask of valid response tokens:
       token_mean               sum_i,t m*x / sum_i,t m: every token weighs the same (DAPO)
       seq_mean_token_mean      1/B sum_i (sum_t m*x / |o_i|): each answer weighs the same, so a
                                token of a short answer weighs more (GRPO, Shao et al. 2024, eq. 3)
-      seq_mean_token_sum_norm  sum_i,t m*x / (B * T), T the padded length: a constant
-                               normaliser without GRPO's length bias (Dr. GRPO, Liu et al. 2025)
+      seq_mean_token_sum_norm  sum_i,t m*x / (B * L), L the generation budget (max_new_tokens;
+                               by default the padded length T): a constant normaliser, so a token
+                               weighs the same whatever the batch's longest answer, without
+                               GRPO's length bias (Dr. GRPO, Liu et al. 2025)
     total: the denominator (loss_normalizer of the whole batch) when per_token is one
     micro-batch of it; by default this batch's own.
     """
@@ -248,7 +253,7 @@ def aggregate_loss(per_token, mask, mode="token_mean", total=None):
         raise ValueError(f"unknown loss aggregation {mode!r}: expected one of {AGGREGATIONS}")
     if total is None:
         total = {"token_mean": mask.sum(), "seq_mean_token_mean": mask.size(0)}.get(
-            mode, mask.size(0) * mask.size(1))
+            mode, mask.size(0) * (mask.size(1) if budget is None else budget))
     return numerator / torch.as_tensor(total, dtype=per_token.dtype).clamp(min=1)
 
 
@@ -419,6 +424,8 @@ class Rollout:
     has_eos: torch.Tensor        # (B,) bool
     prompts: list                # B prompt texts
     responses: list              # B response texts (decode_response)
+    loss_mask: torch.Tensor = None  # (B, N) the tokens the update trains on, when not resp_mask
+                                    # (GRPO's 'mask' mode leaves answers without an EOS out)
 
 
 @torch.no_grad()
@@ -486,14 +493,16 @@ def ppo_update(ro, advantages, returns, policy, optimizer, cfg, rt, step, critic
     estimator kl_estimator) and its loss aggregation. train_policy=False updates the critic alone
     (its warm-up). `step` names the iteration in a non-finite error. Returns the mean statistics.
     """
-    B, stats = ro.seq.size(0), []
+    B, stats, losses = ro.seq.size(0), [], []
+    loss_mask = ro.resp_mask if ro.loss_mask is None else ro.loss_mask  # (B, N)
     for _ in range(cfg.num_iterations):
         for rows in torch.randperm(B).to(rt.device).split(cfg.minibatch_size):
-            total = loss_normalizer(ro.resp_mask[rows], loss_agg)  # over every rank's rows
-            n_tokens = loss_normalizer(ro.resp_mask[rows], "token_mean")
-            mb_loss = 0.0
+            # over every rank's rows; Dr. GRPO's constant is rows x max_new_tokens
+            total = loss_normalizer(loss_mask[rows], loss_agg, cfg.max_new_tokens)
+            n_tokens = loss_normalizer(loss_mask[rows], "token_mean")
+            mb_loss, parts = 0.0, {}  # parts: this rank's shares of the minibatch's losses
             for mb in rows.split(cfg.micro_batch_size):
-                m = ro.resp_mask[mb]
+                m = loss_mask[mb]
                 with rt.autocast:
                     logprobs, entropy, values = policy_forward(
                         policy, ro.seq[mb], ro.mask[mb], ro.P, cfg.temperature, critic,
@@ -501,33 +510,41 @@ def ppo_update(ro, advantages, returns, policy, optimizer, cfg, rt, step, critic
                 loss, clipfrac, approx_kl, ratio = ppo_policy_loss(
                     logprobs, ro.logprobs[mb], advantages[mb], m, cfg.epsilon_low,
                     cfg.epsilon_high, loss_agg, total)
-                s = dict(pg_loss=loss.detach(), clipfrac=clipfrac, approx_kl=approx_kl,
-                         ratio_mean=masked_mean(ratio, m),
+                share = dict(pg_loss=loss.item())
+                s = dict(clipfrac=clipfrac, approx_kl=approx_kl, ratio_mean=masked_mean(ratio, m),
                          ratio_var=masked_mean((ratio - masked_mean(ratio, m)) ** 2, m))
                 if kl_coef > 0:  # GRPO: the KL to the reference is a term of the loss
                     kl = aggregate_loss(kl_penalty(logprobs, ro.ref_logprobs[mb], kl_estimator),
                                         m, loss_agg, total)
-                    loss, s["kl_loss"] = loss + kl_coef * kl, kl.detach()
+                    loss, share["kl_loss"] = loss + kl_coef * kl, kl.item()
                 if cfg.ent_coef > 0:
                     loss = loss - cfg.ent_coef * aggregate_loss(entropy, m, "token_mean", n_tokens)
                 loss = loss if train_policy else loss.detach()
                 if critic is not None:
                     vf_loss, s["vclipfrac"] = ppo_value_loss(values, ro.values[mb], returns[mb], m,
                                                              cfg.cliprange_value, n_tokens)
-                    loss, s["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.detach()
+                    loss, share["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.item()
                 if loss.requires_grad:
                     loss.backward()
                 mb_loss += loss.item()
                 stats.append(s)
+                parts = {k: parts.get(k, 0.0) + v for k, v in share.items()}
+            losses.append(parts)
             if not train_policy:  # a shared critic's value loss reached the frozen trunk
                 optimizer.zero_grad(set_to_none=True)
             for model, opt in ((policy, optimizer), (critic, critic_optimizer)):
                 if model is not None and (train_policy or model is critic):
                     all_reduce_grads(model)
                     common.optimizer_step(model, opt, cfg.grad_clip, step, mb_loss)
-    # every rank has as many micro-batches: the mean over ranks is the mean over all of them
-    return {k: common.all_reduce_mean(torch.stack([s[k] for s in stats]).float().mean().item())
-            for k in stats[0]}
+    # the ratio statistics: every rank has as many micro-batches, so the mean over ranks is the
+    # mean over all of them; the losses: each micro-batch holds its share of its minibatch's
+    # loss, so the shares sum (over micro-batches and ranks) to the minibatch's loss, averaged
+    # over the minibatches
+    out = {k: common.all_reduce_mean(torch.stack([s[k] for s in stats]).float().mean().item())
+           for k in stats[0]}
+    out.update({k: common.all_reduce_sum(sum(p[k] for p in losses) / len(losses))
+                for k in losses[0]})
+    return out
 
 
 def rollout_metrics(ro, beta, kl_k1, kl_k3):

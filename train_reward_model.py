@@ -263,18 +263,26 @@ def pair_rewards(model, batch, autocast):
 
 
 def rm_step(model, micro_batches, cfg, rt):
-    """Forward and backward of one optimizer step's micro-batches (collate_pairs or
-    collate_rankings dicts on the device), each holding batch_size pairs or rankings. Returns the step's metrics (reward_model_loss's),
-    averaged over the micro-batches."""
+    """
+    Forward and backward of one optimizer step's micro-batches (collate_pairs, collate_rankings
+    or collate_shared_prompt dicts on the device), each holding batch_size pairs or rankings.
+    Each micro-batch is weighted by its share of the step's pairs, counted over every rank: the
+    step's loss is the mean over all of its pairs, however they are split into micro-batches
+    and ranks (whole rankings hold 1 to C(K, 2) pairs each, so a plain mean of micro-batch means
+    would weigh a lone pair as much as a ranking of ten). Returns this rank's share of the
+    step's metrics (reward_model_loss's, pair-weighted): their all-reduced sum is the step's.
+    """
+    n_pairs = max(common.all_reduce_sum(float(sum(b["margin"].numel() for b in micro_batches))), 1)
     sums = {}
     for k, batch in enumerate(micro_batches):
         with common.no_sync_unless(model, k == len(micro_batches) - 1):
-            rc, rr = pair_rewards(model, batch, rt.autocast)  # (B,), (B,)
+            rc, rr = pair_rewards(model, batch, rt.autocast)  # (P,), (P,)
             loss, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                         cfg.center_coef)
-            (loss / len(micro_batches)).backward()
+            weight = rc.numel() / n_pairs
+            (loss * weight * rt.world_size).backward()  # DDP averages ranks; the mean needs the sum
         for key, v in m.items():
-            sums[key] = sums.get(key, 0.0) + v / len(micro_batches)
+            sums[key] = sums.get(key, 0.0) + v * weight
     return sums
 
 
@@ -418,7 +426,7 @@ def main(argv=None):
         grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1,
                                           metrics["loss"])
         step += 1
-        train_metrics = {k: common.all_reduce_mean(v) for k, v in metrics.items()}
+        train_metrics = {k: common.all_reduce_sum(v) for k, v in metrics.items()}
         if step % cfg.log_interval == 0 or step == 1 or step == max_iters:
             run.log(step, **train_metrics, lr=lr, grad_norm=grad_norm,
                     ms_per_iter=round(1000 * (time.time() - t0), 1))

@@ -279,6 +279,27 @@ def test_reward_model_two_processes_finish_and_equal_one(world, tmp_path):
     # reward_bias) differ between any two summation orders, one process or two
     assert_same_weights(one, two, skip=("head.bias", "transformer.ln_f.bias", "reward_bias"))
 
+@pytest.mark.slow
+def test_reward_model_rankings_of_different_sizes_two_processes_equal_one(world, tmp_path):
+    # whole rankings of 10 pairs and 1 pair: a rank's mean would weigh the lone pair as much as
+    # the ten; weighted by the all-reduced pair count, 2 processes = 1 process = 2 micro-batches
+    from test_reward_model import UNEVEN_RANKINGS
+    rows = [UNEVEN_RANKINGS[i % 2] for i in range(8)]  # every global batch: one of each
+    data = write_jsonl(tmp_path / "rankings.jsonl", rows)
+    args = [f"--init_from={world / 'sft.pt'}", f"--train_data={data}",
+            f"--val_data={world / 'prefs_val.jsonl'}", f"--bias_data={world / 'sft_train.jsonl'}",
+            "--device=cpu", "--dtype=float32", "--block_size=96", "--max_iters=3",
+            "--warmup_iters=0", "--lr=1e-4", "--log_interval=1", "--eval_interval=3",
+            "--length_buckets=False", "--group_rankings=True"]
+    two = tmp_path / "two"
+    torchrun(os.path.join(ROOT, "train_reward_model.py"), [f"--out_dir={two}", "--batch_size=1", *args])
+    for name, batch in (("one_accum", ["--batch_size=1", "--grad_accum=2"]),
+                        ("one_batch", ["--batch_size=2", "--grad_accum=1"])):
+        train_reward_model.main([f"--out_dir={tmp_path / name}", *batch, *args])
+        for key in ("loss", "margin"):
+            assert_same_series(read_log(tmp_path / name), read_log(two), key)
+
+
 # -----------------------------------------------------------------------------
 # PPO: each rank rolls out its own prompts; the decisions are taken on global numbers
 

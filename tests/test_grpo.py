@@ -228,3 +228,88 @@ def test_aggregations_over_two_ranks_equal_one_process(tmp_path):
     for mode in train_ppo.AGGREGATIONS:  # one process holds the union, padded to 6
         whole = aggregate_loss(x, mask, mode).item()
         assert ranks[0][mode] + ranks[1][mode] == pytest.approx(whole, abs=1e-6), mode
+
+# -----------------------------------------------------------------------------
+# numbers that mean what their names say (the second review)
+
+
+def test_kl_penalised_scores_use_the_chosen_estimator_by_hand():
+    # log r = ref - lp = [-0.5, 1.0] on the first row (both tokens valid), [2.0] on the second
+    lp = torch.tensor([[-1.0, -2.0], [-3.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0], [-1.0, -9.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    scores = torch.tensor([1.0, 2.0])
+    k1 = [0.5 - 1.0, -2.0]
+    k2 = [0.5 * 0.25 + 0.5 * 1.0, 0.5 * 4.0]
+    k3 = [(math.exp(-0.5) - 1 + 0.5) + (math.exp(1.0) - 1 - 1.0), math.exp(2.0) - 1 - 2.0]
+    for est, kl in (("k1", k1), ("k2", k2), ("k3", k3)):
+        got = train_grpo.kl_penalised_scores(scores, lp, ref, mask, 0.1, est)
+        assert got.tolist() == pytest.approx([1.0 - 0.1 * kl[0], 2.0 - 0.1 * kl[1]]), est
+
+
+def test_kl_in_the_reward_follows_the_estimator(world, tmp_path):
+    # iteration 1 is on-policy (KL 0); iteration 2's advantages hold the estimator's KL
+    weights = {}
+    for est in ("k1", "k2"):
+        train_grpo.main(grpo_args(world, tmp_path / est, advantage="rloo", kl_estimator=est,
+                                  beta=0.5, lr=1e-2))
+        weights[est] = common.load_checkpoint(str(tmp_path / est / "ckpt_last.pt"))["model"]
+    assert any(not torch.equal(weights["k1"][k], weights["k2"][k]) for k in weights["k1"])
+
+
+def test_k1_in_the_loss_is_rejected(world, tmp_path):
+    with pytest.raises(common.ConfigError, match="zero expected gradient"):
+        train_grpo.main(grpo_args(world, tmp_path / "x", kl_in="loss", kl_estimator="k1"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "dr_grpo"])
+def test_logged_losses_do_not_depend_on_the_micro_batch_split(world, tmp_path, advantage):
+    # the same minibatch of 16 answers as one forward or four: the same pg_loss and kl_loss
+    out = {mbs: train_grpo.main(grpo_args(world, tmp_path / f"{advantage}{mbs}", max_iters=1,
+                                          advantage=advantage, micro_batch_size=mbs))
+           for mbs in (16, 4)}
+    for key in ("pg_loss", "kl_loss"):
+        assert out[4][key] == pytest.approx(out[16][key], rel=1e-5, abs=1e-7), key
+    assert out[16]["kl_loss"] == pytest.approx(0.0, abs=1e-6)  # on-policy: policy == reference
+
+
+def test_masked_answers_still_count_in_the_metrics(world, tmp_path):
+    # with 3 new tokens most answers are cut: 'mask' leaves them out of the loss, not the logs
+    logs = {}
+    for mode in ("mask", ""):
+        out = train_grpo.main(grpo_args(world, tmp_path / (mode or "none"), max_iters=1,
+                                        max_new_tokens=3, missing_eos_mode=mode, num_samples=2,
+                                        sample_interval=1))
+        tokens = [json.loads(l) for l in open(tmp_path / (mode or "none") / "tokens.jsonl")]
+        logs[mode] = (out["resp_len"], out["eos_rate"], [t["tokens"] for t in tokens])
+    assert logs["mask"] == logs[""]  # the same rollout, the same metrics
+    assert logs["mask"][1] < 1 and logs["mask"][0] > 1.5  # cut answers are counted as written
+
+
+def test_no_signal_is_measured_on_what_the_advantages_see(world, tmp_path, monkeypatch):
+    # RLOO's rewards hold the KL: the share of groups without signal is of those rewards
+    seen = {}
+    for name in ("group_advantages", "no_signal_share"):
+        fn = getattr(train_grpo, name)
+        monkeypatch.setattr(train_grpo, name, lambda s, *a, _fn=fn, _n=name, **k:
+                            seen.setdefault(_n, []).append(s.clone()) or _fn(s, *a, **k))
+    train_grpo.main(grpo_args(world, tmp_path / "rloo", advantage="rloo", beta=0.5, lr=1e-2))
+    assert len(seen["no_signal_share"]) == len(seen["group_advantages"]) == 2
+    for a, b in zip(seen["group_advantages"], seen["no_signal_share"]):
+        assert torch.equal(a, b)
+
+
+def test_dr_grpo_divides_by_the_generation_budget_not_the_padded_width():
+    # one 5-token answer weighs 1 / (rows x max_new_tokens) per token, whatever the batch's width
+    weights = []
+    for width in (12, 64):
+        x = torch.ones(2, width, requires_grad=True)
+        m = torch.zeros(2, width)
+        m[0, :5], m[1, :width] = 1, 1
+        total = train_ppo.loss_normalizer(m, "seq_mean_token_sum_norm", budget=64)
+        aggregate_loss(x, m, "seq_mean_token_sum_norm", total).backward()
+        weights.append(x.grad[0, 0].item())
+    assert weights == pytest.approx([1 / (2 * 64)] * 2)
+    assert aggregate_loss(torch.ones(1, 4), torch.ones(1, 4), "seq_mean_token_sum_norm",
+                          budget=10).item() == pytest.approx(0.4)

@@ -288,3 +288,43 @@ def test_resume_gives_the_same_weights(small_prefs):
     rows = [json.loads(l) for l in open(sft)]
     s = score(model, [r["prompt"] for r in rows], [r["response"] for r in rows])
     assert abs(s.mean().item()) < 1e-4
+
+
+# rankings of very different sizes: 10 pairs (5 answers) and 1 pair (2 answers)
+UNEVEN_RANKINGS = [
+    dict(prompt="What does a dog say?", ranks=[1, 2, 3, 4, 5],
+         responses=["A dog says woof. Happy to help!", "A dog says woof.", "Um, a dog says woof.",
+                    "A dog says moo.", "Whatever."]),
+    dict(prompt="What color is a lime?", ranks=[1, 2],
+         responses=["A lime is green. Glad to help!", "A lime is red. Duh."])]
+
+
+def test_a_step_is_the_mean_over_its_pairs_however_it_is_split(tmp_path):
+    # one micro-batch of both rankings, or one micro-batch per ranking: each of the 11 pairs
+    # weighs 1/11 either way (a mean of micro-batch means would give the lone pair 1/2)
+    from data import loader
+    from types import SimpleNamespace
+    enc = get_tokenizer("byte")
+    pairs = loader.load_preferences(write_jsonl(tmp_path / "r.jsonl", UNEVEN_RANKINGS), enc, 128)
+    by_record = [[p for p in pairs if p["record"][1] == line] for line in (1, 2)]
+    assert [len(x) for x in by_record] == [10, 1]
+    cfg = SimpleNamespace(use_margin=False, center_coef=0.0)
+    rt = SimpleNamespace(autocast=torch.autocast("cpu", enabled=False), world_size=1)
+    torch.manual_seed(0)
+    model = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
+    results = []
+    for micro in ([pairs], by_record):
+        model.zero_grad()
+        batches = [train_reward_model.collate_rankings(m, enc.eot_token) for m in micro]
+        metrics = train_reward_model.rm_step(model, batches, cfg, rt)
+        results.append((metrics, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (one, g1), (two, g2) = results
+    with torch.no_grad():  # the loss by hand: the mean of -log sigma(r_c - r_r) over 11 pairs
+        rc, rr = train_reward_model.pair_rewards(
+            model, train_reward_model.collate_rankings(pairs, enc.eot_token), rt.autocast)
+        want = -torch.nn.functional.logsigmoid(rc - rr).mean().item()
+    assert one["loss"] == pytest.approx(want, abs=1e-6)
+    for k in ("loss", "accuracy", "margin"):
+        assert two[k] == pytest.approx(one[k], abs=1e-6), k
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], atol=1e-6, rtol=0, msg=n)
