@@ -18,8 +18,12 @@ Per policy it reports:
     gold_reward   mean gold reward (data/toy/judge.py) of the answers      (toy world only)
     rm_score      mean reward-model score, read from the exact generated token ids
     win_rate_vs_{baseline}     share of prompts where the answer beats the baseline policy's
-                               answer to the SAME prompt under the gold judge (ties count half);
+                               answers to the SAME prompt under the gold judge (ties count half),
+                               the baseline's answers drawn on their own noise (baseline_draws
+                               per answer, averaged): the standard win rate of independent answers
     win_rate_vs_{baseline}_rm  the same under the reward model
+    win_rate_vs_{baseline}_shared (and _rm_shared) against the baseline's answer with the SAME
+                               noise: a coupled comparison, kept to show what coupling changes
     kl            mean over answers of sum_t log pi(y_t|x, y_<t) - log pi_ref(y_t|x, y_<t), on
                   the policy's own samples, response tokens and the EOS only, from logits / T
                   (train_ppo's log-probs and k1 estimate); for best-of-N the bound below
@@ -35,7 +39,8 @@ averaged first (they are not independent of each other).
 Best-of-N (`bonN:checkpoint` in --policies, or --bon_sweep=N_max for N = 1, 2, 4, ... N_max of
 the reference): N samples per prompt from the checkpoint, the one the reward model scores
 highest is the answer (the gold judge never chooses). Its KL to the base policy is reported as
-the analytic bound log N - (N - 1) / N (Beirami et al. 2024), not estimated. Sample j of prompt
+the analytic upper bound log N - (N - 1) / N (Beirami et al. 2024), loose where the base repeats
+answers; the sweep adds a plug-in estimate of the exact KL (best_of_n_kl). Sample j of prompt
 i sees the noise of (seed, i, j), so best-of-2 is a choice among the first two of best-of-4's.
 
 Writes {out_dir}/results.md (the table and a few answers side by side), results.json and
@@ -75,6 +80,7 @@ DEFAULTS = dict(
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint; '' = no reward-model scores
     reference="out/sft_toy/ckpt_best.pt",    # the KL anchor; '' = no KL
     baseline="sft",                          # win rates against this policy's answers; '' = none
+    baseline_draws=4,                        # the baseline's own-noise answers per answer (win rates)
     gold_judge="toy",                        # 'toy' (data/toy/judge.py) | '' (no gold reward)
     sweep="",                                # PPO/GRPO out_dir(s), comma-separated
     bon_sweep=0,                             # best-of-N of the reference for N = 1, 2, 4 .. this
@@ -119,6 +125,30 @@ def mean_and_stderr(x):
     return x.mean().item(), (x.std(correction=1) / math.sqrt(n)).item()
 
 
+def clustered_mean_and_stderr(x, clusters):
+    """
+    (mean, standard error) of a 1-D sequence whose items come in clusters that are not
+    independent, e.g. on-policy test pairs: ~20 pairs per prompt, sharing its answers. The mean
+    is the plain mean over items; the error is the cluster-robust one of a ratio estimator,
+        SE^2 = G / (G - 1) * sum_g (S_g - mean * n_g)^2 / N^2
+    (S_g, n_g: the sum and count of cluster g; G clusters, N items), which is mean_and_stderr's
+    when every cluster holds one item. clusters: a hashable label per item.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64).flatten()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    g = torch.tensor([ids[c] for c in clusters], dtype=torch.long)
+    n, G = x.numel(), len(ids)
+    if n == 0:
+        return math.nan, math.nan
+    mean = x.mean().item()
+    if G == 1:
+        return mean, math.nan
+    sums = torch.zeros(G, dtype=torch.float64).index_add_(0, g, x)
+    counts = torch.zeros(G, dtype=torch.float64).index_add_(0, g, torch.ones_like(x))
+    var = G / (G - 1) * ((sums - mean * counts) ** 2).sum().item() / n ** 2
+    return mean, math.sqrt(var)
+
+
 def win_outcomes(a, b):
     """Per item: 1 where a > b, 0.5 where a == b, 0 where a < b. a, b: (N,) scores of two
     answers to the same N prompts."""
@@ -135,9 +165,45 @@ def win_rate(a, b):
 
 def best_of_n_kl_bound(n):
     """KL(best-of-n || base) <= log n - (n - 1) / n (Beirami et al. 2024, "Theoretical guarantees
-    on the best-of-n alignment policy", Thm. 1; equality when no two samples tie): best-of-N's
-    KL is a function of N alone, whatever the reward."""
+    on the best-of-n alignment policy", Thm. 1): an upper bound, met with equality only when no
+    two samples can tie (a continuous distribution of rewards); when the base repeats answers it
+    is loose (16 equally likely answers at n = 64: exact 2.689, bound 3.175). best_of_n_kl gives
+    the exact value when the answers' probabilities are known."""
     return math.log(n) - (n - 1) / n
+
+
+def best_of_n_kl(probs, rewards, n):
+    """
+    The exact KL(best-of-n || base) of a discrete base distribution: probs (K,) of its distinct
+    answers, rewards (K,) the scores the choice is made by. With F(r) = P(reward <= r), the
+    best of n samples lands on reward level L with probability F(L)^n - F(L^-)^n (Beirami et
+    al. 2024, Lemma 1), shared among the level's answers in proportion to their base
+    probability (ties go to the earlier sample, which is any of them alike). Returns nats.
+    """
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    p = p / p.sum()
+    kl = 0.0
+    for level in torch.unique(r):
+        at = r == level
+        upper, lower = p[r <= level].sum().item(), p[r < level].sum().item()
+        mass = upper ** n - lower ** n  # P(the best of n is on this level)
+        if mass > 0:
+            share = p[at] / p[at].sum()
+            q = mass * share  # best-of-n's probability of each answer on the level
+            kl += (q * (q / p[at]).log()).sum().item()
+    return kl
+
+
+def best_of_n_kl_plugin(answers, rewards, n):
+    """best_of_n_kl of one prompt's empirical base distribution: answers (the N_max sampled
+    texts, repeats kept) and their rewards. A plug-in estimate (answers never sampled have
+    probability 0), below the truth when the base has answers the samples missed."""
+    counts, reward_of = {}, {}
+    for a, r in zip(answers, rewards):
+        counts[a] = counts.get(a, 0) + 1
+        reward_of[a] = r
+    return best_of_n_kl(list(counts.values()), [reward_of[a] for a in counts], n)
 
 
 def best_of_n(scores, n):
@@ -207,10 +273,10 @@ def pick_best_of_n(s, n, n_max, k):
 def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sampling):
     """Every answer of one policy to the rows (prompt-major, k per prompt): a GPT module, a
     checkpoint (anything common.init_policy takes), or bonN:checkpoint for best-of-N. cache maps
-    (checkpoint, answers per row) -> samples already drawn with these settings."""
+    (checkpoint, answers per row, rows, seed) -> samples already drawn with these settings."""
     m = re.fullmatch(r"bon(\d+)", name)
     n = int(m.group(1)) if m else 1
-    key = (source, n) if isinstance(source, str) else None
+    key = (source, n, len(rows), sampling.get("seed")) if isinstance(source, str) else None
     if key in cache:
         print0(f"{name}: the answers of {source}, drawn above")
         return cache[key]
@@ -239,7 +305,8 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
 
 
 def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gold_fn=None,
-                  baseline=None, num_samples_per_prompt=1, cache=None, **sampling):
+                  baseline=None, num_samples_per_prompt=1, cache=None, baseline_draws=4,
+                  **sampling):
     """
     Evaluate several policies on the same prompts with the same sampling noise.
     policies: {name: checkpoint path (anything common.init_policy takes) or a GPT module on the
@@ -250,6 +317,11 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
     saves re-generating a checkpoint evaluated earlier with the same settings; sampling:
     generate_and_score's keyword arguments (max_new_tokens, temperature, top_k, top_p,
     batch_size, seed, device, autocast).
+    Win rates: every policy answers with the same noise, which is right for means, but a win
+    rate is a property of a PAIR of answers, and the same noise makes the two answers of a pair
+    dependent (they share a random stream). The win rate reported is the standard one, against
+    baseline_draws answers of the baseline drawn on their own noise (seed + 1) and averaged; the
+    coupled one, against the baseline's answer with the same noise, is kept as *_shared.
     Returns {name: metrics}; metrics hold the summary numbers of the module docstring, with
     their *_stderr, and 'samples' (every answer and its scores, prompt-major).
     """
@@ -257,31 +329,45 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
     rows = [p["ids"] for p in prompts for _ in range(k)]  # prompt-major: row i * k + j
     texts = [p["prompt"] for p in prompts for _ in range(k)]
     cache = {} if cache is None else cache
-    samples = {}
-    for name, source in policies.items():
+
+    def answers(name, source, rows, k, reference, sampling):
         s = dict(sample_policy(name, source, rows, enc, reward_model, reference, k, cache,
                                sampling))
         s["response"] = [decode_response(enc, t) for t in s["tokens"]]
-        s["gold"] = [float(gold_fn(p, r)) for p, r in zip(texts, s["response"])] if gold_fn else None
-        samples[name] = s
+        n = len(rows) // len(texts)  # answers per row of texts
+        s["gold"] = [float(gold_fn(texts[r // n], a)) for r, a in enumerate(s["response"])] \
+            if gold_fn else None
+        return s
+
+    samples = {name: answers(name, source, rows, k, reference, sampling)
+               for name, source in policies.items()}
+    base = samples.get(baseline) if baseline else None
+    if base is not None:  # the baseline again, baseline_draws answers per row on its own noise
+        M = baseline_draws
+        other = answers(baseline, policies[baseline], [r for r in rows for _ in range(M)], k * M,
+                        None, dict(sampling, seed=sampling.get("seed", 1337) + 1))
 
     def per_prompt(values):  # (n * k,) -> (n,): answers to one prompt are averaged first
         return torch.as_tensor(values, dtype=torch.float64).view(-1, k).mean(1)
 
     results = {}
-    base = samples.get(baseline) if baseline else None
     for name, s in samples.items():
         m = {}
         for key, field in (("gold_reward", "gold"), ("rm_score", "rm"), ("kl", "kl")):
             mean, se = mean_and_stderr(per_prompt(s[field])) if s[field] else (None, None)
             m[key], m[f"{key}_stderr"] = mean, se
         for suffix, field in (("", "gold"), ("_rm", "rm")):
-            key = f"win_rate_vs_{baseline or 'baseline'}{suffix}"
-            mean, se = None, None
-            if base is not None and s[field]:
-                # answer j to prompt i against the baseline's answer j to the same prompt
-                mean, se = mean_and_stderr(per_prompt(win_outcomes(s[field], base[field])))
-            m[key], m[f"{key}_stderr"] = mean, se
+            for coupling in ("", "_shared"):
+                key = f"win_rate_vs_{baseline or 'baseline'}{suffix}{coupling}"
+                mean, se = None, None
+                if base is not None and s[field]:
+                    if coupling:  # answer j to prompt i against the baseline's same-noise answer
+                        wins = win_outcomes(s[field], base[field])
+                    else:  # ... against M answers of the baseline's own, averaged
+                        wins = win_outcomes(torch.tensor(s[field]).repeat_interleave(M),
+                                            other[field]).view(-1, M).mean(1)
+                    mean, se = mean_and_stderr(per_prompt(wins))
+                m[key], m[f"{key}_stderr"] = mean, se
         m["kl_is_bound"] = bool(re.fullmatch(r"bon\d+", name))
         m["distinct"] = len(set(s["response"]))
         m["length"] = sum(s["length"]) / len(s["length"])
@@ -294,8 +380,9 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
 @torch.inference_mode()
 def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autocast=None):
     """Share of preference pairs (data.loader.load_preferences) where the reward model scores
-    the chosen answer above the rejected one, ties half; returns (accuracy, stderr). The pairs
-    are batched by length, each prompt computed once for both answers
+    the chosen answer above the rejected one, ties half; returns (accuracy, stderr), the error
+    clustered by prompt (a prompt's pairs share its answers: clustered_mean_and_stderr). The
+    pairs are batched by length, each prompt computed once for both answers
     (loader.collate_shared_prompt): the scores of separate rows, for fewer positions."""
     autocast = autocast or nullcontext()
     order = sorted(range(len(pairs)), key=lambda i: loader.pair_length(pairs[i]))
@@ -309,7 +396,9 @@ def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autoca
         chosen.append(rc.cpu())
         rejected.append(rr.cpu())
     reward_model.train(was_training)
-    return mean_and_stderr(win_outcomes(torch.cat(chosen), torch.cat(rejected)))
+    ids, mask = zip(*(pairs[i]["chosen"] for i in order))  # a pair's prompt: its 0-mask ids
+    prompts = [tuple(x[:m.index(1)]) for x, m in zip(ids, mask)]
+    return clustered_mean_and_stderr(win_outcomes(torch.cat(chosen), torch.cat(rejected)), prompts)
 
 # -----------------------------------------------------------------------------
 # the report
@@ -365,17 +454,19 @@ def cell(text, width=120):
 def results_table(results, baseline, rm_acc):
     win = f"win_rate_vs_{baseline or 'baseline'}"
     lines = [f"| policy | gold reward | RM score | win vs {baseline or '-'} (gold) | "
-             f"win vs {baseline or '-'} (RM) | KL | distinct | length | EOS rate |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"win vs {baseline or '-'} (RM) | win (gold), same noise | KL | distinct | length | "
+             f"EOS rate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in results.items():
         kl = f"≤ {m['kl']:.3f} (bound)" if m["kl_is_bound"] else fmt(m["kl"], m["kl_stderr"])
         lines.append(f"| {name} | {fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
                      f"{fmt(m['rm_score'], m['rm_score_stderr'])} | "
                      f"{fmt(m[win], m[f'{win}_stderr'])} | "
-                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | {kl} | {m['distinct']} | "
-                     f"{m['length']:.1f} | {m['eos_rate']:.2f} |")
+                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | "
+                     f"{fmt(m[f'{win}_shared'], m[f'{win}_shared_stderr'])} | {kl} | "
+                     f"{m['distinct']} | {m['length']:.1f} | {m['eos_rate']:.2f} |")
     for path, (acc, se, n) in rm_acc.items():
-        lines += ["", f"Reward-model accuracy on {n} held-out pairs of {path}: {fmt(acc, se)}"]
+        lines += ["", f"Reward-model accuracy on {n} held-out pairs of {path}: {fmt(acc, se)} "
+                      f"(standard error clustered by prompt)"]
     return "\n".join(lines)
 
 
@@ -479,7 +570,7 @@ def main(argv=None):
     def evaluate(named):
         return eval_policies(named, prompts, enc, reward_model, reference, gold_fn,
                              cfg.baseline if cfg.baseline in named else None, k, cache,
-                             **sampling)
+                             cfg.baseline_draws, **sampling)
 
     # -------------------------------------------------------------------------
     # the policies, and the reward model's accuracy on each held-out pair file
@@ -534,10 +625,11 @@ def main(argv=None):
                for (name, m), (_, it, _) in zip(res.items(), points)]
         if cfg.bon_sweep:
             sweep["bon"] = best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling)
-            md += ["", "| best-of-N | KL bound | gold reward | RM score |", "|---|---|---|---|"]
-            md += [f"| {n} | {kl:.3f} | {fmt(g, gs)} | {fmt(r, rs)} |" for n, kl, g, gs, r, rs in
-                   zip(*(sweep["bon"][key] for key in ("n", "kl", "gold", "gold_stderr", "rm",
-                                                       "rm_stderr")))]
+            md += ["", "| best-of-N | KL bound | KL, plug-in estimate | gold reward | RM score |",
+                   "|---|---|---|---|---|"]
+            md += [f"| {n} | {kl:.3f} | {kp:.3f} | {fmt(g, gs)} | {fmt(r, rs)} |"
+                   for n, kl, kp, g, gs, r, rs in zip(*(sweep["bon"][key] for key in (
+                       "n", "kl", "kl_plugin", "gold", "gold_stderr", "rm", "rm_stderr")))]
         write_json(os.path.join(cfg.out_dir, "overoptimization.json"), sweep)
         out["sweep"] = sweep
         md.append("")
@@ -557,7 +649,9 @@ def main(argv=None):
 
 def best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling):
     """Gao et al.'s best-of-N curve: N = 1, 2, 4, ... bon_sweep answers of the reference per
-    prompt, drawn once (bon_sweep of them), each N choosing among its first N."""
+    prompt, drawn once (bon_sweep of them), each N choosing among its first N. Its KL: the
+    bound, and the exact KL of each prompt's empirical distribution of its bon_sweep answers
+    (best_of_n_kl_plugin), averaged: below the bound where the base repeats answers."""
     n_max = cfg.bon_sweep
     policy, _ = common.init_policy(cfg.reference)
     policy.to(sampling["device"]).eval()
@@ -567,13 +661,18 @@ def best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling):
     drawn = generate_and_score(policy, rows, enc, reward_model, None, **sampling,
                                samples_per_prompt=n_max)
     texts = [p["prompt"] for p in prompts]
-    out = dict(n=[], kl=[], gold=[], gold_stderr=[], rm=[], rm_stderr=[])
+    # each prompt's empirical base distribution (its n_max answers), for the plug-in KL
+    drawn_text = [decode_response(enc, t) for t in drawn["tokens"]]
+    per_prompt = [(drawn_text[i * n_max:(i + 1) * n_max], drawn["rm"][i * n_max:(i + 1) * n_max])
+                  for i in range(len(prompts))]
+    out = dict(n=[], kl=[], kl_plugin=[], gold=[], gold_stderr=[], rm=[], rm_stderr=[])
     n = 1
     while n <= n_max:
         s = pick_best_of_n(drawn, n, n_max, 1)
         responses = [decode_response(enc, t) for t in s["tokens"]]
         gold = [gold_fn(p, r) for p, r in zip(texts, responses)] if gold_fn else []
-        for key, v in (("n", n), ("kl", best_of_n_kl_bound(n))):
+        plugin = sum(best_of_n_kl_plugin(a, r, n) for a, r in per_prompt) / len(per_prompt)
+        for key, v in (("n", n), ("kl", best_of_n_kl_bound(n)), ("kl_plugin", plugin)):
             out[key].append(v)
         for key, v in (("gold", mean_and_stderr(gold) if gold else (None, None)),
                        ("rm", mean_and_stderr(s["rm"]))):

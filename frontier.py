@@ -97,7 +97,7 @@ def run_args(cfg, method, beta, seed, run_dir):
         cmd += [f"--train_data={data}/onpolicy_unpaired.jsonl",
                 f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
     else:
-        cmd += [f"--train_data={data}/onpolicy_train.jsonl", f"--val_data={data}/prefs_val.jsonl"]
+        cmd += [f"--train_data={data}/onpolicy_train.jsonl", f"--val_data={data}/onpolicy_val.jsonl"]
     if cfg.budget == "mini":
         cmd += MINI["rl" if method in RL else "pairs"]
     resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
@@ -106,8 +106,10 @@ def run_args(cfg, method, beta, seed, run_dir):
 
 def gao_fit(d, r, form):
     """
-    Least-squares a, b of Gao et al.'s forms through the origin: R = d (a - b d) (best-of-N) or
-    R = d (a - b log d) (RL), i.e. R / d = a - b * f(d) with f = d or log d, over d > 0.
+    a, b of Gao et al.'s forms through the origin, R = d (a - b d) (best-of-N) or
+    R = d (a - b log d) (RL), fitted as a straight line R / d = a - b * f(d) (f = d or log d) by
+    ordinary least squares on R / d over the points with d > 0: it minimises the errors of R / d,
+    not of R (a point at small d weighs more than in a fit of R itself).
     Returns (a, b), or None with fewer than two points.
     """
     pts = [(x, y / x) for x, y in zip(d, r) if x > 0 and y is not None]

@@ -50,7 +50,8 @@ MINI = {
     "sft": ["--n_layer=1", "--n_head=2", "--n_embd=32", "--max_iters=4", "--warmup_iters=1",
             "--eval_interval=2", "--eval_examples=16", "--log_interval=1", "--num_samples=1",
             "--sample_tokens=8"],
-    "label": ["--max_prompts=96", "--k=4", "--k_eval=2", "--max_new_tokens=16"],
+    "label": ["--max_prompts=96", "--num_val_prompts=48", "--k=4", "--k_eval=2",
+              "--max_new_tokens=16"],
     "rm": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
            "--eval_examples=16", "--bias_examples=16", "--log_interval=1"],
     "rl": ["--max_iters=2", "--rollout_batch_size=8", "--minibatch_size=4",
@@ -155,7 +156,7 @@ def main(argv=None):
     # the static pairs: one pair per record, so pairs, one epoch, centred on the demonstrations
     rm_data = [f"--bias_data={data}/sft_train.jsonl", "--group_rankings=False", "--batch_size=32",
                "--num_epochs=1"]
-    policy, rankings = sft, []
+    policy, rankings, rm_val = sft, [], f"{data}/prefs_val.jsonl"
     for r in range(1, cfg.rounds + 1):
         tag = "" if r == 1 else f"_r{r}"
         if cfg.data == "onpolicy":
@@ -168,11 +169,12 @@ def main(argv=None):
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
+            rm_val = f"{data}/{prefix}_val.jsonl"  # the best checkpoint: on the policy's answers
         # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far
         rm = f"{d('rm' + tag)}/ckpt_best.pt"
         stages[f"rm{tag}"] = (rm_needs, [
             "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('rm' + tag)}",
-            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={data}/prefs_val.jsonl"]
+            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
             + rm_data + common_args + extra("rm"))
         # 5. PPO against the reward model, KL-anchored to the SFT policy
         stages[f"ppo{tag}"] = ([f"rm{tag}"], [
@@ -195,7 +197,7 @@ def main(argv=None):
                                 f"--out_dir={d('grpo_gold')}"] + rl),
     })
     # 7. the RL-free path on the same comparisons: DPO on the pairs, KTO on single answers
-    pair_data = [f"--val_data={data}/prefs_val.jsonl"] + common_args + extra("dpo")
+    pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
     if "kto" in methods:

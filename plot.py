@@ -10,7 +10,7 @@ and metric keys; held-out metrics prefixed 'val_'), the tokens.jsonl some of the
 {eval_dir}/overoptimization.json (eval.py --sweep / --bon_sweep), and writes:
     {name}.png            per run, by what wrote it: SFT loss; the reward model's loss, accuracy
                           and margin; PPO / GRPO score and gold reward, KL, entropy, clipping,
-                          length (GRPO also the share of groups with no signal); DPO / KTO loss,
+                          length (GRPO also the share of groups with no signal); DPO and KTO loss,
                           implicit rewards, accuracy and log-probs
     {name}_tokens.png     credit assignment per token of a few sampled answers: where the reward
                           lands and how the update spreads it (PPO: KL penalty, value, advantage,
@@ -70,21 +70,26 @@ FIGURES = {
         ("implicit-reward margin", ["margin", "val_margin"]),
         ("accuracy (chosen reward > rejected)", ["accuracy", "val_accuracy"]),
         ("log-probs of the answers", ["logps_chosen", "logps_rejected", "val_logps_chosen",
-                                      "val_logps_rejected", "logps_desirable",
-                                      "logps_undesirable"]),
-        ("implicit rewards", ["rewards_chosen", "rewards_rejected", "rewards_desirable",
-                              "rewards_undesirable", "val_rewards_desirable",
-                              "val_rewards_undesirable"]),
-        ("KTO reference point (KL estimate)", ["kl", "val_kl"])]),
+                                      "val_logps_rejected"]),
+        ("implicit rewards", ["rewards_chosen", "rewards_rejected"])]),
+    "kto": ("KTO", "step", [
+        ("loss", ["loss", "val_loss"]),
+        ("accuracy (answers on their side of the reference point)", ["accuracy", "val_accuracy"]),
+        ("log-probs of the answers", ["logps_desirable", "logps_undesirable",
+                                      "val_logps_desirable", "val_logps_undesirable"]),
+        ("implicit rewards", ["rewards_desirable", "rewards_undesirable",
+                              "val_rewards_desirable", "val_rewards_undesirable"]),
+        ("reference point (KL estimate)", ["kl", "val_kl"])]),
 }
 # the script that wrote a run, from the keys of its log (run names are free: rloo_toy, ...)
 KIND_KEYS = [("grpo", "no_signal"), ("ppo", "vf_loss"), ("dpo", "logps_chosen"),
-             ("dpo", "logps_desirable"), ("rm", "bt_loss"), ("sft", "loss")]
+             ("kto", "logps_desirable"), ("rm", "bt_loss"), ("sft", "loss")]
 MISSING_MATPLOTLIB = "plot.py needs matplotlib: pip install matplotlib"
 
 
 def run_kind(records):
-    """'sft', 'rm', 'ppo', 'grpo' or 'dpo': which script wrote these log records (or None)."""
+    """'sft', 'rm', 'ppo', 'grpo', 'dpo' or 'kto': which kind of run wrote these log records (or
+    None)."""
     keys = {k for r in records for k in r}
     return next((kind for kind, key in KIND_KEYS if key in keys), None)
 

@@ -58,7 +58,7 @@ DEFAULTS = dict(
     tokenizer="byte",                      # only used when init_from is not a checkpoint
     # data: JSONL preference pairs {"prompt", "chosen", "rejected"}
     train_data="data/toy/out/onpolicy_train.jsonl",  # several files: comma-separated
-    val_data="data/toy/out/prefs_val.jsonl",
+    val_data="data/toy/out/onpolicy_val.jsonl",
     block_size=128,                        # prompt + response tokens per sequence
     length_buckets=False,                  # batch pairs of similar length: less padding (HH)
     share_prompt=False,                    # a pair's prompt computed once for both answers
@@ -508,6 +508,9 @@ def load_data(cfg, enc):
     kto = cfg.loss_type == "kto"
     load = loader.load_unpaired if kto else loader.load_preferences
     train, val = load(cfg.train_data, enc, cfg.block_size), load(cfg.val_data, enc, cfg.block_size)
+    if kto:  # a fixed shuffle: a held-out batch mixes prompts, so its reference point pairs
+        # answers with many other prompts, not the few of a file's consecutive lines
+        val = [val[i] for i in torch.randperm(len(val), generator=torch.Generator().manual_seed(0))]
     val = val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
     common.print0(f"{len(train)} training {'answers' if kto else 'pairs'}, {len(val)} held-out, "
                   f"loss {cfg.loss_type}, tokenizer {enc.name}")

@@ -61,7 +61,7 @@ DEFAULTS = dict(
     tokenizer="byte",                      # only used with init_from='scratch'
     # data: JSONL pairs {"prompt", "chosen", "rejected"[, "margin"]} or K-wise rankings
     train_data="data/toy/out/onpolicy_train.jsonl",  # several files: comma-separated
-    val_data="data/toy/out/prefs_val.jsonl",
+    val_data="data/toy/out/onpolicy_val.jsonl",
     block_size=128,                        # prompt + response tokens per sequence
     # model (only for init_from='scratch')
     n_layer=4,

@@ -4,7 +4,7 @@
 out_dir = "out/dpo_toy"
 init_from = "out/sft_toy/ckpt_best.pt"
 train_data = "data/toy/out/onpolicy_train.jsonl"  # the rankings, as their pairs
-val_data = "data/toy/out/prefs_val.jsonl"
+val_data = "data/toy/out/onpolicy_val.jsonl"     # more of the same labels, other prompts
 block_size = 128
 
 loss_type = "sigmoid"

@@ -5,7 +5,7 @@
 out_dir = "out/rm_toy"
 init_from = "out/sft_toy/ckpt_best.pt"
 train_data = "data/toy/out/onpolicy_train.jsonl"  # the SFT policy's answers, ranked (label.py)
-val_data = "data/toy/out/prefs_val.jsonl"       # no flipped labels: accuracy against the truth
+val_data = "data/toy/out/onpolicy_val.jsonl"    # more of the same labels, other prompts: picks ckpt_best
 block_size = 128
 
 use_margin = False

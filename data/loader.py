@@ -462,18 +462,32 @@ def collate_shared_prompt(pairs, pad_id, by_record=False):
                 margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
 
 
+def mismatched_partners(examples):
+    """
+    For each example b, the index of the answer KTO's reference point pairs with its prompt: the
+    next example (cyclically) whose prompt is another one. Consecutive answers often share a
+    prompt (the labelling step writes a prompt's answers together), and an answer paired with
+    its own prompt estimates nothing of the KL; when every example has one prompt, b + 1.
+    """
+    B, out = len(examples), []
+    for b, e in enumerate(examples):
+        others = [(b + d) % B for d in range(1, B) if examples[(b + d) % B]["prompt"] != e["prompt"]]
+        out.append(others[0] if others else (b + 1) % B)
+    return out
+
+
 def collate_unpaired(examples, pad_id, block_size):
     """
     One KTO batch: a dict with idx, attention_mask, loss_mask (2B, T) and desirable (B,) bool.
     Rows 0..B-1 are the examples (prompt_b + completion_b); rows B..2B-1 the mismatched pairs
-    prompt_b + completion_(b+1 mod B), whose log-ratios estimate KTO's reference point
-    (Ethayarajh et al. 2024, sec. 4.1), prompts cut from the left to fit block_size.
+    prompt_b + the completion of another prompt (mismatched_partners), whose log-ratios
+    estimate KTO's reference point (Ethayarajh et al. 2024, sec. 4.1), prompts cut from the left
+    to fit block_size.
     """
-    B = len(examples)
     rows = [(e["prompt"] + e["completion"], [0] * len(e["prompt"]) + [1] * len(e["completion"]))
             for e in examples]
-    for b, e in enumerate(examples):
-        completion = examples[(b + 1) % B]["completion"]
+    for e, partner in zip(examples, mismatched_partners(examples)):
+        completion = examples[partner]["completion"]
         prompt = e["prompt"][max(0, len(e["prompt"]) + len(completion) - block_size):]
         rows.append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
     idx, attn, loss = collate(rows, pad_id)

@@ -326,3 +326,21 @@ def test_kto_drops_the_undesirable_answers(bandit):
     check(bandit, "kto", pi, outside, s, "kto")
     dropped = bandit.fixed["kto"] == 0
     assert dropped.sum() == 4 and pi[dropped].sum() < 0.01
+
+
+def test_best_of_n_exact_kl_on_the_bandit_is_below_the_bound():
+    # the bandit's answers are known with their probabilities: best-of-N's exact KL to pi_ref
+    # (eval.best_of_n_kl) beside Beirami et al.'s bound, and the exact KL against sampling
+    import eval as evaluate
+    pi, r = torch.tensor(prepare.PI_0, dtype=torch.float64), torch.tensor(REWARDS, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 4, 8, 16, 64):
+        exact, bound = evaluate.best_of_n_kl(pi, r, n), evaluate.best_of_n_kl_bound(n)
+        draws = torch.multinomial(pi.expand(100000, -1), n, replacement=True, generator=g)
+        best = draws.gather(1, r[draws].argmax(1, keepdim=True)).squeeze(1)
+        q = torch.bincount(best, minlength=len(pi)).double() / best.numel()
+        mc = (q[q > 0] * (q[q > 0] / pi[q > 0]).log()).sum().item()
+        print(f"N={n}: exact {exact:.4f}, bound {bound:.4f}, sampled {mc:.4f}")
+        assert exact == pytest.approx(mc, abs=5e-3) and exact <= bound + 1e-12
+    # eight answers: once N is large best-of-N is the best answer alone, KL = -log pi(best)
+    assert evaluate.best_of_n_kl(pi, r, 1000) == pytest.approx(-math.log(pi[r.argmax()]), abs=1e-6)

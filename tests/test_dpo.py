@@ -154,6 +154,21 @@ def test_kto_batches_pair_each_prompt_with_the_next_answer():
     assert b["loss_mask"].tolist()[2] == [0, 1, 1, 1] and b["desirable"].tolist() == [True, False]
 
 
+def test_kto_pairs_each_answer_with_another_prompt():
+    # the labelling step writes a prompt's answers one after another: the next answer would
+    # mostly be the same prompt's (82% of the held-out pairs), which estimates no KL at all
+    from data import loader
+    ex = [dict(prompt=[p], completion=[c, 256], desirable=True)
+          for p, c in ((1, 10), (1, 11), (1, 12), (2, 20), (2, 21), (3, 30))]
+    assert loader.mismatched_partners(ex) == [3, 3, 3, 5, 5, 0]
+    b = loader.collate_unpaired(ex, 256, block_size=8)
+    for r, m in zip(b["idx"][6:], b["attention_mask"][6:]):
+        prompt, answer, _ = r[m.bool()].tolist()
+        assert answer // 10 != prompt  # each answer is another prompt's
+    same = [dict(prompt=[1], completion=[c, 256], desirable=False) for c in (10, 11)]
+    assert loader.mismatched_partners(same) == [1, 0]  # one prompt only: the next answer
+
+
 def cfg_for(**kw):
     base = {k: v for k, v in train_dpo.DEFAULTS.items()}
     base.update(kw)
@@ -410,7 +425,10 @@ def test_precomputed_reference_and_exact_resume(toy, tmp_path):
 @pytest.mark.slow
 def test_shared_prompt_run_equals_the_plain_run(toy, tmp_path):
     # the same pairs, each prompt computed once for both answers (the reference's too, live and
-    # precomputed): the same losses and weights, to float32 rounding
+    # precomputed): the same losses to float32 rounding (the first step's gradients are pinned
+    # by test_shared_prompt_logprobs_and_gradients_equal_separate_rows), and weights to what
+    # Adam makes of that rounding (which differs between CPUs)
+    from conftest import assert_weights_within_adam_noise
     plain = run(toy, tmp_path / "plain")
     shared = run(toy, tmp_path / "shared", "--share_prompt=True")
     pre = run(toy, tmp_path / "pre", "--share_prompt=True", "--precompute_ref_logps=True")
@@ -418,8 +436,9 @@ def test_shared_prompt_run_equals_the_plain_run(toy, tmp_path):
         for k in ("loss", "margin", "logps_chosen", "logps_rejected", "val_loss", "val_margin"):
             assert res[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-5), k
     a = common.load_checkpoint(str(tmp_path / "plain" / "ckpt_last.pt"))["model"]
-    b = common.load_checkpoint(str(tmp_path / "shared" / "ckpt_last.pt"))["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    for name in ("shared", "pre"):
+        b = common.load_checkpoint(str(tmp_path / name / "ckpt_last.pt"))["model"]
+        assert_weights_within_adam_noise(a, b, lr=1e-3, steps=6, betas=(0.9, 0.95))
 
 
 @pytest.mark.slow

@@ -130,6 +130,60 @@ def test_sampling_noise_depends_on_prompt_and_sample_not_on_the_batch():
     assert first["tokens"] == runs[0]["tokens"][:8]
 
 
+def test_clustered_stderr_by_hand():
+    # one item per cluster: the plain standard error
+    x = [1.0, 0.0, 1.0, 1.0, 0.5]
+    assert evaluate.clustered_mean_and_stderr(x, range(5)) == pytest.approx(mean_and_stderr(x))
+    # clusters {a: 1, 1, 1}, {b: 0}, {c: 0, 1}: mean 4/6; S - mean n = 1, -2/3, -1/3
+    mean, se = evaluate.clustered_mean_and_stderr([1, 1, 1, 0, 0, 1], list("aaabcc"))
+    assert mean == pytest.approx(4 / 6)
+    assert se == pytest.approx(math.sqrt(3 / 2 * (1 + 4 / 9 + 1 / 9) / 36))
+    # pairs that share a prompt's answers are not independent: the error is larger
+    x = [1.0] * 10 + [0.0] * 10
+    assert evaluate.clustered_mean_and_stderr(x, [i // 10 for i in range(20)])[1] > \
+        mean_and_stderr(x)[1]
+
+
+def test_rm_accuracy_error_is_clustered_by_prompt():
+    from data import loader
+    enc = get_tokenizer("byte")
+    rows = [dict(prompt=p, chosen=c, rejected=r) for p in ("What color is a banana?", "2 + 3?")
+            for c, r in (("Yes.", "No."), ("A", "B"), ("Sure thing.", "Ugh."))]
+    pairs = loader.load_preferences(write_jsonl(os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "rm_acc_pairs.jsonl"), rows), enc, 64)
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(**TINY))
+    acc, se = evaluate.rm_accuracy(rm, pairs, enc.eot_token, batch_size=4)
+    batch = loader.collate_pairs(pairs, enc.eot_token)
+    import train_reward_model
+    rc, rr = train_reward_model.pair_rewards(rm, batch, torch.autocast("cpu", enabled=False))
+    wins = evaluate.win_outcomes(rc.detach(), rr.detach())
+    want = evaluate.clustered_mean_and_stderr(wins, [p["prompt"] for p in pairs])
+    assert (acc, se) == pytest.approx(want, abs=1e-9)
+
+
+def test_best_of_n_kl_exact_against_the_bound_and_by_sampling():
+    # 16 equally likely answers with distinct rewards at n = 64 (the review's example)
+    assert evaluate.best_of_n_kl([1] * 16, range(16), 64) == pytest.approx(2.6892, abs=1e-4)
+    assert evaluate.best_of_n_kl_bound(64) == pytest.approx(3.1745, abs=1e-4)
+    # many equally likely distinct answers: the bound is met in the limit
+    assert evaluate.best_of_n_kl([1] * 20000, range(20000), 8) == pytest.approx(
+        evaluate.best_of_n_kl_bound(8), abs=1e-3)
+    assert evaluate.best_of_n_kl([0.3, 0.7], [1.0, 2.0], 1) == pytest.approx(0.0, abs=1e-12)
+    # ties and unequal probabilities, against the best-of-n distribution by simulation
+    p, r, n = torch.tensor([0.5, 0.2, 0.2, 0.1]), torch.tensor([0.0, 1.0, 1.0, 2.0]), 3
+    g = torch.Generator().manual_seed(0)
+    draws = torch.multinomial(p.expand(200000, 4), n, replacement=True, generator=g)  # (S, n)
+    best = draws.gather(1, r[draws].argmax(1, keepdim=True)).squeeze(1)  # ties: the first
+    q = torch.bincount(best, minlength=4).double() / best.numel()
+    mc = (q * (q / p.double()).log()).sum().item()
+    assert evaluate.best_of_n_kl(p, r, n) == pytest.approx(mc, abs=3e-3)
+    assert evaluate.best_of_n_kl(p, r, n) < evaluate.best_of_n_kl_bound(n)
+    # the plug-in of sampled answers: repeats are one answer
+    assert evaluate.best_of_n_kl_plugin(["a", "a", "b", "c"], [0.0, 0.0, 1.0, 2.0], 2) == \
+        pytest.approx(evaluate.best_of_n_kl([2, 1, 1], [0.0, 1.0, 2.0], 2))
+
+
 # -----------------------------------------------------------------------------
 # end to end
 
@@ -184,8 +238,11 @@ def test_end_to_end_results(world, tmp_path):
         assert 0 <= m["eos_rate"] <= 1 and 1 <= m["length"] <= 8
     # the baseline, and the same checkpoint under another name (same seed: the same answers)
     for name in ("sft", "copy"):
-        assert pol[name]["win_rate_vs_sft"] == 0.5 and pol[name]["win_rate_vs_sft_rm"] == 0.5
+        assert pol[name]["win_rate_vs_sft_shared"] == 0.5
+        assert pol[name]["win_rate_vs_sft_rm_shared"] == 0.5
         assert pol[name]["kl"] == 0.0
+    for key in ("win_rate_vs_sft", "win_rate_vs_sft_rm"):  # both against the same other draws
+        assert pol["copy"][key] == pol["sft"][key] and 0 <= pol["sft"][key] <= 1
     assert pol["copy"]["gold_reward"] == pol["sft"]["gold_reward"]
     assert pol["other"]["kl"] != 0.0
     assert saved["rm_accuracy"] in (0.0, 0.5, 1.0) and saved["n_pairs"] == 2
@@ -211,15 +268,18 @@ def test_best_of_n_policy_and_sweep(world, tmp_path):
                                   f"bon4:{world}/a.pt", bon_sweep=4, max_new_tokens=6))
     pol = res["policies"]
     assert pol["bon1"]["gold_reward"] == pol["sft"]["gold_reward"]
-    assert pol["bon1"]["win_rate_vs_sft_rm"] == 0.5 and pol["bon1"]["kl"] == 0.0
+    assert pol["bon1"]["win_rate_vs_sft_rm_shared"] == 0.5 and pol["bon1"]["kl"] == 0.0
+    assert pol["bon1"]["win_rate_vs_sft_rm"] == pol["sft"]["win_rate_vs_sft_rm"]
     assert pol["bon4"]["kl"] == pytest.approx(math.log(4) - 0.75) and pol["bon4"]["kl_is_bound"]
     assert pol["bon4"]["rm_score"] >= pol["sft"]["rm_score"]  # the best of 4 by the RM
-    assert pol["bon4"]["win_rate_vs_sft_rm"] >= 0.5
+    assert pol["bon4"]["win_rate_vs_sft_rm_shared"] >= 0.5  # its first candidate is sft's answer
     bon = json.loads((out / "overoptimization.json").read_text())["bon"]
     assert bon["n"] == [1, 2, 4] and bon["kl"][0] == 0.0
     assert bon["rm"] == sorted(bon["rm"])  # more candidates never score lower under the RM
     assert bon["rm"][2] == pytest.approx(pol["bon4"]["rm_score"])  # the same 4 samples
     assert "≤ 0.636 (bound)" in (out / "results.md").read_text()
+    assert bon["kl_plugin"][0] == 0.0  # best-of-1 is the base policy
+    assert all(0 <= p <= b + 1e-12 for p, b in zip(bon["kl_plugin"], bon["kl"]))
 
 
 def test_config_errors_before_any_work(world, tmp_path):

@@ -4,6 +4,7 @@ reward, ties carry no pair, the output is deterministic and every file reads wit
 """
 
 import json
+import os
 import math
 import random
 from types import SimpleNamespace
@@ -199,3 +200,27 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         label.main([f"--policy={policy}", "--k=1"])
     with pytest.raises(common.ConfigError, match="policy="):
         label.main([f"--policy={tmp_path / 'missing.pt'}"])
+
+
+def test_a_validation_slice_of_other_prompts_leaves_the_training_labels_alone(tmp_path, monkeypatch):
+    # the reward model's best checkpoint is chosen on more labels of the same kind (the policy's
+    # answers, the same annotators) for the prompts drawn after the training ones
+    _, policy = tiny_policy(tmp_path)
+    texts = ["What color is a crow?", "What does a dog say?", "What is 2 plus 2?",
+             "What color is a lime?", "What does a cat say?", "What is 1 plus 3?"]
+    train = write_jsonl(tmp_path / "prompts_train.jsonl", [dict(prompt=p) for p in texts * 3])
+    monkeypatch.setattr(label, "sample_answers", fake_sampler)
+    files = {}
+    for n_val in (0, 6):
+        out = tmp_path / f"val{n_val}"
+        label.main([f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=",
+                    f"--out_dir={out}", "--k=4", "--max_prompts=12", f"--num_val_prompts={n_val}"])
+        files[n_val] = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    assert "onpolicy_val.jsonl" not in files[0] and "onpolicy_val.jsonl" in files[6]
+    assert all(files[6][n] == b for n, b in files[0].items())  # training labels unchanged
+    train_prompts = {json.loads(l)["prompt"] for l in files[6]["onpolicy_train.jsonl"].splitlines()}
+    val = [json.loads(l) for l in files[6]["onpolicy_val.jsonl"].splitlines()]
+    assert val and len(val) <= 6 and all(set(r["ranks"]) != {1} for r in val)
+    assert len(train_prompts) == 6  # the first 12 prompts hold 6 distinct questions
+    pairs = loader.load_preferences(str(tmp_path / "val6" / "onpolicy_val.jsonl"), ENC, 128)
+    assert pairs

@@ -38,7 +38,7 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     # the reward model's accuracy on the static test pairs and on noise-free on-policy pairs
     assert [os.path.basename(p) for p in res["rm_accuracies"]] == ["prefs_test.jsonl",
                                                                   "onpolicy_test.jsonl"]
-    assert res["policies"]["sft"]["win_rate_vs_sft"] == 0.5  # the baseline against itself
+    assert res["policies"]["sft"]["win_rate_vs_sft_shared"] == 0.5  # the baseline against itself
     assert res["policies"]["sft"]["kl"] == 0.0                # the reference is the SFT policy
     sweep = json.loads((out / "eval" / "overoptimization.json").read_text())
     # the reference at KL 0, then PPO's checkpoints, then GRPO's

@@ -114,3 +114,15 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
         plot.main([f"--runs={tmp_path}", f"--out_dir={tmp_path / 'plots'}"])
     assert e.value.code == 1
     assert "plot.py needs matplotlib: pip install matplotlib" in capsys.readouterr().err
+
+
+def test_a_kto_run_is_drawn_with_kto_titles():
+    # KTO has no chosen/rejected pairs: its accuracy is the share of answers on their side of
+    # the reference point, and its panels say so (they once had DPO's wording)
+    records = [dict(step=s, loss=0.5, accuracy=0.6, kl=0.1, logps_desirable=-3.0,
+                    logps_undesirable=-4.0, rewards_desirable=0.1, rewards_undesirable=-0.1)
+               for s in (1, 2)]
+    assert plot.run_kind(records) == "kto"
+    titles = [t for t, _ in plot.FIGURES["kto"][2]]
+    assert any("reference point" in t for t in titles) and not any("chosen" in t for t in titles)
+    assert not any("desirable" in k for _, keys in plot.FIGURES["dpo"][2] for k in keys)

@@ -26,6 +26,9 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
     {prefix}_train.jsonl     {"prompt", "responses", "ranks", "gold"}: noisy K-wise rankings of the
                              policy's answers to train_prompts (rank 1 = best, ties share a rank;
                              "gold" is the judge's score, for inspection: no stage reads it)
+    {prefix}_val.jsonl       the same kind of noisy rankings, of the next num_val_prompts training
+                             prompts: a held-out slice of the labels, on which the reward model's
+                             best checkpoint is chosen (its own kind of data: the policy's answers)
     {prefix}_test.jsonl      {"prompt", "chosen", "rejected"}: noise-free pairs of the policy's
                              answers to the held-out eval_prompts, from the gold order, ties left out
     {prefix}_unpaired.jsonl  {"prompt", "completion", "label"}: every distinct labelled answer,
@@ -67,6 +70,7 @@ DEFAULTS = dict(
     out_dir="data/toy/out",
     prefix="onpolicy",            # file names: {prefix}_train.jsonl, ...
     max_prompts=500,              # label the first N training prompts (-1 = all)
+    num_val_prompts=100,          # and the next N as a validation set (the RM's best checkpoint)
     k=8,                          # answers per training prompt (C(k, 2) comparisons at most)
     k_eval=8,                     # answers per held-out prompt for the test pairs
     tau=0.5,                      # annotator noise: P(a ranked above b) = sigma((g_a - g_b) / tau)
@@ -186,7 +190,8 @@ def main(argv=None):
         "tau": (lambda v: 0.01 <= v <= 1e6, "in [0.01, 1e6] (the annotators' noise temperature)"),
         "k": (lambda v: v >= 2, ">= 2: a ranking needs two answers"),
         "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
-        "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
+        "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
+        "num_val_prompts": (lambda v: v >= 0, ">= 0")})
     common.require_files(cfg, "policy", "train_prompts", "eval_prompts",
                          hint="python data/toy/prepare.py, then python train_sft.py")
     torch.manual_seed(cfg.seed)
@@ -196,12 +201,13 @@ def main(argv=None):
     enc = get_tokenizer(tok_name)
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
-            for name in ("train", "test", "unpaired", "unpaired_val", "samples")}
+            for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples")}
     t0 = time.time()
 
     # training prompts: K samples each, ranked by the noisy annotators
     prompts = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
-    prompts = prompts[:cfg.max_prompts] if cfg.max_prompts > 0 else prompts
+    n = len(prompts) if cfg.max_prompts < 0 else min(cfg.max_prompts, len(prompts))
+    prompts, val_prompts = prompts[:n], prompts[n:n + cfg.num_val_prompts]
     print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
           f"(temperature {cfg.temperature}, tau {cfg.tau})")
     answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
@@ -220,6 +226,17 @@ def main(argv=None):
         raise common.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
                                f"one gold value (is the policy trained?)")
     write_jsonl(path["train"], rankings)
+    if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
+        print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
+        val_answers = sample_answers(model, enc, val_prompts, cfg.k, cfg, 2, device)
+        val = [label_prompt(p["prompt"], ans, cfg.tau, random.Random(f"{cfg.seed}:val:{i}"))[0]
+               for i, (p, ans) in enumerate(zip(val_prompts, val_answers))]
+        val = [r for r in val if r is not None]
+        if not val:
+            raise common.DataError(f"{cfg.policy}: no comparison among the answers to the "
+                                   f"{len(val_prompts)} validation prompts (num_val_prompts): "
+                                   f"each prompt's answers share one gold value")
+        write_jsonl(path["val"], val)
     write_jsonl(path["unpaired"], unpaired)
     write_jsonl(path["samples"], samples)
 
@@ -249,7 +266,8 @@ def main(argv=None):
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
     for name, p in path.items():
-        if os.path.isfile(p) and (name not in ("test", "unpaired_val") or cfg.eval_prompts):
+        if os.path.isfile(p) and (name not in ("test", "unpaired_val") or cfg.eval_prompts) \
+                and (name != "val" or val_prompts):
             print(f"wrote {p}")
     print(f"done in {time.time() - t0:.1f}s")
 
