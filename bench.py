@@ -27,7 +27,7 @@ lengths, still gen_tokens new tokens each).
 
 --variants times other versions of the sft, rm and dpo steps beside the default one, call by
 call in turn (measure), as rows named stage_variant: full_logits runs the LM head at every
-position and common.token_logprobs on the (B, T, V) logits instead of common.trained_logprobs
+position and ops.token_logprobs on the (B, T, V) logits instead of ops.trained_logprobs
 (the path before GPT.forward's logits_at; sft and dpo); no_buckets draws the same epoch's batches
 without length bucketing (with --data); shared_prompt lays the same pairs out with each prompt
 once (share_prompt=True, loader.collate_shared_prompt; rm and dpo, the reference too, and
@@ -42,7 +42,7 @@ tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and p
     dpo             one step of train_dpo.py: pair_logprobs of the policy (one forward for chosen +
                     rejected), the reference's (inference mode), the DPO loss, backward, AdamW
     dpo_cached_ref  the same with precompute_ref_logps=True: the reference's log-probs are looked up
-    ppo_gen         train_ppo.rollout's generation: model.generate, prefill + KV-cache decoding
+    ppo_gen         rollout.rollout's generation: model.generate, prefill + KV-cache decoding
     ppo_gen_nocache the same tokens without a KV cache: the whole sequence again for every token
     ppo_score       the rest of rollout(): log-probs of policy and reference, reward model, critic
     ppo_update      rewards, GAE, whitening, then num_iterations clipped policy + value steps
@@ -91,23 +91,28 @@ import os
 import platform
 import time
 from contextlib import contextmanager, nullcontext
-from functools import lru_cache
+from functools import partial
 from types import SimpleNamespace
 
 import torch
 
-import common
+import config
+import layouts
+import ops
+import optim
+import rollout
+import runtime
 import train_dpo
 import train_grpo
 import train_ppo
 import train_reward_model
 import train_sft
-from data import loader
+from data.bench_rows import (GROUP, SIZES, batch_flops, checked_shapes, data_file, padding_share,
+                             real_positions, shared_prompt_batch, stage_batches, timed_batches)
 from model import GPT, GPTConfig, ScalarModel, sample_next
-from tokenizer import encode_prompt, encode_response, get_tokenizer
 
 # -----------------------------------------------------------------------------
-# default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
+# default config: the CPU comparison (dev/bench_trl.py runs Hugging Face TRL at the same sizes)
 DEFAULTS = dict(
     sizes="tiny,gpt2",          # comma-separated: micro (the tests) | tiny | gpt2 (124M)
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
@@ -130,55 +135,22 @@ DEFAULTS = dict(
     out="",                     # also write the results to this JSON file
 )
 
-# model shapes; vocab 257 is the byte tokenizer's, 50257 GPT-2's
-SIZES = dict(
-    micro=dict(n_layer=1, n_head=2, n_embd=32, vocab_size=257),
-    tiny=dict(n_layer=4, n_head=4, n_embd=128, vocab_size=257),
-    gpt2=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
-)
-STAGES = ("sft", "rm", "dpo", "ppo", "grpo")
-VARIANTS = ("full_logits", "no_buckets", "shared_prompt")
-HH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "hh", "out")
-GROUP = 4  # grpo: answers per prompt
-
 # -----------------------------------------------------------------------------
 # FLOPs, time and memory
 
 
-def forward_flops(config, T, lm_head=True):
-    """Forward FLOPs per token of a sequence of T tokens (PaLM appendix B, see the docstring)."""
-    L, d = config.n_layer, config.n_embd
-    weights = 12 * L * d * d + (d * config.vocab_size if lm_head else d)
-    return 2 * weights + 4 * L * T * d
-
-
-def batch_flops(config, attention_mask, loss_mask=None):
-    """
-    Forward FLOPs a batch needs (the docstring's count): each row's real tokens (attention_mask
-    1) through the trunk with attention over the row's own length, and the LM head at the
-    positions that predict a loss_mask token (those whose log-prob is read); loss_mask None: a
-    scalar head (ScalarModel), d weights per token. (B, T) masks -> FLOPs.
-    """
-    L, d = config.n_layer, config.n_embd
-    lengths = attention_mask.sum(1).tolist()
-    trunk = sum(n * (24 * L * d * d + 4 * L * n * d) for n in lengths)
-    if loss_mask is None:
-        return trunk + 2 * d * sum(lengths)
-    return trunk + 2 * d * config.vocab_size * int(loss_mask[:, 1:].sum())
-
-
-def sync(rt):
+def sync(proc):
     """Wait for the GPU, so that a wall-clock time covers the kernels it launched."""
-    if rt.device_type == "cuda":
+    if proc.device_type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(fn, rt):
+def timed(fn, proc):
     """(fn(), seconds it took, kernels included)."""
-    sync(rt)
+    sync(proc)
     t0 = time.perf_counter()
     out = fn()
-    sync(rt)
+    sync(proc)
     return out, time.perf_counter() - t0
 
 
@@ -200,10 +172,10 @@ def rss_mb(field):
     return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
 
 
-def start_memory(rt):
+def start_memory(proc):
     """Reset the peak-memory counter; returns the baseline that peak_memory_mb subtracts."""
     gc.collect()
-    if rt.device_type == "cuda":
+    if proc.device_type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return 0.0
@@ -219,13 +191,13 @@ def start_memory(rt):
     return rss_mb("VmRSS")
 
 
-def peak_memory_mb(rt, base):
-    if rt.device_type == "cuda":
+def peak_memory_mb(proc, base):
+    if proc.device_type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return max(rss_mb("VmHWM") - base, 0.0)
 
 
-def measure(steps, cfg, rt):
+def measure(steps, cfg, proc):
     """
     Time several variants of a step side by side: {name: step(i)} -> {name: [seconds]}. Call i
     (0 .. warmup + steps - 1; with --data it picks the i-th batch) runs every variant once, the
@@ -236,7 +208,7 @@ def measure(steps, cfg, rt):
     for i in range(cfg.warmup + cfg.steps):
         k = i % len(names)
         for name in names[k:] + names[:k]:
-            _, seconds = timed(lambda: steps[name](i), rt)
+            _, seconds = timed(lambda: steps[name](i), proc)
             if i >= cfg.warmup:
                 times[name].append(seconds)
     return times
@@ -262,175 +234,23 @@ def row(size, stage, tokens, seconds, flops, cfg, peak_mb, padding=None):
 # the batches: random ids, or the rows of a real preference file
 
 
-def random_ids(B, T, V, gen):
-    return torch.randint(0, V, (B, T), generator=gen)  # (B, T)
-
-
-def sft_batch(B, T, V, gen, device):
-    """idx (B, T), loss_mask (B, T): a quarter of prompt, then the trained answer; no padding."""
-    idx = random_ids(B, T, V, gen)
-    loss_mask = torch.ones(B, T, dtype=torch.long)
-    loss_mask[:, :T // 4] = 0
-    return idx.to(device), loss_mask.to(device)
-
-
-def pair_batch(B, T, V, gen, device):
-    """A loader.collate_pairs-style batch: idx, attention_mask, loss_mask (2B, T), rows 0..B-1
-    chosen and B..2B-1 rejected; both answers follow the same prompt (a quarter of each row)."""
-    idx, loss_mask = sft_batch(2 * B, T, V, gen, device)
-    idx[B:, :T // 4] = idx[:B, :T // 4]
-    return dict(idx=idx, attention_mask=torch.ones_like(idx), loss_mask=loss_mask)
-
-
-def shared_prompt_batch(batch, pad_id):
-    """The pairs of a collate_pairs-style batch (rows 0..B-1 chosen, B..2B-1 rejected) laid out
-    with each prompt once (loader.collate_shared_prompt), on the batch's device: what
-    share_prompt=True gives the reward model and DPO for the same pairs."""
-    idx, attn, lm = (batch[k].cpu() for k in ("idx", "attention_mask", "loss_mask"))
-    B = idx.size(0) // 2
-    row = lambda i: (idx[i][attn[i] != 0].tolist(), lm[i][attn[i] != 0].tolist())  # noqa: E731
-    pairs = [dict(chosen=row(i), rejected=row(B + i), margin=0.0) for i in range(B)]
-    return {k: v.to(batch["idx"].device)
-            for k, v in loader.collate_shared_prompt(pairs, pad_id).items()}
-
-
-def data_file(data):
-    """The preference file --data names: 'hh' is what data/hh/prepare.py writes."""
-    if data != "hh":
-        return data
-    for split in ("train", "test"):  # the shared test file alone converts to prefs_test.jsonl
-        path = os.path.join(HH_DIR, f"prefs_{split}.jsonl")
-        if os.path.isfile(path):
-            return path
-    raise common.DataError(f"--data=hh reads {os.path.join(HH_DIR, 'prefs_train.jsonl')} (or "
-                           f"prefs_test.jsonl): not there; run python data/hh/prepare.py first")
-
-
-def tokenizer_for(size):
-    """GPT-2 BPE for the GPT-2 vocabulary, bytes for the toy world's 257 tokens."""
-    return "gpt2" if SIZES[size]["vocab_size"] == 50257 else "byte"
-
-
-@lru_cache(maxsize=4)
-def real_rows(path, tok_name, block_size, gen_tokens):
-    """
-    Every stage's rows of one preference file, through the scripts' loader: pairs (the dicts of
-    loader.load_preferences), sft [(ids, mask)] (prompt + chosen under load_sft's length policy:
-    what prepare.py's sft file holds) and prompts [ids] (each distinct prompt once, cut from the
-    left to leave gen_tokens, as load_prompts does).
-    """
-    try:
-        enc = get_tokenizer(tok_name)
-    except RuntimeError as e:  # offline without tiktoken's files
-        raise common.ConfigError(f"--data needs the {tok_name!r} tokenizer: {e} (set "
-                                 f"TIKTOKEN_CACHE_DIR to a copy of its files)") from None
-    pairs = loader.load_preferences(path, enc, block_size)
-    room = block_size - gen_tokens
-    common.require(room >= 1, f"gen_tokens={gen_tokens} leaves no prompt room in "
-                              f"block_size={block_size}")
-    prompts, sft, seen = {}, [], set()
-    for p in pairs:
-        if p["prompt"] not in prompts:
-            prompts[p["prompt"]] = encode_prompt(enc, p["prompt"])
-        if (p["prompt"], p["chosen_text"]) in seen:  # K-wise rankings repeat a chosen answer
-            continue
-        seen.add((p["prompt"], p["chosen_text"]))
-        r = encode_response(enc, p["chosen_text"])
-        ids, _ = loader.fit_prompt(prompts[p["prompt"]], len(r), block_size)
-        if ids is not None:
-            sft.append((ids + r, [0] * len(ids) + [1] * len(r)))
-    return dict(pairs=pairs, sft=sft, prompts=[ids[-room:] for ids in prompts.values()],
-                pad_id=enc.eot_token)
-
-
-def real_batch_rows(kind, size, cfg, buckets=True):
-    """
-    The rows of the first warmup + steps batches of the epoch the scripts draw from the --data
-    rows (loader.batch_indices, seed cfg.seed), a list per batch: 'sft' batch_size (ids, mask)
-    rows, bucketed by length; 'pairs' batch_size pair dicts, bucketed by the longer answer;
-    'prompts' batch_size prompt ids; 'groups' GRPO's batch_size // 4 prompts, each 4 times in a
-    row. Bucketing where buckets and cfg.length_buckets (PPO and GRPO never bucket).
-    tests/bench_trl.py gives TRL these same rows in the same batches.
-    """
-    rows = real_rows(data_file(cfg.data), tokenizer_for(size), cfg.block_size, cfg.gen_tokens)
-    B, buckets = cfg.batch_size, buckets and cfg.length_buckets
-    steps = range(cfg.warmup + cfg.steps)
-    if kind in ("sft", "pairs"):
-        ex = rows[kind]
-        lengths = None if not buckets else tuple(len(e[0]) for e in ex) if kind == "sft" else \
-            tuple(map(loader.pair_length, ex))
-        return [[ex[i] for i in loader.batch_indices(len(ex), B, s, cfg.seed, lengths=lengths)]
-                for s in steps]
-    k = GROUP if kind == "groups" else 1
-    ex = rows["prompts"]
-    return [[ex[i] for i in loader.batch_indices(len(ex), max(B // k, 1), s, cfg.seed)
-             for _ in range(k)][:B] for s in steps]
-
-
-def real_batches(kind, size, cfg, buckets=True):
-    """real_batch_rows collated as the scripts collate them: 'sft' (idx, attn, loss_mask)
-    right-padded, 'pairs' collate_pairs dicts, 'prompts' and 'groups' left-padded (ids, attn)."""
-    pad = real_rows(data_file(cfg.data), tokenizer_for(size), cfg.block_size,
-                    cfg.gen_tokens)["pad_id"]
-    collate = dict(sft=loader.collate, pairs=loader.collate_pairs).get(kind, loader.collate_left)
-    return [collate(rows, pad) for rows in real_batch_rows(kind, size, cfg, buckets)]
-
-
-def stage_batches(kind, size, cfg, gen, rt, buckets=True):
-    """The batches a stage's steps take in turn, on the device: one batch of random ids (every
-    step reuses it) or, with --data, real_batches. Kinds as real_batches'."""
-    B, T, V = cfg.batch_size, cfg.block_size, SIZES[size]["vocab_size"]
-    if cfg.data:
-        batches = real_batches(kind, size, cfg, buckets)
-    elif kind == "sft":
-        idx, loss_mask = sft_batch(B, T, V, gen, "cpu")
-        batches = [(idx, torch.ones_like(idx), loss_mask)]
-    elif kind == "pairs":
-        batches = [pair_batch(B, T, V, gen, "cpu")]
-    else:  # prompts of prompt_len random ids, no padding; grpo's 4 answers to each in a row
-        k = GROUP if kind == "groups" else 1
-        ids = random_ids(max(B // k, 1), cfg.prompt_len, V, gen).repeat_interleave(k, 0)[:B]
-        batches = [(ids, torch.ones_like(ids))]
-    if kind == "pairs":
-        return [{key: v.to(rt.device) for key, v in b.items()} for b in batches]
-    return [tuple(t.to(rt.device) for t in b) for b in batches]
-
-
-def timed_batches(batches, cfg):
-    """The batches the timed calls of measure() took."""
-    return [batches[i % len(batches)] for i in range(cfg.warmup, cfg.warmup + cfg.steps)]
-
-
-def real_positions(batch):
-    """The (rows, T) mask of a batch's real positions: an (idx, attention_mask, ...) tuple, a
-    collate_pairs dict, or a collate_shared_prompt dict (its segments, -1 on padding)."""
-    if not isinstance(batch, dict):
-        return batch[1]
-    return (batch["segments"] >= 0).long() if "segments" in batch else batch["attention_mask"]
-
-
-def padding_share(masks):
-    """The share of the positions of a list of (B, T) attention masks that is padding."""
-    return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
-
-
 def full_logprobs(model, idx, loss_mask, position_ids=None, autocast=None):
-    """common.trained_logprobs' result the way it was computed before GPT.forward's logits_at:
-    logits at every position (B, T, V), then common.token_logprobs (the --full_logits variant)."""
+    """ops.trained_logprobs' result the way it was computed before GPT.forward's logits_at:
+    logits at every position (B, T, V), then ops.token_logprobs (the --full_logits variant)."""
     with autocast or nullcontext():
         logits = model(idx, position_ids=position_ids)  # (B, T, V)
-    return common.token_logprobs(logits, idx) * loss_mask[:, 1:]  # (B, T-1)
+    return ops.token_logprobs(logits, idx) * loss_mask[:, 1:]  # (B, T-1)
 
 
 @contextmanager
 def full_logits_path():
     """While active, the scripts' steps compute their log-probs with full_logprobs."""
-    saved = common.trained_logprobs
-    common.trained_logprobs = full_logprobs
+    saved = ops.trained_logprobs
+    ops.trained_logprobs = full_logprobs
     try:
         yield
     finally:
-        common.trained_logprobs = saved
+        ops.trained_logprobs = saved
 
 
 def on_full_logits(step):
@@ -441,17 +261,17 @@ def on_full_logits(step):
     return run
 
 
-def build(cls, size, T, rt):
+def build(cls, size, T, proc):
     """A randomly initialised GPT or ScalarModel of a named size on the device."""
     config = GPTConfig(block_size=T, dropout=0.0, **SIZES[size])
-    return cls(config).to(rt.device)
+    return cls(config).to(proc.device)
 
 
-def optimizer_for(model, rt, defaults):
+def optimizer_for(model, proc, defaults):
     """AdamW as the stage's script configures it (fused), with its default settings."""
-    return common.configure_optimizer(model, defaults["lr"], defaults["weight_decay"],
+    return optim.configure_optimizer(model, defaults["lr"], defaults["weight_decay"],
                                       (defaults["beta1"], defaults["beta2"]), defaults["eps"],
-                                      rt.device_type)
+                                      proc.device_type)
 
 
 @torch.no_grad()
@@ -477,12 +297,12 @@ def generate_no_cache(model, idx, attention_mask, max_new_tokens, greedy=False, 
 # stage_variant: full_logits (the LM head at every position), no_buckets (unbucketed batches)
 
 
-def variant_batches(kind, size, cfg, gen, rt):
+def variant_batches(kind, size, cfg, gen, proc):
     """{'': the stage's batches, 'no_buckets': unbucketed ones, 'shared_prompt': the same pairs
     with each prompt once (kind 'pairs'), when asked}."""
-    out = {"": stage_batches(kind, size, cfg, gen, rt)}
+    out = {"": stage_batches(kind, size, cfg, gen, proc)}
     if "no_buckets" in cfg.variant_list:
-        out["no_buckets"] = stage_batches(kind, size, cfg, gen, rt, buckets=False)
+        out["no_buckets"] = stage_batches(kind, size, cfg, gen, proc, buckets=False)
     if "shared_prompt" in cfg.variant_list and kind == "pairs":
         pad = SIZES[size]["vocab_size"] - 1
         out["shared_prompt"] = [shared_prompt_batch(b, pad) for b in out[""]]
@@ -504,19 +324,19 @@ def training_rows(size, times, stage, cfg, peak):
     return rows
 
 
-def sft_steps(size, cfg, rt, gen):
+def sft_steps(size, cfg, proc, gen):
     """train_sft.py's step on its own functions, one micro-batch: a namespace of steps {row name:
     step(i)}, their batches {row name: [batch]} and flops(row name, batch)."""
-    model = build(GPT, size, cfg.block_size, rt)
-    optimizer = optimizer_for(model, rt, train_sft.DEFAULTS)
-    trained = common.maybe_compile(model, cfg.compile)
+    model = build(GPT, size, cfg.block_size, proc)
+    optimizer = optimizer_for(model, proc, train_sft.DEFAULTS)
+    wrapped = runtime.maybe_compile(model, cfg.compile)
     batches = {("sft_" + v if v else "sft"): b  # [(idx, attn, loss_mask)] each
-               for v, b in variant_batches("sft", size, cfg, gen, rt).items()}
+               for v, b in variant_batches("sft", size, cfg, gen, proc).items()}
 
     def make_step(batches):
         def step(i):
-            loss = train_sft.sft_step(trained, [batches[i % len(batches)]], rt)
-            common.optimizer_step(model, optimizer, 1.0, 1, loss)
+            loss = train_sft.sft_step(wrapped, [batches[i % len(batches)]], proc)
+            optim.optimizer_step(model, optimizer, 1.0, loss, update=1)
         return step
 
     steps = {name: make_step(b) for name, b in batches.items()}
@@ -527,22 +347,25 @@ def sft_steps(size, cfg, rt, gen):
                            flops=lambda name, b: 3 * batch_flops(model.config, b[1], b[2]))
 
 
-def rm_steps(size, cfg, rt, gen):
+def rm_steps(size, cfg, proc, gen):
     """train_reward_model.py's step (chosen and rejected rows in one forward), as sft_steps; the
     reward model has no LM head, so no full_logits variant."""
-    model = build(ScalarModel, size, cfg.block_size, rt)
-    optimizer = optimizer_for(model, rt, train_reward_model.DEFAULTS)
-    trained = common.maybe_compile(model, cfg.compile)
-    by_variant = variant_batches("pairs", size, cfg, gen, rt)
+    model = build(ScalarModel, size, cfg.block_size, proc)
+    optimizer = optimizer_for(model, proc, train_reward_model.DEFAULTS)
+    wrapped = runtime.maybe_compile(model, cfg.compile)
+    by_variant = variant_batches("pairs", size, cfg, gen, proc)
     rm_cfg = SimpleNamespace(**train_reward_model.DEFAULTS)
 
-    def make_step(batches):
+    def make_step(batches, scores):  # scores: the layout's forward (layouts.score_layout)
         def step(i):
-            metrics = train_reward_model.rm_step(trained, [batches[i % len(batches)]], rm_cfg, rt)
-            common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+            metrics = train_reward_model.rm_step(wrapped, [batches[i % len(batches)]], scores,
+                                                 rm_cfg, proc)
+            optim.optimizer_step(model, optimizer, 1.0, metrics["loss"], update=1)
         return step
 
-    steps = {("rm_" + v if v else "rm"): make_step(b) for v, b in by_variant.items()}
+    steps = {("rm_" + v if v else "rm"): make_step(b, layouts.shared_prompt_scores if
+                                                   v == "shared_prompt" else layouts.row_scores)
+             for v, b in by_variant.items()}
     # tokens and FLOPs are counted on the pairs as separate rows: the same job for every variant
     batches = {("rm_" + v if v else "rm"): by_variant["" if v == "shared_prompt" else v]
                for v in by_variant}
@@ -551,29 +374,32 @@ def rm_steps(size, cfg, rt, gen):
             "shared_prompt")})
 
 
-def dpo_steps(size, cfg, rt, gen):
+def dpo_steps(size, cfg, proc, gen):
     """train_dpo.py's step on its own functions, as sft_steps: dpo (the reference's forward every
     step), dpo_cached_ref (precompute_ref_logps: looked up), and the variants (live reference)."""
-    model = build(GPT, size, cfg.block_size, rt)
+    model = build(GPT, size, cfg.block_size, proc)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = optimizer_for(model, rt, train_dpo.DEFAULTS)
-    trained = common.maybe_compile(model, cfg.compile)
-    by_variant = variant_batches("pairs", size, cfg, gen, rt)
+    optimizer = optimizer_for(model, proc, train_dpo.DEFAULTS)
+    wrapped = runtime.maybe_compile(model, cfg.compile)
+    by_variant = variant_batches("pairs", size, cfg, gen, proc)
     dpo_cfg = SimpleNamespace(**train_dpo.DEFAULTS)  # the sigmoid loss, beta 0.1
 
-    def live_ref(batch):  # train_dpo.main's reference without a cache
+
+    def live_ref(batch, pair_logprobs=layouts.pair_logprobs):  # train_dpo's, without a cache
         with torch.inference_mode():
-            c, r, _, _ = train_dpo.pair_logprobs(ref, batch, rt.autocast)
+            c, r, _, _ = pair_logprobs(ref, batch, proc.autocast)
         return c.clone(), r.clone()
 
     # what precompute_ref_logps stores before training, looked up by the batch
     cached = {id(b): live_ref(b) for b in by_variant[""]}
 
-    def make_step(batches, ref_logps):
+    def make_step(batches, ref_logps, pair_logprobs=layouts.pair_logprobs):
+        loss_fn = partial(train_dpo.batch_loss, pair_logprobs=pair_logprobs, ref_logps=ref_logps,
+                          cfg=dpo_cfg, autocast=proc.autocast)
+
         def step(i):
-            metrics = train_dpo.dpo_step(trained, [batches[i % len(batches)]], ref_logps, dpo_cfg,
-                                         rt)
-            common.optimizer_step(model, optimizer, 1.0, 1, metrics["loss"])
+            metrics = train_dpo.dpo_step(wrapped, [batches[i % len(batches)]], loss_fn)
+            optim.optimizer_step(model, optimizer, 1.0, metrics["loss"], update=1)
         return step
 
     steps = dict(dpo=make_step(by_variant[""], live_ref),
@@ -586,62 +412,64 @@ def dpo_steps(size, cfg, rt, gen):
         steps["dpo_no_buckets"] = make_step(by_variant["no_buckets"], live_ref)
         batches["dpo_no_buckets"] = by_variant["no_buckets"]
     if "shared_prompt" in cfg.variant_list:  # policy and reference: each prompt once
-        shared = by_variant["shared_prompt"]
-        cached.update({id(b): live_ref(b) for b in shared})
-        steps["dpo_shared_prompt"] = make_step(shared, live_ref)
-        steps["dpo_cached_ref_shared_prompt"] = make_step(shared, lambda b: cached[id(b)])
+        shared, forward = by_variant["shared_prompt"], layouts.shared_prompt_pair_logprobs
+        cached.update({id(b): live_ref(b, forward) for b in shared})
+        steps["dpo_shared_prompt"] = make_step(shared, partial(live_ref, pair_logprobs=forward),
+                                               forward)
+        steps["dpo_cached_ref_shared_prompt"] = make_step(shared, lambda b: cached[id(b)],
+                                                          forward)
         # counted on the pairs as separate rows, as the default rows: the same job
         batches.update(dpo_shared_prompt=by_variant[""], dpo_cached_ref_shared_prompt=by_variant[""])
 
     def flops(name, b):  # the policy trains (3 forwards), a live reference adds one forward
         passes = 3 if name.startswith("dpo_cached_ref") else 4
         return passes * batch_flops(model.config, b["attention_mask"], b["loss_mask"])
-    layouts = dict.fromkeys(("dpo_shared_prompt", "dpo_cached_ref_shared_prompt"),
-                            by_variant.get("shared_prompt"))
-    return SimpleNamespace(steps=steps, batches=batches, flops=flops, layouts=layouts)
+    shared_batches = dict.fromkeys(("dpo_shared_prompt", "dpo_cached_ref_shared_prompt"),
+                                   by_variant.get("shared_prompt"))
+    return SimpleNamespace(steps=steps, batches=batches, flops=flops, layouts=shared_batches)
 
 
 TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
 
 
-def bench_training(stage, size, cfg, rt, gen):
+def bench_training(stage, size, cfg, proc, gen):
     """Time a training stage's step variants side by side; its rows (the models, the DPO
     reference included, are resident in every row's peak memory)."""
-    base = start_memory(rt)
-    s = TRAINING[stage](size, cfg, rt, gen)
-    times = measure(s.steps, cfg, rt)
-    return training_rows(size, times, s, cfg, peak_memory_mb(rt, base))
+    base = start_memory(proc)
+    s = TRAINING[stage](size, cfg, proc, gen)
+    times = measure(s.steps, cfg, proc)
+    return training_rows(size, times, s, cfg, peak_memory_mb(proc, base))
 
 
-def bench_ppo(size, cfg, rt, gen):
-    base = start_memory(rt)
+def bench_ppo(size, cfg, proc, gen):
+    base = start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
     # the four models of train_ppo.py: the critic starts as a copy of the reward model
-    policy = build(GPT, size, T, rt).eval()
+    policy = build(GPT, size, T, proc).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = build(ScalarModel, size, T, rt).eval().requires_grad_(False)
+    reward_model = build(ScalarModel, size, T, proc).eval().requires_grad_(False)
     critic = copy.deepcopy(reward_model).requires_grad_(True)
     config = policy.config
-    opt_policy = optimizer_for(policy, rt, train_ppo.DEFAULTS)
-    opt_critic = optimizer_for(critic, rt, {**train_ppo.DEFAULTS,
+    opt_policy = optimizer_for(policy, proc, train_ppo.DEFAULTS)
+    opt_critic = optimizer_for(critic, proc, {**train_ppo.DEFAULTS,
                                             "lr": train_ppo.DEFAULTS["critic_lr"]})
     # one minibatch per pass, as TRL's PPO with num_mini_batches=1; no EOS penalty (none ends)
     ppo_cfg = SimpleNamespace(**{**train_ppo.DEFAULTS, "rollout_batch_size": B,
                                  "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
                                  "num_iterations": cfg.num_iterations, "missing_eos_mode": ""})
-    reward = train_ppo.make_reward(reward_model, None, B)
+    reward = rollout.make_reward(reward_model, None, B)
     # rollout() reads eot_token and decodes texts: an end-of-text id outside the vocabulary is
     # never sampled, and the stand-in decoder joins ids (no tokenizer needed)
     enc = SimpleNamespace(eot_token=config.vocab_size, decode=lambda ids: " ".join(map(str, ids)))
-    prompts = stage_batches("prompts", size, cfg, gen, rt)  # [(ids, attn)] left-padded (B, P)
+    prompts = stage_batches("prompts", size, cfg, gen, proc)  # [(ids, attn)] left-padded (B, P)
 
     # time generate() inside rollout(): rollout is timed whole and split without copying it
     gen_seconds = []
     generate = policy.generate
 
     def timed_generate(*args, **kwargs):
-        out, seconds = timed(lambda: generate(*args, **kwargs), rt)
+        out, seconds = timed(lambda: generate(*args, **kwargs), proc)
         gen_seconds.append(seconds)
         return out
     policy.generate = timed_generate
@@ -650,26 +478,27 @@ def bench_ppo(size, cfg, rt, gen):
     flops = dict(score=[], update=[])
     tokens = dict(score=[])
 
-    def update(ro):  # steps 4-6 of train_ppo.main: its own functions
-        rewards = train_ppo.kl_shaped_rewards(ro.scores, ro.logprobs, ro.ref_logprobs,
-                                              ro.resp_mask, ppo_cfg.beta)
-        advantages, returns = train_ppo.compute_gae(rewards, ro.values, ro.resp_mask)
-        advantages = train_ppo.whiten(advantages, ro.resp_mask)
-        train_ppo.ppo_update(ro, advantages, returns, policy, opt_policy, ppo_cfg, rt, 1, critic,
-                             opt_critic)
+    def update(rollouts):  # steps 4-6 of train_ppo.main: its own functions
+        rewards = train_ppo.kl_shaped_rewards(rollouts.scores, rollouts.logprobs,
+                                              rollouts.ref_logprobs, rollouts.resp_mask,
+                                              ppo_cfg.beta)
+        advantages, returns = train_ppo.compute_gae(rewards, rollouts.values, rollouts.resp_mask)
+        advantages = train_ppo.whiten(advantages, rollouts.resp_mask)
+        train_ppo.ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
+                             critic=(critic, opt_critic), update=1, cfg=ppo_cfg, proc=proc)
 
     def iteration(i, measured):
         ids, attn = prompts[i % len(prompts)]
         batch = (ids, attn, [""] * B)
-        ro, t_rollout = timed(lambda: train_ppo.rollout(policy, ref, critic, reward, batch, enc,
-                                                        ppo_cfg, rt), rt)
-        _, t_update = timed(lambda: update(ro), rt)
+        rollouts, t_rollout = timed(lambda: rollout.rollout(policy, ref, critic, reward, batch,
+                                                            enc, ppo_cfg, proc), proc)
+        _, t_update = timed(lambda: update(rollouts), proc)
         if measured:  # the KV-free baseline: slow, and every step a new shape, so no warm-up
             def no_cache():
-                with rt.autocast:
+                with proc.autocast:
                     return generate_no_cache(policy, ids, attn, N,
                                              temperature=ppo_cfg.temperature)
-            times["nocache"].append(timed(no_cache, rt)[1])
+            times["nocache"].append(timed(no_cache, proc)[1])
             times["gen"].append(gen_seconds[-1])
             times["score"].append(t_rollout - gen_seconds[-1])
             times["update"].append(t_update)
@@ -686,8 +515,14 @@ def bench_ppo(size, cfg, rt, gen):
         iteration(i, False)
     for i in range(cfg.warmup, cfg.warmup + cfg.steps):
         iteration(i, True)
+    return ppo_rows(size, times, flops, tokens, prompts, cfg, peak_memory_mb(proc, base))
+
+
+def ppo_rows(size, times, flops, tokens, prompts, cfg, peak):
+    """bench_ppo's rows: generation (with and without the KV cache), scoring, the update and the
+    whole iteration, from the seconds, FLOPs and tokens of the timed iterations."""
+    B, N = cfg.batch_size, cfg.gen_tokens
     t = {k: mean(v) for k, v in times.items()}
-    peak = peak_memory_mb(rt, base)
     score_tokens = mean(tokens["score"])
     padding = padding_share([a for _, a in timed_batches(prompts, cfg)])  # of the prompts
     rows = [row(size, "ppo_gen", B * N, times["gen"], None, cfg, peak),
@@ -703,41 +538,42 @@ def bench_ppo(size, cfg, rt, gen):
     return rows
 
 
-def bench_grpo(size, cfg, rt, gen):
-    base = start_memory(rt)
+def bench_grpo(size, cfg, proc, gen):
+    base = start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
-    policy = build(GPT, size, T, rt).eval()
+    policy = build(GPT, size, T, proc).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)
-    reward_model = build(ScalarModel, size, T, rt).eval().requires_grad_(False)
-    optimizer = optimizer_for(policy, rt, train_grpo.DEFAULTS)
+    reward_model = build(ScalarModel, size, T, proc).eval().requires_grad_(False)
+    optimizer = optimizer_for(policy, proc, train_grpo.DEFAULTS)
     grpo_cfg = SimpleNamespace(**{**train_grpo.DEFAULTS, "rollout_batch_size": B,
                                   "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
                                   "missing_eos_mode": ""})
     baseline, scale, loss_agg, _, kl_estimator = train_grpo.settings(grpo_cfg)
-    reward = train_ppo.make_reward(reward_model, None, B)
+    reward = rollout.make_reward(reward_model, None, B)
     enc = SimpleNamespace(eot_token=policy.config.vocab_size, decode=lambda ids: "")
-    prompts = stage_batches("groups", size, cfg, gen, rt)  # k answers to each prompt, in a row
+    prompts = stage_batches("groups", size, cfg, gen, proc)  # k answers to each prompt, in a row
 
     def iteration(i):  # train_grpo.main's steps 1-4: its own functions
         ids, attn = prompts[i % len(prompts)]
-        ro = train_ppo.rollout(policy, ref, None, reward, (ids, attn, [""] * len(ids)), enc,
-                               grpo_cfg, rt)
-        adv = train_grpo.group_advantages(ro.scores, GROUP, baseline, scale)
-        train_ppo.ppo_update(ro, adv[:, None] * ro.resp_mask, None, policy, optimizer, grpo_cfg,
-                             rt, 1, kl_coef=grpo_cfg.beta, kl_estimator=kl_estimator,
-                             loss_agg=loss_agg)
+        rollouts = rollout.rollout(policy, ref, None, reward, (ids, attn, [""] * len(ids)), enc,
+                                   grpo_cfg, proc)
+        adv = train_grpo.group_advantages(rollouts.scores, GROUP, baseline, scale)
+        train_ppo.ppo_update(rollouts, adv[:, None] * rollouts.resp_mask, None,
+                             policy=(policy, optimizer), loss_settings=train_ppo.LossSettings(
+                                 loss_agg, grpo_cfg.beta, kl_estimator),
+                             update=1, cfg=grpo_cfg, proc=proc)
 
-    seconds = measure(dict(grpo_iter=iteration), cfg, rt)["grpo_iter"]
-    return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(rt, base))]
+    seconds = measure(dict(grpo_iter=iteration), cfg, proc)["grpo_iter"]
+    return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(proc, base))]
 
 
 # -----------------------------------------------------------------------------
 
 
-def hardware(rt):
+def hardware(proc):
     """A line naming the device, for the README's results."""
-    if rt.device_type == "cuda":
+    if proc.device_type == "cuda":
         return torch.cuda.get_device_name()
     name = platform.processor() or platform.machine()
     try:
@@ -782,43 +618,13 @@ def variant_lines(rows):
     return lines
 
 
-def checked_shapes(cfg):
-    """The sizes and stages lists of cfg, once they and the shape keys are checked (bench.py and
-    tests/bench_trl.py share these keys)."""
-    sizes = [s.strip() for s in cfg.sizes.split(",") if s.strip()]
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-    common.require(sizes and all(s in SIZES for s in sizes),
-                   f"sizes={cfg.sizes!r}: a comma-separated list of {', '.join(SIZES)}")
-    common.require(stages and all(s in STAGES for s in stages),
-                   f"stages={cfg.stages!r}: a comma-separated list of {', '.join(STAGES)}")
-    variants = cfg.variants
-    cfg.variant_list = [v.strip() for v in variants.split(",") if v.strip()]
-    common.require(all(v in VARIANTS for v in cfg.variant_list),
-                   f"variants={variants!r}: a comma-separated list of {', '.join(VARIANTS)}")
-    data = getattr(cfg, "data", "")
-    if data:
-        path = data_file(data)
-        common.require(os.path.isfile(path), f"data={data!r}: no such file {path!r}")
-    common.require("no_buckets" not in cfg.variant_list or (data and cfg.length_buckets),
-                   "variants=no_buckets compares against bucketed batches of real rows: it needs "
-                   "--data and length_buckets=True")
-    common.require("grpo" not in stages or cfg.batch_size % GROUP == 0,
-                   f"batch_size={cfg.batch_size}: grpo needs a multiple of {GROUP} (answers per "
-                   f"prompt)")
-    positive = (lambda v: v > 0, "> 0")
-    common.validate(cfg, {"prompt_len": positive, "gen_tokens": positive, "steps": positive,
-                          "warmup": (lambda v: v >= 0, ">= 0"),
-                          "peak_flops": (lambda v: v >= 0, ">= 0")})
-    return sizes, stages
-
-
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     sizes, stages = checked_shapes(cfg)
-    rt = common.init_runtime(cfg)
-    meta = dict(date=datetime.date.today().isoformat(), hardware=hardware(rt), device=rt.device,
-                dtype=rt.dtype, torch=torch.__version__, config=vars(cfg))
-    print(f"{meta['date']}, {meta['hardware']}, torch {meta['torch']}, {rt.device} {rt.dtype}, "
+    proc = runtime.init_runtime(cfg)
+    meta = dict(date=datetime.date.today().isoformat(), hardware=hardware(proc), device=proc.device,
+                dtype=proc.dtype, torch=torch.__version__, config=vars(cfg))
+    print(f"{meta['date']}, {meta['hardware']}, torch {meta['torch']}, {proc.device} {proc.dtype}, "
           f"batch {cfg.batch_size}, block {cfg.block_size}, ppo prompt {cfg.prompt_len} + "
           f"{cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs, data "
           f"{data_file(cfg.data) + (' bucketed' if cfg.length_buckets else '') if cfg.data else 'random ids'}",
@@ -828,15 +634,15 @@ def main(argv=None):
     bench_training("sft", "micro", SimpleNamespace(**{**vars(cfg), "steps": 1, "warmup": 0,
                                                       "compile": False, "data": "",
                                                       "variant_list": []}),
-                   rt, torch.Generator().manual_seed(cfg.seed))
+                   proc, torch.Generator().manual_seed(cfg.seed))
     gen = torch.Generator().manual_seed(cfg.seed)  # the synthetic data
     rl = dict(ppo=bench_ppo, grpo=bench_grpo)
     rows = []
     for size in sizes:
         for stage in stages:
             t0 = time.time()
-            rows += bench_training(stage, size, cfg, rt, gen) if stage in TRAINING else \
-                rl[stage](size, cfg, rt, gen)
+            rows += bench_training(stage, size, cfg, proc, gen) if stage in TRAINING else \
+                rl[stage](size, cfg, proc, gen)
             print(f"  {size} {stage}: {time.time() - t0:.1f}s", flush=True)
     print(format_table(rows))
     for size in sizes:
@@ -861,4 +667,4 @@ def write_result(path, result):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

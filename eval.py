@@ -63,13 +63,17 @@ from contextlib import nullcontext
 
 import torch
 
-import common
-from common import ConfigError, print0
+import checkpoint
+import config
+import layouts
+import runtime
+from config import ConfigError
 from data import loader
 from model import row_generators
+from rollout import policy_forward
+from runtime import print0
 from tokenizer import decode_response, get_tokenizer
-from train_ppo import kl_estimates, policy_forward
-from train_reward_model import pair_rewards, score_ids
+from train_ppo import kl_estimates
 
 # -----------------------------------------------------------------------------
 # default config: the toy world's policies
@@ -245,7 +249,7 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
         seq, mask = torch.cat([idx, tokens], 1), torch.cat([attn, resp_mask], 1)  # (B, P + N)
         with autocast:
             if reward_model is not None:  # the ids the policy produced, never re-tokenised text
-                out["rm"] += score_ids(reward_model, seq, mask).float().tolist()
+                out["rm"] += reward_model.score(seq, mask).float().tolist()
             if reference is not None:
                 # both sides through the same full forward: identical models give exactly 0
                 lp = policy_forward(model, seq, mask, P, temperature)[0]
@@ -272,7 +276,7 @@ def pick_best_of_n(s, n, n_max, k):
 
 def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sampling):
     """Every answer of one policy to the rows (prompt-major, k per prompt): a GPT module, a
-    checkpoint (anything common.init_policy takes), or bonN:checkpoint for best-of-N. cache maps
+    checkpoint (anything checkpoint.init_policy takes), or bonN:checkpoint for best-of-N. cache maps
     (checkpoint, answers per row, rows, seed) -> samples already drawn with these settings."""
     m = re.fullmatch(r"bon(\d+)", name)
     n = int(m.group(1)) if m else 1
@@ -283,13 +287,13 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
     t0 = time.time()
     model = source
     if isinstance(source, str):
-        model, tok = common.init_policy(source)
-        common.require(tok == enc.name, f"policy {name} ({source}) uses the {tok!r} tokenizer, "
+        model, tok = checkpoint.init_policy(source)
+        config.require(tok == enc.name, f"policy {name} ({source}) uses the {tok!r} tokenizer, "
                                         f"the evaluation {enc.name!r}")
     was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
     model.to(sampling.get("device", "cpu")).eval()
     if n > 1:  # best-of-n: n samples per answer slot, then the reward model's choice
-        common.require(reward_model is not None, f"{name}: best-of-N needs a reward_model")
+        config.require(reward_model is not None, f"{name}: best-of-N needs a reward_model")
         print0(f"{name}: sampling {len(rows) * n} answers ({n} per answer) to choose from")
         drawn = generate_and_score(model, [r for r in rows for _ in range(n)], enc, reward_model,
                                    None, **sampling, samples_per_prompt=k * n)
@@ -309,7 +313,7 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
                   **sampling):
     """
     Evaluate several policies on the same prompts with the same sampling noise.
-    policies: {name: checkpoint path (anything common.init_policy takes) or a GPT module on the
+    policies: {name: checkpoint path (anything checkpoint.init_policy takes) or a GPT module on the
     sampling device}; a name bonN evaluates best-of-N of its checkpoint.
     prompts: [dict(prompt, ids)] as data.loader.load_prompts returns; reward_model, reference:
     modules on the sampling device, or None; gold_fn(prompt, response) -> float or None;
@@ -383,16 +387,15 @@ def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autoca
     the chosen answer above the rejected one, ties half; returns (accuracy, stderr), the error
     clustered by prompt (a prompt's pairs share its answers: clustered_mean_and_stderr). The
     pairs are batched by length, each prompt computed once for both answers
-    (loader.collate_shared_prompt): the scores of separate rows, for fewer positions."""
+    (layouts.score_layout(share_prompt=True)): the scores of separate rows, for fewer positions."""
     autocast = autocast or nullcontext()
     order = sorted(range(len(pairs)), key=lambda i: loader.pair_length(pairs[i]))
     was_training = reward_model.training
     reward_model.eval()
-    chosen, rejected = [], []
+    chosen, rejected, layout = [], [], layouts.score_layout(share_prompt=True)
     for start in range(0, len(pairs), batch_size):
-        b = loader.collate_pairs([pairs[i] for i in order[start:start + batch_size]], pad_id,
-                                 share_prompt=True)
-        rc, rr = pair_rewards(reward_model, {k: v.to(device) for k, v in b.items()}, autocast)
+        b = layout.collate([pairs[i] for i in order[start:start + batch_size]], pad_id)
+        rc, rr = layout.forward(reward_model, {k: v.to(device) for k, v in b.items()}, autocast)
         chosen.append(rc.cpu())
         rejected.append(rr.cpu())
     reward_model.train(was_training)
@@ -432,8 +435,8 @@ def sweep_checkpoints(run_dirs):
                 raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
             print0(f"sweep: no ckpt_iter*.pt in {d} (train with --save_every=N to keep them); "
                    f"using ckpt_last.pt")
-            its = [(int(common.load_checkpoint(last).get("step", 0)), last)]
-        found += [(run, it, p) for it, p in its]
+            its = [(int(checkpoint.load_checkpoint(last).get("step", 0)), last)]
+        found += [(run, iteration, p) for iteration, p in its]
     return found
 
 
@@ -506,16 +509,16 @@ def write_json(path, obj):
 
 def validate(cfg):
     """Bad values fail here, naming the key, before any model is loaded."""
-    common.validate(cfg, {"gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
+    config.validate(cfg, {"gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
                           "bon_sweep": (lambda v: v >= 0, ">= 0")})
     policies = parse_policies(cfg.policies)
-    common.require(policies or cfg.sweep or cfg.bon_sweep, "nothing to evaluate: give --policies, "
+    config.require(policies or cfg.sweep or cfg.bon_sweep, "nothing to evaluate: give --policies, "
                    "--sweep and/or --bon_sweep")
-    common.require(not cfg.baseline or not policies or cfg.baseline in policies,
+    config.require(not cfg.baseline or not policies or cfg.baseline in policies,
                    f"baseline={cfg.baseline!r} is not one of the policies {list(policies)}")
-    common.require(not (cfg.sweep or cfg.bon_sweep) or cfg.reference, "--sweep and --bon_sweep "
+    config.require(not (cfg.sweep or cfg.bon_sweep) or cfg.reference, "--sweep and --bon_sweep "
                    "need --reference (the runs' init_from): its answers are the KL-0 point")
-    common.require(cfg.reward_model or not (cfg.bon_sweep or any(
+    config.require(cfg.reward_model or not (cfg.bon_sweep or any(
         re.fullmatch(r"bon\d+", n) for n in policies)), "best-of-N needs --reward_model")
     for name, path in list(policies.items()) + [("reference", cfg.reference),
                                                 ("reward_model", cfg.reward_model)]:
@@ -524,24 +527,16 @@ def validate(cfg):
     return policies
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    policies = validate(cfg)
-    ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iter, path)]
-    rt = common.init_runtime(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-
-    # -------------------------------------------------------------------------
-    # the judges and the anchor, loaded once
-    # (without a reference, the first policy is loaded here only to learn its tokenizer)
-    anchor, tok_name = common.init_policy(cfg.reference or next(iter(policies.values())))
-    reference = anchor.to(rt.device).eval() if cfg.reference else None
-    enc = get_tokenizer(tok_name)  # every policy's tokenizer is checked against it
+def load_judges(cfg, policies, proc):
+    """The reference (the KL anchor, or None), the reward model (or None), the gold judge (or
+    None) and the tokenizer every policy must share, loaded once. Without a reference, the first
+    policy is loaded only to learn its tokenizer."""
+    anchor, tok_name = checkpoint.init_policy(cfg.reference or next(iter(policies.values())))
+    reference = anchor.to(proc.device).eval() if cfg.reference else None
     reward_model = None
     if cfg.reward_model:
-        reward_model = common.load_reward_model(cfg.reward_model, tok_name,
-                                                anchor.config.vocab_size).to(rt.device)
-    del anchor
+        reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
+                                                    anchor.config.vocab_size).to(proc.device)
     gold_fn = None
     if cfg.gold_judge == "toy":
         from data.toy.judge import gold_reward
@@ -552,16 +547,79 @@ def main(argv=None):
             except ValueError as e:
                 raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
                                   f"--gold_judge='' for prompts outside the toy world") from None
+    return reference, reward_model, gold_fn, get_tokenizer(tok_name)
+
+
+def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
+    """The reward model's accuracy on each held-out pair file, every answer to samples.jsonl,
+    the summary numbers into out, and the markdown: the results table and a few answers side by
+    side."""
+    k, rm_acc = cfg.num_samples_per_prompt, {}
+    for path in [p.strip() for p in cfg.pairs.split(",") if p.strip()] if reward_model else []:
+        pairs = loader.load_preferences(path, enc, reward_model.config.block_size)
+        rm_acc[path] = (*rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size,
+                                     proc.device, proc.autocast), len(pairs))
+    first = next(iter(rm_acc.values()), (None, None, 0))
+    out.update(rm_accuracy=first[0], rm_accuracy_stderr=first[1], n_pairs=first[2],
+               rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n)
+                              for p, (a, se, n) in rm_acc.items()})
+    with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
+        for name, m in results.items():
+            s = m["samples"]
+            for r in range(len(s["response"])):
+                f.write(json.dumps(json_safe(dict(
+                    policy=name, prompt=prompts[r // k]["prompt"], sample=r % k,
+                    response=s["response"][r], gold=s["gold"][r] if s["gold"] else None,
+                    rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
+                    length=s["length"][r], eos=s["eos"][r]))) + "\n")
+    out["policies"] = {name: {**{key: v for key, v in m.items() if key != "samples"},
+                              "rm_accuracy": first[0], "rm_accuracy_stderr": first[1]}
+                       for name, m in results.items()}
+    return [f"## Results: {len(prompts)} held-out prompts x {k} answers "
+            f"(temperature {cfg.temperature})", "", results_table(results, cfg.baseline, rm_acc),
+            "", "## Answers side by side (first answer to each prompt)", "",
+            examples_table(results, prompts, cfg.num_examples, k), ""]
+
+
+def report_sweep(cfg, res, points):
+    """The over-optimisation sweep's points as overoptimization.json's lists, and its markdown
+    table. res: eval_policies' results of the reference and each snapshot; points: their
+    [(run, iteration, path)]."""
+    sweep = dict(run=[], iter=[], checkpoint=[], kl=[], kl_stderr=[], gold=[], gold_stderr=[],
+                 rm=[], rm_stderr=[])
+    for (run, iteration, path), m in zip(points, res.values()):
+        for key, v in (("run", run), ("iter", iteration), ("checkpoint", path), ("kl", m["kl"]),
+                       ("kl_stderr", m["kl_stderr"]), ("gold", m["gold_reward"]),
+                       ("gold_stderr", m["gold_reward_stderr"]), ("rm", m["rm_score"]),
+                       ("rm_stderr", m["rm_score_stderr"])):
+            sweep[key].append(v)
+    sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
+    md = ["## Over-optimisation sweep: gold reward and RM score against KL", "",
+          "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
+    md += [f"| {name} | {iteration} | {fmt(m['kl'], m['kl_stderr'])} | "
+           f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
+           f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
+           for (name, m), (_, iteration, _) in zip(res.items(), points)]
+    return sweep, md
+
+
+def main(argv=None):
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    policies = validate(cfg)
+    ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iteration, path)]
+    proc = runtime.init_runtime(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
 
     # -------------------------------------------------------------------------
-    # data
+    # the judges and the anchor, loaded once; the prompts
+    reference, reward_model, gold_fn, enc = load_judges(cfg, policies, proc)
     prompts = loader.load_prompts(cfg.prompts, enc, cfg.block_size, cfg.max_new_tokens)
     if cfg.eval_examples > 0:
         prompts = prompts[:cfg.eval_examples]
     k = cfg.num_samples_per_prompt
     sampling = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed,
-                    device=rt.device, autocast=rt.autocast)
+                    device=proc.device, autocast=proc.autocast)
     print0(f"{len(prompts)} prompts x {k} answers, temperature {cfg.temperature}, seed {cfg.seed}")
     cache, md = {}, []
     out = dict(config=dict(vars(cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
@@ -575,54 +633,17 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # the policies, and the reward model's accuracy on each held-out pair file
     if policies:
-        results = evaluate(policies)
-        rm_acc = {}
-        for path in [p.strip() for p in cfg.pairs.split(",") if p.strip()] if reward_model else []:
-            pairs = loader.load_preferences(path, enc, reward_model.config.block_size)
-            rm_acc[path] = (*rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size,
-                                         rt.device, rt.autocast), len(pairs))
-        first = next(iter(rm_acc.values()), (None, None, 0))
-        out.update(rm_accuracy=first[0], rm_accuracy_stderr=first[1], n_pairs=first[2],
-                   rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n)
-                                  for p, (a, se, n) in rm_acc.items()})
-        with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
-            for name, m in results.items():
-                s = m["samples"]
-                for r in range(len(s["response"])):
-                    f.write(json.dumps(json_safe(dict(
-                        policy=name, prompt=prompts[r // k]["prompt"], sample=r % k,
-                        response=s["response"][r], gold=s["gold"][r] if s["gold"] else None,
-                        rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
-                        length=s["length"][r], eos=s["eos"][r]))) + "\n")
-        out["policies"] = {name: {**{key: v for key, v in m.items() if key != "samples"},
-                                  "rm_accuracy": first[0], "rm_accuracy_stderr": first[1]}
-                           for name, m in results.items()}
-        md += [f"## Results: {len(prompts)} held-out prompts x {k} answers "
-               f"(temperature {cfg.temperature})", "", results_table(results, cfg.baseline, rm_acc),
-               "", "## Answers side by side (first answer to each prompt)", "",
-               examples_table(results, prompts, cfg.num_examples, k), ""]
+        md += report_policies(cfg, evaluate(policies), prompts, enc, reward_model, proc, out)
 
     # -------------------------------------------------------------------------
     # over-optimisation: PPO/GRPO snapshots along the KL axis, best-of-N along its bound, the
     # reference at KL 0
     if cfg.sweep or cfg.bon_sweep:
         points = [("reference", 0, cfg.reference)] + ckpts
-        res = evaluate({"reference": cfg.reference, **{f"{run}/iter{it}": p for run, it, p in ckpts}})
-        sweep = dict(run=[], iter=[], checkpoint=[], kl=[], kl_stderr=[], gold=[], gold_stderr=[],
-                     rm=[], rm_stderr=[])
-        for (run, it, path), m in zip(points, res.values()):
-            for key, v in (("run", run), ("iter", it), ("checkpoint", path), ("kl", m["kl"]),
-                           ("kl_stderr", m["kl_stderr"]), ("gold", m["gold_reward"]),
-                           ("gold_stderr", m["gold_reward_stderr"]), ("rm", m["rm_score"]),
-                           ("rm_stderr", m["rm_score_stderr"])):
-                sweep[key].append(v)
-        sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
-        md += ["## Over-optimisation sweep: gold reward and RM score against KL", "",
-               "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
-        md += [f"| {name} | {it} | {fmt(m['kl'], m['kl_stderr'])} | "
-               f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
-               f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
-               for (name, m), (_, it, _) in zip(res.items(), points)]
+        res = evaluate({"reference": cfg.reference,
+                        **{f"{run}/iter{iteration}": p for run, iteration, p in ckpts}})
+        sweep, sweep_md = report_sweep(cfg, res, points)
+        md += sweep_md
         if cfg.bon_sweep:
             sweep["bon"] = best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling)
             md += ["", "| best-of-N | KL bound | KL, plug-in estimate | gold reward | RM score |",
@@ -653,7 +674,7 @@ def best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling):
     bound, and the exact KL of each prompt's empirical distribution of its bon_sweep answers
     (best_of_n_kl_plugin), averaged: below the bound where the base repeats answers."""
     n_max = cfg.bon_sweep
-    policy, _ = common.init_policy(cfg.reference)
+    policy, _ = checkpoint.init_policy(cfg.reference)
     policy.to(sampling["device"]).eval()
     print0(f"best-of-N sweep: sampling {len(prompts) * n_max} answers ({n_max} per prompt)")
     t0 = time.time()
@@ -684,4 +705,4 @@ def best_of_n_sweep(cfg, prompts, enc, reward_model, gold_fn, sampling):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

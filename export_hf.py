@@ -1,6 +1,6 @@
 """
 Export a nanoRLHF policy as a Hugging Face GPT-2 directory (config.json + model.safetensors),
-loadable with `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and by GPT.from_pretrained.
+loadable with `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and by hf_io.from_pretrained.
 
     python export_hf.py --ckpt=out/ppo/ckpt_best.pt --out_dir=out/hf_ppo
 
@@ -13,8 +13,10 @@ has no HF counterpart, so encode with tokenizer.py. Only policies export: a rewa
 import json
 import os
 
-import common
-from model import CONV1D, GPT, write_safetensors
+import config
+import checkpoint
+from hf_io import CONV1D, write_safetensors
+from model import GPT
 
 DEFAULTS = dict(
     ckpt="out/ppo/ckpt_best.pt",  # a nanoRLHF policy checkpoint (kind 'policy')
@@ -61,10 +63,10 @@ def export_hf(model_or_checkpoint, out_dir, eos_token_id=None):
         model = model_or_checkpoint
     else:
         path = str(model_or_checkpoint)
-        ckpt = common.load_checkpoint(path, expect_kind="policy")
+        ckpt = checkpoint.load_checkpoint(path, expect_kind="policy")
         # the training scripts' loader and checks: a vocabulary too small for its tokenizer or
         # weights that do not fit model_args fail here, naming the file, not in someone's HF code
-        model = common.model_from_checkpoint(GPT, ckpt, path,
+        model = checkpoint.model_from_checkpoint(GPT, ckpt, path,
                                              ckpt["model_args"].get("dropout", 0.0))
         tokenizer = ckpt["tokenizer"]
     if eos_token_id is None:
@@ -84,11 +86,11 @@ def export_hf(model_or_checkpoint, out_dir, eos_token_id=None):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     eos = None if cfg.eos_token_id < 0 else cfg.eos_token_id
     if eos is not None:  # the id must be a token of the exported model
-        vocab = common.load_checkpoint(cfg.ckpt, expect_kind="policy")["model_args"].get("vocab_size")
-        common.require(isinstance(vocab, int) and eos < vocab, f"eos_token_id={eos} is outside "
+        vocab = checkpoint.load_checkpoint(cfg.ckpt, expect_kind="policy")["model_args"].get("vocab_size")
+        config.require(isinstance(vocab, int) and eos < vocab, f"eos_token_id={eos} is outside "
                        f"the vocabulary of {cfg.ckpt} ({vocab} tokens)")
     out = export_hf(cfg.ckpt, cfg.out_dir, eos)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
@@ -96,4 +98,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

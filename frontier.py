@@ -25,7 +25,8 @@ import math
 import os
 import time
 
-import common
+import config
+import checkpoint
 from pipeline import run_stages, stage_path
 
 DEFAULTS = dict(
@@ -42,7 +43,7 @@ METHODS = {
     "dpo": (["train_dpo.py", "config/dpo_toy.py"], [0.1, 0.5, 2.0], [0.1, 0.2, 0.5, 1.0, 2.0]),
     "ipo": (["train_dpo.py", "config/dpo_toy.py", "--loss_type=ipo"], [0.1, 0.3, 1.0],
             [0.03, 0.1, 0.3, 1.0, 3.0]),
-    "kto": (["train_dpo.py", "config/kto_toy.py"], [0.1, 0.5, 2.0], [0.1, 0.2, 0.5, 1.0, 2.0]),
+    "kto": (["train_kto.py", "config/kto_toy.py"], [0.1, 0.5, 2.0], [0.1, 0.2, 0.5, 1.0, 2.0]),
     "rpo": (["train_dpo.py", "config/dpo_toy.py", "--rpo_alpha=1.0"], [0.1, 0.5, 2.0],
             [0.1, 0.2, 0.5, 1.0, 2.0]),
     "ppo": (["train_ppo.py", "config/ppo_toy.py"], [0.02, 0.1, 0.5], [0.01, 0.03, 0.1, 0.2, 0.5]),
@@ -78,7 +79,7 @@ def finished(run_dir):
     path = os.path.join(run_dir, "ckpt_last.pt")
     if not os.path.isfile(path):
         return False
-    ckpt = common.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     return ckpt["step"] >= ckpt["config"]["max_iters"]
 
 
@@ -126,15 +127,15 @@ def gao_fit(d, r, form):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    common.validate(cfg, {"budget": (lambda v: v in SEEDS, "'small', 'full' or 'mini'"),
+    config.validate(cfg, {"budget": (lambda v: v in SEEDS, "'small', 'full' or 'mini'"),
                           "jobs": (lambda v: v >= 1, ">= 1")})
-    common.require(methods and all(m in METHODS or m == "bon" for m in methods),
+    config.require(methods and all(m in METHODS or m == "bon" for m in methods),
                    f"methods={cfg.methods!r}: a comma-separated list of {', '.join(METHODS)}, bon")
     out = stage_path(cfg.out)
     for path in (f"{out}/sft_toy/ckpt_best.pt", f"{out}/rm_toy/ckpt_best.pt"):
-        common.require(os.path.isfile(path), f"{path} does not exist: run python pipeline.py first")
+        config.require(os.path.isfile(path), f"{path} does not exist: run python pipeline.py first")
     grid = points(cfg, [m for m in methods if m != "bon"])
     todo = [p for p in grid if not finished(p[3])]
     cost = sum(EST_SECONDS[m] for m, *_ in todo) / cfg.jobs + 60 + 0.5 * BON_N[cfg.budget]
@@ -211,4 +212,4 @@ def frontier_curves(grid, results, bon=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -2,40 +2,28 @@
 GPT-2 in one file, shaped for RLHF.
 
 Differences from a plain language model, all needed by the RLHF stages:
-- logits for EVERY position (log-probs of whole responses), not just the last one;
+- logits for EVERY position (log-probs of whole responses), not just the last one, or only at the
+  positions whose log-probs are read (logits_at);
 - exact attention masks: left-padded prompts (generation) and right-padded batches (training)
-  give the same numbers at real positions as each row run alone;
-- rows that hold a prompt once and several answers after it (shared_prompt_mask), each answer
-  seeing only the prompt and itself: the reward model and DPO compute a pair's prompt once;
-- ScalarModel: the same trunk with a scalar head, used as reward model and as PPO critic;
+  give the same numbers at real positions as each row run alone; a 4-D mask is taken as given
+  (layouts.shared_prompt_mask: a prompt computed once for several answers);
+- ScalarModel: the same trunk with a scalar head, used as reward model (score) and as PPO critic
+  (values);
 - generate() with a pre-allocated KV cache, per-row EOS stopping and the sampled tokens'
-  log-probs;
-- loading Hugging Face GPT-2 weights (hub or local directory) with nothing but the standard
-  library, numpy and torch: safetensors is read and written by hand below.
+  log-probs.
 
-Module names mirror Hugging Face's GPT-2, so its state dict maps one to one onto ours, except
-that HF stores the four projection weights as Conv1D (in, out) and we use nn.Linear (out, in).
+Module names mirror Hugging Face's GPT-2, so its state dict maps one to one onto ours (hf_io.py
+loads the hub's weights and export_hf.py writes them).
 """
 
-import json
 import math
-import os
-import struct
-import sys
-import urllib.error
-import urllib.request
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-# where GPT.from_pretrained('gpt2') downloads from; read at call time so tests can point it at a
-# file:// directory
-HF_HUB_URL = os.environ.get("NANORLHF_HUB_URL", "https://huggingface.co")
-PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# HF Conv1D weights are (in, out); our nn.Linear weights are (out, in): these four get transposed
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+from torch.nn.utils.rnn import pad_sequence
 
 
 @dataclass
@@ -67,24 +55,6 @@ def attention_mask_4d(key_mask, q_len):
     allowed = causal & key_mask.bool()[:, None, :]  # (B, Tq, Tk)
     allowed = allowed | (k_pos == q_pos)  # the diagonal
     return allowed[:, None]  # (B, 1, Tq, Tk): broadcast over heads
-
-
-def shared_prompt_mask(segments):
-    """
-    Boolean SDPA mask of rows that hold one prompt followed by several answers to it
-    (loader.collate_shared_prompt), so that the prompt is computed once for all of them.
-    segments (B, T) long: 0 for the prompt, k >= 1 for the k-th answer, -1 for padding. A query
-    sees the keys before it (causal) that are the prompt or of its own answer: each answer sees
-    exactly what it would see in a row of its own (prompt + answer), and never another answer.
-    A padding query sees the other padding and the prompt (finite garbage nothing reads); every
-    query sees itself. Returns (B, 1, T, T).
-    """
-    T = segments.size(1)
-    pos = torch.arange(T, device=segments.device)
-    causal = pos[None, :] <= pos[:, None]  # (Tq, Tk)
-    q, k = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
-    allowed = causal & ((k == 0) | (k == q))  # (B, Tq, Tk)
-    return allowed[:, None]
 
 
 def is_right_padded(attention_mask):
@@ -282,15 +252,10 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):
-        """GPT-2 weights from the hub ('gpt2' ... 'gpt2-xl') or a local Hugging Face directory."""
-        config, sd = load_hf_gpt2(name_or_path)
-        config.dropout = dropout
-        with torch.device("meta"):  # check the shapes on a model without storage first: a
-            shell = cls(config)     # config.json of a huge model costs nothing then
-        load_hf_state_dict(shell, sd, check_only=True)
-        model = cls(config)
-        load_hf_state_dict(model, sd)
-        return model
+        """GPT-2 weights from the hub ('gpt2' ... 'gpt2-xl') or a local Hugging Face directory
+        (hf_io.from_pretrained)."""
+        import hf_io  # hf_io builds on this module
+        return hf_io.from_pretrained(name_or_path, dropout, cls)
 
     @torch.no_grad()
     def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None,
@@ -476,189 +441,33 @@ class ScalarModel(nn.Module):
         h_last = h[torch.arange(B, device=idx.device), last]  # (B, C)
         return self.head(h_last).squeeze(-1) - self.reward_bias
 
-# -----------------------------------------------------------------------------
-# safetensors, by hand
-#
-# A .safetensors file is: 8 bytes, a little-endian uint64 N; N bytes of JSON mapping each tensor
-# name to {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]} (byte offsets counted from
-# the end of the header), plus an optional "__metadata__" dict of str -> str; then the raw
-# little-endian, row-major tensor bytes. No pickle, so loading can never run code.
+    @torch.no_grad()
+    def score(self, idx, attention_mask, batch_size=None):
+        """
+        Scores (B,) float of token ids the caller already has, e.g. PPO's prompt + sampled
+        response, so the reward model sees exactly the ids the policy produced. idx,
+        attention_mask (B, T), left or right padding; the score is read at each row's last
+        mask == 1 token and reward_bias is subtracted; batch_size rows per forward (None: all).
+        Runs in eval mode (no dropout), then restores the model's mode.
+        """
+        was_training = self.training
+        self.eval()
+        B = idx.size(0)
+        step = batch_size or max(B, 1)
+        out = torch.cat([self(idx[i:i + step], attention_mask[i:i + step]).float()
+                         for i in range(0, B, step)]) if B else idx.new_zeros(0, dtype=torch.float)
+        self.train(was_training)
+        return out
 
-ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-             "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-             "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-
-
-def read_safetensors(path):
-    """Read a .safetensors file into a dict name -> CPU tensor."""
-    assert sys.byteorder == "little", "this reader assumes a little-endian machine"
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:  # a cut or damaged file: never read, or allocate, past its end
-            raise ValueError(f"{path}: its header claims {n} bytes, the file holds {size}")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: the safetensors header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{path}: the safetensors header is not a JSON object")
-        header.pop("__metadata__", None)
-        base = 8 + n
-        out = {}
-        for name, info in header.items():
-            if info["dtype"] not in ST_DTYPES:
-                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-            dtype, shape = ST_DTYPES[info["dtype"]], info["shape"]
-            begin, end = info["data_offsets"]
-            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            if base + end > size or begin < 0:
-                raise ValueError(f"{path}: tensor {name!r} lies past the end of the file")
-            if end - begin != nbytes:
-                raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes, "
-                                 f"expected {nbytes}")
-            f.seek(base + begin)
-            buf = bytearray(nbytes)  # read straight into a writable buffer torch can share
-            if f.readinto(buf) != nbytes:
-                raise ValueError(f"{path}: file is truncated (tensor {name!r})")
-            t = torch.frombuffer(buf, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
-            out[name] = t.reshape(shape)
-    return out
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """Write a dict name -> tensor as .safetensors, atomically (temp file, then rename)."""
-    header, offset = {}, 0
-    if metadata:  # the format allows only str -> str here
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    for name, t in tensors.items():
-        if t.dtype not in ST_NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} has no safetensors name here")
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hbytes += b" " * (-len(hbytes) % 8)  # pad with spaces so the data starts 8-byte aligned
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for t in tensors.values():
-            # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
-            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-    os.replace(tmp, path)
-
-# -----------------------------------------------------------------------------
-# Hugging Face GPT-2 checkpoints
-
-
-def _download(url, path):
-    """Download url to path through path.tmp, printing a progress line."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fname = os.path.basename(path)
-    try:
-        req = urllib.request.Request(url, headers={"User-Agent": "nanorlhf"})
-        with urllib.request.urlopen(req, timeout=60) as r, open(tmp, "wb") as f:
-            total, done = int(r.headers.get("Content-Length") or 0), 0
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                pct = f"{100 * done / total:5.1f}%" if total else "?"
-                print(f"\rdownloading {fname}: {pct} ({done / 1e6:.1f}/{total / 1e6:.1f} MB)",
-                      end="", flush=True)
-        print()
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise RuntimeError(
-            f"could not download {url} ({e}). No network? Download config.json and "
-            f"model.safetensors elsewhere and pass their local directory instead of the name "
-            f"(or set NANORLHF_CACHE to a directory that already holds them).") from None
-
-
-def download_pretrained(name):
-    """config.json + model.safetensors of a hub GPT-2 into the cache dir; returns the dir."""
-    root = os.environ.get("NANORLHF_CACHE") or os.path.expanduser("~/.cache/nanorlhf")
-    d = os.path.join(root, name)
-    os.makedirs(d, exist_ok=True)
-    for fname in ("config.json", "model.safetensors"):
-        path = os.path.join(d, fname)
-        if not os.path.isfile(path):
-            _download(f"{HF_HUB_URL}/{name}/resolve/main/{fname}", path)
-    return d
-
-
-def load_hf_gpt2(name_or_path):
-    """(GPTConfig, raw HF state dict) from a hub name or a local HF GPT-2 directory."""
-    if os.path.isdir(name_or_path):
-        d = name_or_path
-    elif name_or_path in PRETRAINED:
-        d = download_pretrained(name_or_path)
-    else:
-        raise ValueError(f"{name_or_path!r} is neither one of {PRETRAINED} nor a directory")
-    cfg_path = os.path.join(d, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise ValueError(f"{d}: no config.json (expected a Hugging Face GPT-2 directory)")
-    with open(cfg_path) as f:
-        hf = json.load(f)
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{d}: model_type {hf.get('model_type')!r}, only 'gpt2' is supported")
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"{d}: activation {hf['activation_function']!r} is not GPT-2's gelu_new")
-    if (hf.get("n_inner") not in (None, 4 * hf["n_embd"])
-            or hf.get("scale_attn_by_inverse_layer_idx")
-            or not hf.get("scale_attn_weights", True) or not hf.get("tie_word_embeddings", True)):
-        raise ValueError(f"{d}: a GPT-2 variant this model does not implement (n_inner, "
-                         f"attention scaling or untied embeddings differ from GPT-2's)")
-    config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
-                       n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True)
-    if os.path.isfile(os.path.join(d, "model.safetensors")):
-        sd = read_safetensors(os.path.join(d, "model.safetensors"))
-    elif os.path.isfile(os.path.join(d, "pytorch_model.bin")):
-        # weights_only: a pickle from the internet must not be able to run code
-        path = os.path.join(d, "pytorch_model.bin")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"{d}: neither model.safetensors nor pytorch_model.bin found")
-    return config, sd
-
-
-def load_hf_state_dict(model, sd, check_only=False):
-    """
-    Copy a HF GPT-2 state dict into our GPT. Accepts both layouts: the hub's original files
-    (no 'transformer.' prefix, attn.bias/masked_bias buffers, lm_head.weight) and recent
-    transformers' (prefixed, lm_head omitted because tied).
-    """
-    ours = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
-    theirs = {}
-    for k, v in sd.items():
-        if k.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # the causal-mask buffers of old GPT-2 files: SDPA does the masking
-        if k == "lm_head.weight":
-            wte = sd.get("transformer.wte.weight", sd.get("wte.weight"))
-            if wte is not None and not torch.equal(v, wte):
-                raise ValueError("lm_head.weight differs from wte.weight: untied embeddings are "
-                                 "not supported (GPT-2 ties them)")
-            continue
-        k = k if k.startswith("transformer.") else "transformer." + k
-        theirs[k] = v.t() if k.endswith(CONV1D) else v
-    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
-    if missing or unexpected:
-        raise ValueError(f"GPT-2 state dict does not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    for k, v in theirs.items():
-        if v.shape != ours[k].shape:
-            raise ValueError(f"{k}: shape {tuple(v.shape)} in the file, model expects "
-                             f"{tuple(ours[k].shape)}")
-    if check_only:
-        return
-    with torch.no_grad():
-        for k, v in theirs.items():
-            ours[k].copy_(v)
+    def score_rows(self, rows, pad_id, batch_size, autocast=None):
+        """Scores (N,) float on the CPU of token-id lists (prompt + response each), right-padded
+        with pad_id in consecutive chunks of batch_size rows (in the order given)."""
+        device, out = self.head.weight.device, []
+        for k in range(0, len(rows), batch_size):
+            chunk = [torch.tensor(r, dtype=torch.long) for r in rows[k:k + batch_size]]
+            idx = pad_sequence(chunk, batch_first=True, padding_value=pad_id)  # (B, T)
+            lengths = torch.tensor([len(r) for r in chunk])
+            attn = (torch.arange(idx.size(1))[None, :] < lengths[:, None]).long()  # (B, T)
+            with autocast or nullcontext():
+                out.append(self.score(idx.to(device), attn.to(device)).cpu())
+        return torch.cat(out) if out else torch.zeros(0)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-import common
+import config
 
 DEFAULTS = dict(
     out="out",                # every stage writes to {out}/{stage}_toy
@@ -123,25 +123,41 @@ def last_step(log_dir, name):
     return f"step {steps[-1]}" if steps else "starting"
 
 
-def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    common.validate(cfg, {
-        "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
-        "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
-        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
-    common.require(cfg.rounds == 1 or cfg.data == "onpolicy",
-                   "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
-    methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
-    common.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
-                   f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
-    methods -= set() if cfg.data == "onpolicy" else {"kto"}  # KTO's labels come from label.py
+def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
+    """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
+    over-optimisation sweeps. Returns the evaluation's out dir."""
+    last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
+    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
+    eval_dir = os.path.join(out, "eval")
+    for name in set(OPTIONAL) - methods:
+        stages.pop(name, None)
+    names = ["ppo"] + [m for m in OPTIONAL if m in methods]
+    policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
+        f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names])
+    pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
+    sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
+    stages["eval"] = (list(stages), [
+        "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
+        f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
+    if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
+        print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
+    elif cfg.plots:
+        stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
+                                      f"--out_dir={out}/plots"])
+    return eval_dir
+
+
+def build_stages(cfg, methods):
+    """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
+    and the evaluation's out dir: each command exactly as you would run it by hand."""
     mini = cfg.scale == "mini"
     extra = (lambda stage: MINI[stage]) if mini else (lambda stage: [])
     out, data = stage_path(cfg.out), stage_path(cfg.data_dir)
     d = lambda name: os.path.join(out, f"{name}_toy")  # noqa: E731
     common_args = [f"--seed={cfg.seed}"] + (["--overwrite=True"] if cfg.overwrite else [])
     sft = f"{d('sft')}/ckpt_best.pt"
-    t0 = time.time()
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
@@ -202,27 +218,27 @@ def main(argv=None):
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
     if "kto" in methods:
         stages["kto"] = (stages["rm"][0], [
-            "train_dpo.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
+            "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
-    # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
-    eval_dir = os.path.join(out, "eval")
-    for name in set(OPTIONAL) - methods:
-        stages.pop(name, None)
-    names = ["ppo"] + [m for m in OPTIONAL if m in methods]
-    policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
-        f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names])
-    pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
-    sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
-    stages["eval"] = (list(stages), [
-        "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
-        f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
-        f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
-    if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
-        print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
-    elif cfg.plots:
-        stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
-                                      f"--out_dir={out}/plots"])
+    return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra)
+
+
+def main(argv=None):
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    config.validate(cfg, {
+        "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
+        "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
+        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
+    config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
+                   "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
+    methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
+    config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
+                   f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
+    methods -= set() if cfg.data == "onpolicy" else {"kto"}  # KTO's labels come from label.py
+    t0 = time.time()
+    stages, eval_dir = build_stages(cfg, methods)
+    out = stage_path(cfg.out)
     times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))
 
     print(f"\npipeline done in {time.time() - t0:.0f}s (" +
@@ -232,4 +248,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -29,8 +29,8 @@ import math
 import os
 import sys
 
-import common
-from common import parse_config
+import config
+from config import parse_config
 
 DEFAULTS = dict(
     runs="out",          # the runs are {runs}/{name}_{tag}, e.g. out/ppo_toy, out/rloo_toy
@@ -355,4 +355,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

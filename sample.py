@@ -29,12 +29,14 @@ import sys
 
 import torch
 
-import common
+import config
+import runtime
+import checkpoint
 from data import loader
 from data.toy.judge import gold_reward
-from model import PRETRAINED, KVCache, position_ids_from_mask, row_generators, sample_next
+from hf_io import PRETRAINED
+from model import KVCache, position_ids_from_mask, row_generators, sample_next
 from tokenizer import decode_response, encode_prompt, get_tokenizer
-from train_reward_model import score_ids
 
 # -----------------------------------------------------------------------------
 DEFAULTS = dict(
@@ -63,24 +65,24 @@ def parse_ckpts(spec):
         parts = os.path.normpath(item).split(os.sep)
         parts = parts[-2:] if parts[-1].startswith("ckpt") else parts[-1:]
         name, path = m.groups() if m else ("/".join(parts).removesuffix(".pt"), item)
-        common.require(name not in out, f"ckpt: the name {name!r} is used twice (name them: "
+        config.require(name not in out, f"ckpt: the name {name!r} is used twice (name them: "
                                          f"--ckpt=a:path,b:path)")
         out[name] = path
-    common.require(out, "ckpt: no checkpoint given")
+    config.require(out, "ckpt: no checkpoint given")
     return out
 
 
 def validate(cfg):
     """Bad values fail here, naming the key, before any model is loaded. Returns {name: source}."""
-    common.validate(cfg, {
+    config.validate(cfg, {
         "temperature": (lambda v: v == 0 or 0.01 <= v <= 100, "0 (greedy) or in [0.01, 100]"),
         "num_samples_per_prompt": (lambda v: v > 0, "> 0"),
         "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''")})
-    common.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
+    config.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
     sources = parse_ckpts(cfg.ckpt)
     for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
                       ("reward_model", cfg.reward_model)]:
-        common.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
+        config.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
                        f"does not exist (the toy world's data and models: python pipeline.py)")
     return sources
 
@@ -153,25 +155,25 @@ def read_prompts(cfg, enc, block_size, interactive):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     sources = validate(cfg)
-    rt = common.init_runtime(cfg)
+    proc = runtime.init_runtime(cfg)
 
     # the models: side by side, they must all read the same tokens
     models, tok = {}, None
     for name, path in sources.items():
-        model, t = common.init_policy(path)
-        models[name], tok = model.to(rt.device).eval(), tok or t
-        common.require(t == tok, f"ckpt: {name} ({path}) uses the {t!r} tokenizer but "
+        model, t = checkpoint.init_policy(path)
+        models[name], tok = model.to(proc.device).eval(), tok or t
+        config.require(t == tok, f"ckpt: {name} ({path}) uses the {t!r} tokenizer but "
                        f"{next(iter(models))} uses {tok!r}: side by side they need one tokenizer")
         print(f"{name}: {path}, {models[name].num_params() / 1e6:.2f}M parameters, {t!r} tokenizer")
     enc = get_tokenizer(tok)
     vocab_size = next(iter(models.values())).config.vocab_size
-    rm = (common.load_reward_model(cfg.reward_model, tok, vocab_size).to(rt.device)
+    rm = (checkpoint.load_reward_model(cfg.reward_model, tok, vocab_size).to(proc.device)
           if cfg.reward_model else None)
     block_size = min(m.config.block_size for m in [*models.values(), rm] if m is not None)
     room = block_size - cfg.max_new_tokens  # the prompt tokens that fit before the answer
-    common.require(room >= 1, f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt "
+    config.require(room >= 1, f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt "
                               f"in block_size={block_size}")
     interactive = not (cfg.prompt or cfg.prompts) and sys.stdin.isatty()
     print(f"temperature {cfg.temperature or '0 (greedy)'}, top_k {cfg.top_k or 'off'}, top_p "
@@ -191,11 +193,11 @@ def main(argv=None):
             print(cut if interactive else f"\n>>> {text}   {cut}".rstrip(), flush=True)
         for (name, j), tag in tags.items():
             print(f"{tag:<{width}} ", end="", flush=True)
-            gen = row_generators(cfg.seed, [(i, j)], rt.device)  # the same in every model
-            with rt.autocast:
+            gen = row_generators(cfg.seed, [(i, j)], proc.device)  # the same in every model
+            with proc.autocast:
                 out, answer = stream_answer(models[name], ids, enc, cfg, gen, width + 1)
-                seq = torch.tensor([ids + out], device=rt.device)  # (1, P + N): the exact ids
-                rm_score = None if rm is None else score_ids(rm, seq, torch.ones_like(seq)).item()
+                seq = torch.tensor([ids + out], device=proc.device)  # (1, P + N): the exact ids
+                rm_score = None if rm is None else rm.score(seq, torch.ones_like(seq)).item()
             try:
                 gold = gold_reward(text, answer) if cfg.gold_judge == "toy" else None
             except ValueError:  # not a toy-world question: no gold score rather than a crash
@@ -212,4 +214,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

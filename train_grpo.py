@@ -43,14 +43,20 @@ import time
 
 import torch
 
-import common
-from common import print0
+import checkpoint
+import config
+import ops
+import optim
+import runtime
 from data import loader
-# shared with PPO (train_ppo.py): the rollout, log-probs, KL estimators, the clipped loss and its
-# aggregation, the update loop, the held-out evaluation
-from train_ppo import (AGGREGATIONS, aggregate_loss, evaluate_policy, kl_estimates,  # noqa: F401
-                       kl_penalty, load_models, load_prompts, log_token_samples, ppo_update,
-                       print_samples, prompt_batch, rollout, rollout_metrics,
+from rollout import prompt_batch, rollout
+from run import Run
+from runtime import print0
+# shared with PPO (train_ppo.py): the KL estimators, the clipped loss and its aggregation, the
+# update loop, the held-out evaluation, what a person sees, the checkpoints
+from train_ppo import (AGGREGATIONS, LossSettings, evaluate_and_keep_best, kl_estimates,
+                       kl_penalty, load_models, load_prompts, ppo_update, resume_models,
+                       rollout_metrics, save_and_check_stop, show_iteration,
                        validate as validate_rl)
 
 # -----------------------------------------------------------------------------
@@ -153,7 +159,7 @@ def group_advantages(scores, group_size, baseline="mean", scale="group", eps=1e-
     if scale == "group":
         adv = adv / (r.std(1, keepdim=True) + eps)
     elif scale == "batch":
-        _, var = common.global_masked_mean_var(adv, torch.ones_like(adv), unbiased=True)
+        _, var = ops.global_masked_mean_var(adv, torch.ones_like(adv), unbiased=True)
         adv = adv / (var.sqrt() + eps)
     elif scale != "none":
         raise ValueError(f"unknown scale {scale!r}: expected 'group', 'none' or 'batch'")
@@ -197,115 +203,96 @@ def validate(cfg):
         "group_size": (lambda v: v >= 2, ">= 2 (a group baseline needs two answers)"),
         "missing_eos_mode": (lambda v: v in ("", "replace", "subtract", "mask"),
                              "'replace', 'subtract', 'mask' or ''")})
-    common.require(cfg.rollout_batch_size % cfg.group_size == 0, f"group_size={cfg.group_size} "
+    config.require(cfg.rollout_batch_size % cfg.group_size == 0, f"group_size={cfg.group_size} "
                    f"must divide rollout_batch_size={cfg.rollout_batch_size}")
     kl_in, estimator = settings(cfg)[3:]
-    common.require(not (kl_in == "loss" and estimator == "k1" and cfg.beta > 0), "kl_in='loss' "
+    config.require(not (kl_in == "loss" and estimator == "k1" and cfg.beta > 0), "kl_in='loss' "
                    "with kl_estimator='k1': k1 as a loss has zero expected gradient (E_pi[grad log "
                    "pi] = 0), so it would not anchor the policy; use k3 or k2 in the loss, or k1 "
                    "in the reward (kl_in='reward')")
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    run = common.Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
-    rt = run.rt
+    run = Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    proc = run.proc
     baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
 
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
-    policy, ref, _, reward, gold_fn, enc = load_models(cfg, rt, with_reference=cfg.beta > 0)
+    policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
     train, val = load_prompts(cfg, enc)
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
-           f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {rt.device}")
+           f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {proc.device}")
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
-    optimizer = common.make_optimizer(policy, cfg, rt)
-    it, best_val = run.restore(optimizer, best_val=-math.inf).values()
-    if run.resume:
-        policy.load_state_dict(run.resume["model"])
+    optimizer = optim.make_optimizer(policy, cfg, proc)
+    state = run.restore(optimizer, best_val=-math.inf)
+    iteration = state.step  # iterations done
+    resume_models(run, policy)
 
-    def checkpoint(with_state):
-        return common.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, it,
-                                      optimizer if with_state else None, best_val=best_val)
+    def snapshot(with_state):
+        return checkpoint.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, iteration,
+                                          optimizer if with_state else None,
+                                          best_val=state.best_val)
 
-    def evaluate():
-        nonlocal best_val
-        if not val or not rt.master:
-            return {}
-        metrics = evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, cfg.beta)
-        common.check_finite(it, val_reward=metrics["val_reward"])  # never save a broken model
-        run.log(it, **metrics)
-        if metrics["val_reward"] > best_val:  # best by the objective, score - beta * KL
-            best_val = metrics["val_reward"]
-            run.save("ckpt_best.pt", checkpoint(False))
-        return metrics
+    def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
+        return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
+                                      gold_fn), val, enc, cfg, cfg.beta)
 
     # -------------------------------------------------------------------------
-    # training loop. `it` counts the iterations done; its prompts are a function of `it` alone.
-    val_metrics = evaluate() if it == 0 else {}
-    metrics = {}
-    while it < cfg.max_iters:
+    # training loop. `iteration` counts the iterations done; its prompts are a function of it.
+    metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
+    while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = min(1.0, (it + 1) / (cfg.warmup_iters + 1)) * (
-            1.0 - it / cfg.max_iters if cfg.decay_lr else 1.0)
-        common.set_lr(optimizer, cfg.lr * lr_scale)
+        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
+        optim.set_lr(optimizer, cfg.lr * lr_scale)
         # 1. rollout: group_size answers to each prompt, consecutive rows
-        rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size, it,
-                                    cfg.seed, rt.rank, rt.world_size)
-        ro = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, rt, cfg.group_size),
-                     enc, cfg, rt)
+        rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size,
+                                    iteration, cfg.seed, proc.rank, proc.world_size)
+        rollouts = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, proc,
+                                                                   cfg.group_size), enc, cfg, proc)
+        t_rollout = time.time() - t0
         # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (kl_estimator, summed)
-        kl_k1, kl_k3 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask) if ref else \
-            (torch.zeros_like(ro.scores),) * 2
-        scores = ro.scores
-        if kl_in == "reward" and ref:
-            scores = kl_penalised_scores(ro.scores, ro.logprobs, ro.ref_logprobs, ro.resp_mask,
-                                         cfg.beta, kl_estimator)
+        kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask) \
+            if ref else (torch.zeros_like(rollouts.scores),) * 2
+        scores = kl_penalised_scores(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs,
+                                     rollouts.resp_mask, cfg.beta, kl_estimator) \
+            if kl_in == "reward" and ref else rollouts.scores
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
         if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO); the
             # metrics still see it as it was written
-            ro = dataclasses.replace(ro, loss_mask=ro.resp_mask * ro.has_eos[:, None])
-        token_advantages = advantages[:, None] * ro.resp_mask  # (B, N)
+            rollouts = dataclasses.replace(rollouts, loss_mask=rollouts.resp_mask
+                                           * rollouts.has_eos[:, None])
+        token_advantages = advantages[:, None] * rollouts.resp_mask  # (B, N)
         # 4. the clipped update, without a critic; GRPO pays the KL here, in the loss
-        stats = ppo_update(ro, token_advantages, None, policy, optimizer, cfg, rt, it + 1,
-                           kl_coef=cfg.beta if kl_in == "loss" and ref else 0.0,
-                           kl_estimator=kl_estimator, loss_agg=loss_agg)
-        it += 1
+        loss_settings = LossSettings(loss_agg, cfg.beta if kl_in == "loss" and ref else 0.0,
+                                     kl_estimator)
+        stats = ppo_update(rollouts, token_advantages, None, policy=(policy, optimizer),
+                           loss_settings=loss_settings, update=iteration + 1, cfg=cfg, proc=proc)
+        iteration += 1
 
         # -------------------------------------------------------------------------
         # what a person sees, evaluations and checkpoints
-        dt = time.time() - t0
-        metrics = dict(rollout_metrics(ro, cfg.beta if ref else 0.0, kl_k1, kl_k3),
-                       **stats, no_signal=common.all_reduce_mean(
+        metrics = dict(rollout_metrics(rollouts, cfg.beta if ref else 0.0, kl_k1, kl_k3),
+                       **stats, no_signal=runtime.all_reduce_mean(
                            no_signal_share(scores, cfg.group_size)))
-        gold = [gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)] if gold_fn else None
-        if gold:
-            metrics["gold"] = common.all_reduce_mean(sum(gold) / len(gold))
-        if it % cfg.log_interval == 0 or it == 1 or it == cfg.max_iters:
-            run.log(it, **metrics, lr=cfg.lr * lr_scale, s_per_iter=round(dt, 2))
-        if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
-            print_samples(ro, cfg.num_samples, gold, kl_k1 if ref else None)
-            log_token_samples(run, it, ro, enc, cfg.num_samples, advantage=token_advantages,
-                              **(dict(kl=kl_penalty(ro.logprobs, ro.ref_logprobs)) if ref else {}))
-        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+        kl_tokens = dict(kl=kl_penalty(rollouts.logprobs, rollouts.ref_logprobs)) if ref else {}
+        show_iteration(run, iteration, rollouts, metrics, gold_fn, kl_k1 if ref else None, enc,
+                       cfg, dict(advantage=token_advantages, **kl_tokens), lr=cfg.lr * lr_scale,
+                       t0=t0, t_rollout=t_rollout)
+        if iteration % cfg.eval_interval == 0 or iteration == cfg.max_iters:
             val_metrics = evaluate()
-        if cfg.save_every and it % cfg.save_every == 0:
-            run.save(f"ckpt_iter{it}.pt", checkpoint(False))
-        stopping = run.should_stop(it)
-        if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
-            run.save("ckpt_last.pt", checkpoint(True))
-        if stopping:
-            print0(f"stopping after iteration {it}; continue with --resume=True")
+        if save_and_check_stop(run, iteration, cfg, snapshot):
             break
 
     run.finish()
-    return dict(metrics, **val_metrics, iters=it, out_dir=cfg.out_dir)
+    return dict(metrics, **val_metrics, iters=iteration, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

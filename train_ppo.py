@@ -26,7 +26,8 @@ a value head on the policy's own hidden states). One iteration:
   7. beta: fixed, or moved towards target_kl by Ziegler et al.'s controller.
 On the toy world the gold judge (data/toy/judge.py) scores the same rollouts, logged as 'gold' next
 to the proxy 'score': when the score keeps rising while gold falls, PPO is hacking the reward model.
-The rollout, the log-probs, the clipped loss and the update are shared with train_grpo.py.
+The rollout and the log-probs (steps 1-3) are rollout.py's; the clipped loss and the update are
+shared with train_grpo.py.
 
 Deliberately left out: InstructGPT's pretraining-mix loss (PPO-ptx), several samples per prompt
 (see train_grpo.py), reward-model ensembles, torch.compile (the shapes change every iteration),
@@ -37,23 +38,25 @@ ranks, so that every rank takes the same decisions.
 """
 
 import copy
-import importlib.util
 import math
-import os
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-import common
-from common import masked_mean, print0
+import checkpoint
+import config
+import ops
+import optim
+import runtime
 from data import loader
 from model import row_generators
-from tokenizer import decode_response, get_tokenizer, token_texts
-from train_reward_model import score_ids
+from ops import masked_mean
+from rollout import load_reward_fn, make_reward, policy_forward, prompt_batch, rollout
+from run import Run
+from runtime import print0
+from tokenizer import get_tokenizer, token_texts
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/ppo_toy.py holds the same values)
@@ -181,7 +184,7 @@ def whiten(x, mask, shift_mean=True):
     those of every rank's batch, so all ranks scale alike (a collective: every rank calls it).
     """
     mask = mask.to(x.dtype)
-    mean, var = common.global_masked_mean_var(x, mask, unbiased=True)
+    mean, var = ops.global_masked_mean_var(x, mask, unbiased=True)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 
@@ -222,12 +225,12 @@ def loss_normalizer(mask, mode="token_mean", budget=None):
     and ranks.
     """
     if mode == "token_mean":
-        return common.all_reduce_sum(mask.sum().float())
-    n = common.all_reduce_sum(torch.tensor(float(mask.size(0)), device=mask.device))
+        return runtime.all_reduce_sum(mask.sum().float())
+    n = runtime.all_reduce_sum(torch.tensor(float(mask.size(0)), device=mask.device))
     if mode == "seq_mean_token_mean":
         return n
     if budget is None:  # the padded length, the largest of the ranks'
-        budget = common.all_reduce_max(torch.tensor(float(mask.size(1)), device=mask.device))
+        budget = runtime.all_reduce_max(torch.tensor(float(mask.size(1)), device=mask.device))
     return n * budget
 
 
@@ -294,11 +297,6 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value, total=Non
     return loss, masked_mean((err_clipped > err_unclipped).float(), mask)
 
 
-def entropy_from_logits(logits):
-    """Entropy of softmax(logits) per position, logsumexp(z) - sum_a p_a z_a: (B, T, V) -> (B, T)."""
-    return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)
-
-
 def adaptive_kl_coef(beta, kl, target, horizon, n_steps):
     """
     The adaptive KL controller of Ziegler et al. 2019 (sec. 2.2), proportional control of beta:
@@ -315,214 +313,59 @@ def explained_variance(values, returns, mask):
     """1 - Var[R - V] / Var[R] over valid tokens (of every rank under DDP: a collective): 1 = the
     critic predicts the returns, <= 0 = no better than a constant."""
     def var(x):
-        return common.global_masked_mean_var(x, mask)[1]
+        return ops.global_masked_mean_var(x, mask)[1]
     return (1.0 - var(returns - values) / var(returns).clamp(min=1e-8)).item()
 
 
-def penalise_missing_eos(scores, has_eos, penalty, mode):
-    """A response cut at max_new_tokens is no finished answer, and the RM scores it at a token it
-    never saw as an end: 'replace' its score by -penalty (the "N+ implementation details of RLHF"
-    use -1), or 'subtract' the penalty (TRL's missing_eos_penalty); '' leaves it. (B,) -> (B,)"""
-    if mode == "replace":
-        return torch.where(has_eos, scores, torch.full_like(scores, -penalty))
-    return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
-
 # -----------------------------------------------------------------------------
-# rewards: the reward model, or a programmatic function of the texts
+# the loss beside the clipped surrogate: how it is aggregated over tokens (AGGREGATIONS), and the
+# KL to the reference as a term of it (GRPO: kl_coef > 0, with the kl_penalty estimator)
+LossSettings = namedtuple("LossSettings", "agg kl_coef kl_estimator",
+                          defaults=("token_mean", 0.0, "k3"))
 
 
-def load_reward_fn(spec):
-    """
-    A programmatic reward f(prompt, response) -> float from its spec: 'toy_gold' (the toy
-    world's judge), 'byte_count:c' (occurrences of the character c), or 'file.py:function'
-    (any function of a Python file). '' -> None: the reward model scores. Every return value is
-    checked: a non-number or a non-finite one stops the run with the prompt it was given.
-    """
-    if not spec:
-        return None
-    if spec == "toy_gold":
-        from data.toy.judge import gold_reward
-        fn = gold_reward
-    elif spec.startswith("byte_count:") and len(spec) == len("byte_count:") + 1:
-        char = spec[-1]
-        fn = lambda prompt, response: float(response.count(char))  # noqa: E731
-    else:
-        path, sep, name = spec.rpartition(":")
-        common.require(sep and path.endswith(".py") and name.isidentifier(),
-                       f"reward_fn={spec!r}: expected '', 'toy_gold', 'byte_count:<one character>' "
-                       f"or 'path/to/file.py:function'")
-        common.require(os.path.isfile(path), f"reward_fn={spec!r}: the file {path} does not exist")
-        try:
-            module_spec = importlib.util.spec_from_file_location("reward_fn_module", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        except BaseException as e:  # a syntax error, an import error, a sys.exit in the file
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            raise common.ConfigError(f"reward_fn={spec!r}: {path} failed to run: {e!r}") from None
-        fn = getattr(module, name, None)
-        common.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
-
-    def checked(prompt, response):
-        value = fn(prompt, response)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise common.ConfigError(f"reward_fn={spec!r} returned {value!r} (a finite number is "
-                                     f"needed) for the prompt {prompt[:80]!r}")
-        return float(value)
-    return checked
-
-
-def make_reward(reward_model, reward_fn, batch_size):
-    """The step-3 scorer reward(prompts, responses, seq, mask) -> (B,) float: the reward model
-    at each row's last real token of the exact ids the policy produced (never re-tokenised
-    text), batch_size rows at a time, or a programmatic reward_fn of the texts."""
-    if reward_fn is not None:
-        return lambda prompts, responses, seq, mask: torch.tensor(
-            [reward_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
-    return lambda prompts, responses, seq, mask: score_ids(reward_model, seq, mask, batch_size)
-
-# -----------------------------------------------------------------------------
-# forwards and the rollout
-
-
-def policy_forward(policy, seq, mask, P, temperature, critic=None, entropy=False):
-    """
-    One forward of prompt + response, seq and mask (B, P + N) with the prompts left-padded to P
-    columns. Every prompt ends in column P - 1, so the hidden state in column P - 1 + t has seen the
-    prompt and the response tokens < t: its logits predict response token t (the LM head runs on
-    those N columns only), and it is the state s_t the critic values. Returns logprobs (B, N) of
-    the response tokens under logits / T, the entropy (B, N) of that distribution (or None), and
-    values (B, N) (None without a critic). critic: a ScalarModel (separate critic) or an
-    nn.Linear value head on this policy's trunk.
-    """
-    h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, N, C): the states before each token
-    logits = policy.lm_head(h).float() / temperature  # (B, N, V); no logits for the prompt
-    logprobs = common.logprobs_of(logits, seq[:, P:])  # (B, N)
-    ent = entropy_from_logits(logits) if entropy else None
-    if isinstance(critic, nn.Linear):
-        values = critic(h).squeeze(-1).float()
-    else:
-        values = critic.values(seq, mask)[:, P - 1:-1].float() if critic is not None else None
-    return logprobs, ent, values
-
-
-@dataclass
-class Rollout:
-    """A batch of sampled answers and what the update needs. (B, N) tensors are aligned with the
-    response tokens; resp_mask is 1 on them up to and including the EOS."""
-    seq: torch.Tensor            # (B, P + N) prompt + response ids, prompts left-padded to P
-    mask: torch.Tensor           # (B, P + N) attention mask: 0 on left pads and after the EOS
-    P: int                       # prompt columns
-    resp_mask: torch.Tensor      # (B, N) float
-    logprobs: torch.Tensor       # (B, N) log pi_old(a_t|s_t), recomputed by a training forward
-    sample_logprobs: torch.Tensor  # (B, N) the same, as the sampler saw them (a sanity check)
-    ref_logprobs: torch.Tensor   # (B, N) log pi_ref(a_t|s_t), or None without a reference
-    values: torch.Tensor         # (B, N) the critic's V(s_t), or None without a critic
-    entropy: torch.Tensor        # (B, N) of pi_old at each step
-    scores: torch.Tensor         # (B,) the reward (missing-EOS penalty applied)
-    has_eos: torch.Tensor        # (B,) bool
-    prompts: list                # B prompt texts
-    responses: list              # B response texts (decode_response)
-    loss_mask: torch.Tensor = None  # (B, N) the tokens the update trains on, when not resp_mask
-                                    # (GRPO's 'mask' mode leaves answers without an EOS out)
-
-
-@torch.no_grad()
-def rollout(policy, ref, critic, reward, batch, enc, cfg, rt, generator=None):
-    """
-    Steps 1-3 and the critic's values for one batch (ids, mask, texts) of left-padded prompts
-    (B, P). The forwards run in micro-batches like the update's, so at the first update (policy ==
-    reference == old policy) the KL is exactly 0 and the ratio exactly 1. Returns a Rollout.
-    """
-    prompt_ids, prompt_mask, prompts = batch
-    P, mbs = prompt_ids.size(1), cfg.micro_batch_size
-    with rt.autocast:
-        tokens, resp_mask, sample_logprobs = policy.generate(
-            prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_k=cfg.top_k or None,
-            top_p=cfg.top_p if cfg.top_p < 1.0 else None, eos_token_id=enc.eot_token,
-            generator=generator)
-    seq = torch.cat([prompt_ids, tokens], 1)  # (B, P + N)
-    mask = torch.cat([prompt_mask, resp_mask], 1)  # (B, P + N); 0 on the pads after an EOS
-    parts = []
-    for i in range(0, seq.size(0), mbs):
-        s, m = seq[i:i + mbs], mask[i:i + mbs]
-        with rt.autocast:
-            lp, ent, values = policy_forward(policy, s, m, P, cfg.temperature, critic, True)
-            # frozen models need no autograd record at all; their inference tensors are only
-            # read by functional ops outside (cat, arithmetic), which return normal tensors
-            with torch.inference_mode():
-                ref_lp = policy_forward(ref, s, m, P, cfg.temperature)[0] if ref else None
-        parts.append((lp, ent, values, ref_lp))
-    lp, ent, values, ref_lp = (torch.cat(x) if x[0] is not None else None for x in zip(*parts))
-    # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
-    responses = [decode_response(enc, [t for t, keep in zip(row, row_mask) if keep])
-                 for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]
-    has_eos = ((tokens == enc.eot_token) & resp_mask.bool()).any(1)  # (B,)
-    with rt.autocast:
-        scores = reward(prompts, responses, seq, mask).float()
-    scores = penalise_missing_eos(scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
-    return Rollout(seq, mask, P, resp_mask.float(), lp, sample_logprobs, ref_lp, values, ent,
-                   scores, has_eos, prompts, responses)
-
-# -----------------------------------------------------------------------------
-# the update: shared by PPO and GRPO
-
-
-def all_reduce_grads(model):
-    """Sum the gradients over DDP ranks in one flat buffer (each rank's loss is its share of the
-    global loss, so the global gradient is the sum); nothing in a single process."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not (dist.is_available() and dist.is_initialized()) or not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    for g, new in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(new.view_as(g))
-
-
-def ppo_update(ro, advantages, returns, policy, optimizer, cfg, rt, step, critic=None,
-               critic_optimizer=None, train_policy=True, kl_coef=0.0, kl_estimator="k3",
-               loss_agg="token_mean"):
+def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
+               loss_settings=LossSettings(), train_policy=True, update, cfg, proc):
     """
     Step 6: num_iterations passes over the rollout in shuffled minibatches of minibatch_size
     responses, each one optimizer step of the policy (clipped surrogate on `advantages` (B, N))
     and of the critic (clipped value loss on `returns` (B, N)), accumulated over micro-batches.
-    GRPO calls it without a critic, with the KL to the reference in the loss (kl_coef > 0, the
-    estimator kl_estimator) and its loss aggregation. train_policy=False updates the critic alone
-    (its warm-up). `step` names the iteration in a non-finite error. Returns the mean statistics.
+    policy, critic: (model, optimizer) pairs; GRPO has no critic (None) and its own loss
+    settings. train_policy=False updates the critic alone (its warm-up). `update` numbers the
+    iteration in a non-finite error. Returns the mean statistics.
     """
-    B, stats, losses = ro.seq.size(0), [], []
-    loss_mask = ro.resp_mask if ro.loss_mask is None else ro.loss_mask  # (B, N)
+    (policy, optimizer), (critic, critic_optimizer) = policy, critic or (None, None)
+    loss_agg, kl_coef, kl_estimator = loss_settings
+    B, stats, losses = rollouts.seq.size(0), [], []
+    loss_mask = rollouts.resp_mask if rollouts.loss_mask is None else rollouts.loss_mask  # (B, N)
     for _ in range(cfg.num_iterations):
-        for rows in torch.randperm(B).to(rt.device).split(cfg.minibatch_size):
+        for rows in torch.randperm(B).to(proc.device).split(cfg.minibatch_size):
             # over every rank's rows; Dr. GRPO's constant is rows x max_new_tokens
             total = loss_normalizer(loss_mask[rows], loss_agg, cfg.max_new_tokens)
             n_tokens = loss_normalizer(loss_mask[rows], "token_mean")
             mb_loss, parts = 0.0, {}  # parts: this rank's shares of the minibatch's losses
             for mb in rows.split(cfg.micro_batch_size):
                 m = loss_mask[mb]
-                with rt.autocast:
+                with proc.autocast:
                     logprobs, entropy, values = policy_forward(
-                        policy, ro.seq[mb], ro.mask[mb], ro.P, cfg.temperature, critic,
-                        entropy=cfg.ent_coef > 0)
-                loss, clipfrac, approx_kl, ratio = ppo_policy_loss(
-                    logprobs, ro.logprobs[mb], advantages[mb], m, cfg.epsilon_low,
+                        policy, rollouts.seq[mb], rollouts.mask[mb], rollouts.P, cfg.temperature,
+                        critic, entropy=cfg.ent_coef > 0)
+                pg_loss, clipfrac, approx_kl, ratio = ppo_policy_loss(
+                    logprobs, rollouts.logprobs[mb], advantages[mb], m, cfg.epsilon_low,
                     cfg.epsilon_high, loss_agg, total)
-                share = dict(pg_loss=loss.item())
+                loss, share = pg_loss, dict(pg_loss=pg_loss.item())
                 s = dict(clipfrac=clipfrac, approx_kl=approx_kl, ratio_mean=masked_mean(ratio, m),
                          ratio_var=masked_mean((ratio - masked_mean(ratio, m)) ** 2, m))
                 if kl_coef > 0:  # GRPO: the KL to the reference is a term of the loss
-                    kl = aggregate_loss(kl_penalty(logprobs, ro.ref_logprobs[mb], kl_estimator),
-                                        m, loss_agg, total)
+                    kl = aggregate_loss(kl_penalty(logprobs, rollouts.ref_logprobs[mb],
+                                                   kl_estimator), m, loss_agg, total)
                     loss, share["kl_loss"] = loss + kl_coef * kl, kl.item()
                 if cfg.ent_coef > 0:
                     loss = loss - cfg.ent_coef * aggregate_loss(entropy, m, "token_mean", n_tokens)
                 loss = loss if train_policy else loss.detach()
                 if critic is not None:
-                    vf_loss, s["vclipfrac"] = ppo_value_loss(values, ro.values[mb], returns[mb], m,
-                                                             cfg.cliprange_value, n_tokens)
+                    vf_loss, s["vclipfrac"] = ppo_value_loss(
+                        values, rollouts.values[mb], returns[mb], m, cfg.cliprange_value, n_tokens)
                     loss, share["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.item()
                 if loss.requires_grad:
                     loss.backward()
@@ -534,57 +377,59 @@ def ppo_update(ro, advantages, returns, policy, optimizer, cfg, rt, step, critic
                 optimizer.zero_grad(set_to_none=True)
             for model, opt in ((policy, optimizer), (critic, critic_optimizer)):
                 if model is not None and (train_policy or model is critic):
-                    all_reduce_grads(model)
-                    common.optimizer_step(model, opt, cfg.grad_clip, step, mb_loss)
+                    runtime.all_reduce_grads(model)
+                    optim.optimizer_step(model, opt, cfg.grad_clip, mb_loss, update=update)
     # the ratio statistics: every rank has as many micro-batches, so the mean over ranks is the
     # mean over all of them; the losses: each micro-batch holds its share of its minibatch's
     # loss, so the shares sum (over micro-batches and ranks) to the minibatch's loss, averaged
     # over the minibatches
-    out = {k: common.all_reduce_mean(torch.stack([s[k] for s in stats]).float().mean().item())
+    out = {k: runtime.all_reduce_mean(torch.stack([s[k] for s in stats]).float().mean().item())
            for k in stats[0]}
-    out.update({k: common.all_reduce_sum(sum(p[k] for p in losses) / len(losses))
+    out.update({k: runtime.all_reduce_sum(sum(p[k] for p in losses) / len(losses))
                 for k in losses[0]})
     return out
 
 
-def rollout_metrics(ro, beta, kl_k1, kl_k3):
+def rollout_metrics(rollouts, beta, kl_k1, kl_k3):
     """What a person watches, per iteration, as floats averaged over every rank's responses:
     the score, the objective (score - beta * KL), both KL estimates, entropy, length, EOS rate,
     and the largest gap between sampling and training log-probs (a temperature or masking
     mismatch shows up there first)."""
-    n = common.all_reduce_sum(float(ro.seq.size(0)))
-    mean = lambda x: common.all_reduce_sum(x.float().sum().item()) / n  # noqa: E731
-    gap = ((ro.sample_logprobs - ro.logprobs).abs() * ro.resp_mask).max().item()
-    return dict(score=mean(ro.scores), reward=mean(ro.scores - beta * kl_k1), kl=mean(kl_k1),
-                kl_k3=mean(kl_k3), score_std=math.sqrt(max(mean(ro.scores ** 2) -
-                                                           mean(ro.scores) ** 2, 0.0)),
-                entropy=common.global_masked_mean_var(ro.entropy, ro.resp_mask)[0].item(),
-                resp_len=mean(ro.resp_mask.sum(1)), eos_rate=mean(ro.has_eos),
-                logprob_gap=common.all_reduce_max(gap))
+    n = runtime.all_reduce_sum(float(rollouts.seq.size(0)))
+    mean = lambda x: runtime.all_reduce_sum(x.float().sum().item()) / n  # noqa: E731
+    gap = ((rollouts.sample_logprobs - rollouts.logprobs).abs() * rollouts.resp_mask).max().item()
+    scores = rollouts.scores
+    return dict(score=mean(scores), reward=mean(scores - beta * kl_k1), kl=mean(kl_k1),
+                kl_k3=mean(kl_k3), score_std=math.sqrt(max(mean(scores ** 2) -
+                                                           mean(scores) ** 2, 0.0)),
+                entropy=ops.global_masked_mean_var(rollouts.entropy, rollouts.resp_mask)[0].item(),
+                resp_len=mean(rollouts.resp_mask.sum(1)), eos_rate=mean(rollouts.has_eos),
+                logprob_gap=runtime.all_reduce_max(gap))
 
 
-def log_token_samples(run, step, ro, enc, n, **per_token):
+def log_token_samples(run, step, rollouts, enc, n, **per_token):
     """The per-token numbers ((B, N) tensors, e.g. kl, value, advantage, reward) of the first n
     answers, with each token's text, to out_dir/tokens.jsonl: plot.py's credit-assignment
     heatmaps (rank 0)."""
-    for i in range(min(n, ro.seq.size(0))):
-        length = int(ro.resp_mask[i].sum())
-        run.log_tokens(step, prompt=ro.prompts[i], tokens=token_texts(
-            enc, ro.seq[i, ro.P:ro.P + length].tolist()), **{
+    for i in range(min(n, rollouts.seq.size(0))):
+        length = int(rollouts.resp_mask[i].sum())
+        run.log_tokens(step, prompt=rollouts.prompts[i], tokens=token_texts(
+            enc, rollouts.seq[i, rollouts.P:rollouts.P + length].tolist()), **{
             k: [round(x, 5) for x in v[i, :length].tolist()] for k, v in per_token.items()})
 
 
-def print_samples(ro, n, gold=None, kl=None):
+def print_samples(rollouts, n, gold=None, kl=None):
     """A few prompts, responses and their scores (rank 0)."""
-    for i in range(min(n, len(ro.prompts))):
+    for i in range(min(n, len(rollouts.prompts))):
         extra = (f", gold {gold[i]:+.2f}" if gold is not None else "") + (
             f", kl {kl[i].item():.3f}" if kl is not None else "")
-        print0(f"  prompt:   {ro.prompts[i][-200:]!r}\n  response: {ro.responses[i]!r}"
-               f"{'' if ro.has_eos[i] else ' [no EOS]'}\n  score {ro.scores[i].item():+.3f}{extra}")
+        print0(f"  prompt:   {rollouts.prompts[i][-200:]!r}\n"
+               f"  response: {rollouts.responses[i]!r}{'' if rollouts.has_eos[i] else ' [no EOS]'}"
+               f"\n  score {rollouts.scores[i].item():+.3f}{extra}")
 
 
 @torch.no_grad()
-def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta):
+def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, proc, beta):
     """Held-out rollouts (rank 0): prompt i draws the noise of (seed + 1, i) every time, and
     the training RNG is left alone, so the curve compares policies, not luck. Returns the mean
     score, KL (k1), score - beta * KL and, with a gold judge, gold."""
@@ -592,13 +437,15 @@ def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta):
     for i in range(0, len(val), cfg.rollout_batch_size):
         part = val[i:i + cfg.rollout_batch_size]
         ids, attn = loader.collate_left([e["ids"] for e in part], enc.eot_token)
-        ro = rollout(policy, ref, None, reward, (ids.to(rt.device), attn.to(rt.device),
-                     [e["prompt"] for e in part]), enc, cfg, rt,
-                     row_generators(cfg.seed + 1, range(i, i + len(part))))
-        k1 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask)[0] if ref else 0 * ro.scores
-        gold = torch.tensor([gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)]) \
+        rollouts = rollout(policy, ref, None, reward, (ids.to(proc.device), attn.to(proc.device),
+                           [e["prompt"] for e in part]), enc, cfg, proc,
+                           row_generators(cfg.seed + 1, range(i, i + len(part))))
+        k1 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)[0] \
+            if ref else 0 * rollouts.scores
+        gold = torch.tensor([gold_fn(p, r) for p, r in zip(rollouts.prompts,
+                                                           rollouts.responses)]) \
             if gold_fn else torch.zeros(len(part))
-        rows.append(torch.stack([ro.scores.cpu(), k1.cpu(), gold.to(k1.dtype)], 1))
+        rows.append(torch.stack([rollouts.scores.cpu(), k1.cpu(), gold.to(k1.dtype)], 1))
     score, kl, gold = torch.cat(rows).mean(0).tolist()
     return dict(val_score=score, val_kl=kl, val_reward=score - beta * kl,
                 **(dict(val_gold=gold) if gold_fn else {}))
@@ -610,7 +457,7 @@ def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta):
 def validate(cfg, rules=None):
     """Bad values fail here, naming the key, before anything is loaded or written (PPO's and
     GRPO's keys)."""
-    common.validate(cfg, {
+    config.validate(cfg, {
         "beta": (lambda v: v >= 0, ">= 0"),
         "gold_judge": (lambda v: v in ("", "toy"), "'toy' or ''"),
         "missing_eos_mode": (lambda v: v in ("", "replace", "subtract"),
@@ -618,34 +465,35 @@ def validate(cfg, rules=None):
         "epsilon_low": (lambda v: 0 < v < 1, "in (0, 1)"),
         "epsilon_high": (lambda v: v > 0, "> 0"),
         "cliprange_value": (lambda v: v > 0, "> 0"), **(rules or {})})
-    common.require(cfg.rollout_batch_size % cfg.minibatch_size == 0 and
+    config.require(cfg.rollout_batch_size % cfg.minibatch_size == 0 and
                    cfg.minibatch_size % cfg.micro_batch_size == 0, "minibatch_size must divide "
                    "rollout_batch_size, and micro_batch_size must divide minibatch_size")
-    common.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
+    config.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
                    f"leaves no room for a prompt in block_size={cfg.block_size}")
-    common.require_files(cfg, "train_prompts", "val_prompts", "init_from",
+    config.require_files(cfg, "train_prompts", "val_prompts", "init_from",
                          *(["reward_model"] * (cfg.reward_fn == "")), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
     load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
 
 
-def load_models(cfg, rt, with_reference=True):
+def load_models(cfg, proc, with_reference=True):
     """The policy (the SFT checkpoint, or the resumed run's weights are loaded by the caller),
     its frozen reference copy (or None), the reward model (None with a reward_fn), the step-3
     scorer, the gold judge (or None) and the tokenizer. Dropout is off and every model stays in
     eval() mode: dropout would make the rollout's and the update's log-probs differ (ratio != 1
     before any step) and the KL noisy."""
-    policy, tok_name = common.init_policy(cfg.init_from, dropout=0.0)
-    common.check_block_size(policy, cfg.block_size)
+    policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
+    checkpoint.check_block_size(policy, cfg.block_size)
     ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
-        reward_model = common.load_reward_model(cfg.reward_model, tok_name,
-                                                policy.config.vocab_size)
-        common.check_block_size(reward_model, cfg.block_size, f"reward_model {cfg.reward_model}")
+        reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
+                                                    policy.config.vocab_size)
+        checkpoint.check_block_size(reward_model, cfg.block_size,
+                                    f"reward_model {cfg.reward_model}")
     for m in (policy, ref, reward_model):
         if m is not None:
-            m.to(rt.device).eval()
+            m.to(proc.device).eval()
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
     gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
@@ -659,15 +507,11 @@ def load_prompts(cfg, enc):
     return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
 
 
-def prompt_batch(prompts, rows, enc, rt, repeat=1):
-    """Left-padded ids, mask (B * repeat, P) on the device and the texts of prompts[rows], each
-    row `repeat` times in a row (GRPO's group of samples per prompt)."""
-    examples = [prompts[i] for i in rows for _ in range(repeat)]
-    ids, attn = loader.collate_left([e["ids"] for e in examples], enc.eot_token)
-    return ids.to(rt.device), attn.to(rt.device), [e["prompt"] for e in examples]
+def critic_kind(cfg):
+    return "a head on the policy" if cfg.shared_critic else "separate"
 
 
-def make_critic(cfg, policy, reward_model, rt):
+def make_critic(cfg, policy, reward_model, proc):
     """InstructGPT's critic: a copy of the reward model (its values start centred on the scores
     it pays, reward_bias included); with shared_critic a fresh head on the policy's own hidden
     states; with a programmatic reward, a fresh head on a copy of the SFT trunk."""
@@ -678,124 +522,165 @@ def make_critic(cfg, policy, reward_model, rt):
     elif reward_model is not None:
         critic = copy.deepcopy(reward_model).requires_grad_(True)
     else:
-        critic, _ = common.init_scalar(cfg.init_from, dropout=0.0)
-    return critic.to(rt.device).eval()
+        critic, _ = checkpoint.init_scalar(cfg.init_from, dropout=0.0)
+    return critic.to(proc.device).eval()
+
+
+
+def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state):
+    """The checkpoint of both models (the critic beside the policy's weights), the loop state
+    (beta, best_val) and, when given, both optimizers' states."""
+    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val)
+    if opt_critic is not None:
+        extra["critic_optimizer"] = opt_critic.state_dict()
+    return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
+                                      opt_policy, **extra)
+
+
+def resume_models(run, policy, critic=None, critic_optimizer=None):
+    """A resumed run's weights: the policy's, and the critic's and its optimizer's (run.restore
+    has already restored the policy's optimizer, the RNG and the loop state)."""
+    if run.resume is None:
+        return
+    if critic is not None:
+        checkpoint.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
+    policy.load_state_dict(run.resume["model"])
+    if critic is not None:
+        critic.load_state_dict(run.resume["critic"])
+        critic_optimizer.load_state_dict(run.resume["critic_optimizer"])
+
+
+def evaluate_and_keep_best(run, iteration, state, snapshot, models, val, enc, cfg, beta):
+    """Rank 0's held-out rollouts (evaluate_policy of models = (policy, ref, reward, gold_fn)),
+    logged at `iteration`, and ckpt_best.pt when their score - beta * KL (the objective the run
+    maximises, not gold) beats state.best_val. Returns the metrics ({} without them)."""
+    if not val or not run.proc.master:
+        return {}
+    metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
+    optim.check_finite(iteration, val_reward=metrics["val_reward"])  # never save a broken model
+    run.log(iteration, **metrics)
+    if metrics["val_reward"] > state.best_val:
+        state.best_val = metrics["val_reward"]
+        run.save("ckpt_best.pt", snapshot(False))
+    return metrics
+
+
+def show_iteration(run, iteration, rollouts, metrics, gold_fn, kl, enc, cfg, per_token, *,
+                   lr, t0, t_rollout):
+    """What a person sees after an iteration: the gold judge's mean over every rank's rollouts
+    (into metrics, a collective), the log line (every log_interval: the metrics, lr, response
+    tokens per second and the rollout's share of the time since t0), and a few answers with
+    their per-token numbers (kl: (B,), per_token: (B, N) each; rank 0, every sample_interval)."""
+    dt = time.time() - t0
+    n_tokens = runtime.all_reduce_sum(rollouts.resp_mask.sum().item())
+    gold = [gold_fn(p, r) for p, r in zip(rollouts.prompts, rollouts.responses)] if gold_fn else None
+    if gold:
+        metrics["gold"] = runtime.all_reduce_mean(sum(gold) / len(gold))
+    if iteration % cfg.log_interval == 0 or iteration == 1 or iteration == cfg.max_iters:
+        run.log(iteration, **metrics, tok_per_s=round(n_tokens / dt), lr=lr,
+                rollout_frac=round(t_rollout / dt, 2))
+    if run.proc.master and cfg.num_samples and (iteration % cfg.sample_interval == 0
+                                                or iteration == 1):
+        print_samples(rollouts, cfg.num_samples, gold, kl)
+        log_token_samples(run, iteration, rollouts, enc, cfg.num_samples, **per_token)
+
+def save_and_check_stop(run, iteration, cfg, snapshot):
+    """The checkpoints after an iteration: ckpt_iter{N}.pt every save_every iterations (the
+    over-optimisation sweep), ckpt_last.pt every ckpt_interval, at the end and when stopping.
+    Returns whether to stop (stop_iter, or a signal on any rank: a collective)."""
+    if cfg.save_every and iteration % cfg.save_every == 0:
+        run.save(f"ckpt_iter{iteration}.pt", snapshot(False))
+    stopping = run.should_stop(iteration)
+    if iteration % cfg.ckpt_interval == 0 or iteration == cfg.max_iters or stopping:
+        run.save("ckpt_last.pt", snapshot(True))
+    if stopping:
+        print0(f"stopping after iteration {iteration}; continue with --resume=True")
+    return stopping
 
 # -----------------------------------------------------------------------------
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    run = common.Run(cfg, "ppo")  # device, DDP, seeds, out_dir and its lock, the resume point
-    rt = run.rt
+    run = Run(cfg, "ppo")  # device, DDP, seeds, out_dir and its lock, the resume point
+    proc = run.proc
 
     # -------------------------------------------------------------------------
     # models: policy, reference, reward model (or function), critic; data: prompts only
-    policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, rt)
-    critic = make_critic(cfg, policy, reward_model, rt)
-    if rt.ddp:  # as the DDP wrapper would: every rank starts from rank 0's weights (a fresh value
-        # head is drawn from each rank's own seed, and the ranks must train one model)
-        for t in [*policy.parameters(), *critic.parameters(), *critic.buffers()]:
-            dist.broadcast(t.data, src=0)
+    policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc)
+    critic = make_critic(cfg, policy, reward_model, proc)
+    runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
     train, val = load_prompts(cfg, enc)
-    print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from}, tokenizer "
-           f"'{enc.name}'; reward: {cfg.reward_fn or cfg.reward_model}; critic: "
-           f"{'a head on the policy' if cfg.shared_critic else 'separate'}; device {rt.device}")
+    print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
+           f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
 
     # -------------------------------------------------------------------------
     # optimizers, and the loop state a resumed run picks up
-    opt_policy = common.make_optimizer(policy, cfg, rt)
-    opt_critic = common.make_optimizer(critic, cfg, rt, lr=cfg.critic_lr)
-    it, beta, best_val = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf).values()
-    if run.resume:  # both models' weights, and the critic's optimizer
-        common.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
-        policy.load_state_dict(run.resume["model"])
-        critic.load_state_dict(run.resume["critic"])
-        opt_critic.load_state_dict(run.resume["critic_optimizer"])
+    opt_policy = optim.make_optimizer(policy, cfg, proc)
+    opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
+    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
+    iteration = state.step  # iterations done
+    resume_models(run, policy, critic, opt_critic)
 
-    def checkpoint(with_state):
-        extra = dict(critic=critic.state_dict(), beta=beta, best_val=best_val)
-        if with_state:
-            extra["critic_optimizer"] = opt_critic.state_dict()
-        return common.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, it,
-                                      opt_policy if with_state else None, **extra)
+    def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
+        return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
+                              opt_critic if with_state else None, enc, cfg, iteration, state)
 
-    def evaluate():
-        nonlocal best_val
-        if not val or not rt.master:
-            return {}
-        metrics = evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, rt, beta)
-        common.check_finite(it, val_reward=metrics["val_reward"])  # never save a broken model
-        run.log(it, **metrics)
-        if metrics["val_reward"] > best_val:  # best by the objective PPO maximises, not by gold
-            best_val = metrics["val_reward"]
-            run.save("ckpt_best.pt", checkpoint(False))
-        return metrics
+    def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
+        return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
+                                      gold_fn), val, enc, cfg, state.beta)
 
     # -------------------------------------------------------------------------
-    # training loop. `it` counts the iterations done; its prompts are a function of `it` alone.
-    val_metrics = evaluate() if it == 0 else {}
-    metrics = {}
-    while it < cfg.max_iters:
+    # training loop. `iteration` counts the iterations done; its prompts are a function of it.
+    metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
+    while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = min(1.0, (it + 1) / (cfg.warmup_iters + 1)) * (
-            1.0 - it / cfg.max_iters if cfg.decay_lr else 1.0)
-        common.set_lr(opt_policy, cfg.lr * lr_scale)
-        common.set_lr(opt_critic, cfg.critic_lr * lr_scale)
+        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
+        optim.set_lr(opt_policy, cfg.lr * lr_scale)
+        optim.set_lr(opt_critic, cfg.critic_lr * lr_scale)
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
-        rows = loader.batch_indices(len(train), cfg.rollout_batch_size, it, cfg.seed, rt.rank,
-                                    rt.world_size)
-        ro = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, rt), enc, cfg, rt)
+        rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
+                                    proc.rank, proc.world_size)
+        rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc), enc,
+                           cfg, proc)
         t_rollout = time.time() - t0
         # 4. per-token rewards: -beta * KL on every token, the score on the last one
-        kl_k1, kl_k3 = kl_estimates(ro.logprobs, ro.ref_logprobs, ro.resp_mask)  # (B,) each
-        rewards = kl_shaped_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.resp_mask, beta)
-        if cfg.whiten_rewards:
-            rewards = whiten(rewards, ro.resp_mask, shift_mean=False)
+        kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)
+        rewards = kl_shaped_rewards(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs,
+                                    rollouts.resp_mask, state.beta)
+        rewards = whiten(rewards, rollouts.resp_mask, False) if cfg.whiten_rewards else rewards
         # 5. advantages and returns; advantages whitened over every rank's valid tokens
-        advantages, returns = compute_gae(rewards, ro.values, ro.resp_mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, ro.resp_mask)
+        advantages, returns = compute_gae(rewards, rollouts.values, rollouts.resp_mask, cfg.gamma,
+                                          cfg.lam)
+        advantages = whiten(advantages, rollouts.resp_mask)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
-        stats = ppo_update(ro, advantages, returns, policy, opt_policy, cfg, rt, it + 1, critic,
-                           opt_critic, train_policy=it >= cfg.critic_warmup)
+        stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
+                           critic=(critic, opt_critic), train_policy=iteration >=
+                           cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc)
         # 7. the KL coefficient of the next iteration
-        metrics = dict(rollout_metrics(ro, beta, kl_k1, kl_k3), beta=beta, **stats,
-                       explained_var=explained_variance(ro.values, returns, ro.resp_mask))
+        metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
+                       **stats, explained_var=explained_variance(rollouts.values, returns,
+                                                                 rollouts.resp_mask))
         if cfg.adaptive_kl:
-            beta = adaptive_kl_coef(beta, metrics["kl"], cfg.target_kl, cfg.kl_horizon,
-                                    cfg.rollout_batch_size * rt.world_size)
-        it += 1
+            state.beta = adaptive_kl_coef(state.beta, metrics["kl"], cfg.target_kl, cfg.kl_horizon,
+                                          cfg.rollout_batch_size * proc.world_size)
+        iteration += 1
 
         # -------------------------------------------------------------------------
         # what a person sees, evaluations and checkpoints
-        dt = time.time() - t0
-        gold = [gold_fn(p, r) for p, r in zip(ro.prompts, ro.responses)] if gold_fn else None
-        if gold:
-            metrics["gold"] = common.all_reduce_mean(sum(gold) / len(gold))
-        if it % cfg.log_interval == 0 or it == 1 or it == cfg.max_iters:
-            n_tokens = common.all_reduce_sum(ro.resp_mask.sum().item())
-            run.log(it, **metrics, tok_per_s=round(n_tokens / dt), lr=cfg.lr * lr_scale,
-                    rollout_frac=round(t_rollout / dt, 2))
-        if rt.master and cfg.num_samples and (it % cfg.sample_interval == 0 or it == 1):
-            print_samples(ro, cfg.num_samples, gold, kl_k1)
-            log_token_samples(run, it, ro, enc, cfg.num_samples, reward=rewards,
-                              kl=kl_penalty(ro.logprobs, ro.ref_logprobs), value=ro.values,
-                              advantage=advantages)
-        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+        show_iteration(run, iteration, rollouts, metrics, gold_fn, kl_k1, enc, cfg, dict(
+            reward=rewards, kl=kl_penalty(rollouts.logprobs, rollouts.ref_logprobs),
+            value=rollouts.values, advantage=advantages), lr=cfg.lr * lr_scale, t0=t0,
+            t_rollout=t_rollout)
+        if iteration % cfg.eval_interval == 0 or iteration == cfg.max_iters:
             val_metrics = evaluate()
-        if cfg.save_every and it % cfg.save_every == 0:
-            run.save(f"ckpt_iter{it}.pt", checkpoint(False))
-        stopping = run.should_stop(it)
-        if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
-            run.save("ckpt_last.pt", checkpoint(True))
-        if stopping:
-            print0(f"stopping after iteration {it}; continue with --resume=True")
+        if save_and_check_stop(run, iteration, cfg, snapshot):
             break
 
     run.finish()
-    return dict(metrics, **val_metrics, beta=beta, iters=it, out_dir=cfg.out_dir)
+    return dict(metrics, **val_metrics, beta=state.beta, iters=iteration, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

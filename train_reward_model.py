@@ -17,7 +17,7 @@ Bradley-Terry loss -log sigma(r_chosen - r_rejected) over pairs, optionally with
 margin from the data (use_margin, as Llama 2 does) and a term that keeps the scores centred
 (center_coef). The chosen and rejected rows of a batch go through the model in ONE forward;
 with share_prompt each prompt is computed once, its answers after it in the same row (each sees
-only the prompt and itself: model.shared_prompt_mask), the same scores for fewer positions.
+only the prompt and itself: layouts.py), the same scores for fewer positions.
 K-wise rankings {"prompt", "responses", "ranks"} are expanded by data/loader.py into their
 K(K-1)/2 pairs (fewer with ties).
 
@@ -25,8 +25,8 @@ After training, the mean score of reference responses (the SFT data's answers, o
 answers, on training prompts: bias_ref) is stored in the checkpoint as the model's reward_bias,
 which ScalarModel subtracts from every score, so PPO starts from centred rewards.
 
-Other scripts score texts with `score(model, prompts, responses)` and token ids with
-`score_ids(model, idx, attention_mask)` (the ids the policy produced, never re-tokenised).
+Other scripts score token ids with `ScalarModel.score(idx, attention_mask)` (the ids the
+policy produced, never re-tokenised).
 
 With group_rankings=True a batch holds whole rankings, as InstructGPT batches them: each distinct
 answer of a ranking is scored once and every pair of the ranking is a term of the loss, so a
@@ -41,16 +41,20 @@ noisy-label losses, and gradient checkpointing.
 import copy
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-import common
-from common import print0
+import checkpoint
+import config
+import layouts
+import optim
+import runtime
 from data import loader
-from model import ScalarModel, shared_prompt_mask
-from tokenizer import encode_example, get_tokenizer
+from model import ScalarModel
+from run import Run
+from runtime import print0
+from tokenizer import get_tokenizer
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/rm_toy.py holds the same values)
@@ -141,161 +145,56 @@ def reward_model_loss(chosen_rewards, rejected_rewards, margin=None, center_coef
     return loss, metrics
 
 # -----------------------------------------------------------------------------
-# scoring: what PPO and the evaluation call
-
-
-@torch.no_grad()
-def score_ids(model, idx, attention_mask, batch_size=None):
-    """
-    Scores (B,) float of token ids the caller already has, e.g. PPO's prompt + sampled response,
-    so the reward model sees exactly the ids the policy produced. idx, attention_mask (B, T), left
-    or right padding; the score is read at each row's last mask == 1 token and reward_bias is
-    subtracted. Runs in eval mode (no dropout), then restores the model's mode.
-    """
-    was_training = model.training
-    model.eval()
-    B = idx.size(0)
-    step = batch_size or max(B, 1)
-    out = torch.cat([model(idx[i:i + step], attention_mask[i:i + step]).float()
-                     for i in range(0, B, step)]) if B else idx.new_zeros(0, dtype=torch.float)
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def score(model, prompts, responses, enc=None, batch_size=64, device=None):
-    """
-    Scores (B,) float on the CPU of lists of prompt and response strings, rendered with the chat
-    template exactly as in training. The tokenizer follows the model's vocabulary (257 -> 'byte',
-    else 'gpt2') unless enc is given. Rows are sorted by length and right-padded in batches of
-    batch_size; the result does not depend on the padding or on the other rows. A text longer
-    than block_size keeps its last block_size tokens (the start of the prompt is cut, never the
-    response's end, where the score is read).
-    """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if enc is None:
-        enc = get_tokenizer("byte" if model.config.vocab_size == 257 else "gpt2")
-    device = device or next(model.parameters()).device
-    T_max = model.config.block_size
-    rows = [encode_example(enc, p, r)[0][-T_max:] for p, r in zip(prompts, responses)]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths pad less
-    out = torch.zeros(len(rows))
-    out[order] = score_rows(model, [rows[i] for i in order], enc.eot_token, batch_size, device)
-    return out
-
-
-def score_rows(model, rows, pad_id, batch_size, device, autocast=None):
-    """Scores (N,) float on the CPU of token-id lists, right-padded in consecutive chunks of
-    batch_size (in the order given) and scored with score_ids."""
-    out = []
-    for k in range(0, len(rows), batch_size):
-        idx, attn, _ = loader.collate([(r, []) for r in rows[k:k + batch_size]], pad_id)
-        with autocast or nullcontext():
-            out.append(score_ids(model, idx.to(device), attn.to(device)).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
-
-# -----------------------------------------------------------------------------
 
 
 def validate(cfg):
     """Bad values fail here, naming the key, before anything is loaded or written."""
-    common.validate(cfg, {
+    config.validate(cfg, {
         "max_iters": (lambda v: v == -1 or v > 0, "> 0, or -1 to derive it from num_epochs"),
         "num_epochs": (lambda v: v > 0, "> 0 (it sets max_iters when max_iters=-1)"),
         "bias_ref": (lambda v: v in ("sft", "chosen", "none"), "'sft', 'chosen' or 'none'"),
         "bias_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
-    common.require_files(cfg, "train_data", "val_data", *(["bias_data"] * (cfg.bias_ref == "sft")),
+    config.require_files(cfg, "train_data", "val_data", *(["bias_data"] * (cfg.bias_ref == "sft")),
                          hint="toy data: python data/toy/prepare.py; HH: python data/hh/prepare.py")
     if not cfg.resume:
-        common.require_files(cfg, "init_from", hint="the toy SFT model: python train_sft.py; or "
+        config.require_files(cfg, "init_from", hint="the toy SFT model: python train_sft.py; or "
                                                     "init_from='scratch'")
 
 
-def collate_rankings(pairs, pad_id):
+def rm_step(model, micro_batches, pair_scores, cfg, proc):
     """
-    The pairs of whole rankings as one batch: each distinct answer of a ranking (its loader
-    'record') once, right-padded into idx, attention_mask (N, T), and each pair's two rows in it,
-    chosen_row and rejected_row (P,) long; margin (P,) float.
-    """
-    rows, row_of, sides = [], {}, ([], [])
-    for p in pairs:
-        for side, out in zip(("chosen", "rejected"), sides):
-            key = (p["record"], tuple(p[side][0]))  # an answer of one ranking is scored once
-            if key not in row_of:
-                row_of[key] = len(rows)
-                rows.append(p[side])
-            out.append(row_of[key])
-    idx, attn, _ = loader.collate(rows, pad_id)
-    return dict(idx=idx, attention_mask=attn, chosen_row=torch.tensor(sides[0]),
-                rejected_row=torch.tensor(sides[1]),
-                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
-
-
-def collate_for(cfg):
-    """How a batch of pairs is laid out: each prompt once (share_prompt; with group_rankings a
-    row per ranking), whole rankings (group_rankings), or chosen rows then rejected rows."""
-    if cfg.share_prompt:
-        return lambda pairs, pad_id: loader.collate_shared_prompt(pairs, pad_id,
-                                                                  cfg.group_rankings)
-    return collate_rankings if cfg.group_rankings else loader.collate_pairs
-
-
-def pair_rewards(model, batch, autocast):
-    """One forward over a collate_pairs batch, chosen rows then rejected rows, or over a
-    collate_rankings batch's distinct answers: (P,), (P,) raw scores of each pair's chosen and
-    rejected answer (reward_bias is 0 while training). The rows are right-padded: ScalarModel
-    runs its trunk without the mask and reads each row at its last real token. A
-    loader.collate_shared_prompt batch (each prompt once, its answers after it) runs under
-    model.shared_prompt_mask and is read at each answer's last token: the same scores."""
-    if "segments" in batch:
-        with autocast:
-            r = model(batch["idx"], attention_mask=shared_prompt_mask(batch["segments"]),
-                      position_ids=batch["position_ids"],
-                      score_at=(batch["last_rows"], batch["last_pos"])).float()  # (answers,)
-        return r[batch["chosen"]], r[batch["rejected"]]
-    with autocast:
-        r = model(batch["idx"], attention_mask=batch["attention_mask"]).float()  # (rows,)
-    if "chosen_row" in batch:
-        return r[batch["chosen_row"]], r[batch["rejected_row"]]
-    B = r.size(0) // 2
-    return r[:B], r[B:]
-
-
-def rm_step(model, micro_batches, cfg, rt):
-    """
-    Forward and backward of one optimizer step's micro-batches (collate_pairs, collate_rankings
-    or collate_shared_prompt dicts on the device), each holding batch_size pairs or rankings.
+    Forward and backward of one optimizer step's micro-batches (batches of the run's layout, on
+    the device), each holding batch_size pairs or rankings; pair_scores(model, batch, autocast)
+    -> (chosen, rejected) scores (P,) each is the layout's forward (layouts.score_layout).
     Each micro-batch is weighted by its share of the step's pairs, counted over every rank: the
     step's loss is the mean over all of its pairs, however they are split into micro-batches
     and ranks (whole rankings hold 1 to C(K, 2) pairs each, so a plain mean of micro-batch means
     would weigh a lone pair as much as a ranking of ten). Returns this rank's share of the
     step's metrics (reward_model_loss's, pair-weighted): their all-reduced sum is the step's.
     """
-    n_pairs = max(common.all_reduce_sum(float(sum(b["margin"].numel() for b in micro_batches))), 1)
+    n_pairs = max(runtime.all_reduce_sum(float(sum(b["margin"].numel() for b in micro_batches))), 1)
     sums = {}
     for k, batch in enumerate(micro_batches):
-        with common.no_sync_unless(model, k == len(micro_batches) - 1):
-            rc, rr = pair_rewards(model, batch, rt.autocast)  # (P,), (P,)
+        with runtime.no_sync_unless(model, k == len(micro_batches) - 1):
+            rc, rr = pair_scores(model, batch, proc.autocast)  # (P,), (P,)
             loss, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                         cfg.center_coef)
             weight = rc.numel() / n_pairs
-            (loss * weight * rt.world_size).backward()  # DDP averages ranks; the mean needs the sum
+            (loss * weight * proc.world_size).backward()  # DDP averages ranks; the mean needs the sum
         for key, v in m.items():
             sums[key] = sums.get(key, 0.0) + v * weight
     return sums
 
 
 @torch.no_grad()
-def evaluate(model, val, cfg, rt, pad_id):
+def evaluate(model, val, layout, cfg, proc, pad_id):
     """Held-out accuracy (r_c > r_r), mean margin, loss, and the mean and std of all scores,
-    over every rank's share of the pairs."""
+    over every rank's share of the pairs, laid out by layout (collate, forward)."""
     model.eval()
     s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
-    for start in range(rt.rank * cfg.batch_size, len(val), cfg.batch_size * rt.world_size):
-        batch = to_device(loader.collate_pairs(val[start:start + cfg.batch_size], pad_id,
-                                               cfg.share_prompt), rt)
-        rc, rr = pair_rewards(model, batch, rt.autocast)
+    for start in range(proc.rank * cfg.batch_size, len(val), cfg.batch_size * proc.world_size):
+        batch = to_device(layout.collate(val[start:start + cfg.batch_size], pad_id), proc)
+        rc, rr = layout.forward(model, batch, proc.autocast)
         _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                  cfg.center_coef)
         n = rc.numel()
@@ -305,7 +204,7 @@ def evaluate(model, val, cfg, rt, pad_id):
         s["r"] += (rc.sum() + rr.sum()).item()
         s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
     model.train()
-    s = {k: common.all_reduce_mean(v) for k, v in s.items()}  # sums / world_size: ratios hold
+    s = {k: runtime.all_reduce_mean(v) for k, v in s.items()}  # sums / world_size: ratios hold
     n = max(s["n"], 1e-9)
     mean = s["r"] / (2 * n)
     return dict(val_accuracy=s["correct"] / n, val_margin=s["margin"] / n,
@@ -313,18 +212,47 @@ def evaluate(model, val, cfg, rt, pad_id):
                 val_reward_std=math.sqrt(max(s["r2"] / (2 * n) - mean ** 2, 0.0)))
 
 
-def to_device(batch, rt):
-    return {k: v.to(rt.device) for k, v in batch.items()}
+def evaluate_and_keep_best(run, model, val, layout, cfg, enc, step, state, snapshot):
+    """Evaluate (logged at `step`) into state.val_metrics, and write ckpt_best.pt (what PPO
+    starts from: snapshot(False, best_step=step)) when the held-out accuracy beats state.best,
+    ties going to the lower held-out loss."""
+    state.val_metrics = evaluate(model, val, layout, cfg, run.proc, enc.eot_token)
+    optim.check_finite(step, val_loss=state.val_metrics["val_loss"])  # never save a broken model
+    run.log(step, **state.val_metrics)
+    key = (state.val_metrics["val_accuracy"], -state.val_metrics["val_loss"])
+    if key > state.best:
+        state.best = key
+        run.save("ckpt_best.pt", snapshot(False, best_step=step))
+
+
+def to_device(batch, proc):
+    return {k: v.to(proc.device) for k, v in batch.items()}
 
 # -----------------------------------------------------------------------------
 
 
-def load_data(cfg, enc, rt):
+def load_model(cfg, run):
+    """The reward model on the device, raw (reward_bias 0: it is set once, at the end): a new
+    scalar head on init_from's trunk, or the run we resume; and the tokenizer."""
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                      block_size=cfg.block_size, bias=cfg.bias)
+    model, tok_name = run.model(ScalarModel, lambda: checkpoint.init_scalar(
+        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
+    model.reward_bias.zero_()  # training sees raw scores
+    checkpoint.check_block_size(model, cfg.block_size)
+    model.to(run.proc.device)
+    print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+           f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device "
+           f"{run.proc.device}")
+    return model, get_tokenizer(tok_name)
+
+
+def load_data(cfg, enc, proc):
     """Training and held-out pairs (right-padded at batch time; a batch's position in the data
-    is its step, for exact resume), the training units (a list of pair indices each: one pair,
+    is its step, for exact resume), the training items (a list of pair indices each: one pair,
     or with group_rankings every pair of one ranking), the number of steps, the reference texts
     of the final normalisation (read now: a bad bias_data fails before training, not after it)
-    and the lengths that length bucketing sorts the units by (a pair pads to its longer
+    and the lengths that length bucketing sorts the items by (a pair pads to its longer
     answer)."""
     train = loader.load_preferences(cfg.train_data, enc, cfg.block_size)
     val = loader.load_preferences(cfg.val_data, enc, cfg.block_size)
@@ -332,109 +260,89 @@ def load_data(cfg, enc, rt):
     # evaluation sums over pairs, so their order is free: sorted by length its batches pad
     # little (real HH pairs at block_size 512: 0.86M positions instead of 2.26M)
     val = sorted(val, key=loader.pair_length)
-    units = [[i] for i in range(len(train))]
+    items = [[i] for i in range(len(train))]
     if cfg.group_rankings:
         by_record = {}
         for i, p in enumerate(train):
             by_record.setdefault(p["record"], []).append(i)
-        units = list(by_record.values())
-    per_step = cfg.batch_size * cfg.grad_accum * rt.world_size  # pairs or rankings
+        items = list(by_record.values())
+    per_step = cfg.batch_size * cfg.grad_accum * proc.world_size  # pairs or rankings
     max_iters = cfg.max_iters
     if max_iters == -1:  # few epochs: reward models overfit (the toy default: 5 over rankings)
-        max_iters = max(1, math.ceil(cfg.num_epochs * len(units) / per_step))
-    common.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
+        max_iters = max(1, math.ceil(cfg.num_epochs * len(items) / per_step))
+    config.require(cfg.warmup_iters <= max_iters and cfg.stop_iter <= max_iters,
                    f"warmup_iters={cfg.warmup_iters} and stop_iter={cfg.stop_iter} must be <= "
                    f"max_iters={max_iters}")
     if cfg.use_margin and not any(p["margin"] for p in train):
         print0(f"note: use_margin=True but no pair in {cfg.train_data} has a non-zero 'margin'")
     unit = "rankings" if cfg.group_rankings else "pairs"
-    print0(f"data: {len(train)} train pairs" + (f" in {len(units)} rankings" * cfg.group_rankings)
+    print0(f"data: {len(train)} train pairs" + (f" in {len(items)} rankings" * cfg.group_rankings)
            + f", {len(val)} held-out pairs; {per_step} {unit} per step, {max_iters} steps "
-           f"({max_iters * per_step / len(units):.2f} epochs)")
+           f"({max_iters * per_step / len(items):.2f} epochs)")
     lengths = tuple(max(loader.pair_length(train[i]) for i in u)
-                    for u in units) if cfg.length_buckets else None
-    return train, val, units, max_iters, reference_rows(cfg, enc, train), lengths
-
+                    for u in items) if cfg.length_buckets else None
+    return train, val, items, max_iters, reference_rows(cfg, enc, train), lengths
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    run = common.Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
-    rt = run.rt
+    run = Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
+    proc = run.proc
 
     # -------------------------------------------------------------------------
     # model: a new scalar head on the SFT trunk, or the run we resume; then the data
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                      block_size=cfg.block_size, bias=cfg.bias)
-    model, tok_name = run.model(ScalarModel, lambda: common.init_scalar(
-        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
-    model.reward_bias.zero_()  # training sees raw scores; the offset is set once, at the end
-    common.check_block_size(model, cfg.block_size)
-    model.to(rt.device)
-    enc = get_tokenizer(tok_name)
-    print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-           f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device {rt.device}")
-    train, val, units, max_iters, ref_rows, lengths = load_data(cfg, enc, rt)
-    collate = collate_for(cfg)
+    model, enc = load_model(cfg, run)
+    train, val, items, max_iters, ref_rows, lengths = load_data(cfg, enc, proc)
+    # the batch layouts: training batches as cfg says, held-out pairs one by one (layouts.py)
+    collate, pair_scores = layouts.score_layout(cfg.share_prompt, cfg.group_rankings)
+    val_layout = layouts.score_layout(cfg.share_prompt)
 
     # -------------------------------------------------------------------------
-    # optimizer, and the loop state a resumed run picks up
-    optimizer = common.make_optimizer(model, cfg, rt)
+    # optimizer, and the loop state a resumed run picks up (a checkpoint that holds reward_bias
+    # is a finished run)
+    optimizer = optim.make_optimizer(model, cfg, proc)
     state = run.restore(optimizer, best=(-1.0, 0.0), train_metrics={}, val_metrics={})
-    step, best = state["step"], tuple(state["best"])
-    train_metrics, val_metrics = state["train_metrics"], state["val_metrics"]
-    # set at the end: a resumed checkpoint that holds it is a finished run
+    step, state.best = state.step, tuple(state.best)
     reward_bias = run.resume.get("reward_bias") if run.resume else None
-    trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
+    wrapped = runtime.wrap(model, cfg.compile, proc)  # what the step calls; model stays plain
 
-    def checkpoint(with_optimizer=True, **extra):
-        return common.make_checkpoint(model, "scalar", "rm", tok_name, cfg, step,
-                                      optimizer if with_optimizer else None, best=list(best),
-                                      train_metrics=train_metrics, val_metrics=val_metrics,
-                                      max_iters=max_iters, **extra)
-
-    def eval_and_save_best():
-        nonlocal val_metrics, best
-        val_metrics = evaluate(model, val, cfg, rt, enc.eot_token)
-        common.check_finite(step, val_loss=val_metrics["val_loss"])  # never save a broken model
-        run.log(step, **val_metrics)
-        # best = highest held-out accuracy; ties go to the lower held-out loss
-        key = (val_metrics["val_accuracy"], -val_metrics["val_loss"])
-        if key > best:
-            best = key
-            run.save("ckpt_best.pt", checkpoint(False, best_step=step))  # PPO starts from it
+    def snapshot(with_optimizer=True, **extra):
+        return checkpoint.make_checkpoint(
+            model, "scalar", "rm", enc.name, cfg, step, optimizer if with_optimizer else None,
+            best=list(state.best), train_metrics=state.train_metrics,
+            val_metrics=state.val_metrics, max_iters=max_iters, **extra)
 
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
     t_start = time.time()
     if step == 0:
-        eval_and_save_best()
+        evaluate_and_keep_best(run, model, val, val_layout, cfg, enc, step, state, snapshot)
     model.train()
     while step < max_iters:
         t0 = time.time()
-        lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, max_iters)
-        common.set_lr(optimizer, lr)
+        lr = optim.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, max_iters)
+        optim.set_lr(optimizer, lr)
         # 1. this step's pairs (or whole rankings), as grad_accum micro-batches of answers
-        micro = [to_device(collate([train[i] for u in loader.batch_indices(
-                     len(units), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, rt.rank,
-                     rt.world_size, lengths) for i in units[u]], enc.eot_token), rt)
+        micro = [to_device(collate([train[i] for item in loader.batch_indices(
+                     len(items), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed, proc.rank,
+                     proc.world_size, lengths) for i in items[item]], enc.eot_token), proc)
                  for k in range(cfg.grad_accum)]
         # 2. the Bradley-Terry loss of each pair's two scores, forward and backward
-        metrics = rm_step(trained, micro, cfg, rt)
-        # 3. clip, check, update (the error names the step as the log numbers it)
-        grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1,
-                                          metrics["loss"])
+        metrics = rm_step(wrapped, micro, pair_scores, cfg, proc)
+        # 3. clip, check, update
+        grad_norm = optim.optimizer_step(model, optimizer, cfg.grad_clip, metrics["loss"],
+                                         update=step + 1)
         step += 1
-        train_metrics = {k: common.all_reduce_sum(v) for k, v in metrics.items()}
+        state.train_metrics = {k: runtime.all_reduce_sum(v) for k, v in metrics.items()}
         if step % cfg.log_interval == 0 or step == 1 or step == max_iters:
-            run.log(step, **train_metrics, lr=lr, grad_norm=grad_norm,
+            run.log(step, **state.train_metrics, lr=lr, grad_norm=grad_norm,
                     ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == max_iters:
-            eval_and_save_best()
+            evaluate_and_keep_best(run, model, val, val_layout, cfg, enc, step, state, snapshot)
         stopping = run.should_stop(step)
         if (step % cfg.ckpt_interval == 0 or stopping) and step < max_iters:
-            run.save("ckpt_last.pt", checkpoint())
+            run.save("ckpt_last.pt", snapshot())
         if stopping:
             print0(f"stopping at step {step}; continue with --resume=True")
             break
@@ -443,19 +351,17 @@ def main(argv=None):
     # scores PPO sees are centred on "as good as the SFT answers", for the final weights and for
     # the best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt
     # is written last: until it holds reward_bias, a resumed run redoes this step.
-    if step == max_iters and reward_bias is None and rt.master:
-        reward_bias = set_reward_bias(model, ref_rows, cfg, enc, rt, "final")
-        normalise_best(run, model, ref_rows, cfg, enc, rt, step, reward_bias)
-        run.save("ckpt_last.pt", checkpoint(reward_bias=reward_bias))
+    if step == max_iters and reward_bias is None and proc.master:
+        reward_bias = set_reward_bias(model, ref_rows, cfg, enc, proc, "final")
+        normalise_best(run, model, ref_rows, cfg, enc, proc, step, reward_bias)
+        run.save("ckpt_last.pt", snapshot(reward_bias=reward_bias))
 
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
-           f"{val_metrics.get('val_accuracy', math.nan):.4f} (best {best[0]:.4f})")
+           f"{state.val_metrics.get('val_accuracy', math.nan):.4f} (best {state.best[0]:.4f})")
     run.finish()
-    return dict(time_s=time.time() - t_start, val_accuracy=val_metrics.get("val_accuracy"),
-                best_val_accuracy=best[0], reward_bias=reward_bias, step=step,
-                max_iters=max_iters, out_dir=cfg.out_dir,
-                **{k: v for k, v in val_metrics.items() if k != "val_accuracy"},
-                **{f"train_{k}": v for k, v in train_metrics.items()})
+    return dict(time_s=time.time() - t_start, best_val_accuracy=state.best[0], step=step,
+                reward_bias=reward_bias, max_iters=max_iters, out_dir=cfg.out_dir,
+                **state.val_metrics, **{f"train_{k}": v for k, v in state.train_metrics.items()})
 
 # -----------------------------------------------------------------------------
 # normalisation helpers
@@ -473,15 +379,15 @@ def reference_rows(cfg, enc, train):
     return rows[:n]
 
 
-def normalise_best(run, model, ref_rows, cfg, enc, rt, step, reward_bias):
+def normalise_best(run, model, ref_rows, cfg, enc, proc, step, reward_bias):
     """ckpt_best.pt with its own weights' reward_bias: the final one when the best weights are
     the final weights, else the mean score of the references under the best weights."""
-    best = common.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
+    best = checkpoint.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
     best["reward_bias"] = reward_bias
     if best["best_step"] != step:
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(best["model"])
-        best["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, rt,
+        best["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, proc,
                                               f"best, step {best['best_step']}")
     best["model"]["reward_bias"].fill_(best["reward_bias"])
     run.save("ckpt_best.pt", best)
@@ -490,12 +396,12 @@ def normalise_best(run, model, ref_rows, cfg, enc, rt, step, reward_bias):
 
 
 @torch.no_grad()
-def set_reward_bias(model, rows, cfg, enc, rt, name):
+def set_reward_bias(model, rows, cfg, enc, proc, name):
     """Score the reference rows with the raw head, store their mean in model.reward_bias."""
     model.reward_bias.zero_()
     if not rows:
         return 0.0
-    scores = score_rows(model, rows, enc.eot_token, 2 * cfg.batch_size, rt.device, rt.autocast)
+    scores = model.score_rows(rows, enc.eot_token, 2 * cfg.batch_size, proc.autocast)
     bias = scores.mean().item()
     model.reward_bias.fill_(bias)
     print0(f"reward_bias ({name} weights) = {bias:.4f}: the mean score of {len(rows)} "
@@ -504,4 +410,4 @@ def set_reward_bias(model, rows, cfg, enc, rt, name):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -28,10 +28,15 @@ import time
 
 import torch
 
-import common
-from common import print0
+import checkpoint
+import config
+import ops
+import optim
+import runtime
 from data import loader
 from model import GPT, position_ids_from_mask
+from run import Run
+from runtime import print0
 from tokenizer import decode, get_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -88,8 +93,8 @@ DEFAULTS = dict(
 
 def validate(cfg):
     """Bad values fail here, naming the key, before anything is loaded or written."""
-    common.validate(cfg)
-    common.require_files(cfg, "train_data", "val_data", "init_from", hint="toy data: python "
+    config.validate(cfg)
+    config.require_files(cfg, "train_data", "val_data", "init_from", hint="toy data: python "
                          "data/toy/prepare.py; HH data: python data/hh/prepare.py")
 
 # -----------------------------------------------------------------------------
@@ -102,33 +107,32 @@ def sft_loss(logprobs, loss_mask):
 
         loss = - sum_t m[t+1] * log p(idx[t+1] | idx[:t+1]) / sum_t m[t+1]
 
-    logprobs (B, T-1): log p of the token at t+1 (common.token_logprobs or trained_logprobs);
+    logprobs (B, T-1): log p of the token at t+1 (ops.token_logprobs or trained_logprobs);
     loss_mask (B, T) with 1 on response tokens and their EOS. Label t+1 is trained iff
     loss_mask[:, t+1] == 1: prompt and padding add exactly zero loss and zero gradient, and the
     mean is over the trained tokens of the whole batch (not per row).
     """
-    return -common.masked_mean(logprobs, loss_mask[:, 1:])
+    return -ops.masked_mean(logprobs, loss_mask[:, 1:])
 
 
-def sft_step(model, micro_batches, rt):
+def sft_step(model, micro_batches, proc):
     """
     Forward and backward of one optimizer step's micro-batches [(idx, attn, loss_mask)] (B, T)
     each. Each micro-batch is weighted by its share of the step's trained tokens, counted over
     every rank: the step's loss is then the mean over all of them, as one big batch would give,
     however the rows are split into micro-batches and ranks. Returns this rank's part of the
-    loss (the all-reduced sum over ranks is the step's loss).
+    loss (the all-reduced sum over ranks is the step's loss). The rows are right-padded, so the
+    model runs without an attention mask (GPT.forward); their positions come from the mask.
     """
-    n_trained = max(common.all_reduce_sum(sum(int(lm[:, 1:].sum()) for *_, lm in micro_batches)), 1)
-    loss_sum = torch.zeros((), device=rt.device)
+    n_trained = max(runtime.all_reduce_sum(sum(int(lm[:, 1:].sum()) for *_, lm in micro_batches)), 1)
+    loss_sum = torch.zeros((), device=proc.device)
     for k, (idx, attn, loss_mask) in enumerate(micro_batches):
-        idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
-        with common.no_sync_unless(model, k == len(micro_batches) - 1):
-            # right-padded rows need no attention mask (GPT.forward); positions still come from
-            # the mask, so that the pads' position gradients sum in the masked run's order
-            logp = common.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
-                                           rt.autocast)  # (B, T-1)
+        idx, attn, loss_mask = idx.to(proc.device), attn.to(proc.device), loss_mask.to(proc.device)
+        with runtime.no_sync_unless(model, k == len(micro_batches) - 1):
+            logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                           proc.autocast)  # (B, T-1)
             loss = sft_loss(logp, loss_mask) * (int(loss_mask[:, 1:].sum()) / n_trained)
-            (loss * rt.world_size).backward()  # DDP averages over ranks; the mean needs the sum
+            (loss * proc.world_size).backward()  # DDP averages over ranks; the mean needs the sum
         loss_sum += loss.detach()
     return loss_sum.item()
 
@@ -137,20 +141,20 @@ def sft_step(model, micro_batches, rt):
 
 
 @torch.no_grad()
-def estimate_val_loss(model, batches, rt):
+def estimate_val_loss(model, batches, proc):
     """Token-weighted mean SFT loss over held-out batches (this rank's share, then averaged)."""
     model.eval()
     total, count = 0.0, 0.0
     for idx, attn, loss_mask in batches:
-        idx, attn, loss_mask = idx.to(rt.device), attn.to(rt.device), loss_mask.to(rt.device)
-        logp = common.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
-                                       rt.autocast)
+        idx, attn, loss_mask = idx.to(proc.device), attn.to(proc.device), loss_mask.to(proc.device)
+        logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                       proc.autocast)
         n = loss_mask[:, 1:].sum().item()
         total += sft_loss(logp, loss_mask).item() * n
         count += n
     model.train()
     # averaging the sums over ranks keeps the result a mean over every rank's tokens
-    return common.all_reduce_mean(total) / max(common.all_reduce_mean(count), 1.0)
+    return runtime.all_reduce_mean(total) / max(runtime.all_reduce_mean(count), 1.0)
 
 
 def split_last_answer(ids, mask):
@@ -184,7 +188,43 @@ def sample_answers(model, enc, prompts, max_new_tokens, temperature, seed, devic
 # -----------------------------------------------------------------------------
 
 
-def load_data(cfg, enc, model, rt):
+def load_model(cfg, run):
+    """The policy on the device (a fresh start from init_from, a resumed run from its own last
+    checkpoint) and its tokenizer."""
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                      block_size=cfg.block_size, bias=cfg.bias)
+    model, tok_name = run.model(GPT, lambda: checkpoint.init_policy(
+        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
+    checkpoint.check_block_size(model, cfg.block_size)
+    model.to(run.proc.device)
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
+           f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
+           f"{run.resume_path or cfg.init_from}, device {run.proc.device}, dtype {run.proc.dtype}")
+    return model, get_tokenizer(tok_name)
+
+
+def evaluate_and_keep_best(run, model, val_batches, step, state, snapshot):
+    """The held-out loss into state.val_loss (logged at `step`), and ckpt_best.pt, where the
+    downstream stages start, when it beats state.best_val_loss."""
+    state.val_loss = estimate_val_loss(model, val_batches, run.proc)
+    optim.check_finite(step, val_loss=state.val_loss)  # a broken model is never saved
+    run.log(step, val_loss=state.val_loss)
+    if state.val_loss < state.best_val_loss:
+        state.best_val_loss = state.val_loss
+        run.save("ckpt_best.pt", snapshot(False))
+
+
+def print_samples(model, enc, samples, max_new, cfg, device):
+    """The model's answers to a few held-out prompts, beside the reference answers."""
+    answers = sample_answers(model, enc, [p for p, _ in samples], max_new,
+                             cfg.sample_temperature, cfg.seed, device)
+    for (prompt, ref), ans in zip(samples, answers):
+        print(f"  prompt: {decode(enc, prompt)[-200:]!r}\n"
+              f"  model:  {decode(enc, ans)!r}{' [EOS]' if enc.eot_token in ans else ''}\n"
+              f"  target: {decode(enc, ref)!r}")
+
+
+def load_data(cfg, enc, model, proc):
     """Training and held-out examples, (ids, loss_mask) each after the loader's length policy;
     this rank's share of the held-out ones, collated once; the lengths length bucketing sorts
     by; and a few held-out (prompt, reference answer) pairs to answer at each evaluation."""
@@ -192,66 +232,46 @@ def load_data(cfg, enc, model, rt):
     val = loader.load_sft(cfg.val_data, enc, cfg.block_size)
     lengths = tuple(len(ids) for ids, _ in train) if cfg.length_buckets else None
     n_val = len(val) if cfg.eval_examples == -1 else min(cfg.eval_examples, len(val))
-    rows = list(range(rt.rank, n_val, rt.world_size))
+    rows = list(range(proc.rank, n_val, proc.world_size))
     val_batches = [loader.collate([val[i] for i in rows[k:k + cfg.batch_size]], enc.eot_token)
                    for k in range(0, len(rows), cfg.batch_size)]
     max_new = min(cfg.sample_tokens, model.config.block_size - 1)
     samples = [split_last_answer(*val[i]) for i in range(min(cfg.num_samples, len(val)))]
     samples = [(p, a) for p, a in samples if 0 < len(p) <= model.config.block_size - max_new]
     print0(f"data: {len(train)} train, {len(val)} val examples ({n_val} used per eval); "
-           f"{cfg.batch_size * cfg.grad_accum * rt.world_size} rows per step")
+           f"{cfg.batch_size * cfg.grad_accum * proc.world_size} rows per step")
     return train, val_batches, lengths, samples, max_new
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    run = common.Run(cfg, "sft")  # device, DDP, seeds, out_dir and its lock, the resume point
-    rt = run.rt
+    run = Run(cfg, "sft")  # device, DDP, seeds, out_dir and its lock, the resume point
+    proc = run.proc
 
     # -------------------------------------------------------------------------
     # model: a fresh start comes from init_from, a resumed run from its own last checkpoint;
     # then the data
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                      block_size=cfg.block_size, bias=cfg.bias)
-    model, tok_name = run.model(GPT, lambda: common.init_policy(
-        cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
-    common.check_block_size(model, cfg.block_size)
-    model.to(rt.device)
-    enc = get_tokenizer(tok_name)
-    print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
-           f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
-           f"{run.resume_path or cfg.init_from}, device {rt.device}, dtype {rt.dtype}")
-    train, val_batches, lengths, samples, max_new = load_data(cfg, enc, model, rt)
+    model, enc = load_model(cfg, run)
+    train, val_batches, lengths, samples, max_new = load_data(cfg, enc, model, proc)
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
-    optimizer = common.make_optimizer(model, cfg, rt)
+    optimizer = optim.make_optimizer(model, cfg, proc)
     state = run.restore(optimizer, best_val_loss=math.inf, train_loss=math.nan, val_loss=math.nan)
-    step, best_val, train_loss, val_loss = state.values()
-    trained = common.wrap(model, cfg.compile, rt)  # what the step calls; model stays plain
+    step = state.step
+    wrapped = runtime.wrap(model, cfg.compile, proc)  # what the step calls; model stays plain
 
-    def checkpoint(with_optimizer):
-        return common.make_checkpoint(model, "policy", "sft", tok_name, cfg, step,
-                                      optimizer if with_optimizer else None,
-                                      best_val_loss=best_val, train_loss=train_loss,
-                                      val_loss=val_loss)
+    def snapshot(with_optimizer):
+        return checkpoint.make_checkpoint(model, "policy", "sft", enc.name, cfg, step,
+                                          optimizer if with_optimizer else None,
+                                          best_val_loss=state.best_val_loss,
+                                          train_loss=state.train_loss, val_loss=state.val_loss)
 
     def evaluate():
-        nonlocal best_val, val_loss
-        val_loss = estimate_val_loss(model, val_batches, rt)
-        common.check_finite(step, val_loss=val_loss)  # a broken model is never saved
-        run.log(step, val_loss=val_loss)
-        if val_loss < best_val:
-            best_val = val_loss
-            run.save("ckpt_best.pt", checkpoint(False))  # downstream stages start from this one
-        if rt.master and samples:
-            answers = sample_answers(model, enc, [p for p, _ in samples], max_new,
-                                     cfg.sample_temperature, cfg.seed, rt.device)
-            for (prompt, ref), ans in zip(samples, answers):
-                print(f"  prompt: {decode(enc, prompt)[-200:]!r}\n"
-                      f"  model:  {decode(enc, ans)!r}{' [EOS]' if enc.eot_token in ans else ''}\n"
-                      f"  target: {decode(enc, ref)!r}")
+        evaluate_and_keep_best(run, model, val_batches, step, state, snapshot)
+        if proc.master and samples:
+            print_samples(model, enc, samples, max_new, cfg, proc.device)
 
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
@@ -261,38 +281,40 @@ def main(argv=None):
     losses = []
     while step < cfg.max_iters:
         t0 = time.time()
-        lr = common.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
-        common.set_lr(optimizer, lr)
+        lr = optim.get_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
+        optim.set_lr(optimizer, lr)
         # 1. this step's rows, as grad_accum right-padded micro-batches
         micro = [loader.collate([train[i] for i in loader.batch_indices(
                      len(train), cfg.batch_size, step * cfg.grad_accum + k, cfg.seed,
-                     rt.rank, rt.world_size, lengths)], enc.eot_token)
+                     proc.rank, proc.world_size, lengths)], enc.eot_token)
                  for k in range(cfg.grad_accum)]
         # 2. the masked cross-entropy of the answers, forward and backward
-        loss = sft_step(trained, micro, rt)
-        # 3. clip, check, update (the error names the step as the log numbers it)
-        grad_norm = common.optimizer_step(model, optimizer, cfg.grad_clip, step + 1, loss)
+        loss = sft_step(wrapped, micro, proc)
+        # 3. clip, check, update
+        grad_norm = optim.optimizer_step(model, optimizer, cfg.grad_clip, loss, update=step + 1)
         step += 1
-        train_loss = common.all_reduce_sum(loss)  # each rank holds its share of the mean
-        losses.append(train_loss)
+        state.train_loss = runtime.all_reduce_sum(loss)  # each rank holds its share of the mean
+        losses.append(state.train_loss)
 
         if step % cfg.log_interval == 0 or step == 1 or step == cfg.max_iters:
             dt, n_tokens = time.time() - t0, sum(int(attn.sum()) for _, attn, _ in micro)
-            run.log(step, loss=train_loss, lr=lr, grad_norm=grad_norm,
-                    tok_per_s=round(n_tokens * rt.world_size / dt), ms_per_iter=round(1000 * dt, 1))
+            run.log(step, loss=state.train_loss, lr=lr, grad_norm=grad_norm,
+                    tok_per_s=round(n_tokens * proc.world_size / dt),
+                    ms_per_iter=round(1000 * dt, 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             evaluate()
         stopping = run.should_stop(step)
         if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
-            run.save("ckpt_last.pt", checkpoint(True))
+            run.save("ckpt_last.pt", snapshot(True))
         if stopping:
             print0(f"stopping at step {step}; continue with --resume=True")
             break
 
     run.finish()
-    return dict(train_loss=train_loss, val_loss=val_loss, best_val_loss=best_val, step=step,
-                train_losses=losses, out_dir=cfg.out_dir)
+    return dict(train_loss=state.train_loss, val_loss=state.val_loss,
+                best_val_loss=state.best_val_loss, step=step, train_losses=losses,
+                out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -33,7 +33,8 @@ from functools import lru_cache
 
 import torch
 
-from common import ConfigError, DataError, print0
+from config import ConfigError, DataError
+from runtime import print0
 from tokenizer import encode_messages, encode_prompt, encode_response
 
 MIN_PROMPT_TOKENS = 16  # an answer is only worth training with some of its question in view
@@ -371,95 +372,11 @@ def collate(examples, pad_id):
     return idx, attn, loss
 
 
-collate_sft = collate  # the name train_sft.py uses
-
 
 def pair_length(pair):
     """The tokens of a pair's longer row (prompt + the longer answer): what it pads a batch to,
     and the length that bucketing and length-sorted batches sort pairs by."""
     return max(len(pair["chosen"][0]), len(pair["rejected"][0]))
-
-
-def collate_pairs(pairs, pad_id, share_prompt=False):
-    """
-    One batch for a single forward over chosen and rejected answers: a dict with idx,
-    attention_mask, loss_mask (2B, T), rows 0..B-1 the chosen answers and B..2B-1 the rejected
-    ones in the same order, and margin (B,) float. share_prompt: each prompt once, both answers
-    after it (collate_shared_prompt's layout).
-    """
-    if share_prompt:
-        return collate_shared_prompt(pairs, pad_id)
-    idx, attn, loss = collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
-    margin = torch.tensor([p["margin"] for p in pairs], dtype=torch.float)
-    return dict(idx=idx, attention_mask=attn, loss_mask=loss, margin=margin)
-
-
-def collate_shared_prompt(pairs, pad_id, by_record=False):
-    """
-    Pairs with each prompt computed once (model.shared_prompt_mask): a row per pair holding its
-    prompt, then the chosen answer, then the rejected one, right-padded. With by_record, a row per
-    ranking (the pairs' loader 'record' and prompt) holding each distinct answer once, as
-    train_reward_model.collate_rankings scores them. Under shared_prompt_mask every answer sees
-    the prompt and itself, at the positions it has in a row of its own (collate_pairs): the same
-    numbers, for P + C + R positions instead of 2 (P + max(C, R)).
-    Returns a dict (R rows, A answers, n answer tokens, P pairs):
-        idx, segments, position_ids (R, T) long: segments 0 prompt, k the row's k-th answer,
-            -1 padding; an answer's positions continue from the prompt's end
-        src_rows, src_pos, targets, owner (n,) long: for each answer token, the position whose
-            logits predict it (the prompt's last token for an answer's first one), the token
-            and its answer (0..A-1)
-        last_rows, last_pos (A,) long: each answer's last token (its EOS), where a reward model
-            reads the score
-        chosen, rejected (P,) long: each pair's two answers (0..A-1); margin (P,) float
-    """
-    rows, row_of, pair_answers = [], {}, []  # rows: [prompt ids, [answer ids, ...]]
-    for i, p in enumerate(pairs):
-        ids, mask = p["chosen"]
-        n_prompt = list(mask).index(1)  # both answers follow the same (possibly cut) prompt
-        if n_prompt < 1:
-            raise ValueError("collate_shared_prompt: a pair without prompt tokens")
-        prompt = list(ids[:n_prompt])
-        key = (p["record"], tuple(prompt)) if by_record else i
-        if key not in row_of:
-            row_of[key] = len(rows)
-            rows.append((prompt, []))
-        r = row_of[key]
-        found = []
-        for side in ("chosen", "rejected"):
-            answer = list(p[side][0][n_prompt:])
-            if answer not in rows[r][1]:
-                rows[r][1].append(answer)
-            found.append((r, rows[r][1].index(answer)))
-        pair_answers.append(found)
-    T = max(len(prompt) + sum(map(len, answers)) for prompt, answers in rows)
-    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    segments = torch.full((len(rows), T), -1, dtype=torch.long)
-    positions = torch.zeros(len(rows), T, dtype=torch.long)
-    src_rows, src_pos, targets, owner, last_rows, last_pos, first = [], [], [], [], [], [], {}
-    for r, (prompt, answers) in enumerate(rows):
-        P = len(prompt)
-        idx[r, :P], segments[r, :P], positions[r, :P] = torch.tensor(prompt), 0, torch.arange(P)
-        start = P
-        for k, answer in enumerate(answers):
-            L, a = len(answer), len(last_rows)
-            first[(r, k)] = a
-            cols = slice(start, start + L)
-            idx[r, cols], segments[r, cols] = torch.tensor(answer), k + 1
-            positions[r, cols] = torch.arange(P, P + L)
-            src_pos += [P - 1] + list(range(start, start + L - 1))  # who predicts each token
-            src_rows += [r] * L
-            targets += answer
-            owner += [a] * L
-            last_rows.append(r)
-            last_pos.append(start + L - 1)
-            start += L
-    long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return dict(idx=idx, segments=segments, position_ids=positions, src_rows=long(src_rows),
-                src_pos=long(src_pos), targets=long(targets), owner=long(owner),
-                last_rows=long(last_rows), last_pos=long(last_pos),
-                chosen=long([first[c] for c, _ in pair_answers]),
-                rejected=long([first[r] for _, r in pair_answers]),
-                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
 
 
 def mismatched_partners(examples):

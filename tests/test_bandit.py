@@ -25,6 +25,7 @@ import torch
 
 import train_dpo
 import train_grpo
+import train_kto
 import train_ppo
 import train_sft
 from data import loader
@@ -187,8 +188,8 @@ def test_kto_fixed_point_zeroes_the_real_loss_on_the_desirable_answers(world):
     ref = torch.log(t64(normalise(world.pi_ref)))
 
     def loss(logp):  # every answer once desirable (its wins), once not (its losses); z0 = 0
-        yes = train_dpo.kto_loss(logp, ref, torch.ones(K, dtype=torch.bool), 0.0, BETA)
-        no = train_dpo.kto_loss(logp, ref, torch.zeros(K, dtype=torch.bool), 0.0, BETA)
+        yes = train_kto.kto_loss(logp, ref, torch.ones(K, dtype=torch.bool), 0.0, BETA)
+        no = train_kto.kto_loss(logp, ref, torch.zeros(K, dtype=torch.bool), 0.0, BETA)
         return (wins * yes + losses * no).sum() / (wins + losses).sum()
     grad = grad_at(fixed, loss)
     assert np.abs(grad[good]).max() < 1e-9  # stationary where the mass is
@@ -320,7 +321,7 @@ def test_simpo_converges_to_its_reference_free_fixed_point(bandit):
 @pytest.mark.slow
 def test_kto_drops_the_undesirable_answers(bandit):
     pi, outside, s = train_and_measure(
-        bandit, "kto", train_dpo.main, **PAIRS, loss_type="kto",
+        bandit, "kto", train_kto.main, **PAIRS,
         train_data=bandit.data / "kto_train.jsonl", val_data=bandit.data / "kto_val.jsonl",
         batch_size=64, max_iters=500, lr=1e-2)
     check(bandit, "kto", pi, outside, s, "kto")

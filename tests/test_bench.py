@@ -3,8 +3,8 @@ bench.py: every stage runs at a micro size and reports sane numbers (never how f
 not asserted), the FLOPs formula matches the models' real weights, and the KV-free generation it
 compares against produces the same tokens as GPT.generate. --data on a tiny HH-shaped file: the
 batches are the scripts' (loader, length policy, bucketing), the counts are their real tokens,
-the full-logits variant computes the same log-probs, and tests/bench_trl.py hands TRL exactly
-those rows. tests/gpu_check.py: its plan, its refusal without a GPU, and (slow) the whole plan on
+the full-logits variant computes the same log-probs, and dev/bench_trl.py hands TRL exactly
+those rows. dev/gpu_check.py: its plan, its refusal without a GPU, and (slow) the whole plan on
 the CPU.
 """
 
@@ -22,7 +22,9 @@ import pytest
 import torch
 
 import bench
-import common
+from data import bench_rows
+from config import parse_config
+import ops
 from data import loader
 from model import GPT, GPTConfig, ScalarModel
 from tokenizer import get_tokenizer
@@ -90,18 +92,18 @@ def test_forward_flops_count_the_models_own_weights(T):
     config = GPTConfig(block_size=64, vocab_size=257, n_layer=3, n_head=2, n_embd=32)
     attention = 4 * config.n_layer * T * config.n_embd  # QK^T and AV over T keys
     gpt = GPT(config)
-    assert bench.forward_flops(config, T) == 2 * matmul_weights(
+    assert bench_rows.forward_flops(config, T) == 2 * matmul_weights(
         gpt, {"transformer.wpe.weight"}) + attention
     scalar = ScalarModel(config)  # no LM head: wte is only a lookup, the head is d weights
-    assert bench.forward_flops(config, T, lm_head=False) == 2 * matmul_weights(
+    assert bench_rows.forward_flops(config, T, lm_head=False) == 2 * matmul_weights(
         scalar, {"transformer.wpe.weight", "transformer.wte.weight"}) + attention
 
 
 def test_gpt2_training_flops_are_6n_plus_attention():
     # the figure nanoGPT's estimate_mfu uses for GPT-2 124M at T = 1024, written out
-    config = GPTConfig(**{k: v for k, v in bench.SIZES["gpt2"].items()})
+    config = GPTConfig(**{k: v for k, v in bench_rows.SIZES["gpt2"].items()})
     N = 12 * 12 * 768 ** 2 + 768 * 50257  # 123.5M weights in matmuls
-    assert 3 * bench.forward_flops(config, 1024) == 6 * N + 12 * 12 * 1024 * 768
+    assert 3 * bench_rows.forward_flops(config, 1024) == 6 * N + 12 * 12 * 1024 * 768
 
 
 def test_no_cache_generation_equals_the_kv_cache():
@@ -128,12 +130,12 @@ def test_bad_config_is_a_clear_error():
 
 
 def test_trl_script_imports_without_trl(monkeypatch):
-    # the TRL comparison (tests/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
+    # the TRL comparison (dev/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
     # transformers, and it measures bench.py's shapes
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
-    monkeypatch.delitem(sys.modules, "bench_trl", raising=False)
-    bench_trl = importlib.import_module("bench_trl")
+    monkeypatch.delitem(sys.modules, "dev.bench_trl", raising=False)
+    bench_trl = importlib.import_module("dev.bench_trl")
     for key in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations",
                 "steps", "warmup"):
         assert bench_trl.DEFAULTS[key] == bench.DEFAULTS[key]
@@ -194,24 +196,24 @@ def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
                              "gen_tokens": 4, "steps": 3, "warmup": 1})
     for kind, stages in (("sft", ("sft",)), ("pairs", ("rm", "dpo"))):
         for bucketed, suffix in ((True, ""), (False, "_no_buckets")):
-            batches = bench.real_batches(kind, "micro", cfg, bucketed)[1:]  # the timed ones
+            batches = bench_rows.real_batches(kind, "micro", cfg, bucketed)[1:]  # the timed ones
             masks = [b[1] if kind == "sft" else b["attention_mask"] for b in batches]
             for stage in stages:
                 r = rows[stage + suffix]
                 assert r["tokens"] == pytest.approx(sum(int(m.sum()) for m in masks) / 3)
-                assert r["padding"] == pytest.approx(bench.padding_share(masks))
+                assert r["padding"] == pytest.approx(bench_rows.padding_share(masks))
     # each prompt once: the same pairs (the same real tokens), fewer positions, their own padding
-    shared = [bench.shared_prompt_batch(b, 256) for b in bench.real_batches("pairs", "micro", cfg)[1:]]
+    shared = [bench_rows.shared_prompt_batch(b, 256) for b in bench_rows.real_batches("pairs", "micro", cfg)[1:]]
     for stage in ("rm_shared_prompt", "dpo_shared_prompt", "dpo_cached_ref_shared_prompt"):
         assert rows[stage]["tokens"] == rows["rm"]["tokens"]
         assert rows[stage]["padding"] == pytest.approx(
-            bench.padding_share([(b["segments"] >= 0).long() for b in shared]))
-    pairs_b = bench.real_batches("pairs", "micro", cfg)[1:]
+            bench_rows.padding_share([(b["segments"] >= 0).long() for b in shared]))
+    pairs_b = bench_rows.real_batches("pairs", "micro", cfg)[1:]
     assert sum(b["idx"].numel() for b in shared) < sum(b["idx"].numel() for b in pairs_b)
     # step s takes batch s of the epoch, drawn as train_sft.py draws it (bucketed by length)
-    sft = bench.real_rows(path, "byte", 96, 4)["sft"]
+    sft = bench_rows.real_rows(path, "byte", 96, 4)["sft"]
     lengths = tuple(len(ids) for ids, _ in sft)
-    for s, rows_s in enumerate(bench.real_batch_rows("sft", "micro", cfg)):
+    for s, rows_s in enumerate(bench_rows.real_batch_rows("sft", "micro", cfg)):
         assert rows_s == [sft[i] for i in loader.batch_indices(len(sft), 4, s, cfg.seed,
                                                                lengths=lengths)]
     # bucketing by length wastes less on padding than the plain shuffle (these lengths differ 3x)
@@ -221,7 +223,7 @@ def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
 
 def test_real_rows_follow_the_loaders_length_policy(tmp_path):
     path = hh_like_file(tmp_path / "prefs.jsonl")
-    rows = bench.real_rows(path, "byte", 64, 8)
+    rows = bench_rows.real_rows(path, "byte", 64, 8)
     enc = get_tokenizer("byte")
     records = [json.loads(line) for line in open(path)]
     assert len(rows["pairs"]) == len(loader.load_preferences(path, enc, 64))
@@ -237,12 +239,12 @@ def test_full_logits_path_equals_trained_logprobs():
     idx = torch.randint(0, 257, (3, 12))
     loss_mask = torch.zeros_like(idx)
     loss_mask[:, 5:10] = 1
-    fast = common.trained_logprobs(model, idx, loss_mask)
+    fast = ops.trained_logprobs(model, idx, loss_mask)
     full = bench.full_logprobs(model, idx, loss_mask)
     assert torch.allclose(fast, full, atol=1e-5)
     with bench.full_logits_path():
-        assert common.trained_logprobs is bench.full_logprobs
-    assert common.trained_logprobs is not bench.full_logprobs  # given back
+        assert ops.trained_logprobs is bench.full_logprobs
+    assert ops.trained_logprobs is not bench.full_logprobs  # given back
 
 
 def test_batch_flops_count_real_tokens_and_read_logits():
@@ -250,20 +252,20 @@ def test_batch_flops_count_real_tokens_and_read_logits():
     B, T, d, V = 2, 16, 32, 257
     ones = torch.ones(B, T, dtype=torch.long)
     # a full batch with every position read: the per-token count, less the first position's head
-    assert bench.batch_flops(config, ones, ones) == B * T * bench.forward_flops(config, T) - B * 2 * d * V
-    assert bench.batch_flops(config, ones) == B * T * bench.forward_flops(config, T, lm_head=False)
+    assert bench_rows.batch_flops(config, ones, ones) == B * T * bench_rows.forward_flops(config, T) - B * 2 * d * V
+    assert bench_rows.batch_flops(config, ones) == B * T * bench_rows.forward_flops(config, T, lm_head=False)
     # padding costs nothing; a row counts at its own length
     attn, loss = ones.clone(), torch.zeros_like(ones)
     attn[1, 8:] = 0
     loss[:, 6:8] = 1
-    expected = (T * bench.forward_flops(config, T, lm_head=False)
-                + 8 * bench.forward_flops(config, 8, lm_head=False) - (T + 8) * 2 * d
+    expected = (T * bench_rows.forward_flops(config, T, lm_head=False)
+                + 8 * bench_rows.forward_flops(config, 8, lm_head=False) - (T + 8) * 2 * d
                 + 2 * 2 * d * V * 2)
-    assert bench.batch_flops(config, attn, loss) == expected
+    assert bench_rows.batch_flops(config, attn, loss) == expected
 
 
 def test_data_hh_without_the_converted_files_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "HH_DIR", str(tmp_path))
+    monkeypatch.setattr(bench_rows, "HH_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="prepare.py"):
         bench.main(["--data=hh", "--sizes=micro"])
     with pytest.raises(ValueError, match="no_buckets"):
@@ -274,15 +276,15 @@ def test_trl_gets_the_same_rows_as_text(tmp_path, monkeypatch):
     # bench_trl's text columns are bench.py's rows, token for token, in bench.py's batches
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)
-    bench_trl = importlib.import_module("bench_trl")
+    bench_trl = importlib.import_module("dev.bench_trl")
     path = hh_like_file(tmp_path / "prefs.jsonl")
     cfg = SimpleNamespace(**{**bench_trl.DEFAULTS, "data": path, "batch_size": 2, "block_size": 96,
                              "steps": 2, "warmup": 1})
     eos = 256
     for kind in ("sft", "pairs"):
         cols, shapes = bench_trl.real_text_rows(kind, "micro", cfg)
-        batches = bench.real_batches(kind, "micro", cfg)
-        flat = [e for b in bench.real_batch_rows(kind, "micro", cfg) for e in b]
+        batches = bench_rows.real_batches(kind, "micro", cfg)
+        flat = [e for b in bench_rows.real_batch_rows(kind, "micro", cfg) for e in b]
         ids = lambda text: [int(w) for w in text.split()]  # noqa: E731 (the word tokenizer)
         for i, e in enumerate(flat):
             row, _ = e if kind == "sft" else e["chosen"]
@@ -295,11 +297,11 @@ def test_trl_gets_the_same_rows_as_text(tmp_path, monkeypatch):
             assert (rows, T, real) == (attn.size(0), attn.size(1), int(attn.sum()))
 
 # -----------------------------------------------------------------------------
-# tests/gpu_check.py: the first GPU run, prepared
+# dev/gpu_check.py: the first GPU run, prepared
 
 
 def gpu_check():
-    return importlib.import_module("gpu_check")
+    return importlib.import_module("dev.gpu_check")
 
 
 def test_gpu_check_plans_bench_and_every_hh_recipe(tmp_path, capsys):
@@ -337,7 +339,7 @@ def test_gpu_check_recipe_keys_are_the_scripts_keys(tmp_path):
         out = gpu_check().main(["--dry_run=True", f"--work_dir={tmp_path}", f"--smoke={smoke}"])
         for p in out["phases"]:
             if p["kind"] == "recipe":
-                cfg = common.parse_config(scripts[p["stage"]].DEFAULTS, p["argv"])
+                cfg = parse_config(scripts[p["stage"]].DEFAULTS, p["argv"])
                 assert cfg.out_dir == p["out_dir"]
         assert any("--device=cpu" in p["cmd"] for p in out["phases"]) == smoke
 
@@ -388,7 +390,7 @@ def test_gpu_check_smoke_runs_every_phase_on_the_cpu(tmp_path):
 def test_side_by_side_summary_reads_the_step_by_step_ratios(monkeypatch):
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)
-    bench_trl = importlib.import_module("bench_trl")
+    bench_trl = importlib.import_module("dev.bench_trl")
     assert bench_trl.spread([3.0, 1.0, 2.0, 10.0]) == (2.0, 1.0, 10.0)  # the lower middle
     summary = [dict(setting="defaults", size="gpt2", ours="sft", trl="sft", ours_s=[1.0, 2.0],
                     trl_s=[2.0, 5.0], paired=[0.4, 0.5, 0.6, 0.45], rounds=[0.5, 0.4],

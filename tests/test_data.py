@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+import layouts
 from data import loader
 from data.hh import prepare as hh
 from data.loader import DataError
@@ -317,13 +318,12 @@ def test_collate_right_pads_with_explicit_masks():
     assert attn.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     # the real EOS is trained, the padding (the same id) is not
     assert loss.tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]]
-    assert loader.collate_sft is loader.collate
 
 
 def test_collate_pairs_puts_chosen_rows_first():
     pairs = [dict(chosen=([1, 2], [0, 1]), rejected=([1, 3, 4], [0, 1, 1]), margin=0.5),
              dict(chosen=([5, 6, 7, 8], [0, 0, 1, 1]), rejected=([5, 9], [0, 1]), margin=0.0)]
-    batch = loader.collate_pairs(pairs, pad_id=0)
+    batch = layouts.collate_pairs(pairs, pad_id=0)
     assert batch["idx"].tolist() == [[1, 2, 0, 0], [5, 6, 7, 8], [1, 3, 4, 0], [5, 9, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]
     assert batch["loss_mask"].tolist() == [[0, 1, 0, 0], [0, 0, 1, 1], [0, 1, 1, 0], [0, 1, 0, 0]]
@@ -335,7 +335,7 @@ def test_collate_shared_prompt_by_hand():
     # the positions it has in a row of its own
     pairs = [dict(chosen=([1, 2, 3], [0, 1, 1]), rejected=([1, 4], [0, 1]), margin=0.5),
              dict(chosen=([5, 6, 7, 8], [0, 0, 1, 1]), rejected=([5, 6, 9], [0, 0, 1]), margin=0.0)]
-    b = loader.collate_shared_prompt(pairs, pad_id=EOT)
+    b = layouts.collate_shared_prompt(pairs, pad_id=EOT)
     assert b["idx"].tolist() == [[1, 2, 3, 4, EOT], [5, 6, 7, 8, 9]]
     assert b["segments"].tolist() == [[0, 1, 1, 2, -1], [0, 0, 1, 1, 2]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 1, 0], [0, 1, 2, 3, 2]]
@@ -348,7 +348,7 @@ def test_collate_shared_prompt_by_hand():
     assert b["chosen"].tolist() == [0, 2] and b["rejected"].tolist() == [1, 3]
     assert b["margin"].tolist() == [0.5, 0.0]
     # the same positions computed: 9 instead of collate_pairs' 2 x 2 x 4 = 16
-    assert loader.collate_pairs(pairs, pad_id=EOT)["idx"].numel() == 16
+    assert layouts.collate_pairs(pairs, pad_id=EOT)["idx"].numel() == 16
 
 
 def test_collate_shared_prompt_by_record_puts_a_ranking_in_one_row():
@@ -357,14 +357,14 @@ def test_collate_shared_prompt_by_record_puts_a_ranking_in_one_row():
     pair = lambda x, y: dict(chosen=([1, 2] + x, [0, 0] + [1] * len(x)), record=("f", 3),  # noqa
                              rejected=([1, 2] + y, [0, 0] + [1] * len(y)), margin=0.0)
     pairs = [pair(A, B), pair(A, C), pair(B, C)]
-    b = loader.collate_shared_prompt(pairs, pad_id=EOT, by_record=True)
+    b = layouts.collate_shared_prompt(pairs, pad_id=EOT, by_record=True)
     assert b["idx"].tolist() == [[1, 2, 7, 8, 9, 10, 11, 12]]
     assert b["segments"].tolist() == [[0, 0, 1, 1, 2, 3, 3, 3]]
     assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2, 2, 3, 4]]
     assert b["chosen"].tolist() == [0, 0, 1] and b["rejected"].tolist() == [1, 2, 2]
     assert b["last_pos"].tolist() == [3, 4, 7]
     # without by_record: a row per pair
-    assert loader.collate_shared_prompt(pairs, pad_id=EOT)["idx"].size(0) == 3
+    assert layouts.collate_shared_prompt(pairs, pad_id=EOT)["idx"].size(0) == 3
 
 
 def test_collate_left_pads_prompts():

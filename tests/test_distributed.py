@@ -17,7 +17,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import common
+import runtime
+import checkpoint
+import run
+import ops
 import train_dpo
 import train_ppo
 import train_reward_model
@@ -78,8 +81,8 @@ def assert_same_weights(dir_a, dir_b, lr, steps, betas=(0.9, 0.95), skip=()):
     gradient becomes a change of up to lr per step (conftest.adam_noise_tolerance), hence the
     tests' small learning rates."""
     from conftest import assert_weights_within_adam_noise
-    a = common.load_checkpoint(os.path.join(dir_a, "ckpt_last.pt"))["model"]
-    b = common.load_checkpoint(os.path.join(dir_b, "ckpt_last.pt"))["model"]
+    a = checkpoint.load_checkpoint(os.path.join(dir_a, "ckpt_last.pt"))["model"]
+    b = checkpoint.load_checkpoint(os.path.join(dir_b, "ckpt_last.pt"))["model"]
     assert_weights_within_adam_noise(a, b, lr, steps, betas, skip)
 
 
@@ -108,9 +111,9 @@ def world(tmp_path_factory):
     policy = GPT(cfg)
     with torch.no_grad():  # make EOS likely, so PPO's responses end at different lengths
         policy.transformer.wte.weight[256] *= 8
-    common.save_checkpoint(str(root / "sft.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "sft.pt"), checkpoint.make_checkpoint(
         policy, "policy", "sft", "byte", SimpleNamespace(), 0))
-    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "rm.pt"), checkpoint.make_checkpoint(
         ScalarModel(cfg), "scalar", "rm", "byte", SimpleNamespace(), 0))
     return root
 
@@ -136,7 +139,7 @@ WORKER = r'''
 import json, os, signal, sys
 import torch
 import torch.distributed as dist
-import common, train_ppo
+import ops, run, runtime, train_ppo
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -146,18 +149,18 @@ x[1] += 2.0  # rank 1's half sits higher: its own statistics are not the global 
 lengths = torch.tensor([[6, 1, 3, 5], [2, 2, 4, 6]])  # valid tokens per row; rank r has row r
 mask = (torch.arange(6) < lengths[..., None]).float()
 x, v, mask = x[rank], v[rank], mask[rank]  # (4, 6) each: this rank's half
-mean, var = common.global_masked_mean_var(x, mask, unbiased=True)
+mean, var = ops.global_masked_mean_var(x, mask, unbiased=True)
 out = dict(mean=mean.item(), var=var.item(), whiten=train_ppo.whiten(x, mask).tolist(),
            whiten_rewards=train_ppo.whiten(x, mask, shift_mean=False).tolist(),
            explained_var=train_ppo.explained_variance(v, x, mask))
 # a stop signal that reaches rank 1 alone stops both ranks
-common.install_stop_handlers()
-out["stop_before"] = common.stop_requested()
+run.install_stop_handlers()
+out["stop_before"] = run.stop_requested()
 if rank == 1:
     os.kill(os.getpid(), signal.SIGTERM)
-out["stop_after"] = common.stop_requested()
-out["max"] = common.all_reduce_max(float(rank))
-out["sum"] = common.all_reduce_sum(torch.tensor([1.0, rank])).tolist()
+out["stop_after"] = run.stop_requested()
+out["max"] = runtime.all_reduce_max(float(rank))
+out["sum"] = runtime.all_reduce_sum(torch.tensor([1.0, rank])).tolist()
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(out, f)
 dist.destroy_process_group()
@@ -198,13 +201,13 @@ def test_collective_helpers_are_plain_in_one_process():
     # no process group: the numbers are masked_mean's, bitwise, and nothing is reduced
     g = torch.Generator().manual_seed(1)
     x, mask = torch.randn(3, 5, generator=g), (torch.rand(3, 5, generator=g) > 0.3).float()
-    mean, var = common.global_masked_mean_var(x, mask)
-    assert torch.equal(mean, common.masked_mean(x, mask))
-    assert torch.equal(var, common.masked_mean((x - common.masked_mean(x, mask)) ** 2, mask))
+    mean, var = ops.global_masked_mean_var(x, mask)
+    assert torch.equal(mean, ops.masked_mean(x, mask))
+    assert torch.equal(var, ops.masked_mean((x - ops.masked_mean(x, mask)) ** 2, mask))
     n = mask.sum()
-    _, unbiased = common.global_masked_mean_var(x, mask, unbiased=True)
+    _, unbiased = ops.global_masked_mean_var(x, mask, unbiased=True)
     assert torch.equal(unbiased, var * n / (n - 1))
-    assert common.all_reduce_sum(2.5) == 2.5 and common.all_reduce_max(-1.0) == -1.0
+    assert runtime.all_reduce_sum(2.5) == 2.5 and runtime.all_reduce_max(-1.0) == -1.0
 
 # -----------------------------------------------------------------------------
 # two processes train exactly like one with the same global batch
@@ -267,7 +270,7 @@ def test_reward_model_two_processes_finish_and_equal_one(world, tmp_path):
     printed = torchrun(os.path.join(ROOT, "train_reward_model.py"),
                        [f"--out_dir={two}", "--batch_size=4", *args])
     assert_written_once(two, printed, ["ckpt_best.pt", "ckpt_last.pt", "log.jsonl"])
-    ckpt = common.load_checkpoint(str(two / "ckpt_last.pt"), expect_kind="scalar")
+    ckpt = checkpoint.load_checkpoint(str(two / "ckpt_last.pt"), expect_kind="scalar")
     assert ckpt["step"] == 4 and ckpt["reward_bias"] != 0.0  # normalised once, on rank 0
     one = tmp_path / "one"
     train_reward_model.main([f"--out_dir={one}", "--batch_size=8", *args])
@@ -356,7 +359,7 @@ def test_ppo_two_processes_train_one_model_with_one_kl_coefficient(world, tmp_pa
         "--gold_judge=toy"])
     assert_written_once(out, printed, ["ckpt_best.pt", "ckpt_iter3.pt", "ckpt_last.pt",
                                        "log.jsonl", "tokens.jsonl"])
-    ckpt = common.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
+    ckpt = checkpoint.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
     assert (ckpt["stage"], ckpt["step"]) == ("ppo", 3)
     # both ranks hold the same weights and the same averaged gradients at every update (policy,
     # then value head), and feed the controller the same KL: 3 iterations x 2 epochs x 2 minibatches

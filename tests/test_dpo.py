@@ -5,7 +5,6 @@ reference log-probs, exact resume, config errors).
 """
 
 import copy
-import json
 import math
 import os
 import subprocess
@@ -15,7 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
+import checkpoint
+import config
+import layouts
+import ops
 import train_dpo
 from model import GPT, GPTConfig
 from tokenizer import encode_example, get_tokenizer
@@ -54,16 +56,16 @@ def test_sequence_logprobs_masks_prompt_and_padding():
     logp = torch.log_softmax(logits, -1)
     want0 = logp[0, 1, 3] + logp[0, 2, 4]  # logits at t predict the token at t+1
     want1 = logp[1, 0, 6] + logp[1, 1, 1]
-    got = train_dpo.sequence_logprobs(common.token_logprobs(logits, idx), mask)
+    got = ops.sequence_logprobs(ops.token_logprobs(logits, idx), mask)
     assert torch.allclose(got, torch.stack([want0, want1]), atol=1e-6)
-    avg = train_dpo.sequence_logprobs(common.token_logprobs(logits, idx), mask, average=True)
+    avg = ops.sequence_logprobs(ops.token_logprobs(logits, idx), mask, average=True)
     assert torch.allclose(avg, got / 2, atol=1e-6)
     # what sits under the mask does not matter
     logits2 = logits.clone()
     logits2[0, 3:] = 100 * torch.randn(2, 7)
     idx2 = idx.clone()
     idx2[1, 3:] = 6
-    got2 = train_dpo.sequence_logprobs(common.token_logprobs(logits2, idx2), mask)
+    got2 = ops.sequence_logprobs(ops.token_logprobs(logits2, idx2), mask)
     assert torch.allclose(got2, got, atol=1e-6)
 
 
@@ -116,59 +118,6 @@ def test_log1mexp_is_accurate_at_both_ends():
     assert train_dpo.log1mexp(x).tolist() == pytest.approx(want, rel=1e-12)
 
 
-def test_kto_loss_by_hand_and_against_the_papers_value_function():
-    # r = policy - reference: [1.0, -0.5, 2.0]; KL 0.4 (a negative one is floored at 0)
-    pol, ref = t([-1.0, -3.0, -2.0]), t([-2.0, -2.5, -4.0])
-    desirable = torch.tensor([True, False, False])
-    losses = train_dpo.kto_loss(pol, ref, desirable, 0.4, beta=0.5, desirable_weight=2.0,
-                                undesirable_weight=0.5)
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    want = [2.0 * (1 - sig(0.5 * (1.0 - 0.4))), 0.5 * (1 - sig(0.5 * (0.4 + 0.5))),
-            0.5 * (1 - sig(0.5 * (0.4 - 2.0)))]
-    assert losses.tolist() == pytest.approx(want, abs=1e-12)
-    # the paper's form, L = lambda_y - v(x, y), v = lambda_D sigma(beta (r - z0)) for desirable
-    # y and lambda_U sigma(beta (z0 - r)) otherwise
-    for i, (r, d) in enumerate(zip([1.0, -0.5, 2.0], [True, False, False])):
-        lam = 2.0 if d else 0.5
-        v = lam * sig(0.5 * ((r - 0.4) if d else (0.4 - r)))
-        assert losses[i].item() == pytest.approx(lam - v, abs=1e-12)
-    # z0 = max(0, KL): a negative KL estimate counts as 0
-    neg = train_dpo.kto_loss(pol, ref, desirable, -3.0, beta=0.5)
-    zero = train_dpo.kto_loss(pol, ref, desirable, 0.0, beta=0.5)
-    assert torch.equal(neg, zero)
-    # the gradient raises a desirable answer's log-prob and lowers an undesirable one's
-    p = pol.clone().requires_grad_()
-    train_dpo.kto_loss(p, ref, desirable, 0.4).sum().backward()
-    assert p.grad[0] < 0 and p.grad[1] > 0 and p.grad[2] > 0
-
-
-def test_kto_batches_pair_each_prompt_with_the_next_answer():
-    from data import loader
-    ex = [dict(prompt=[1, 2], completion=[7, 256], desirable=True),
-          dict(prompt=[3], completion=[8, 9, 256], desirable=False)]
-    b = loader.collate_unpaired(ex, 256, block_size=4)
-    rows = [r[m.bool()].tolist() for r, m in zip(b["idx"], b["attention_mask"])]
-    # the examples, then prompt 0 + answer 1 (its prompt cut from the left to fit 4 tokens) and
-    # prompt 1 + answer 0
-    assert rows == [[1, 2, 7, 256], [3, 8, 9, 256], [2, 8, 9, 256], [3, 7, 256]]
-    assert b["loss_mask"].tolist()[2] == [0, 1, 1, 1] and b["desirable"].tolist() == [True, False]
-
-
-def test_kto_pairs_each_answer_with_another_prompt():
-    # the labelling step writes a prompt's answers one after another: the next answer would
-    # mostly be the same prompt's (82% of the held-out pairs), which estimates no KL at all
-    from data import loader
-    ex = [dict(prompt=[p], completion=[c, 256], desirable=True)
-          for p, c in ((1, 10), (1, 11), (1, 12), (2, 20), (2, 21), (3, 30))]
-    assert loader.mismatched_partners(ex) == [3, 3, 3, 5, 5, 0]
-    b = loader.collate_unpaired(ex, 256, block_size=8)
-    for r, m in zip(b["idx"][6:], b["attention_mask"][6:]):
-        prompt, answer, _ = r[m.bool()].tolist()
-        assert answer // 10 != prompt  # each answer is another prompt's
-    same = [dict(prompt=[1], completion=[c, 256], desirable=False) for c in (10, 11)]
-    assert loader.mismatched_partners(same) == [1, 0]  # one prompt only: the next answer
-
-
 def cfg_for(**kw):
     base = {k: v for k, v in train_dpo.DEFAULTS.items()}
     base.update(kw)
@@ -202,7 +151,7 @@ def test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo():
 
 def test_unknown_loss_type_raises():
     with pytest.raises(ValueError, match="loss_type"):
-        dpo("kto")
+        dpo("simpo")  # a reference-free loss: simpo_loss, not dpo_loss
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "ipo", "hinge"])
@@ -249,9 +198,9 @@ def test_at_init_the_loss_is_log2_and_the_rewards_are_zero():
     ref = copy.deepcopy(policy).eval()
     batch = tiny_pairs()
     from contextlib import nullcontext
-    logps = train_dpo.pair_logprobs(policy, batch, nullcontext())
+    logps = layouts.pair_logprobs(policy, batch, nullcontext())
     with torch.no_grad():
-        ref_logps = train_dpo.pair_logprobs(ref, batch, nullcontext())[:2]
+        ref_logps = layouts.pair_logprobs(ref, batch, nullcontext())[:2]
     losses, cr, rr = train_dpo.dpo_loss(logps[0], logps[1], *ref_logps)
     assert torch.equal(losses, torch.full_like(losses, math.log(2)))
     assert torch.equal(cr, torch.zeros_like(cr)) and torch.equal(rr, torch.zeros_like(rr))
@@ -264,13 +213,13 @@ def test_one_step_widens_the_policy_margin():
     ref = copy.deepcopy(policy).eval()
     batch = tiny_pairs()
     with torch.no_grad():
-        ref_c, ref_r, _, _ = train_dpo.pair_logprobs(ref, batch, nullcontext())
+        ref_c, ref_r, _, _ = layouts.pair_logprobs(ref, batch, nullcontext())
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-    c, r, _, _ = train_dpo.pair_logprobs(policy, batch, nullcontext())
+    c, r, _, _ = layouts.pair_logprobs(policy, batch, nullcontext())
     train_dpo.dpo_loss(c, r, ref_c, ref_r, beta=0.1)[0].mean().backward()
     opt.step()
     with torch.no_grad():
-        c2, r2, _, _ = train_dpo.pair_logprobs(policy, batch, nullcontext())
+        c2, r2, _, _ = layouts.pair_logprobs(policy, batch, nullcontext())
     assert ((c2 - r2) - (c - r)).min() > 0  # every pair's margin grew
 
 # -----------------------------------------------------------------------------
@@ -290,28 +239,28 @@ def toy_pairs(enc):
 
 
 def test_shared_prompt_logprobs_and_gradients_equal_separate_rows():
-    from data import loader
     enc = get_tokenizer("byte")
     pairs = toy_pairs(enc)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
-    plain = loader.collate_pairs(pairs, enc.eot_token)
-    shared = loader.collate_shared_prompt(pairs, enc.eot_token)
+    plain = layouts.collate_pairs(pairs, enc.eot_token)
+    shared = layouts.collate_shared_prompt(pairs, enc.eot_token)
     assert shared["idx"].numel() < plain["idx"].numel()
-    a = train_dpo.pair_logprobs(model, plain, None)
-    b = train_dpo.pair_logprobs(model, shared, None)
+    a = layouts.pair_logprobs(model, plain, None)
+    b = layouts.shared_prompt_pair_logprobs(model, shared, None)
     for x, y in zip(a, b):  # summed (chosen, rejected), then per-token averages
         torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-6)
     # each sum is the hand-computed one: full logits of each row alone
     c0 = pairs[1]["chosen"]
     logits = model(torch.tensor([c0[0]]))
-    want = (common.token_logprobs(logits, torch.tensor([c0[0]]))[0]
+    want = (ops.token_logprobs(logits, torch.tensor([c0[0]]))[0]
             * torch.tensor(c0[1][1:])).sum()
     torch.testing.assert_close(b[0][1], want, atol=1e-5, rtol=1e-6)
     grads = []
-    for batch in (plain, shared):
+    for batch, forward in ((plain, layouts.pair_logprobs),
+                           (shared, layouts.shared_prompt_pair_logprobs)):
         model.zero_grad()
-        c, r, _, _ = train_dpo.pair_logprobs(model, batch, None)
+        c, r, _, _ = forward(model, batch, None)
         (c - 2 * r).sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for g1, g2 in zip(*grads):
@@ -342,8 +291,8 @@ def toy(tmp_path_factory):
         f.writelines(lines)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=128, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
-    ckpt = common.make_checkpoint(model, "policy", "sft", "byte", SimpleNamespace(), step=0)
-    common.save_checkpoint(str(root / "sft.pt"), ckpt)
+    ckpt = checkpoint.make_checkpoint(model, "policy", "sft", "byte", SimpleNamespace(), step=0)
+    checkpoint.save_checkpoint(str(root / "sft.pt"), ckpt)
     return root
 
 
@@ -373,31 +322,8 @@ def test_short_run_raises_heldout_implicit_reward_accuracy(toy, tmp_path):
     assert first["val_margin"] == 0 and first["val_accuracy"] == 0.5  # all ties: half each
     assert res["val_accuracy"] > 0.65 and res["val_loss"] < math.log(2) - 0.1, res
     assert res["step"] == 40 and os.path.isfile(out / "ckpt_best.pt")
-    ckpt = common.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
+    ckpt = checkpoint.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
     assert ckpt["stage"] == "dpo" and ckpt["step"] == 40
-
-
-@pytest.mark.slow
-def test_kto_run_raises_the_desirable_log_ratio(toy, tmp_path):
-    # unpaired feedback made from the toy pairs: chosen answers desirable, rejected ones not
-    from data.toy.prepare import write_jsonl
-    for split in ("train", "val"):
-        rows = [json.loads(line) for line in open(toy / f"prefs_{split}.jsonl")]
-        write_jsonl(toy / f"kto_{split}.jsonl", [
-            dict(prompt=r["prompt"], completion=r[side], label=side == "chosen")
-            for r in rows for side in ("chosen", "rejected")])
-    out = tmp_path / "kto"
-    res = run(toy, out, "--loss_type=kto", f"--train_data={toy / 'kto_train.jsonl'}",
-              f"--val_data={toy / 'kto_val.jsonl'}", "--max_iters=40", "--eval_interval=40",
-              "--eval_examples=128", "--batch_size=16", "--lr=3e-3", "--beta=0.1")
-    first = read_log(out)[0]
-    assert first["val_rewards_desirable"] == 0 and first["val_kl"] == 0  # policy == reference
-    assert first["val_loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigma(0)
-    # desirable answers gain log-probability over the reference, undesirable ones less: a
-    # log-ratio gap of more than a nat on held-out answers (beta = 0.1: rewards are r / 10)
-    assert res["val_rewards_desirable"] > 0 and res["val_accuracy"] > 0.6, res
-    assert res["val_rewards_desirable"] - res["val_rewards_undesirable"] > 0.1, res
-    assert res["val_loss"] < 0.49, res
 
 
 @pytest.mark.slow
@@ -412,12 +338,12 @@ def test_precomputed_reference_and_exact_resume(toy, tmp_path):
     # stop after 4 iterations, then resume (reusing the cached reference log-probs)
     out = tmp_path / "resumed"
     run(toy, out, "--precompute_ref_logps=True", "--stop_iter=4")
-    assert common.load_checkpoint(str(out / "ckpt_last.pt"))["step"] == 4
+    assert checkpoint.load_checkpoint(str(out / "ckpt_last.pt"))["step"] == 4
     res = run(toy, out, "--precompute_ref_logps=True", "--resume=True")
     for k in ("loss", "rewards_chosen", "rewards_rejected", "accuracy", "val_loss", "val_margin"):
         assert res[k] == pytest.approx(pre[k], abs=1e-6), k
-    a = common.load_checkpoint(str(tmp_path / "pre" / "ckpt_last.pt"))["model"]
-    b = common.load_checkpoint(str(out / "ckpt_last.pt"))["model"]
+    a = checkpoint.load_checkpoint(str(tmp_path / "pre" / "ckpt_last.pt"))["model"]
+    b = checkpoint.load_checkpoint(str(out / "ckpt_last.pt"))["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert [r["step"] for r in read_log(out)] == [r["step"] for r in read_log(tmp_path / "pre")]
 
@@ -435,9 +361,9 @@ def test_shared_prompt_run_equals_the_plain_run(toy, tmp_path):
     for res in (shared, pre):
         for k in ("loss", "margin", "logps_chosen", "logps_rejected", "val_loss", "val_margin"):
             assert res[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-5), k
-    a = common.load_checkpoint(str(tmp_path / "plain" / "ckpt_last.pt"))["model"]
+    a = checkpoint.load_checkpoint(str(tmp_path / "plain" / "ckpt_last.pt"))["model"]
     for name in ("shared", "pre"):
-        b = common.load_checkpoint(str(tmp_path / name / "ckpt_last.pt"))["model"]
+        b = checkpoint.load_checkpoint(str(tmp_path / name / "ckpt_last.pt"))["model"]
         assert_weights_within_adam_noise(a, b, lr=1e-3, steps=6, betas=(0.9, 0.95))
 
 
@@ -445,8 +371,8 @@ def test_shared_prompt_run_equals_the_plain_run(toy, tmp_path):
 @pytest.mark.parametrize("loss_type", ["simpo", "orpo"])
 def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, loss_type):
     calls = []
-    init_policy = common.init_policy
-    monkeypatch.setattr(common, "init_policy", lambda *a, **k: calls.append(a) or init_policy(*a, **k))
+    init_policy = checkpoint.init_policy
+    monkeypatch.setattr(checkpoint, "init_policy", lambda *a, **k: calls.append(a) or init_policy(*a, **k))
     res = run(toy, tmp_path / loss_type, f"--loss_type={loss_type}", "--max_iters=2",
               "--eval_interval=2", f"--rpo_alpha={0.1 if loss_type == 'simpo' else 0.0}")
     assert len(calls) == 1  # the policy only
@@ -460,11 +386,10 @@ def test_reference_free_losses_build_no_reference(toy, tmp_path, monkeypatch, lo
     ("--label_smoothing=0.5", "label_smoothing"),
     ("--label_smoothing=-0.1", "label_smoothing"),
     ("--loss_type=orpo --rpo_alpha=0.5", "NLL term built in"),
-    ("--loss_type=kto --precompute_ref_logps=True", "precompute_ref_logps must be False"),
-    ("--loss_type=kto --batch_size=1", "batch_size >= 2"),
-    ("--loss_type=kto --share_prompt=True", "share_prompt applies to pairs"),
+    ("--loss_type=kto", "KTO is train_kto.py"),
+    ("--loss_type=simpo --precompute_ref_logps=True", "precompute_ref_logps must be False"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, arg, words):
-    with pytest.raises(common.ConfigError, match=words):
+    with pytest.raises(config.ConfigError, match=words):
         train_dpo.main([f"--out_dir={tmp_path / 'x'}", *arg.split()])
     assert not os.path.exists(tmp_path / "x")  # rejected before anything was written

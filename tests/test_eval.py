@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
 import eval as evaluate
 from eval import mean_and_stderr, win_rate
 from train_ppo import kl_estimates
@@ -154,9 +155,9 @@ def test_rm_accuracy_error_is_clustered_by_prompt():
     torch.manual_seed(0)
     rm = ScalarModel(GPTConfig(**TINY))
     acc, se = evaluate.rm_accuracy(rm, pairs, enc.eot_token, batch_size=4)
-    batch = loader.collate_pairs(pairs, enc.eot_token)
-    import train_reward_model
-    rc, rr = train_reward_model.pair_rewards(rm, batch, torch.autocast("cpu", enabled=False))
+    import layouts
+    batch = layouts.collate_pairs(pairs, enc.eot_token)
+    rc, rr = layouts.row_scores(rm, batch, torch.autocast("cpu", enabled=False))
     wins = evaluate.win_outcomes(rc.detach(), rr.detach())
     want = evaluate.clustered_mean_and_stderr(wins, [p["prompt"] for p in pairs])
     assert (acc, se) == pytest.approx(want, abs=1e-9)
@@ -197,9 +198,9 @@ def world(tmp_path_factory):
         policy = GPT(GPTConfig(**TINY))
         with torch.no_grad():  # make EOS likely, so some answers end
             policy.transformer.wte.weight[256] *= 8
-        common.save_checkpoint(str(root / f"{name}.pt"), common.make_checkpoint(
+        checkpoint.save_checkpoint(str(root / f"{name}.pt"), checkpoint.make_checkpoint(
             policy, "policy", "sft", "byte", cfg, 0))
-    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "rm.pt"), checkpoint.make_checkpoint(
         ScalarModel(GPTConfig(**TINY)), "scalar", "rm", "byte", cfg, 0))
     # a PPO run dir with two snapshots
     os.makedirs(root / "ppo")
@@ -283,13 +284,13 @@ def test_best_of_n_policy_and_sweep(world, tmp_path):
 
 
 def test_config_errors_before_any_work(world, tmp_path):
-    with pytest.raises(common.ConfigError, match="baseline"):
+    with pytest.raises(config.ConfigError, match="baseline"):
         evaluate.main(eval_args(world, tmp_path, baseline="nope"))
-    with pytest.raises(common.ConfigError, match="missing.pt"):
+    with pytest.raises(config.ConfigError, match="missing.pt"):
         evaluate.main(eval_args(world, tmp_path, policies=f"sft:{world}/missing.pt"))
-    with pytest.raises(common.ConfigError, match="name:checkpoint"):
+    with pytest.raises(config.ConfigError, match="name:checkpoint"):
         evaluate.main(eval_args(world, tmp_path, policies=f"{world}/a.pt", baseline=""))
-    with pytest.raises(common.ConfigError, match="gold_judge"):
+    with pytest.raises(config.ConfigError, match="gold_judge"):
         evaluate.main(eval_args(world, tmp_path, gold_judge="gpt4"))
-    with pytest.raises(common.ConfigError, match="no ckpt_iter"):
+    with pytest.raises(config.ConfigError, match="no ckpt_iter"):
         evaluate.main(eval_args(world, tmp_path, sweep=f"{tmp_path}/nothing_here"))

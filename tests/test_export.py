@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
 from export_hf import export_hf, main
 from model import GPT, GPTConfig
 
@@ -43,7 +44,7 @@ def test_export_checkpoint_via_cli(tmp_path):
     model = random_gpt(vocab_size=257)  # the byte tokenizer's vocabulary
     sd = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # a compiled model's keys
     ckpt = {"model": sd, "model_args": vars(model.config), "kind": "policy", "tokenizer": "byte"}
-    common.save_checkpoint(str(tmp_path / "ckpt.pt"), ckpt)
+    checkpoint.save_checkpoint(str(tmp_path / "ckpt.pt"), ckpt)
     main([f"--ckpt={tmp_path / 'ckpt.pt'}", f"--out_dir={tmp_path / 'hf'}"])
     assert_same_logits(model, tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 256
@@ -53,6 +54,6 @@ def test_export_refuses_a_scalar_model(tmp_path):
     model = random_gpt()
     ckpt = {"model": model.state_dict(), "model_args": vars(model.config), "kind": "scalar",
             "tokenizer": "gpt2"}
-    common.save_checkpoint(str(tmp_path / "rm.pt"), ckpt)
-    with pytest.raises(common.CheckpointError, match="policy"):
+    checkpoint.save_checkpoint(str(tmp_path / "rm.pt"), ckpt)
+    with pytest.raises(config.CheckpointError, match="policy"):
         export_hf(tmp_path / "rm.pt", tmp_path / "hf")

@@ -14,10 +14,12 @@ import textwrap
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
 import train_grpo
 import train_ppo
-from train_grpo import aggregate_loss, group_advantages, kl_penalty
+from train_grpo import group_advantages
+from train_ppo import aggregate_loss, kl_penalty
 
 # -----------------------------------------------------------------------------
 # pure functions
@@ -139,11 +141,11 @@ def test_reward_function_from_a_file(world, tmp_path):
     out = train_grpo.main(grpo_args(world, tmp_path / "ok", reward_fn=f"{path}:count_a",
                                     advantage="rloo", max_iters=1))
     assert math.isfinite(out["score"])
-    with pytest.raises(common.ConfigError, match="returned nan"):
+    with pytest.raises(config.ConfigError, match="returned nan"):
         train_grpo.main(grpo_args(world, tmp_path / "nan", reward_fn=f"{path}:broken"))
     for spec, words in ((f"{path}:missing", "no function 'missing'"),
                         (f"{tmp_path}/nope.py:f", "does not exist"), ("count_a", "expected")):
-        with pytest.raises(common.ConfigError, match=words):
+        with pytest.raises(config.ConfigError, match=words):
             train_grpo.main(grpo_args(world, tmp_path / "bad", reward_fn=spec))
     # PPO takes the same form
     out = train_ppo.main(ppo_args(world, tmp_path / "ppo", reward_fn=f"{path}:count_a",
@@ -155,7 +157,7 @@ def test_bad_config_is_rejected_before_anything_is_written(world, tmp_path):
     for kw, words in ((dict(group_size=3), "group_size=3 must divide"),
                       (dict(group_size=1), "group_size"), (dict(advantage="ppo"), "advantage"),
                       (dict(loss_agg="sum"), "loss_agg"), (dict(kl_in="both"), "kl_in")):
-        with pytest.raises(common.ConfigError, match=words):
+        with pytest.raises(config.ConfigError, match=words):
             train_grpo.main(grpo_args(world, tmp_path / "x", **kw))
     assert not (tmp_path / "x").exists()
 
@@ -179,8 +181,8 @@ def test_resume_equals_uninterrupted_run(world, tmp_path):
     train_grpo.main(grpo_args(world, tmp_path / "split", **args, stop_iter=1))
     resumed = train_grpo.main(grpo_args(world, tmp_path / "split", **args, resume=True))
     assert resumed["iters"] == full["iters"] == 3
-    a = common.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
-    b = common.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
+    a = checkpoint.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
     assert (a["stage"], a["step"]) == ("grpo", 3)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=0)
@@ -253,12 +255,12 @@ def test_kl_in_the_reward_follows_the_estimator(world, tmp_path):
     for est in ("k1", "k2"):
         train_grpo.main(grpo_args(world, tmp_path / est, advantage="rloo", kl_estimator=est,
                                   beta=0.5, lr=1e-2))
-        weights[est] = common.load_checkpoint(str(tmp_path / est / "ckpt_last.pt"))["model"]
+        weights[est] = checkpoint.load_checkpoint(str(tmp_path / est / "ckpt_last.pt"))["model"]
     assert any(not torch.equal(weights["k1"][k], weights["k2"][k]) for k in weights["k1"])
 
 
 def test_k1_in_the_loss_is_rejected(world, tmp_path):
-    with pytest.raises(common.ConfigError, match="zero expected gradient"):
+    with pytest.raises(config.ConfigError, match="zero expected gradient"):
         train_grpo.main(grpo_args(world, tmp_path / "x", kl_in="loss", kl_estimator="k1"))
     assert not (tmp_path / "x").exists()
 

@@ -5,7 +5,7 @@ server (never the internet). The conversion itself is pinned in tests/test_data.
 and tests/test_hh_real.py (the real file).
 
 Every rejected input must be a DataError (or ConfigError) naming the file, the line where there
-is one and what is wrong, printed by common.cli as one line 'error: ...', and must write nothing.
+is one and what is wrong, printed by config.cli as one line 'error: ...', and must write nothing.
 """
 
 import gzip
@@ -19,8 +19,8 @@ from collections import Counter
 
 import pytest
 
-import common
-from common import ConfigError, DataError
+import config
+from config import ConfigError, DataError
 from data.hh import prepare as hh
 from data.hh import stats
 
@@ -44,10 +44,10 @@ def write_lines(path, lines, compress=False):
 
 
 def cli_error(monkeypatch, *args):
-    """The one line common.cli(prepare.main) exits with, for these command-line arguments."""
+    """The one line config.cli(prepare.main) exits with, for these command-line arguments."""
     monkeypatch.setattr(sys, "argv", ["prepare.py", *args])
     with pytest.raises(SystemExit) as e:
-        common.cli(hh.main)
+        config.cli(hh.main)
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg, msg
     return msg

@@ -27,7 +27,7 @@ from collections import Counter
 import pytest
 import torch
 
-import common
+import checkpoint
 import tokenizer
 from data import loader
 from data.hh import prepare as hh
@@ -200,7 +200,8 @@ def test_loader_masks_on_real_data(gpt2, converted, block_size, n_sft, n_pairs):
         assert pair["chosen"][0][:P] == pair["rejected"][0][:P]  # one prompt for both answers
 
     # collation: padding reuses the EOS id, but the masks say what is real and what is trained
-    batch = loader.collate_pairs(pairs[:8], EOT)
+    import layouts
+    batch = layouts.collate_pairs(pairs[:8], EOT)
     for row in range(16):
         n = int(batch["attention_mask"][row].sum())
         assert batch["idx"][row, n - 1] == EOT and batch["loss_mask"][row, n - 1] == 1
@@ -259,24 +260,23 @@ def test_measured_lengths(gpt2, converted, capsys):
 
 def test_shared_prompt_on_real_pairs_equals_separate_rows(gpt2, converted):
     # the longest real prompts and answers in one batch: multi-turn prompts, cut from the left
-    import train_dpo
-    import train_reward_model
+    import layouts
     from model import GPT, GPTConfig, ScalarModel
     pairs = loader.load_preferences(str(converted[0] / "prefs_test.jsonl"), gpt2, 512)
     pairs = sorted(pairs, key=lambda p: -len(p["chosen"][0]) - len(p["rejected"][0]))[:3] + pairs[:3]
     torch.manual_seed(0)
     config = GPTConfig(block_size=512, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
     policy, rm = GPT(config), ScalarModel(config)
-    plain = loader.collate_pairs(pairs, EOT)
-    shared = loader.collate_shared_prompt(pairs, EOT)
+    plain = layouts.collate_pairs(pairs, EOT)
+    shared = layouts.collate_shared_prompt(pairs, EOT)
     assert shared["idx"].size(1) > 512  # rows longer than block_size; positions within it
     with torch.no_grad():
-        for x, y in zip(train_dpo.pair_logprobs(policy, plain, None),
-                        train_dpo.pair_logprobs(policy, shared, None)):
+        for x, y in zip(layouts.pair_logprobs(policy, plain, None),
+                        layouts.shared_prompt_pair_logprobs(policy, shared, None)):
             torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-6)
         off = torch.autocast("cpu", enabled=False)
-        for x, y in zip(train_reward_model.pair_rewards(rm, plain, off),
-                        train_reward_model.pair_rewards(rm, shared, off)):
+        for x, y in zip(layouts.row_scores(rm, plain, off),
+                        layouts.shared_prompt_scores(rm, shared, off)):
             torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
 # -----------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_every_stage_on_real_records(gpt2, converted, tmp_path):
           timings=timings)
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel.from_pretrained(out["hf"], attn_implementation="eager").eval()
-    ours, tok = common.init_policy(f"{out['dpo']}/ckpt_last.pt")  # the checkpoint itself
+    ours, tok = checkpoint.init_policy(f"{out['dpo']}/ckpt_last.pt")  # the checkpoint itself
     ours.eval()
     assert tok == "gpt2"
     assert hf.config.vocab_size == 50257 and hf.config.eos_token_id == EOT

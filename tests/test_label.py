@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
 from data import loader
 from data.toy import label
 from data.toy.judge import gold_reward
@@ -116,7 +117,7 @@ def tiny_policy(tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=128, vocab_size=ENC.n_vocab))
     path = str(tmp_path / "sft.pt")
-    common.save_checkpoint(path, common.make_checkpoint(model, "policy", "sft", "byte",
+    checkpoint.save_checkpoint(path, checkpoint.make_checkpoint(model, "policy", "sft", "byte",
                                                         SimpleNamespace(), step=0))
     return model, path
 
@@ -134,11 +135,11 @@ def test_sampling_is_deterministic_and_independent_of_the_batch(tmp_path):
     assert a != c
 
 
-def fake_sampler(model, enc, prompts, k, cfg, stream, device):
+def fake_sampler(model, enc, prompts, k, cfg, noise_stream, device):
     """Answers drawn from fixed styles, seeded like the real sampler (no model needed)."""
     out = []
     for i, p in enumerate(prompts):
-        rng = random.Random(f"{cfg.seed}:{stream}:{i}")
+        rng = random.Random(f"{cfg.seed}:{noise_stream}:{i}")
         subject = p["prompt"].rstrip("?.").split()[-1]
         styles = [f"It is {subject}. Hope that helps!", f"{subject}. Duh.", "I like turtles.",
                   f"Well, um, {subject}, I guess, you know."]
@@ -196,9 +197,9 @@ def test_gold_unpaired_labels_beat_the_median():
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     _, policy = tiny_policy(tmp_path)
-    with pytest.raises(common.ConfigError, match="'k' must be >= 2"):
+    with pytest.raises(config.ConfigError, match="'k' must be >= 2"):
         label.main([f"--policy={policy}", "--k=1"])
-    with pytest.raises(common.ConfigError, match="policy="):
+    with pytest.raises(config.ConfigError, match="policy="):
         label.main([f"--policy={tmp_path / 'missing.pt'}"])
 
 

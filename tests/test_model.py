@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-from model import (GPT, GPTConfig, ScalarModel, is_right_padded, read_safetensors, top_k_filter,
-                   top_p_filter, write_safetensors)
+import hf_io
+import layouts
+from hf_io import read_safetensors, write_safetensors
+from model import GPT, GPTConfig, ScalarModel, is_right_padded, top_k_filter, top_p_filter
 
 transformers = pytest.importorskip("transformers")
 
@@ -102,7 +104,7 @@ def test_logits_match_hf_gpt2_small_shapes():
     # GPT-2 124M's trunk (12 layers, 768 wide, 12 heads) with a small vocab: real shapes
     hf = make_hf(n_layer=12, n_embd=768, n_head=12, vocab_size=256, n_positions=64)
     model = GPT(GPTConfig(block_size=64, vocab_size=256, n_layer=12, n_head=12, n_embd=768))
-    M.load_hf_state_dict(model.eval(), hf.state_dict())
+    hf_io.load_hf_state_dict(model.eval(), hf.state_dict())
     idx = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=0)
@@ -113,10 +115,10 @@ def test_state_dict_mismatch_is_a_clear_error(hf_dirs):
     sd = dict(hf.state_dict())
     sd.pop("transformer.h.1.mlp.c_fc.bias")
     with pytest.raises(ValueError, match="missing.*h.1.mlp.c_fc.bias"):
-        M.load_hf_state_dict(tiny_gpt(), sd)
+        hf_io.load_hf_state_dict(tiny_gpt(), sd)
     sd = dict(hf.state_dict())
     with pytest.raises(ValueError, match="shape"):
-        M.load_hf_state_dict(tiny_gpt(n_embd=64), sd)
+        hf_io.load_hf_state_dict(tiny_gpt(n_embd=64), sd)
 
 
 def test_download_from_hub_and_offline_error(hf_dirs, tmp_path, monkeypatch, capsys):
@@ -126,7 +128,7 @@ def test_download_from_hub_and_offline_error(hf_dirs, tmp_path, monkeypatch, cap
     served.mkdir(parents=True)
     for f in ("config.json", "model.safetensors"):
         (served / f).write_bytes((dirs["safetensors"] / f).read_bytes())
-    monkeypatch.setattr(M, "HF_HUB_URL", (tmp_path / "hub").as_uri())
+    monkeypatch.setattr(hf_io, "HF_HUB_URL", (tmp_path / "hub").as_uri())
     monkeypatch.setenv("NANORLHF_CACHE", str(tmp_path / "cache"))
     model = GPT.from_pretrained("gpt2").eval()
     assert "100.0%" in capsys.readouterr().out
@@ -135,7 +137,7 @@ def test_download_from_hub_and_offline_error(hf_dirs, tmp_path, monkeypatch, cap
     with torch.no_grad():
         torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=0)
     # cached: no network needed the second time
-    monkeypatch.setattr(M, "HF_HUB_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(hf_io, "HF_HUB_URL", "http://127.0.0.1:9")
     GPT.from_pretrained("gpt2")
     # offline and not cached: a clear error that says what to do
     with pytest.raises(RuntimeError, match="No network.*local directory"):
@@ -189,7 +191,7 @@ def test_attention_mask_4d_by_hand():
 
 def test_shared_prompt_mask_by_hand():
     # prompt (0), an answer of two tokens (1), another of one (2), a pad (-1)
-    m = M.shared_prompt_mask(torch.tensor([[0, 1, 1, 2, -1]]))[0, 0].long()
+    m = layouts.shared_prompt_mask(torch.tensor([[0, 1, 1, 2, -1]]))[0, 0].long()
     assert m.tolist() == [[1, 0, 0, 0, 0],
                           [1, 1, 0, 0, 0],
                           [1, 1, 1, 0, 0],
@@ -207,7 +209,7 @@ def test_shared_prompt_rows_equal_separate_rows_and_may_exceed_block_size():
     segments = torch.tensor([[0] * 40 + [1] * 20 + [2] * 20])
     positions = torch.cat([torch.arange(60), torch.arange(40, 60)])[None]
     with torch.no_grad():
-        h = model.hidden_states(row, M.shared_prompt_mask(segments), positions)[0]
+        h = model.hidden_states(row, layouts.shared_prompt_mask(segments), positions)[0]
         ha = model.hidden_states(torch.cat([prompt, a])[None])[0]
         hb = model.hidden_states(torch.cat([prompt, b])[None])[0]
     torch.testing.assert_close(h[:60], ha, atol=1e-5, rtol=0)
@@ -215,10 +217,10 @@ def test_shared_prompt_rows_equal_separate_rows_and_may_exceed_block_size():
     # logits_at as (rows, positions), a position named twice
     at = (torch.tensor([0, 0, 0]), torch.tensor([39, 39, 60]))
     with torch.no_grad():
-        logits = model(row, M.shared_prompt_mask(segments), positions, logits_at=at)
+        logits = model(row, layouts.shared_prompt_mask(segments), positions, logits_at=at)
     torch.testing.assert_close(logits, model.lm_head(h[[39, 39, 60]]), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="position 64 exceeds block_size 64"):
-        model(row, M.shared_prompt_mask(segments), positions + 5)
+        model(row, layouts.shared_prompt_mask(segments), positions + 5)
 
 
 def test_input_errors():

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-import common
+import config
+import checkpoint
 import frontier
 import pipeline
 
@@ -24,7 +25,7 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples
     for name in ("train", "test", "unpaired", "unpaired_val", "samples"):
         assert (out / "data" / f"onpolicy_{name}.jsonl").stat().st_size > 0, name
-    rm_cfg = common.load_checkpoint(str(out / "rm_toy" / "ckpt_best.pt"))["config"]
+    rm_cfg = checkpoint.load_checkpoint(str(out / "rm_toy" / "ckpt_best.pt"))["config"]
     assert rm_cfg["train_data"].endswith("onpolicy_train.jsonl") and rm_cfg["group_rankings"]
     assert rm_cfg["bias_data"].endswith("onpolicy_samples.jsonl")
     assert (out / "ppo_toy" / "ckpt_iter1.pt").exists() and (out / "ppo_toy" / "ckpt_iter2.pt").exists()
@@ -86,7 +87,7 @@ def test_frontier_curves_average_seeds_and_add_their_spread():
 
 def test_bad_config_is_rejected(tmp_path):
     for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft"):
-        with pytest.raises(common.ConfigError, match=arg[2:].split("=")[0]):
+        with pytest.raises(config.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
 
 
@@ -96,7 +97,7 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
     pipeline.main(["--scale=mini", "--out=static", "--data_dir=static/data", "--data=static",
                    "--methods=dpo", "--plots=False"])
     assert not (tmp_path / "static" / "data" / "onpolicy_train.jsonl").exists()  # no labelling
-    rm_cfg = common.load_checkpoint(str(tmp_path / "static" / "rm_toy" / "ckpt_best.pt"))["config"]
+    rm_cfg = checkpoint.load_checkpoint(str(tmp_path / "static" / "rm_toy" / "ckpt_best.pt"))["config"]
     assert rm_cfg["train_data"].endswith("prefs_train.jsonl") and not rm_cfg["group_rankings"]
     res = json.loads((tmp_path / "static" / "eval" / "results.json").read_text())
     assert set(res["policies"]) == {"sft", "bon16", "ppo", "dpo"}
@@ -108,7 +109,7 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
     # round 2 labels round 1's PPO policy; its reward model learns from both rounds' rankings
     for name in ("onpolicy_train.jsonl", "onpolicy_r2_train.jsonl"):
         assert (out / "data" / name).stat().st_size > 0, name
-    rm2 = common.load_checkpoint(str(out / "rm_r2_toy" / "ckpt_best.pt"))["config"]
+    rm2 = checkpoint.load_checkpoint(str(out / "rm_r2_toy" / "ckpt_best.pt"))["config"]
     assert [os.path.basename(p) for p in rm2["train_data"].split(",")] == [
         "onpolicy_train.jsonl", "onpolicy_r2_train.jsonl"]
     for stage in ("rm", "ppo", "rm_r2", "ppo_r2"):

@@ -13,7 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
+import checkpoint
+import config
+import ops
+import rollout
+import runtime
 import train_ppo
 from model import GPT, GPTConfig, ScalarModel
 from tokenizer import encode_prompt, get_tokenizer
@@ -119,7 +123,7 @@ def test_adaptive_kl_coef():
 
 def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(train_ppo.entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
+    torch.testing.assert_close(ops.entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
 
 # -----------------------------------------------------------------------------
 # rollout bookkeeping on a tiny random model
@@ -152,14 +156,14 @@ def test_training_logprobs_equal_sampling_logprobs(temperature):
     assert 0 < mask.sum() < mask.numel()  # some padding after an EOS, or the test checks less
     seq, full_mask = torch.cat([ids, tokens], 1), torch.cat([attn, mask], 1)
     with torch.no_grad():
-        lp, ent, values = train_ppo.policy_forward(policy, seq, full_mask, ids.size(1), temperature,
+        lp, ent, values = rollout.policy_forward(policy, seq, full_mask, ids.size(1), temperature,
                                                    critic=ScalarModel.from_gpt(policy),
                                                    entropy=True)
     assert lp.shape == ent.shape == values.shape == tokens.shape
     torch.testing.assert_close(lp * mask, sample_lp, atol=1e-5, rtol=0)
     # a wrong temperature would be caught
     with torch.no_grad():
-        lp_wrong, _, _ = train_ppo.policy_forward(policy, seq, full_mask, ids.size(1), temperature * 2)
+        lp_wrong, _, _ = rollout.policy_forward(policy, seq, full_mask, ids.size(1), temperature * 2)
     assert ((lp_wrong - sample_lp).abs() * mask).max() > 1e-2
 
 # -----------------------------------------------------------------------------
@@ -174,9 +178,9 @@ def world(tmp_path_factory):
     policy = GPT(cfg)
     with torch.no_grad():  # an "SFT" policy that ends its answers: EOS is likely
         policy.transformer.wte.weight[256] *= 8
-    common.save_checkpoint(str(root / "sft.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "sft.pt"), checkpoint.make_checkpoint(
         policy, "policy", "sft", "byte", SimpleNamespace(), 0))
-    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "rm.pt"), checkpoint.make_checkpoint(
         ScalarModel(cfg), "scalar", "rm", "byte", SimpleNamespace(), 0))
     # toy-world questions, so that the gold judge can score the answers too
     things = ["a banana", "a crow", "a lime", "a swan", "a plum", "a carrot", "a lemon", "a frog"]
@@ -202,27 +206,27 @@ def ppo_args(world, out, **kw):
 def test_first_update_invariants(world, shared_critic):
     """policy == reference at the start: KL exactly 0, first minibatch ratio exactly 1, the
     training log-probs those the sampler saw, and the critic's last value the score it pays."""
-    cfg = common.parse_config(train_ppo.DEFAULTS, ppo_args(world, world / "unused",
+    cfg = config.parse_config(train_ppo.DEFAULTS, ppo_args(world, world / "unused",
                                                            shared_critic=shared_critic))
-    rt = common.init_runtime(cfg)
-    policy, ref, reward_model, reward, _, enc = train_ppo.load_models(cfg, rt)
-    critic = train_ppo.make_critic(cfg, policy, reward_model, rt)
+    proc = runtime.init_runtime(cfg)
+    policy, ref, reward_model, reward, _, enc = train_ppo.load_models(cfg, proc)
+    critic = train_ppo.make_critic(cfg, policy, reward_model, proc)
     train, _ = train_ppo.load_prompts(cfg, enc)
-    ro = train_ppo.rollout(policy, ref, critic, reward, train_ppo.prompt_batch(train, range(16),
-                           enc, rt), enc, cfg, rt)
-    assert torch.equal(ro.logprobs * ro.resp_mask, ro.ref_logprobs * ro.resp_mask)
-    assert ((ro.sample_logprobs - ro.logprobs).abs() * ro.resp_mask).max() < 1e-4
+    rollouts = rollout.rollout(policy, ref, critic, reward,
+                               rollout.prompt_batch(train, range(16), enc, proc), enc, cfg, proc)
+    assert torch.equal(rollouts.logprobs * rollouts.resp_mask, rollouts.ref_logprobs * rollouts.resp_mask)
+    assert ((rollouts.sample_logprobs - rollouts.logprobs).abs() * rollouts.resp_mask).max() < 1e-4
     mb = torch.arange(8, 12)  # another micro-batch than the rollout's: the same rows' numbers
-    lp, _, values = train_ppo.policy_forward(policy, ro.seq[mb], ro.mask[mb], ro.P,
+    lp, _, values = rollout.policy_forward(policy, rollouts.seq[mb], rollouts.mask[mb], rollouts.P,
                                              cfg.temperature, critic)
-    _, _, _, ratio = train_ppo.ppo_policy_loss(lp, ro.logprobs[mb], torch.ones_like(lp),
-                                               ro.resp_mask[mb])
-    assert torch.equal(ratio * ro.resp_mask[mb], ro.resp_mask[mb])  # exactly 1, bitwise
+    _, _, _, ratio = train_ppo.ppo_policy_loss(lp, rollouts.logprobs[mb], torch.ones_like(lp),
+                                               rollouts.resp_mask[mb])
+    assert torch.equal(ratio * rollouts.resp_mask[mb], rollouts.resp_mask[mb])  # exactly 1, bitwise
     if not shared_critic:  # the critic starts as the reward model, its reward_bias included
-        last = ro.resp_mask.sum(1).long() - 1  # the state that emits the EOS
+        last = rollouts.resp_mask.sum(1).long() - 1  # the state that emits the EOS
         with torch.no_grad():
-            v_eos = critic.values(ro.seq, ro.mask)[torch.arange(16), ro.P + last]
-        torch.testing.assert_close(v_eos, reward_model(ro.seq, ro.mask), atol=1e-5, rtol=0)
+            v_eos = critic.values(rollouts.seq, rollouts.mask)[torch.arange(16), rollouts.P + last]
+        torch.testing.assert_close(v_eos, reward_model(rollouts.seq, rollouts.mask), atol=1e-5, rtol=0)
     out = train_ppo.main(ppo_args(world, world / f"run{shared_critic}", max_iters=1,
                                   shared_critic=shared_critic, gold_judge="toy"))
     assert out["kl"] == pytest.approx(0.0, abs=1e-5) and out["logprob_gap"] < 1e-4
@@ -255,8 +259,8 @@ def test_resume_equals_uninterrupted_run(world, tmp_path):
     train_ppo.main(ppo_args(world, tmp_path / "split", **args, stop_iter=1))
     resumed = train_ppo.main(ppo_args(world, tmp_path / "split", **args, resume=True))
     assert resumed["iters"] == full["iters"] == 3
-    a = common.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
-    b = common.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
+    a = checkpoint.load_checkpoint(str(tmp_path / "full" / "ckpt_last.pt"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "split" / "ckpt_last.pt"))
     assert (a["kind"], a["stage"], a["step"]) == ("policy", "ppo", 3)
     assert a["beta"] == b["beta"] != 0.1
     for part in ("model", "critic"):
@@ -271,7 +275,7 @@ def test_resume_equals_uninterrupted_run(world, tmp_path):
 
 
 def test_bad_config_is_rejected_before_training(world, tmp_path):
-    with pytest.raises(common.ConfigError, match="reward_fn"):
+    with pytest.raises(config.ConfigError, match="reward_fn"):
         train_ppo.main(ppo_args(world, tmp_path, reward_fn="bytecount:e"))
-    with pytest.raises(common.ConfigError, match="minibatch_size"):
+    with pytest.raises(config.ConfigError, match="minibatch_size"):
         train_ppo.main(ppo_args(world, tmp_path, minibatch_size=5))

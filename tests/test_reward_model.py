@@ -11,11 +11,13 @@ import os
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
 import train_reward_model
 from model import GPTConfig, ScalarModel
 from tokenizer import encode_example, get_tokenizer
-from train_reward_model import reward_model_loss, score, score_ids
+import layouts
+from train_reward_model import reward_model_loss
 from data.toy.prepare import write_jsonl
 
 TINY = ["--init_from=scratch", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=128",
@@ -82,6 +84,19 @@ def test_loss_matches_hand_computation():
 # scoring
 
 
+def score(model, prompts, responses, batch_size=64):
+    """Scores (B,) of texts as the scripts score them (ScalarModel.score_rows): rendered with the
+    chat template, cut to the model's last block_size tokens (the prompt's start goes, never the
+    response's end, where the score is read), sorted by length and right-padded in batches."""
+    enc = get_tokenizer("byte")
+    rows = [encode_example(enc, p, r)[0][-model.config.block_size:]
+            for p, r in zip(prompts, responses)]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths pad less
+    out = torch.zeros(len(rows))
+    out[order] = model.score_rows([rows[i] for i in order], enc.eot_token, batch_size)
+    return out
+
+
 def test_score_invariant_to_padding_and_batch():
     torch.manual_seed(0)
     model = ScalarModel(GPTConfig(block_size=256, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
@@ -102,14 +117,14 @@ def test_score_invariant_to_padding_and_batch():
     ids, _ = encode_example(enc, prompts[0], responses[0])
     raw = model.head(model.transformer(torch.tensor([ids])))[0, -1, 0]
     assert alone.item() == pytest.approx(raw.item() - 0.25, abs=1e-5)
-    # score_ids: left padding (as PPO has it) gives the same scores as right padding
+    # ScalarModel.score: left padding (as PPO has it) gives the same scores as right padding
     rows = [encode_example(enc, p, r)[0] for p, r in zip(prompts, responses)]
     T = max(map(len, rows)) + 3
     left = torch.full((3, T), enc.eot_token)
     lmask = torch.zeros(3, T, dtype=torch.long)
     for i, r in enumerate(rows):
         left[i, T - len(r):], lmask[i, T - len(r):] = torch.tensor(r), 1
-    torch.testing.assert_close(score_ids(model, left, lmask), batch, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.score(left, lmask), batch, atol=1e-5, rtol=0)
     assert model.training  # score leaves the model's mode as it found it
     # a text longer than block_size is scored on its last block_size tokens (the prompt's start
     # is cut, the response and its EOS are kept)
@@ -133,7 +148,7 @@ def test_score_invariant_to_padding_and_batch():
                                      ("--train_data=/nonexistent/prefs.jsonl", "train_data")])
 def test_bad_config_is_a_clear_error(arg, key, small_prefs, tmp_path):
     prefs, sft, _ = small_prefs
-    with pytest.raises(common.ConfigError, match=key):
+    with pytest.raises(config.ConfigError, match=key):
         train_reward_model.main(TINY + [f"--train_data={prefs}", f"--val_data={prefs}",
                                         f"--bias_data={sft}", f"--out_dir={tmp_path / 'rm'}", arg])
 
@@ -141,7 +156,7 @@ def test_bad_config_is_a_clear_error(arg, key, small_prefs, tmp_path):
 def test_warmup_longer_than_derived_max_iters_is_an_error(small_prefs, tmp_path):
     prefs, sft, _ = small_prefs
     # 4 pairs, batch 2, five epochs -> 10 steps: an 11-step warmup cannot fit
-    with pytest.raises(common.ConfigError, match="warmup_iters"):
+    with pytest.raises(config.ConfigError, match="warmup_iters"):
         train_reward_model.main(TINY + [f"--train_data={prefs}", f"--val_data={prefs}",
                                         f"--bias_data={sft}", f"--out_dir={tmp_path / 'rm'}",
                                         "--batch_size=2", "--warmup_iters=11"])
@@ -165,7 +180,7 @@ def test_toy_preferences_above_chance(toy_dir, tmp_path):
     assert out["max_iters"] == 80 and out["step"] == 80
     assert out["val_accuracy"] >= 0.65, out
     # PPO's view: the stored model scores the SFT answers at about 0 on average
-    model, tok = common.init_scalar(str(tmp_path / "rm" / "ckpt_best.pt"))
+    model, tok = checkpoint.init_scalar(str(tmp_path / "rm" / "ckpt_best.pt"))
     assert tok == "byte"
     assert model.reward_bias.item() != 0.0
     sft = [json.loads(l) for l in open(toy_dir / "sft_train.jsonl")][:200]
@@ -211,7 +226,6 @@ def test_grouped_rankings_score_each_answer_once_with_the_same_loss(small_prefs,
 def test_shared_prompt_scores_equal_separate_rows():
     # each prompt once, its answers after it: the same scores as rows of their own, for pairs
     # and (by_record) for whole rankings as collate_rankings scores them
-    from data import loader
     enc = get_tokenizer("byte")
     ranking = [("A banana is yellow.", "Ugh. Purple."), ("A banana is yellow.", "Blue?"),
                ("Blue?", "Ugh. Purple.")]
@@ -222,12 +236,13 @@ def test_shared_prompt_scores_equal_separate_rows():
                       rejected=encode_example(enc, "2 + 3?", "It is 7, I am sure."),))
     torch.manual_seed(0)
     rm = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
-    plain = train_reward_model.pair_rewards(rm, loader.collate_pairs(pairs, enc.eot_token),
-                                            torch.autocast("cpu", enabled=False))
+    off = torch.autocast("cpu", enabled=False)
+    plain = layouts.row_scores(rm, layouts.collate_pairs(pairs, enc.eot_token), off)
     for by_record in (False, True):
-        batch = loader.collate_shared_prompt(pairs, enc.eot_token, by_record)
+        collate, forward = layouts.score_layout(share_prompt=True, rankings=by_record)
+        batch = collate(pairs, enc.eot_token)
         assert batch["idx"].size(0) == (2 if by_record else 4)
-        shared = train_reward_model.pair_rewards(rm, batch, torch.autocast("cpu", enabled=False))
+        shared = forward(rm, batch, off)
         for x, y in zip(plain, shared):
             torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
@@ -276,15 +291,15 @@ def test_resume_gives_the_same_weights(small_prefs):
     assert part["step"] == 3 and part["reward_bias"] is None  # normalised only at the end
     resumed = train_reward_model.main(args + [f"--out_dir={tmp / 'part'}", "--resume=True"])
     assert resumed["step"] == 6
-    a = common.load_checkpoint(str(tmp / "full" / "ckpt_last.pt"), expect_kind="scalar")
-    b = common.load_checkpoint(str(tmp / "part" / "ckpt_last.pt"), expect_kind="scalar")
+    a = checkpoint.load_checkpoint(str(tmp / "full" / "ckpt_last.pt"), expect_kind="scalar")
+    b = checkpoint.load_checkpoint(str(tmp / "part" / "ckpt_last.pt"), expect_kind="scalar")
     assert a["stage"] == b["stage"] == "rm" and a["step"] == b["step"] == 6
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=0, msg=k)
     assert resumed["reward_bias"] == pytest.approx(full["reward_bias"], abs=1e-6)
     assert resumed["val_accuracy"] == full["val_accuracy"]
     # ckpt_best.pt holds its own weights' reward_bias: scoring the references with it gives ~0
-    model, _ = common.init_scalar(str(tmp / "full" / "ckpt_best.pt"))
+    model, _ = checkpoint.init_scalar(str(tmp / "full" / "ckpt_best.pt"))
     rows = [json.loads(l) for l in open(sft)]
     s = score(model, [r["prompt"] for r in rows], [r["response"] for r in rows])
     assert abs(s.mean().item()) < 1e-4
@@ -309,19 +324,19 @@ def test_a_step_is_the_mean_over_its_pairs_however_it_is_split(tmp_path):
     by_record = [[p for p in pairs if p["record"][1] == line] for line in (1, 2)]
     assert [len(x) for x in by_record] == [10, 1]
     cfg = SimpleNamespace(use_margin=False, center_coef=0.0)
-    rt = SimpleNamespace(autocast=torch.autocast("cpu", enabled=False), world_size=1)
+    proc = SimpleNamespace(autocast=torch.autocast("cpu", enabled=False), world_size=1)
     torch.manual_seed(0)
     model = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
     results = []
     for micro in ([pairs], by_record):
         model.zero_grad()
-        batches = [train_reward_model.collate_rankings(m, enc.eot_token) for m in micro]
-        metrics = train_reward_model.rm_step(model, batches, cfg, rt)
+        batches = [layouts.collate_rankings(m, enc.eot_token) for m in micro]
+        metrics = train_reward_model.rm_step(model, batches, layouts.ranking_scores, cfg, proc)
         results.append((metrics, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (one, g1), (two, g2) = results
     with torch.no_grad():  # the loss by hand: the mean of -log sigma(r_c - r_r) over 11 pairs
-        rc, rr = train_reward_model.pair_rewards(
-            model, train_reward_model.collate_rankings(pairs, enc.eot_token), rt.autocast)
+        rc, rr = layouts.ranking_scores(
+            model, layouts.collate_rankings(pairs, enc.eot_token), proc.autocast)
         want = -torch.nn.functional.logsigmoid(rc - rr).mean().item()
     assert one["loss"] == pytest.approx(want, abs=1e-6)
     for k in ("loss", "accuracy", "margin"):

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
+import checkpoint
 import sample
-from common import CheckpointError, ConfigError, DataError
+from config import CheckpointError, ConfigError, DataError
 from model import GPT, GPTConfig, ScalarModel, row_generators
 from tokenizer import encode_prompt, get_tokenizer
 from data.toy.prepare import write_jsonl
@@ -40,13 +40,13 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     cfg = SimpleNamespace()
     for name, seed in (("a", 0), ("b", 1)):
-        common.save_checkpoint(str(root / f"{name}.pt"), common.make_checkpoint(
+        checkpoint.save_checkpoint(str(root / f"{name}.pt"), checkpoint.make_checkpoint(
             tiny_policy(seed), "policy", "sft", "byte", cfg, 0))
     shutil.copy(root / "a.pt", root / "a_copy.pt")  # the same weights, loaded a second time
-    common.save_checkpoint(str(root / "rm.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "rm.pt"), checkpoint.make_checkpoint(
         ScalarModel(GPTConfig(**TINY)), "scalar", "rm", "byte", cfg, 0))
     gpt2_tok = GPT(GPTConfig(**{**TINY, "vocab_size": 50257, "n_embd": 8, "n_head": 1}))
-    common.save_checkpoint(str(root / "g.pt"), common.make_checkpoint(
+    checkpoint.save_checkpoint(str(root / "g.pt"), checkpoint.make_checkpoint(
         gpt2_tok, "policy", "sft", "gpt2", cfg, 0))
     write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
     (root / "bad.jsonl").write_text('{"prompt": "What color is a lime?"}\n{"promt": "oops"}\n')

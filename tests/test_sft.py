@@ -10,7 +10,9 @@ import os
 import pytest
 import torch
 
-import common
+import config
+import checkpoint
+import ops
 import train_sft
 from model import GPT, GPTConfig
 from tokenizer import encode_prompt, get_tokenizer
@@ -53,14 +55,14 @@ def test_sft_loss_matches_hand_computation():
     rows = logits[0].tolist()
     # label 1 (idx 2) from position 0 is prompt: not trained; labels 2 and 3 are
     want = -(logp(rows[1], 1) + logp(rows[2], 2)) / 2
-    got = train_sft.sft_loss(common.token_logprobs(logits, idx), loss_mask)
+    got = train_sft.sft_loss(ops.token_logprobs(logits, idx), loss_mask)
     assert got.item() == pytest.approx(want, abs=1e-6)
 
     # a batch is averaged over all its trained tokens, not per row
     logits2 = torch.cat([logits, logits]); idx2 = torch.cat([idx, idx])
     mask2 = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])
     want2 = -(logp(rows[1], 1) + logp(rows[2], 2) + logp(rows[2], 2)) / 3
-    got2 = train_sft.sft_loss(common.token_logprobs(logits2, idx2), mask2)
+    got2 = train_sft.sft_loss(ops.token_logprobs(logits2, idx2), mask2)
     assert got2.item() == pytest.approx(want2, abs=1e-6)
 
 
@@ -73,7 +75,7 @@ def test_masked_positions_get_exactly_zero_gradient():
     loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0]])
     logits = model(idx, attention_mask=attn)
     logits.retain_grad()
-    train_sft.sft_loss(common.token_logprobs(logits, idx), loss_mask).backward()
+    train_sft.sft_loss(ops.token_logprobs(logits, idx), loss_mask).backward()
     g = logits.grad  # (B, T, V)
     # logits at t predict the token at t+1: they are trained iff loss_mask[:, t+1] == 1
     trained = torch.zeros_like(loss_mask, dtype=torch.bool)
@@ -84,14 +86,14 @@ def test_masked_positions_get_exactly_zero_gradient():
     # and the loss does not depend on what sits in the padding
     idx2 = idx.clone(); idx2[0, 6:] = 5
     with torch.no_grad():
-        a = train_sft.sft_loss(common.token_logprobs(model(idx, attention_mask=attn), idx), loss_mask)
-        b = train_sft.sft_loss(common.token_logprobs(model(idx2, attention_mask=attn), idx2),
+        a = train_sft.sft_loss(ops.token_logprobs(model(idx, attention_mask=attn), idx), loss_mask)
+        b = train_sft.sft_loss(ops.token_logprobs(model(idx2, attention_mask=attn), idx2),
                                loss_mask)
     assert a.item() == b.item()
     # the LM head at the trained positions alone gives the same log-probs, exactly 0 elsewhere
     with torch.no_grad():
-        full = common.token_logprobs(model(idx, attention_mask=attn), idx) * loss_mask[:, 1:]
-        only = common.trained_logprobs(model, idx, loss_mask)
+        full = ops.token_logprobs(model(idx, attention_mask=attn), idx) * loss_mask[:, 1:]
+        only = ops.trained_logprobs(model, idx, loss_mask)
     torch.testing.assert_close(only, full, atol=1e-5, rtol=0)
     assert (only[loss_mask[:, 1:] == 0] == 0).all()
 
@@ -116,7 +118,7 @@ def test_split_last_answer_takes_the_final_assistant_turn():
 def test_bad_config_is_a_clear_error(tmp_path, toy_files, args, words):
     train, val = toy_files
     out = tmp_path / "out"
-    with pytest.raises(common.ConfigError, match=words):
+    with pytest.raises(config.ConfigError, match=words):
         train_sft.main([f"--out_dir={out}", f"--train_data={train}", f"--val_data={val}"] + args)
     assert not out.exists()  # nothing was written
 
@@ -150,7 +152,7 @@ def test_memorises_a_few_examples(tmp_path, toy_files):
     losses = res["train_losses"]
     assert losses[-1] < 0.1 * losses[0]
     assert res["best_val_loss"] < 0.1 and res["out_dir"] == out
-    ckpt = common.load_checkpoint(os.path.join(out, "ckpt_best.pt"), expect_kind="policy")
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "ckpt_best.pt"), expect_kind="policy")
     assert ckpt["stage"] == "sft" and ckpt["tokenizer"] == "byte"
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
@@ -172,8 +174,8 @@ def test_grad_accum_equals_one_big_batch(tmp_path, toy_files):
     two = train_sft.main([f"--out_dir={tmp_path / 'two'}", "--batch_size=2", "--grad_accum=2"] + base)
     assert two["train_losses"] == pytest.approx(one["train_losses"], abs=1e-5)
     from conftest import assert_weights_within_adam_noise
-    a = common.load_checkpoint(str(tmp_path / "one" / "ckpt_last.pt"))["model"]
-    b = common.load_checkpoint(str(tmp_path / "two" / "ckpt_last.pt"))["model"]
+    a = checkpoint.load_checkpoint(str(tmp_path / "one" / "ckpt_last.pt"))["model"]
+    b = checkpoint.load_checkpoint(str(tmp_path / "two" / "ckpt_last.pt"))["model"]
     cfg = train_sft.DEFAULTS  # lr and betas of these runs
     assert_weights_within_adam_noise(a, b, cfg["lr"], 3, (cfg["beta1"], cfg["beta2"]))
 
@@ -196,8 +198,8 @@ def test_resume_is_exact(tmp_path):
     assert rest["train_losses"] == pytest.approx(full["train_losses"][4:], abs=1e-6)
     assert rest["train_loss"] == pytest.approx(full["train_loss"], abs=1e-6)
     assert rest["best_val_loss"] == pytest.approx(full["best_val_loss"], abs=1e-6)
-    a = common.load_checkpoint(str(tmp_path / "a" / "ckpt_last.pt"))
-    b = common.load_checkpoint(str(tmp_path / "b" / "ckpt_last.pt"))
+    a = checkpoint.load_checkpoint(str(tmp_path / "a" / "ckpt_last.pt"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "b" / "ckpt_last.pt"))
     for k, v in a["model"].items():
         assert torch.allclose(v, b["model"][k], atol=1e-6, rtol=0), k
     # the resumed run's log reads like the uninterrupted one, line for line
@@ -221,5 +223,5 @@ def test_toy_config_is_the_default():
 
 def test_gpt2_recipe_parses():
     path = os.path.join(os.path.dirname(train_sft.__file__), "config", "sft_gpt2_hh.py")
-    cfg = common.parse_config(train_sft.DEFAULTS, [path])
+    cfg = config.parse_config(train_sft.DEFAULTS, [path])
     assert cfg.init_from == "gpt2" and cfg.tokenizer == "gpt2" and cfg.block_size == 512

@@ -386,7 +386,8 @@ def answer_logprobs(model, enc=None):
     forcing: (K,) numpy float64, not normalised (their exps sum to 1 - the mass outside)."""
     import torch
 
-    import common
+    import checkpoint
+    import ops
     from tokenizer import encode_example, get_tokenizer
     enc = enc or get_tokenizer("byte")
     rows = [encode_example(enc, PROMPT, y) for y in ANSWERS]
@@ -396,17 +397,18 @@ def answer_logprobs(model, enc=None):
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        logp = common.trained_logprobs(model, idx.to(device), mask.to(device))  # (K, T-1)
+        logp = ops.trained_logprobs(model, idx.to(device), mask.to(device))  # (K, T-1)
     model.train(was_training)
     return logp.sum(1).double().cpu().numpy()
 
 
 def measure(ckpt_path):
     """(pi over the answers, normalised over them; the mass outside them) of a policy checkpoint."""
-    import common
+    import checkpoint
+    import ops
     from model import GPT
-    ckpt = common.load_checkpoint(ckpt_path, expect_kind="policy")
-    model = common.model_from_checkpoint(GPT, ckpt, ckpt_path)
+    ckpt = checkpoint.load_checkpoint(ckpt_path, expect_kind="policy")
+    model = checkpoint.model_from_checkpoint(GPT, ckpt, ckpt_path)
     logp = answer_logprobs(model)
     inside = float(np.exp(logp).sum())
     return normalise(np.exp(logp - logp.max())), 1.0 - inside

@@ -41,8 +41,8 @@ from collections import Counter
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import common  # noqa: E402
-from common import ConfigError, DataError  # noqa: E402
+import config  # noqa: E402
+from config import ConfigError, DataError  # noqa: E402
 from data.loader import parse_record  # noqa: E402  (one JSON policy for every file we read)
 from tokenizer import ASSISTANT, HUMAN  # noqa: E402  (the template's two markers)
 
@@ -277,4 +277,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -27,8 +27,9 @@ import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import common  # noqa: E402
-from common import ConfigError  # noqa: E402
+import config  # noqa: E402
+import layouts  # noqa: E402
+from config import ConfigError  # noqa: E402
 from data import loader  # noqa: E402
 from tokenizer import encode_prompt, encode_response, get_tokenizer  # noqa: E402
 
@@ -76,7 +77,7 @@ def pair_batches(pairs, batch_size, seed, bucketed, pad_id, shared=False):
     lengths = tuple(map(loader.pair_length, pairs)) if bucketed else None
     out = []
     for rows in epoch_batches(len(pairs), batch_size, seed, lengths):
-        b = loader.collate_pairs([pairs[i] for i in rows], pad_id, shared)
+        b = layouts.score_layout(shared).collate([pairs[i] for i in rows], pad_id)
         out.append(((b["segments"] >= 0).long(), (b["segments"] >= 1).long()) if shared else
                    (b["attention_mask"], b["loss_mask"]))
     return out
@@ -163,4 +164,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

@@ -57,7 +57,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import checkpoint  # noqa: E402
+import config  # noqa: E402
+import runtime  # noqa: E402
 from data import loader  # noqa: E402
 from data.toy import judge  # noqa: E402
 from model import row_generators  # noqa: E402
@@ -148,10 +150,10 @@ def gold_unpaired(prompt, answers):
 
 
 @torch.inference_mode()
-def sample_answers(model, enc, prompts, k, cfg, stream, device):
+def sample_answers(model, enc, prompts, k, cfg, noise_stream, device):
     """
     k answers to every prompt (dicts with 'ids'), as texts: [[k texts] per prompt]. Sample j of
-    prompt i draws its noise from row_generators(seed, (stream, i, j)) alone. Answers that are
+    prompt i draws its noise from row_generators(seed, (noise_stream, i, j)) alone. Answers that are
     empty after stripping (an immediate EOS) are dropped: no annotator can rank an empty answer.
     """
     rows = [(i, j) for i in range(len(prompts)) for j in range(k)]
@@ -159,7 +161,7 @@ def sample_answers(model, enc, prompts, k, cfg, stream, device):
     t0, n_empty = time.time(), 0
     for start in range(0, len(rows), cfg.batch_size):
         keys = rows[start:start + cfg.batch_size]
-        gen = row_generators(cfg.seed, [(stream, i, j) for i, j in keys], device=device)
+        gen = row_generators(cfg.seed, [(noise_stream, i, j) for i, j in keys], device=device)
         idx, attn = loader.collate_left([prompts[i]["ids"] for i, _ in keys], enc.eot_token)
         tokens, mask, _ = model.generate(idx.to(device), attention_mask=attn.to(device),
                                          max_new_tokens=cfg.max_new_tokens,
@@ -185,18 +187,18 @@ def write_jsonl(path, rows):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    common.validate(cfg, {
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    config.validate(cfg, {
         "tau": (lambda v: 0.01 <= v <= 1e6, "in [0.01, 1e6] (the annotators' noise temperature)"),
         "k": (lambda v: v >= 2, ">= 2: a ranking needs two answers"),
         "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
         "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
         "num_val_prompts": (lambda v: v >= 0, ">= 0")})
-    common.require_files(cfg, "policy", "train_prompts", "eval_prompts",
+    config.require_files(cfg, "policy", "train_prompts", "eval_prompts",
                          hint="python data/toy/prepare.py, then python train_sft.py")
     torch.manual_seed(cfg.seed)
-    device = common.pick_device(cfg.device)
-    model, tok_name = common.init_policy(cfg.policy)
+    device = runtime.pick_device(cfg.device)
+    model, tok_name = checkpoint.init_policy(cfg.policy)
     model.to(device).eval()
     enc = get_tokenizer(tok_name)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -223,7 +225,7 @@ def main(argv=None):
         rankings.append(ranking)
         unpaired += rows
     if not rankings:
-        raise common.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
+        raise config.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
                                f"one gold value (is the policy trained?)")
     write_jsonl(path["train"], rankings)
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
@@ -233,7 +235,7 @@ def main(argv=None):
                for i, (p, ans) in enumerate(zip(val_prompts, val_answers))]
         val = [r for r in val if r is not None]
         if not val:
-            raise common.DataError(f"{cfg.policy}: no comparison among the answers to the "
+            raise config.DataError(f"{cfg.policy}: no comparison among the answers to the "
                                    f"{len(val_prompts)} validation prompts (num_val_prompts): "
                                    f"each prompt's answers share one gold value")
         write_jsonl(path["val"], val)
@@ -273,4 +275,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    config.cli(main)

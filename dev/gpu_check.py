@@ -1,12 +1,12 @@
 """
 The first GPU run: turns the HH configs' ESTIMATES into measurements. A development tool, like
-tests/bench_trl.py: nothing in nanoRLHF imports it.
+dev/bench_trl.py: nothing in nanoRLHF imports it.
 
 Run it on a machine with one CUDA GPU (10 minutes in all, by design):
-    python tests/gpu_check.py --out=out/gpu_check.json          # H100 / H200: peak 989 TFLOP/s
-    python tests/gpu_check.py --peak_flops=312e12 ...           # any other GPU: its bf16 peak
-    python tests/gpu_check.py --dry_run=True                    # the commands only, no GPU needed
-    python tests/gpu_check.py --smoke=True                      # every phase on the CPU, tiny
+    python dev/gpu_check.py --out=out/gpu_check.json          # H100 / H200: peak 989 TFLOP/s
+    python dev/gpu_check.py --peak_flops=312e12 ...           # any other GPU: its bf16 peak
+    python dev/gpu_check.py --dry_run=True                    # the commands only, no GPU needed
+    python dev/gpu_check.py --smoke=True                      # every phase on the CPU, tiny
 
 What it runs, one after the other, each as its own process:
   1. data/hh/prepare.py on the shared real HH file (<repo>/../shared/data/hh-rlhf/
@@ -22,7 +22,7 @@ What it runs, one after the other, each as its own process:
      are cut to a few examples; train and val are the one converted test split.
 Per recipe it records the seconds per step (the logged ms_per_iter, or the time between PPO's
 and GRPO's log lines), real tokens/s and MFU (SFT, RM, DPO: each logged step's batch rebuilt
-from the data, as the script draws it, and counted with bench.batch_flops) and the peak GPU
+from the data, as the script draws it, and counted with bench_rows.batch_flops) and the peak GPU
 memory (torch.cuda.max_memory_allocated of the process). Everything goes to one JSON file
 (--out) and a table on stdout. A phase that would overrun --budget_s is skipped, saying so, and
 whatever finished is still written.
@@ -44,8 +44,8 @@ import time
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import bench
-import common
+from data import bench_rows
+from config import ConfigError, cli, parse_config, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS = dict(
@@ -147,7 +147,7 @@ def plan(cfg, work, peak):
             argv += tiny[stage] + (["--compile=False"] if stage in ("sft", "rm", "dpo") else [])
         peak_file = os.path.join(work, f"peak_{stage}.json")
         model = dict(n_layer=1, n_head=1, n_embd=32, vocab_size=50257) if cfg.smoke else \
-            bench.SIZES["gpt2"]  # the shape the FLOPs are counted for
+            bench_rows.SIZES["gpt2"]  # the shape the FLOPs are counted for
         phases.append(dict(name=f"recipe {stage}", kind="recipe", stage=stage, script=script,
                            model=model,
                            argv=argv, out_dir=out_dir, after=after, peak_file=peak_file,
@@ -232,7 +232,7 @@ def recipe_result(phase, peak, skip=2):
             out["response_tok_per_s"] = median([r["tok_per_s"] for r in timed])
         return out
     defaults = dict(sft=train_sft, rm=train_reward_model, dpo=train_dpo)[stage].DEFAULTS
-    run_cfg = common.parse_config(defaults, phase["argv"])
+    run_cfg = parse_config(defaults, phase["argv"])
     config = GPTConfig(**phase["model"])
     # the policy or reward model trains: 3 forwards; a live DPO reference adds one
     passes = 4 if stage == "dpo" and not run_cfg.precompute_ref_logps else 3
@@ -242,7 +242,7 @@ def recipe_result(phase, peak, skip=2):
         micro = step_batches(stage, run_cfg, r["step"])
         masks = [(b[1], b[2]) if stage == "sft" else (b["attention_mask"],
                  None if stage == "rm" else b["loss_mask"]) for b in micro]
-        flops = passes * sum(bench.batch_flops(config, a, m) for a, m in masks)
+        flops = passes * sum(bench_rows.batch_flops(config, a, m) for a, m in masks)
         s.append(seconds)
         tok_s.append(sum(int(a.sum()) for a, _ in masks) / seconds)
         mfu.append(flops / seconds / peak if peak else None)
@@ -283,22 +283,22 @@ def table(results):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
+    cfg = parse_config(DEFAULTS, argv, __doc__)
     if cfg.smoke:  # two steps a phase
         cfg.max_iters, cfg.rl_iters = 2, 2
     import torch
     if not (cfg.dry_run or cfg.smoke) and not torch.cuda.is_available():
-        raise common.ConfigError("gpu_check: no CUDA GPU here (torch.cuda.is_available() is "
+        raise ConfigError("gpu_check: no CUDA GPU here (torch.cuda.is_available() is "
                                  "False); it measures GPU speed only. --dry_run=True prints "
                                  "its commands")
     on_gpu = torch.cuda.is_available() and not cfg.smoke
     name = torch.cuda.get_device_name() if on_gpu else "(no GPU: smoke test or dry run)"
     peak = cfg.peak_flops or peak_for(name) or (989e12 if cfg.dry_run or cfg.smoke else 0.0)
-    common.require(peak > 0, f"gpu_check: no known bf16 peak for {name!r}: give --peak_flops "
+    require(peak > 0, f"gpu_check: no known bf16 peak for {name!r}: give --peak_flops "
                              f"(e.g. 989e12 for an H100 SXM)")
     for need in (cfg.hh_file or os.path.join(cfg.shared, HH_FILE),
                  os.path.join(cfg.shared, "gpt2_bpe")):
-        common.require(cfg.dry_run or os.path.exists(need),
+        require(cfg.dry_run or os.path.exists(need),
                        f"gpu_check: {need} is missing (--shared: the directory with hh-rlhf/ "
                        f"and gpt2_bpe/; or --hh_file)")
     work = cfg.work_dir or tempfile.mkdtemp(prefix="gpu_check_")
@@ -365,4 +365,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli(main)

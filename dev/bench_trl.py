@@ -15,8 +15,8 @@ saying so):
 
 Run it:
     python bench.py --out=out/bench_cpu.json                           # nanoRLHF, then
-    ../trl112-venv/bin/python tests/bench_trl.py --compare=out/bench_cpu.json   # TRL, the ratios
-    ../trl-venv/bin/python tests/bench_trl.py --data=hh --block_size=512 --sizes=gpt2 \
+    ../trl112-venv/bin/python dev/bench_trl.py --compare=out/bench_cpu.json   # TRL, the ratios
+    ../trl-venv/bin/python dev/bench_trl.py --data=hh --block_size=512 --sizes=gpt2 \
         --stages=sft,rm,dpo --dtype=bfloat16 --batch_size=8 --steps=5 --repeats=3 \
         --vs=defaults,fast,fast_precompute --variants=shared_prompt --out=out/bench_trl_hh.json
                           # side by side: nanoRLHF's and TRL's step in turn, 3 rounds, the spread
@@ -29,7 +29,7 @@ and dpo B pairs of two such rows, ppo B prompts of prompt_len tokens and gen_tok
 (no stop token: fixed-length responses), num_iterations passes of one minibatch of B.
 
 With --data (bench.py's key: 'hh' or a preference JSONL file) TRL gets the rows bench.py's steps
-take (bench.real_batch_rows: the scripts' loader and length policy, the genuine GPT-2 BPE for
+take (bench_rows.real_batch_rows: the scripts' loader and length policy, the genuine GPT-2 BPE for
 gpt2, the seeded and length-bucketed batches), in the same batches: the dataset is written in
 batch order and read sequentially (train_sampling_strategy='sequential'; PPO's dataloader is
 swapped for an unshuffled one). The prompt and each answer are the ids as text, the answer
@@ -38,7 +38,7 @@ and real-token count, and the run checks them against bench.py's batches ('same 
 
 Both sides train with TRL's fast settings, not its defaults: gradient checkpointing off (TRL
 turns it on, costing an extra forward per step), float32 or bf16 autocast as --dtype says (bench.py
-takes the same --dtype), and the same malloc settings (common.keep_freed_cpu_memory, which
+takes the same --dtype), and the same malloc settings (runtime.keep_freed_cpu_memory, which
 nanoRLHF's init_runtime applies on a CPU; --keep_freed_memory=False gives TRL glibc's defaults).
 --trl_defaults=True keeps TRL's own checkpointing and bf16. --precompute_ref=True sets DPO's
 precompute_ref_log_probs (its row is then dpo_cached_ref, beside bench.py's row of that name).
@@ -78,7 +78,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench
-import common
+from data import bench_rows
+import config
+import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +93,7 @@ DEFAULTS.update(
     precompute_ref=False,       # True: DPO's precompute_ref_log_probs (the row dpo_cached_ref)
     inline=False,               # True: also bench.py's sft/rm/dpo step on each batch, step by step
     dtype="float32",            # 'float32' | 'bfloat16' (autocast, as bench.py --dtype=bfloat16)
-    keep_freed_memory=True,     # nanoRLHF's malloc settings on a CPU (common.keep_freed_cpu_memory)
+    keep_freed_memory=True,     # nanoRLHF's malloc settings on a CPU (runtime.keep_freed_cpu_memory)
     compare="",                 # a bench.py --out JSON of the same sizes: print the time ratios
     repeats=0,                  # > 0: bench.py and TRL side by side, this many times in turn
     vs="defaults",              # side by side: TRL settings, comma-separated: defaults | fast |
@@ -111,7 +113,7 @@ TARGET_RATIO = dict(sft=0.5, rm=0.5, dpo=0.5, dpo_cached_ref=0.5, ppo_iter=0.2)
 def gpt2_config(size, n_positions):
     """A transformers GPT2Config of one of bench.py's sizes, dropout off (as bench.py)."""
     from transformers import GPT2Config
-    s = bench.SIZES[size]
+    s = bench_rows.SIZES[size]
     eos = s["vocab_size"] - 1  # 50256 for GPT-2, 256 for the byte vocabulary
     return GPT2Config(vocab_size=s["vocab_size"], n_positions=n_positions, n_embd=s["n_embd"],
                       n_layer=s["n_layer"], n_head=s["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
@@ -158,15 +160,15 @@ def answer_text(ids, eos):
 
 def real_text_rows(kind, size, cfg):
     """
-    bench.py's --data batches of kind 'sft' or 'pairs' (bench.real_batch_rows), their rows in
+    bench.py's --data batches of kind 'sft' or 'pairs' (bench_rows.real_batch_rows), their rows in
     batch order as TRL's text columns (prompt + completion, or prompt + chosen + rejected), and
     the (rows, T, real tokens) of each batch as bench.py's step sees it.
     """
-    eos = bench.SIZES[size]["vocab_size"] - 1
+    eos = bench_rows.SIZES[size]["vocab_size"] - 1
     cols = dict(prompt=[], completion=[]) if kind == "sft" else dict(prompt=[], chosen=[],
                                                                      rejected=[])
     shapes = []
-    for batch in bench.real_batch_rows(kind, size, cfg):
+    for batch in bench_rows.real_batch_rows(kind, size, cfg):
         seqs = batch if kind == "sft" else [p["chosen"] for p in batch] + \
             [p["rejected"] for p in batch]
         shapes.append((len(seqs), max(len(ids) for ids, _ in seqs), sum(len(ids) for ids, _ in seqs)))
@@ -264,8 +266,8 @@ def our_steps(stage, size, cfg):
     bcfg = SimpleNamespace(**{**bench.DEFAULTS, **{k: getattr(cfg, k) for k in SHARED},
                               "device": "cpu", "dtype": cfg.dtype, "compile": False,
                               "variant_list": cfg.variant_list})
-    rt = common.init_runtime(bcfg)
-    return bench.TRAINING[stage](size, bcfg, rt, torch.Generator().manual_seed(cfg.seed)), bcfg
+    proc = runtime.init_runtime(bcfg)
+    return bench.TRAINING[stage](size, bcfg, proc, torch.Generator().manual_seed(cfg.seed)), bcfg
 
 
 def inline_rows(size, timer, ours, bcfg, trl_row):
@@ -374,7 +376,7 @@ def bench_ppo(size, cfg, gen, out_dir):
     tok.padding_side = "left"  # prompts of real lengths are left-padded, as bench.py's
     n = B * (cfg.warmup + cfg.steps)
     if cfg.data:  # bench.py's prompt batches, in order
-        prompts = [ids for batch in bench.real_batch_rows("prompts", size, cfg) for ids in batch]
+        prompts = [ids for batch in bench_rows.real_batch_rows("prompts", size, cfg) for ids in batch]
     else:
         prompts = torch.randint(0, config.vocab_size - 1, (n, P), generator=gen).tolist()
     data = Dataset.from_dict(dict(input_ids=prompts))
@@ -472,9 +474,9 @@ def side_by_side(cfg, sizes, stages):
     ratio of each round's summed seconds.
     """
     settings = [s.strip() for s in cfg.vs.split(",") if s.strip()]
-    common.require(settings and all(s in SETTINGS for s in settings),
+    config.require(settings and all(s in SETTINGS for s in settings),
                    f"vs={cfg.vs!r}: a comma-separated list of {', '.join(SETTINGS)}")
-    common.require(all(s in ("sft", "rm", "dpo") for s in stages),
+    config.require(all(s in ("sft", "rm", "dpo") for s in stages),
                    "repeats > 0 compares the sft, rm and dpo steps (--stages)")
     keys = [f"--{k}={getattr(cfg, k)}" for k in SHARED if k != "sizes"] + [
         f"--dtype={cfg.dtype}", f"--keep_freed_memory={cfg.keep_freed_memory}", "--inline=True"]
@@ -544,11 +546,11 @@ def summary_lines(summary):
 
 
 def main(argv=None):
-    cfg = common.parse_config(DEFAULTS, argv, __doc__)
-    sizes, stages = bench.checked_shapes(cfg)
-    common.require(cfg.dtype in ("float32", "bfloat16"),
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    sizes, stages = bench_rows.checked_shapes(cfg)
+    config.require(cfg.dtype in ("float32", "bfloat16"),
                    f"dtype={cfg.dtype!r}: 'float32' or 'bfloat16'")
-    common.require(cfg.repeats >= 0, f"repeats={cfg.repeats}: >= 0")
+    config.require(cfg.repeats >= 0, f"repeats={cfg.repeats}: >= 0")
     if cfg.repeats > 0:
         result = side_by_side(cfg, sizes, stages)
         m = next(iter(result["meta"].values()))
@@ -559,7 +561,7 @@ def main(argv=None):
         print("\n".join(summary_lines(result["summary"])))
         return bench.write_result(cfg.out, result)
     if cfg.keep_freed_memory:  # what nanoRLHF's init_runtime does on a CPU: compare like with like
-        common.keep_freed_cpu_memory()
+        runtime.keep_freed_cpu_memory()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never ask the hub
     import datasets
     import transformers
@@ -576,7 +578,7 @@ def main(argv=None):
           f"{cfg.prompt_len} + {cfg.gen_tokens} new tokens x {cfg.num_iterations} epochs, "
           f"{'TRL defaults' if cfg.trl_defaults else cfg.dtype + ', no gradient checkpointing'}"
           f"{', precomputed reference log-probs' if cfg.precompute_ref else ''}, data "
-          f"{bench.data_file(cfg.data) if cfg.data else 'random ids'}", flush=True)
+          f"{bench_rows.data_file(cfg.data) if cfg.data else 'random ids'}", flush=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
     with tempfile.TemporaryDirectory() as out_dir:  # the trainers insist on an output_dir

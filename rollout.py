@@ -1,0 +1,179 @@
+"""
+Steps 1-3 of online RL, shared by PPO, GRPO and the evaluation: the policy answers a batch of
+prompts (model.generate: KV cache, temperature, an answer ends at its first EOS), the log-probs of
+its answers under the policy and the reference (policy_forward: one forward over prompt + answer),
+and their scores (the reward model at each answer's EOS, or a programmatic reward of the texts).
+"""
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+import config
+import ops
+from data import loader
+from tokenizer import decode_response
+
+# -----------------------------------------------------------------------------
+# rewards: the reward model, or a programmatic function of the texts
+
+
+def load_reward_fn(spec):
+    """
+    A programmatic reward f(prompt, response) -> float from its spec: 'toy_gold' (the toy
+    world's judge), 'byte_count:c' (occurrences of the character c), or 'file.py:function'
+    (any function of a Python file). '' -> None: the reward model scores. Every return value is
+    checked: a non-number or a non-finite one stops the run with the prompt it was given.
+    """
+    if not spec:
+        return None
+    if spec == "toy_gold":
+        from data.toy.judge import gold_reward
+        fn = gold_reward
+    elif spec.startswith("byte_count:") and len(spec) == len("byte_count:") + 1:
+        char = spec[-1]
+        fn = lambda prompt, response: float(response.count(char))  # noqa: E731
+    else:
+        path, sep, name = spec.rpartition(":")
+        config.require(sep and path.endswith(".py") and name.isidentifier(),
+                       f"reward_fn={spec!r}: expected '', 'toy_gold', 'byte_count:<one character>' "
+                       f"or 'path/to/file.py:function'")
+        config.require(os.path.isfile(path), f"reward_fn={spec!r}: the file {path} does not exist")
+        try:
+            module_spec = importlib.util.spec_from_file_location("reward_fn_module", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        except BaseException as e:  # a syntax error, an import error, a sys.exit in the file
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise config.ConfigError(f"reward_fn={spec!r}: {path} failed to run: {e!r}") from None
+        fn = getattr(module, name, None)
+        config.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
+
+    def checked(prompt, response):
+        value = fn(prompt, response)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise config.ConfigError(f"reward_fn={spec!r} returned {value!r} (a finite number is "
+                                     f"needed) for the prompt {prompt[:80]!r}")
+        return float(value)
+    return checked
+
+
+def make_reward(reward_model, reward_fn, batch_size):
+    """The step-3 scorer reward(prompts, responses, seq, mask) -> (B,) float: the reward model
+    at each row's last real token of the exact ids the policy produced (never re-tokenised
+    text), batch_size rows at a time, or a programmatic reward_fn of the texts."""
+    if reward_fn is not None:
+        return lambda prompts, responses, seq, mask: torch.tensor(
+            [reward_fn(p, r) for p, r in zip(prompts, responses)], device=seq.device)
+    return lambda prompts, responses, seq, mask: reward_model.score(seq, mask, batch_size)
+
+
+def penalise_missing_eos(scores, has_eos, penalty, mode):
+    """A response cut at max_new_tokens is no finished answer, and the RM scores it at a token it
+    never saw as an end: 'replace' its score by -penalty (the "N+ implementation details of RLHF"
+    use -1), or 'subtract' the penalty (TRL's missing_eos_penalty); '' leaves it. (B,) -> (B,)"""
+    if mode == "replace":
+        return torch.where(has_eos, scores, torch.full_like(scores, -penalty))
+    return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
+
+
+# -----------------------------------------------------------------------------
+# forwards and the rollout
+
+
+def policy_forward(policy, seq, mask, P, temperature, critic=None, entropy=False):
+    """
+    One forward of prompt + response, seq and mask (B, P + N) with the prompts left-padded to P
+    columns. Every prompt ends in column P - 1, so the hidden state in column P - 1 + t has seen the
+    prompt and the response tokens < t: its logits predict response token t (the LM head runs on
+    those N columns only), and it is the state s_t the critic values. Returns logprobs (B, N) of
+    the response tokens under logits / T, the entropy (B, N) of that distribution (or None), and
+    values (B, N) (None without a critic). critic: a ScalarModel (separate critic) or an
+    nn.Linear value head on this policy's trunk.
+    """
+    h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, N, C): the states before each token
+    logits = policy.lm_head(h).float() / temperature  # (B, N, V); no logits for the prompt
+    logprobs = ops.logprobs_of(logits, seq[:, P:])  # (B, N)
+    ent = ops.entropy_from_logits(logits) if entropy else None
+    if isinstance(critic, nn.Linear):
+        values = critic(h).squeeze(-1).float()
+    else:
+        values = critic.values(seq, mask)[:, P - 1:-1].float() if critic is not None else None
+    return logprobs, ent, values
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled answers and what the update needs. (B, N) tensors are aligned with the
+    response tokens; resp_mask is 1 on them up to and including the EOS."""
+    seq: torch.Tensor            # (B, P + N) prompt + response ids, prompts left-padded to P
+    mask: torch.Tensor           # (B, P + N) attention mask: 0 on left pads and after the EOS
+    P: int                       # prompt columns
+    resp_mask: torch.Tensor      # (B, N) float
+    logprobs: torch.Tensor       # (B, N) log pi_old(a_t|s_t), recomputed by a training forward
+    sample_logprobs: torch.Tensor  # (B, N) the same, as the sampler saw them (a sanity check)
+    ref_logprobs: torch.Tensor   # (B, N) log pi_ref(a_t|s_t), or None without a reference
+    values: torch.Tensor         # (B, N) the critic's V(s_t), or None without a critic
+    entropy: torch.Tensor        # (B, N) of pi_old at each step
+    scores: torch.Tensor         # (B,) the reward (missing-EOS penalty applied)
+    has_eos: torch.Tensor        # (B,) bool
+    prompts: list                # B prompt texts
+    responses: list              # B response texts (decode_response)
+    loss_mask: torch.Tensor = None  # (B, N) the tokens the update trains on, when not resp_mask
+                                    # (GRPO's 'mask' mode leaves answers without an EOS out)
+
+
+@torch.no_grad()
+def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
+    """
+    Steps 1-3 and the critic's values for one batch (ids, mask, texts) of left-padded prompts
+    (B, P). The forwards run in micro-batches like the update's, so at the first update (policy ==
+    reference == old policy) the KL is exactly 0 and the ratio exactly 1. Returns a Rollout.
+    """
+    prompt_ids, prompt_mask, prompts = batch
+    P, mbs = prompt_ids.size(1), cfg.micro_batch_size
+    with proc.autocast:
+        tokens, resp_mask, sample_logprobs = policy.generate(
+            prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_k=cfg.top_k or None,
+            top_p=cfg.top_p if cfg.top_p < 1.0 else None, eos_token_id=enc.eot_token,
+            generator=generator)
+    seq = torch.cat([prompt_ids, tokens], 1)  # (B, P + N)
+    mask = torch.cat([prompt_mask, resp_mask], 1)  # (B, P + N); 0 on the pads after an EOS
+    parts = []
+    for i in range(0, seq.size(0), mbs):
+        s, m = seq[i:i + mbs], mask[i:i + mbs]
+        with proc.autocast:
+            lp, ent, values = policy_forward(policy, s, m, P, cfg.temperature, critic, True)
+            # frozen models need no autograd record at all; their inference tensors are only
+            # read by functional ops outside (cat, arithmetic), which return normal tensors
+            with torch.inference_mode():
+                ref_lp = policy_forward(ref, s, m, P, cfg.temperature)[0] if ref else None
+        parts.append((lp, ent, values, ref_lp))
+    lp, ent, values, ref_lp = (torch.cat(x) if x[0] is not None else None for x in zip(*parts))
+    # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
+    responses = [decode_response(enc, [t for t, keep in zip(row, row_mask) if keep])
+                 for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]
+    has_eos = ((tokens == enc.eot_token) & resp_mask.bool()).any(1)  # (B,)
+    with proc.autocast:
+        scores = reward(prompts, responses, seq, mask).float()
+    scores = penalise_missing_eos(scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    return Rollout(seq, mask, P, resp_mask.float(), lp, sample_logprobs, ref_lp, values, ent,
+                   scores, has_eos, prompts, responses)
+
+
+
+def prompt_batch(prompts, rows, enc, proc, repeat=1):
+    """Left-padded ids, mask (B * repeat, P) on the device and the texts of prompts[rows], each
+    row `repeat` times in a row (GRPO's group of samples per prompt)."""
+    examples = [prompts[i] for i in rows for _ in range(repeat)]
+    ids, attn = loader.collate_left([e["ids"] for e in examples], enc.eot_token)
+    return ids.to(proc.device), attn.to(proc.device), [e["prompt"] for e in examples]
+
+

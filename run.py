@@ -1,0 +1,292 @@
+"""
+Plumbing: the skeleton of a training run, once. The process (runtime.init_runtime), out_dir (its
+lock, the resume point, an --overwrite that loses nothing until the new run has proved itself),
+the JSONL log, checkpoints (checked finite, written atomically), stop signals and shutdown. The
+loop stays in the script: nothing here calls back into it.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from types import SimpleNamespace
+
+import torch.distributed as dist
+
+from checkpoint import (check_finite_weights, load_checkpoint, model_from_checkpoint,
+                        require_keys, save_checkpoint, set_rng_state)
+from config import ConfigError, UserError
+from runtime import all_reduce_max, init_runtime, print0
+
+try:
+    import fcntl  # POSIX file locks
+except ImportError:  # Windows: msvcrt's byte-range locks instead
+    fcntl = None
+
+# -----------------------------------------------------------------------------
+# the run skeleton: out_dir, lock, resume, log, checkpoints, stop signals, shutdown
+
+RUN_FILES = re.compile(r"(ckpt_.*\.pt|.*\.jsonl|ref_logps.*\.pt)$")  # what a run writes
+
+
+def _holds_run(d):
+    return os.path.isdir(d) and any(RUN_FILES.match(n) for n in os.listdir(d))
+
+
+def _move_files(src, dst):
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        os.replace(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _finish_swap(out_dir):
+    """Complete (or undo) a swap a killed process left half done. .staging holds a new run that
+    has not proved itself yet: it goes. .replaced holds an old run being replaced by one that
+    has: the new files come in, the old ones go."""
+    staging, replaced = os.path.join(out_dir, ".staging"), os.path.join(out_dir, ".replaced")
+    if os.path.isdir(replaced):
+        if os.path.isdir(staging):
+            _move_files(staging, out_dir)
+        shutil.rmtree(replaced)
+    if os.path.isdir(staging):
+        shutil.rmtree(staging)
+
+
+_held_locks = {}  # out_dir -> open lock file of this process
+
+
+def lock_out_dir(out_dir):
+    """
+    An exclusive lock on out_dir (flock on out_dir/.lock) for the life of the run: a second run
+    started on the same out_dir fails at once. The kernel drops the lock when its process dies,
+    so a killed run never blocks the resume. (A lock this process still holds from an earlier
+    run that raised is taken over: one process runs one run at a time.)
+    """
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        key = os.path.realpath(out_dir)
+        if key in _held_locks:
+            _held_locks.pop(key).close()
+        f = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:
+        raise ConfigError(f"out_dir {out_dir!r} is not writable: {e}") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            import msvcrt
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        f.close()
+        raise ConfigError(f"out_dir {out_dir!r} is in use by another run (it holds the lock "
+                          f"{os.path.join(out_dir, '.lock')}); wait for it, or use another "
+                          f"out_dir") from None
+    _held_locks[key] = f
+    return f
+
+
+def prepare_out_dir(out_dir, resume, overwrite=False):
+    """
+    Where this run writes, and the checkpoint it resumes from (or None). A fresh out_dir is
+    written directly. --resume=True continues the run in out_dir (ckpt_last.pt). An out_dir
+    that holds a run needs --resume=True or --overwrite=True; with --overwrite=True the new run
+    is built beside the old one in out_dir/.staging and replaces it only when its first
+    checkpoint after a training step is written (Run.save): a new run that fails before
+    that leaves the old one as it was. Returns (write_dir, resume_path).
+    """
+    _finish_swap(out_dir)
+    last = os.path.join(out_dir, "ckpt_last.pt")
+    if resume:
+        if not os.path.isfile(last):
+            raise ConfigError(f"--resume=True but {last} does not exist")
+        for name in os.listdir(out_dir):  # half-written temp files of a killed run
+            if ".tmp." in name:
+                os.remove(os.path.join(out_dir, name))
+        return out_dir, last
+    if not _holds_run(out_dir):
+        return out_dir, None
+    if not overwrite:
+        what = "a run" if os.path.isfile(last) else "a run's files"
+        raise ConfigError(f"out_dir {out_dir!r} already holds {what} ({last}); pass --resume=True "
+                          f"to continue it, --overwrite=True to replace it, or another out_dir")
+    staging = os.path.join(out_dir, ".staging")
+    os.makedirs(staging)
+    return staging, None
+
+
+class Run:
+    """
+    The run skeleton of a training script, once: the process (device, DDP, seeds, precision),
+    out_dir (lock, resume point, an overwrite that loses nothing), the JSONL log, checkpoints
+    (checked finite, written atomically), stop signals and shutdown. The loop stays in the script:
+        run = Run(cfg, "sft")            # run.proc: device, autocast, rank ...; run.resume: ckpt
+        ...
+        run.log(step, loss=...)          # a readable line and a JSONL record (rank 0)
+        run.save("ckpt_last.pt", ckpt)   # rank 0; refuses non-finite weights
+        if run.should_stop(step): ...    # stop_iter, or Ctrl-C / SIGTERM on any rank
+        run.finish()
+    """
+
+    def __init__(self, cfg, stage):
+        self.cfg, self.stage = cfg, stage
+        self.proc = init_runtime(cfg)
+        self.master = self.proc.master
+        self.out_dir, self.dir, resume_path, error = cfg.out_dir, cfg.out_dir, None, None
+        if self.master:  # rank 0 locks and prepares out_dir; the others only read from it
+            try:
+                lock_out_dir(cfg.out_dir)
+                self.dir, resume_path = prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
+            except UserError as e:
+                error = e
+        elif cfg.resume:
+            resume_path = os.path.join(cfg.out_dir, "ckpt_last.pt")
+        if self.proc.ddp and all_reduce_max(float(error is not None)) > 0 and error is None:
+            error = ConfigError(f"rank 0 could not prepare out_dir {cfg.out_dir!r}")
+        if error is not None:
+            raise error
+        self.staged = self.dir != self.out_dir
+        self.resume = load_checkpoint(resume_path, expect_stage=stage) if resume_path else None
+        if self.resume is not None:
+            require_keys(self.resume, resume_path, "step", "rng", "optimizer")
+        self.resume_path = resume_path
+        resume_step = self.resume["step"] if self.resume else None
+        self.logger = MetricsLogger(self.dir, "log", resume_step, enabled=self.master)
+        # per-token numbers of a few samples (plot.py draws them as heatmaps), not printed
+        self.token_logger = MetricsLogger(self.dir, "tokens", resume_step, self.master, quiet=True)
+        install_stop_handlers()
+
+    def model(self, cls, init, dropout=0.0):
+        """The model this run trains and its tokenizer name: from its own last checkpoint when it
+        resumes (a cls, GPT or ScalarModel), else from init() -> (model, tokenizer name)."""
+        if self.resume is None:
+            return init()
+        return model_from_checkpoint(cls, self.resume, self.resume_path, dropout), \
+            self.resume["tokenizer"]
+
+    def restore(self, optimizer, **state):
+        """The loop state a resumed run picks up: the optimizer's, the RNG's (sampling, dropout
+        and shuffling continue where they stopped), and `state`'s keys from the checkpoint (their
+        values here are a fresh run's). Returns a namespace: .step (the updates done, 0 for a
+        fresh run) and one attribute per key of `state`."""
+        if self.resume is None:
+            return SimpleNamespace(step=0, **state)
+        require_keys(self.resume, self.resume_path, *state)
+        optimizer.load_state_dict(self.resume["optimizer"])
+        set_rng_state(self.resume["rng"])
+        print0(f"resumed from {self.resume_path} at step {self.resume['step']}")
+        return SimpleNamespace(step=self.resume["step"], **{k: self.resume[k] for k in state})
+
+    def path(self, name):
+        """Where the file `name` of this run lives now (.staging until the swap)."""
+        return os.path.join(self.dir, name)
+
+    def log(self, step, **metrics):
+        self.logger.log(step, **metrics)
+
+    def log_tokens(self, step, **fields):
+        """One sample's per-token numbers (tokens: the token texts; the rest lists as long) to
+        out_dir/tokens.jsonl (rank 0)."""
+        self.token_logger.log(step, **fields)
+
+    def save(self, name, ckpt):
+        """Write ckpt as out_dir/name (rank 0 only), once its weights are checked finite. The
+        first checkpoint after a training step of an --overwrite run replaces the old run."""
+        if not self.master:
+            return
+        check_finite_weights(ckpt, ckpt.get("step"), name)
+        save_checkpoint(self.path(name), ckpt)
+        if self.staged and ckpt.get("step", 0) >= 1:  # proved itself: the old run may go now
+            replaced = os.path.join(self.out_dir, ".replaced")
+            os.makedirs(replaced)
+            for old in os.listdir(self.out_dir):
+                if not old.startswith("."):
+                    os.replace(os.path.join(self.out_dir, old), os.path.join(replaced, old))
+            _finish_swap(self.out_dir)
+            self.dir, self.staged = self.out_dir, False
+            self.logger.path, self.token_logger.path = self.path("log.jsonl"), self.path("tokens.jsonl")
+
+    def should_stop(self, step):
+        """True after step stop_iter, or when Ctrl-C / SIGTERM reached any rank (a collective)."""
+        return stop_requested() or step == self.cfg.stop_iter
+
+    def finish(self):
+        if self.proc.ddp:
+            dist.barrier()  # no rank tears gloo down while another still uses it
+            dist.destroy_process_group()
+        lock = _held_locks.pop(os.path.realpath(self.out_dir), None) if self.master else None
+        if lock is not None:
+            lock.close()
+
+
+
+# -----------------------------------------------------------------------------
+# stop signals: Ctrl-C or SIGTERM ask the loop to checkpoint and exit at the next step boundary
+
+_stop = {"signal": None}
+
+
+def install_stop_handlers():
+    def handler(signum, frame):
+        if _stop["signal"] is not None:  # a second Ctrl-C really interrupts
+            raise KeyboardInterrupt
+        _stop["signal"] = signal.Signals(signum).name
+        print(f"\n{_stop['signal']} received: saving a checkpoint and exiting after this step",
+              flush=True)
+    _stop["signal"] = None
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_requested():
+    """Whether a stop signal arrived, under DDP on ANY rank: a signal that reached one process
+    alone would otherwise make it stop while the others wait for it forever in their next
+    all-reduce. A collective under DDP: every rank calls it at the same point of its loop."""
+    stop = _stop["signal"] is not None
+    if dist.is_available() and dist.is_initialized():
+        stop = all_reduce_max(float(stop)) > 0
+    return stop
+
+# -----------------------------------------------------------------------------
+# logging: a line a person reads, plus one JSON object per line for plots
+
+
+def _whole_record(line):
+    """A complete JSONL line: newline-terminated and a JSON object."""
+    if not line.endswith("\n"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+class MetricsLogger:
+    def __init__(self, out_dir, name, resume_step=None, enabled=True, quiet=False):
+        self.path = os.path.join(out_dir, f"{name}.jsonl")
+        self.enabled, self.quiet = enabled, quiet
+        self.t0 = time.time()
+        if enabled and resume_step is not None and os.path.exists(self.path):
+            # drop lines written after the checkpoint we resume from: they will be redone. A run
+            # killed mid-write can leave a cut last line: whole lines only. The rewrite is atomic,
+            # so a kill right now cannot lose the log either.
+            with open(self.path, errors="replace") as f:
+                keep = [l for l in f
+                        if _whole_record(l) and json.loads(l).get("step", 0) <= resume_step]
+            tmp = f"{self.path}.tmp.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+
+    def log(self, step, **metrics):
+        if not self.enabled:
+            return
+        if not self.quiet:
+            parts = [f"step {step:5d}"]
+            for k, v in metrics.items():
+                parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+            print(" | ".join(parts), flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics, "time": round(time.time() - self.t0, 3)}) + "\n")
+

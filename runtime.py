@@ -1,0 +1,168 @@
+"""
+Plumbing: one process of a run. Device, precision, seeds and DDP (init_runtime), rank-0 printing,
+the all-reduce helpers that make every rank take the same decisions, and the wrappers a training
+step calls through (torch.compile, DDP) and how to see past them.
+"""
+
+import os
+import sys
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+
+# -----------------------------------------------------------------------------
+# the process: device, precision, seeds, DDP
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def pick_device(device="auto"):
+    """cuda > mps > cpu, unless a device is named."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def keep_freed_cpu_memory():
+    """
+    Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+    By default every CPU tensor above a few MB (GPT-2's logits are 200 MB, its embedding gradient
+    150 MB) is a fresh mmap, so each step page-faults its way through ~1 GB of new pages: a third
+    of a bf16 GPT-2 step on a CPU. The thresholds make large blocks come from the heap and stay
+    there, as the CUDA caching allocator does on a GPU. Linux with glibc only; elsewhere a no-op.
+    Returns True if the settings took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30) and
+                    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep its defaults
+        return False
+
+
+def init_runtime(cfg):
+    """
+    Set up one process: device, DDP (when launched by torchrun), autocast and seeds.
+    Uses cfg.device ('auto'|'cpu'|'cuda'|'mps'), cfg.dtype ('auto'|'float32'|'bfloat16') and
+    cfg.seed. Every rank seeds with seed + rank: ranks see different data and draw different
+    samples, while DDP broadcasts rank 0's initial weights so the models start identical.
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    device = pick_device(cfg.device)
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cpu":
+        keep_freed_cpu_memory()
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # bf16 autocast keeps fp32 master weights and optimizer state: no grad scaler needed
+    autocast = (torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+                if dtype == "bfloat16" else nullcontext())
+    torch.manual_seed(cfg.seed + rank)
+    return SimpleNamespace(device=device, device_type=device_type, dtype=dtype, ddp=ddp,
+                           rank=rank, local_rank=local_rank, world_size=world_size,
+                           master=rank == 0, autocast=autocast)
+
+
+def _all_reduce(x, op, mean=False):
+    """x (a tensor or a number) reduced over DDP ranks in float64, returned in x's own type;
+    identity in a single process. A collective: every rank must call it, in the same order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = t.clone()
+    dist.all_reduce(t, op=op)
+    if mean:
+        t /= dist.get_world_size()
+    return t.item() if not torch.is_tensor(x) else t.to(x.device, x.dtype)
+
+
+def all_reduce_mean(x):
+    """Average a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.SUM, mean=True)
+
+
+def all_reduce_sum(x):
+    """Sum a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(x):
+    """Maximum of a tensor (or float) over DDP ranks; identity in a single process."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
+
+
+def unwrap(model):
+    """The plain module under DDP and/or torch.compile wrappers."""
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)
+
+
+def no_sync_unless(model, last_micro_step):
+    """Under DDP, all-reduce gradients only on the last micro-step of an accumulation."""
+    if hasattr(model, "no_sync") and not last_micro_step:
+        return model.no_sync()
+    return nullcontext()
+
+
+def broadcast_parameters(*modules):
+    """Under DDP, every rank takes rank 0's weights and buffers, as the DDP wrapper does when it
+    is built: a module drawn from each rank's own seed (a fresh value head) becomes one model on
+    every rank. Nothing in a single process. A collective: every rank calls it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_grads(model):
+    """Sum the gradients over DDP ranks in one flat buffer (each rank's loss is its share of the
+    global loss, so the global gradient is the sum); nothing in a single process. What the DDP
+    wrapper does during backward, for a script that calls its model unwrapped (PPO, GRPO)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not (dist.is_available() and dist.is_initialized()) or not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    for g, new in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(new.view_as(g))
+
+
+def maybe_compile(model, compile):
+    return torch.compile(model) if compile else model
+
+
+def wrap(model, compile, proc):
+    """The module a training step calls: torch.compile'd if asked, DDP-wrapped under torchrun."""
+    model = maybe_compile(model, compile)
+    if proc.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
+    return model
+
