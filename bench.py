@@ -30,7 +30,7 @@ call in turn (measure), as rows named stage_variant: full_logits runs the LM hea
 position and ops.token_logprobs on the (B, T, V) logits instead of ops.trained_logprobs
 (the path before GPT.forward's logits_at; sft and dpo); no_buckets draws the same epoch's batches
 without length bucketing (with --data); shared_prompt lays the same pairs out with each prompt
-once (share_prompt=True, loader.collate_shared_prompt; rm and dpo, the reference too, and
+once (share_prompt=True, layouts.collate_shared_prompt; rm and dpo, the reference too, and
 dpo_cached_ref_shared_prompt beside dpo_cached_ref). A summary line compares each with its
 default row; tokens and FLOPs are counted alike for all (the pairs as separate rows).
 

@@ -69,6 +69,7 @@ import layouts
 import runtime
 from config import ConfigError
 from data import loader
+from eval_report import examples_table, fmt, json_safe, results_table, write_json
 from model import row_generators
 from rollout import policy_forward
 from runtime import print0
@@ -119,6 +120,7 @@ def mean_and_stderr(x):
     (mean, standard error of the mean) of a 1-D sequence: the sample standard deviation (n - 1
     in the denominator) over sqrt(n). One value gives (x, nan): its spread is unknown, not 0.
     No values give (nan, nan).
+    Test: tests/test_eval.py::test_mean_and_stderr_hand_computation
     """
     x = torch.as_tensor(x, dtype=torch.float64).flatten()
     n = x.numel()
@@ -137,6 +139,7 @@ def clustered_mean_and_stderr(x, clusters):
         SE^2 = G / (G - 1) * sum_g (S_g - mean * n_g)^2 / N^2
     (S_g, n_g: the sum and count of cluster g; G clusters, N items), which is mean_and_stderr's
     when every cluster holds one item. clusters: a hashable label per item.
+    Test: tests/test_eval.py::test_clustered_stderr_by_hand
     """
     x = torch.as_tensor(x, dtype=torch.float64).flatten()
     ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
@@ -163,7 +166,8 @@ def win_outcomes(a, b):
 def win_rate(a, b):
     """Share of items where a beats b, ties counting half (the pairwise win rate used to compare
     RLHF policies, e.g. Stiennon et al. 2020; Rafailov et al. 2023, Sec. 6). a, b: (N,) scores of
-    answers to the SAME prompts, item i against item i. A policy against itself gives 0.5."""
+    answers to the SAME prompts, item i against item i. A policy against itself gives 0.5.
+    Test: tests/test_eval.py::test_win_rate_counts_ties_half"""
     return win_outcomes(a, b).mean().item()
 
 
@@ -172,7 +176,8 @@ def best_of_n_kl_bound(n):
     on the best-of-n alignment policy", Thm. 1): an upper bound, met with equality only when no
     two samples can tie (a continuous distribution of rewards); when the base repeats answers it
     is loose (16 equally likely answers at n = 64: exact 2.689, bound 3.175). best_of_n_kl gives
-    the exact value when the answers' probabilities are known."""
+    the exact value when the answers' probabilities are known.
+    Test: tests/test_eval.py::test_best_of_n_picks_the_reward_models_choice_and_its_kl_bound"""
     return math.log(n) - (n - 1) / n
 
 
@@ -183,6 +188,7 @@ def best_of_n_kl(probs, rewards, n):
     best of n samples lands on reward level L with probability F(L)^n - F(L^-)^n (Beirami et
     al. 2024, Lemma 1), shared among the level's answers in proportion to their base
     probability (ties go to the earlier sample, which is any of them alike). Returns nats.
+    Test: tests/test_eval.py::test_best_of_n_kl_exact_against_the_bound_and_by_sampling
     """
     p = torch.as_tensor(probs, dtype=torch.float64)
     r = torch.as_tensor(rewards, dtype=torch.float64)
@@ -440,70 +446,6 @@ def sweep_checkpoints(run_dirs):
     return found
 
 
-def fmt(mean, se=None, digits=3):
-    if mean is None:
-        return "-"
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {se:.{digits}f}"
-
-
-def cell(text, width=120):
-    """Answer text that fits in one markdown table cell."""
-    text = text if len(text) <= width else text[:width] + "..."
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n") or "(empty)"
-
-
-def results_table(results, baseline, rm_acc):
-    win = f"win_rate_vs_{baseline or 'baseline'}"
-    lines = [f"| policy | gold reward | RM score | win vs {baseline or '-'} (gold) | "
-             f"win vs {baseline or '-'} (RM) | win (gold), same noise | KL | distinct | length | "
-             f"EOS rate |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in results.items():
-        kl = f"≤ {m['kl']:.3f} (bound)" if m["kl_is_bound"] else fmt(m["kl"], m["kl_stderr"])
-        lines.append(f"| {name} | {fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
-                     f"{fmt(m['rm_score'], m['rm_score_stderr'])} | "
-                     f"{fmt(m[win], m[f'{win}_stderr'])} | "
-                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | "
-                     f"{fmt(m[f'{win}_shared'], m[f'{win}_shared_stderr'])} | {kl} | "
-                     f"{m['distinct']} | {m['length']:.1f} | {m['eos_rate']:.2f} |")
-    for path, (acc, se, n) in rm_acc.items():
-        lines += ["", f"Reward-model accuracy on {n} held-out pairs of {path}: {fmt(acc, se)} "
-                      f"(standard error clustered by prompt)"]
-    return "\n".join(lines)
-
-
-def examples_table(results, prompts, n, k):
-    """A few prompts with every policy's first answer and its scores side by side."""
-    names = list(results)
-    lines = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i in range(min(n, len(prompts))):
-        row = []
-        for name in names:
-            s = results[name]["samples"]
-            scores = [f"gold {s['gold'][i * k]:+.2f}" if s["gold"] else "",
-                      f"RM {s['rm'][i * k]:+.2f}" if s["rm"] else ""]
-            scores = ", ".join(x for x in scores if x)
-            row.append(cell(s["response"][i * k]) + (f" ({scores})" if scores else ""))
-        lines.append(f"| {cell(prompts[i]['prompt'])} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def json_safe(x):
-    """NaN and inf become null: strict JSON has neither."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
-
-
-def write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(json_safe(obj), f, indent=1)
-
 # -----------------------------------------------------------------------------
 
 
@@ -537,17 +479,18 @@ def load_judges(cfg, policies, proc):
     if cfg.reward_model:
         reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
                                                     anchor.config.vocab_size).to(proc.device)
-    gold_fn = None
-    if cfg.gold_judge == "toy":
-        from data.toy.judge import gold_reward
-
-        def gold_fn(prompt, response):
-            try:
-                return gold_reward(prompt, response)
-            except ValueError as e:
-                raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
-                                  f"--gold_judge='' for prompts outside the toy world") from None
+    gold_fn = toy_gold if cfg.gold_judge == "toy" else None
     return reference, reward_model, gold_fn, get_tokenizer(tok_name)
+
+
+def toy_gold(prompt, response):
+    """The toy world's gold judge, or a ConfigError for a prompt outside the toy world."""
+    from data.toy.judge import gold_reward
+    try:
+        return gold_reward(prompt, response)
+    except ValueError as e:
+        raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
+                          f"--gold_judge='' for prompts outside the toy world") from None
 
 
 def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
@@ -585,14 +528,12 @@ def report_sweep(cfg, res, points):
     """The over-optimisation sweep's points as overoptimization.json's lists, and its markdown
     table. res: eval_policies' results of the reference and each snapshot; points: their
     [(run, iteration, path)]."""
-    sweep = dict(run=[], iter=[], checkpoint=[], kl=[], kl_stderr=[], gold=[], gold_stderr=[],
-                 rm=[], rm_stderr=[])
-    for (run, iteration, path), m in zip(points, res.values()):
-        for key, v in (("run", run), ("iter", iteration), ("checkpoint", path), ("kl", m["kl"]),
-                       ("kl_stderr", m["kl_stderr"]), ("gold", m["gold_reward"]),
-                       ("gold_stderr", m["gold_reward_stderr"]), ("rm", m["rm_score"]),
-                       ("rm_stderr", m["rm_score_stderr"])):
-            sweep[key].append(v)
+    fields = dict(kl="kl", kl_stderr="kl_stderr", gold="gold_reward",
+                  gold_stderr="gold_reward_stderr", rm="rm_score", rm_stderr="rm_score_stderr")
+    pairs = list(zip(points, res.values()))
+    sweep = dict(run=[p[0] for p, _ in pairs], iter=[p[1] for p, _ in pairs],
+                 checkpoint=[p[2] for p, _ in pairs],
+                 **{key: [m[field] for _, m in pairs] for key, field in fields.items()})
     sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
     md = ["## Over-optimisation sweep: gold reward and RM score against KL", "",
           "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]

@@ -133,7 +133,8 @@ def ranking_scores(model, batch, autocast=None):
 def shared_prompt_scores(model, batch, autocast=None):
     """Raw scores (P,), (P,) of a collate_shared_prompt batch: one forward under
     shared_prompt_mask, read at each answer's last token (its EOS): the scores of separate
-    rows."""
+    rows.
+    Test: tests/test_reward_model.py::test_shared_prompt_scores_equal_separate_rows"""
     with autocast or nullcontext():
         r = model(batch["idx"], attention_mask=shared_prompt_mask(batch["segments"]),
                   position_ids=batch["position_ids"],
@@ -163,7 +164,8 @@ def shared_prompt_logprobs(model, batch, autocast=None):
 
 def shared_prompt_pair_logprobs(model, batch, autocast=None):
     """pair_logprobs of a collate_shared_prompt batch: the same 4 tensors (P,), each prompt
-    computed once."""
+    computed once.
+    Test: tests/test_dpo.py::test_shared_prompt_logprobs_and_gradients_equal_separate_rows"""
     total, count = shared_prompt_logprobs(model, batch, autocast)  # (A,) each
     avg = total / count.clamp(min=1)
     c, r = batch["chosen"], batch["rejected"]
@@ -179,6 +181,7 @@ def shared_prompt_mask(segments):
     exactly what it would see in a row of its own (prompt + answer), and never another answer.
     A padding query sees the other padding and the prompt (finite garbage nothing reads); every
     query sees itself. Returns (B, 1, T, T).
+    Test: tests/test_model.py::test_shared_prompt_mask_by_hand
     """
     T = segments.size(1)
     pos = torch.arange(T, device=segments.device)
@@ -205,6 +208,7 @@ def collate_shared_prompt(pairs, pad_id, by_record=False):
         last_rows, last_pos (A,) long: each answer's last token (its EOS), where a reward model
             reads the score
         chosen, rejected (P,) long: each pair's two answers (0..A-1); margin (P,) float
+    Test: tests/test_data.py::test_collate_shared_prompt_by_hand
     """
     rows, row_of, pair_answers = [], {}, []  # rows: [prompt ids, [answer ids, ...]]
     for i, p in enumerate(pairs):

@@ -25,6 +25,7 @@ def logprobs_of(logits, targets):
     so that no (..., V) log-softmax is stored and its backward needs no zero-filled gather
     gradient: with GPT-2's 50257-token vocabulary those passes cost more than the language-model
     head's matmul on a CPU. Every exp() is of logit - logsumexp <= 0: huge logits stay finite.
+    Test: tests/test_ops.py::test_token_logprobs_values_and_gradients_match_log_softmax
     """
     return _LogprobsOf.apply(logits, targets)
 
@@ -56,6 +57,7 @@ def token_logprobs(logits, idx):
     Logits at t predict the token at t+1: the one-position shift of a language model. Fine for
     small vocabularies; the training paths of GPT-2 use trained_logprobs, which runs the LM head
     only where a log-prob is read.
+    Test: tests/test_ops.py::test_token_logprobs_shift_by_one
     """
     return logprobs_of(logits[:, :-1], idx[:, 1:])
 
@@ -73,6 +75,7 @@ def trained_logprobs(model, idx, loss_mask, position_ids=None, autocast=None):
     (GPT.forward's logits_at): on real data most positions are prompt or padding, whose logits
     nothing reads. Equal to token_logprobs(model(idx), idx) * loss_mask[:, 1:] (a test checks).
     Rows are right-padded, so no attention mask is needed (GPT.forward).
+    Test: tests/test_sft.py::test_masked_positions_get_exactly_zero_gradient
     """
     at = predicting_positions(loss_mask)  # (B, T)
     with autocast or nullcontext():
@@ -88,6 +91,7 @@ def sequence_logprobs(logprobs, loss_mask, average=False):
     (the response and its EOS), or their mean with average=True (SimPO, ORPO).
     logprobs (B, T-1) of the tokens idx[:, 1:] (token_logprobs or trained_logprobs),
     loss_mask (B, T) over idx -> (B,). Position 0 is never predicted (never a response).
+    Test: tests/test_dpo.py::test_sequence_logprobs_masks_prompt_and_padding
     """
     mask = loss_mask[:, 1:].to(logprobs.dtype)
     total = (logprobs * mask).sum(-1)
@@ -95,7 +99,8 @@ def sequence_logprobs(logprobs, loss_mask, average=False):
 
 
 def masked_mean(x, mask, dim=None):
-    """Mean of x where mask is 1 (over all elements, or along dim)."""
+    """Mean of x where mask is 1 (over all elements, or along dim).
+    Test: tests/test_ops.py::test_masked_mean"""
     mask = mask.to(x.dtype)
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
@@ -109,6 +114,7 @@ def global_masked_mean_var(x, mask, unbiased=False):
     Two passes, mean then squared deviations, with masked_mean's operations: in one process the
     result is bitwise masked_mean's. unbiased divides by n - 1 instead of n. A collective: every
     rank must call it. x, mask (any shape, the same) -> (mean, var), 0-d tensors.
+    Test: tests/test_distributed.py::test_collective_helpers_see_the_whole_global_batch
     """
     mask = mask.to(x.dtype)
     n = all_reduce_sum(mask.sum())
@@ -120,7 +126,8 @@ def global_masked_mean_var(x, mask, unbiased=False):
 
 
 def entropy_from_logits(logits):
-    """Entropy of softmax(logits) per position, logsumexp(z) - sum_a p_a z_a: (B, T, V) -> (B, T)."""
+    """Entropy of softmax(logits) per position, logsumexp(z) - sum_a p_a z_a: (B, T, V) -> (B, T).
+    Test: tests/test_ppo.py::test_entropy_from_logits"""
     return torch.logsumexp(logits, -1) - (F.softmax(logits, -1) * logits).sum(-1)
 
 

@@ -77,7 +77,8 @@ def make_reward(reward_model, reward_fn, batch_size):
 def penalise_missing_eos(scores, has_eos, penalty, mode):
     """A response cut at max_new_tokens is no finished answer, and the RM scores it at a token it
     never saw as an end: 'replace' its score by -penalty (the "N+ implementation details of RLHF"
-    use -1), or 'subtract' the penalty (TRL's missing_eos_penalty); '' leaves it. (B,) -> (B,)"""
+    use -1), or 'subtract' the penalty (TRL's missing_eos_penalty); '' leaves it. (B,) -> (B,)
+    Test: tests/test_ppo.py::test_penalise_missing_eos_by_hand"""
     if mode == "replace":
         return torch.where(has_eos, scores, torch.full_like(scores, -penalty))
     return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
@@ -96,6 +97,7 @@ def policy_forward(policy, seq, mask, P, temperature, critic=None, entropy=False
     the response tokens under logits / T, the entropy (B, N) of that distribution (or None), and
     values (B, N) (None without a critic). critic: a ScalarModel (separate critic) or an
     nn.Linear value head on this policy's trunk.
+    Test: tests/test_ppo.py::test_training_logprobs_equal_sampling_logprobs
     """
     h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, N, C): the states before each token
     logits = policy.lm_head(h).float() / temperature  # (B, N, V); no logits for the prompt

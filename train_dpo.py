@@ -137,6 +137,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
       Learning from Human Preferences", Eq. 17). We use summed log-probs, as the DPO authors'
       code does; TRL length-normalises the log-ratios for IPO.
     - 'hinge': max(0, 1 - beta h), the SLiC hinge on the log-ratios (Zhao et al. 2023, "SLiC-HF").
+    Test: tests/test_dpo.py::test_sigmoid_and_conservative_dpo (and test_robust_dpo, test_ipo_and_hinge)
     """
     if loss_type not in ("sigmoid", "robust", "ipo", "hinge"):
         raise ValueError(f"unknown loss_type {loss_type!r}: expected sigmoid, robust, ipo or hinge")
@@ -162,6 +163,7 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, beta=2.0, gamma=1.0):
     Reward", Eq. 6): -log sigma(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l) - gamma).
     Takes LENGTH-AVERAGED log-probs (sequence_logprobs(..., average=True)), (B,) each; the
     rewards are beta * average log-prob. No reference model.
+    Test: tests/test_dpo.py::test_simpo
     """
     chosen_rewards = beta * policy_chosen_logps
     rejected_rewards = beta * policy_rejected_logps
@@ -170,7 +172,8 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, beta=2.0, gamma=1.0):
 
 
 def log1mexp(x):
-    """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x (Maechler 2012)."""
+    """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x (Maechler 2012).
+    Test: tests/test_dpo.py::test_log1mexp_is_accurate_at_both_ends"""
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
@@ -180,6 +183,7 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, lam=0.1):
     Eq. 6-7): L = NLL(y_w) - lam * log sigma(log odds(y_w) - log odds(y_l)), with
     log odds(y) = logp - log(1 - exp(logp)) on LENGTH-AVERAGED log-probs logp, (B,) each.
     The NLL is the mean per-token NLL of the chosen answer. Rewards are lam * logp (as in TRL).
+    Test: tests/test_dpo.py::test_orpo
     """
     log_odds = (policy_chosen_logps - log1mexp(policy_chosen_logps)) - (
         policy_rejected_logps - log1mexp(policy_rejected_logps))
@@ -194,6 +198,7 @@ def preference_losses(cfg, logps, ref_logps=None):
     for SimPO/ORPO. rpo_alpha adds alpha * NLL(y_w), the chosen answer's mean per-token NLL
     (Pang et al. 2024, "Iterative Reasoning Preference Optimization", Eq. 2: the RPO remedy for
     chosen log-probs that fall while the margin rises).
+    Test: tests/test_dpo.py::test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo
     """
     chosen, rejected, chosen_avg, rejected_avg = logps
     if cfg.loss_type == "simpo":
@@ -279,6 +284,17 @@ def evaluate_and_keep_best(run, step, state, snapshot, metrics):
         state.best_val_loss = metrics["val_loss"]
         run.save("ckpt_best.pt", snapshot())
     return metrics
+
+
+def save_and_check_stop(run, step, cfg, snapshot):
+    """ckpt_last.pt (snapshot()) every ckpt_interval steps, at the end and when stopping; returns
+    whether to stop (stop_iter, or a signal on any rank: a collective)."""
+    stopping = run.should_stop(step)
+    if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
+        run.save("ckpt_last.pt", snapshot())
+    if stopping:
+        print0(f"stopped at step {step}; continue with --resume=True")
+    return stopping
 
 
 def held_out_batches(get_batch, n, cfg, proc):
@@ -510,11 +526,7 @@ def main(argv=None):
                     ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             val_metrics = evaluate_held_out()
-        stopping = run.should_stop(step)
-        if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
-            run.save("ckpt_last.pt", snapshot())
-        if stopping:
-            print0(f"stopped at step {step}; continue with --resume=True")
+        if save_and_check_stop(run, step, cfg, snapshot):
             break
 
     run.finish()

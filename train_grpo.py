@@ -147,6 +147,7 @@ def group_advantages(scores, group_size, baseline="mean", scale="group", eps=1e-
                'batch'           / (std of the baselined A over the whole batch + eps), over
                                  every rank under DDP                         (REINFORCE++-baseline)
     A group whose answers all scored the same gives 0 to each: it carries no signal.
+    Test: tests/test_grpo.py::test_group_advantages_by_hand
     """
     r = scores.float().view(-1, group_size)  # (G, k)
     k = group_size
@@ -173,6 +174,7 @@ def kl_penalised_scores(scores, logprobs, ref_logprobs, mask, beta, estimator="k
     answer's valid tokens,   R_i = r_i - beta * sum_t KL_t.
     With k1 a response's R is PPO's KL-shaped reward summed over its tokens. scores (B,);
     logprobs, ref_logprobs, mask (B, N) -> (B,).
+    Test: tests/test_grpo.py::test_kl_penalised_scores_use_the_chosen_estimator_by_hand
     """
     kl = (kl_penalty(logprobs, ref_logprobs, estimator) * mask.to(logprobs.dtype)).sum(1)
     return scores - beta * kl
@@ -180,7 +182,8 @@ def kl_penalised_scores(scores, logprobs, ref_logprobs, mask, beta, estimator="k
 
 def no_signal_share(scores, group_size):
     """The share of groups whose rewards are all equal: their advantages are 0, so they train
-    nothing (DAPO filters them out and samples again). (B,) -> float."""
+    nothing (DAPO filters them out and samples again). (B,) -> float.
+    Test: tests/test_grpo.py::test_no_signal_is_measured_on_what_the_advantages_see"""
     r = scores.view(-1, group_size)
     return (r == r[:, :1]).all(1).float().mean().item()
 

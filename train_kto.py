@@ -43,7 +43,8 @@ from runtime import print0
 # shared with DPO (train_dpo.py): the models, the step, the held-out evaluation, the reference's
 # live log-probs and the per-token ratio heatmaps
 from train_dpo import (dpo_step, evaluate, evaluate_and_keep_best, held_out_batches,
-                       load_models, log_token_ratios, reference_fn, to_device)
+                       load_models, log_token_ratios, reference_fn, save_and_check_stop,
+                       to_device)
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/kto_toy.py holds the same values)
@@ -110,6 +111,7 @@ def kto_loss(policy_logps, reference_logps, desirable, kl, beta=0.1, desirable_w
     kl: the batch's estimate of KL(pi || pi_ref), the mean log-ratio of completions paired with
     other prompts of the batch (kto_kl). policy_logps, reference_logps (B,), desirable (B,) bool
     -> per-example losses (B,).
+    Test: tests/test_kto.py::test_kto_loss_by_hand_and_against_the_papers_value_function
     """
     r = policy_logps - reference_logps
     z0 = torch.as_tensor(kl, dtype=r.dtype, device=r.device).clamp(min=0).detach()
@@ -120,7 +122,8 @@ def kto_loss(policy_logps, reference_logps, desirable, kl, beta=0.1, desirable_w
 def kto_kl(policy_logps, reference_logps, reduce=True):
     """KTO's reference point: the mean log pi / pi_ref of the batch's mismatched pairs (prompt b,
     the completion of b + 1), a biased but cheap estimate of KL(pi || pi_ref) (sec. 4.1),
-    averaged over every rank under DDP when reduce (a collective); detached."""
+    averaged over every rank under DDP when reduce (a collective); detached.
+    Test: tests/test_kto.py::test_kto_kl_by_hand"""
     kl = (policy_logps - reference_logps).detach().float().mean()
     return runtime.all_reduce_mean(kl) if reduce else kl
 
@@ -275,11 +278,7 @@ def main(argv=None):
                     ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             val_metrics = evaluate_held_out()
-        stopping = run.should_stop(step)
-        if step % cfg.ckpt_interval == 0 or step == cfg.max_iters or stopping:
-            run.save("ckpt_last.pt", snapshot())
-        if stopping:
-            print0(f"stopped at step {step}; continue with --resume=True")
+        if save_and_check_stop(run, step, cfg, snapshot):
             break
 
     run.finish()

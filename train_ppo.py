@@ -141,6 +141,7 @@ def kl_penalty(logprobs, ref_logprobs, estimator="k1"):
         k3 = (r - 1) - log r      unbiased, >= 0, low variance (GRPO's loss term; a monitor)
     As a LOSS, k3's gradient is not that of KL(pi || pi_ref): its expectation under pi is the
     gradient of KL(pi_ref || pi), the reverse direction (see train_grpo.py). (B, T) -> (B, T).
+    Test: tests/test_grpo.py::test_kl_estimators_by_hand
     """
     log_r = ref_logprobs - logprobs
     if estimator == "k1":
@@ -161,6 +162,7 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
     The KL term is the k1 estimator, an unbiased sample of KL(pi || pi_ref), so a response's
     rewards sum to score - beta * KL. scores (B,); logprobs, ref_logprobs, mask (B, T)
     -> rewards (B, T), 0 where mask is 0. Every row needs at least one valid token.
+    Test: tests/test_ppo.py::test_kl_shaped_rewards_hand_example
     """
     mask = mask.to(logprobs.dtype)
     rewards = -beta * kl_penalty(logprobs, ref_logprobs, "k1") * mask
@@ -170,7 +172,8 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
 
 def kl_estimates(logprobs, ref_logprobs, mask):
     """Per-response KL(pi || pi_ref): the k1 and k3 estimates (kl_penalty) summed over the valid
-    tokens, (B,) each. k1 is what the reward pays; k3 is the >= 0 monitor."""
+    tokens, (B,) each. k1 is what the reward pays; k3 is the >= 0 monitor.
+    Test: tests/test_ppo.py::test_kl_shaped_rewards_hand_example"""
     mask = mask.to(logprobs.dtype)
     return tuple((kl_penalty(logprobs, ref_logprobs, k) * mask).sum(1) for k in ("k1", "k3"))
 
@@ -182,6 +185,7 @@ def whiten(x, mask, shift_mean=True):
     shift_mean=False adds the mean back (for rewards, whose sign matters). The variance is the
     unbiased one. Entries where mask is 0 come back as 0. Under DDP the mean and variance are
     those of every rank's batch, so all ranks scale alike (a collective: every rank calls it).
+    Test: tests/test_ppo.py::test_whiten_uses_only_masked_entries
     """
     mask = mask.to(x.dtype)
     mean, var = ops.global_masked_mean_var(x, mask, unbiased=True)
@@ -199,6 +203,7 @@ def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     since the response is over and its whole reward has been paid. returns = A + V, the critic's
     targets (lambda-returns). rewards, values, mask (B, T), mask 1 on a prefix of each row
     -> (advantages, returns), each (B, T), 0 where mask is 0.
+    Test: tests/test_ppo.py::test_compute_gae_hand_example
     """
     mask = mask.to(values.dtype)
     values = values * mask
@@ -223,6 +228,7 @@ def loss_normalizer(mask, mode="token_mean", budget=None):
     padded length T, the largest of the ranks'). Pass it as aggregate_loss's `total` in each micro-batch: their losses then
     sum to the loss of the whole batch in one process, however it is split into micro-batches
     and ranks.
+    Test: tests/test_grpo.py::test_micro_batches_sum_to_the_whole_batch
     """
     if mode == "token_mean":
         return runtime.all_reduce_sum(mask.sum().float())
@@ -246,6 +252,7 @@ def aggregate_loss(per_token, mask, mode="token_mean", total=None, budget=None):
                                GRPO's length bias (Dr. GRPO, Liu et al. 2025)
     total: the denominator (loss_normalizer of the whole batch) when per_token is one
     micro-batch of it; by default this batch's own.
+    Test: tests/test_grpo.py::test_loss_aggregations_by_hand
     """
     mask = mask.to(per_token.dtype)
     if mode == "seq_mean_token_mean":
@@ -273,6 +280,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, epsilon_low=0.2, e
     probability of unlikely tokens; None = epsilon_low. Returns (loss, clipfrac, approx_kl,
     ratio): the share of tokens where the clipped term is the one used, KL(pi_old || pi) ~ mean
     of 1/2 (log rho)^2, and rho (B, T); all but loss detached.
+    Test: tests/test_ppo.py::test_policy_and_value_losses_hand_example
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -290,6 +298,7 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value, total=Non
     tokens:   L_V = 1/2 * max((V_t - R_t)^2, (clip(V_t, V_old - eps_v, V_old + eps_v) - R_t)^2)
     total: the token count of the whole batch (loss_normalizer) for a micro-batch of it.
     Returns (loss, vclipfrac): the share of tokens where the clipped term wins.
+    Test: tests/test_ppo.py::test_policy_and_value_losses_hand_example
     """
     clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     err_unclipped, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
@@ -304,6 +313,7 @@ def adaptive_kl_coef(beta, kl, target, horizon, n_steps):
         e = clip(KL / target - 1, -0.2, 0.2),    beta <- beta * (1 + e * n_steps / horizon)
 
     kl: the batch's mean KL per response (nats); n_steps: responses in the batch.
+    Test: tests/test_ppo.py::test_adaptive_kl_coef
     """
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return beta * (1.0 + error * n_steps / horizon)
@@ -311,7 +321,8 @@ def adaptive_kl_coef(beta, kl, target, horizon, n_steps):
 
 def explained_variance(values, returns, mask):
     """1 - Var[R - V] / Var[R] over valid tokens (of every rank under DDP: a collective): 1 = the
-    critic predicts the returns, <= 0 = no better than a constant."""
+    critic predicts the returns, <= 0 = no better than a constant.
+    Test: tests/test_distributed.py::test_collective_helpers_see_the_whole_global_batch"""
     def var(x):
         return ops.global_masked_mean_var(x, mask)[1]
     return (1.0 - var(returns - values) / var(returns).clamp(min=1e-8)).item()
@@ -333,6 +344,7 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
     policy, critic: (model, optimizer) pairs; GRPO has no critic (None) and its own loss
     settings. train_policy=False updates the critic alone (its warm-up). `update` numbers the
     iteration in a non-finite error. Returns the mean statistics.
+    Test: tests/test_ppo.py::test_first_update_invariants; tests/test_minimal.py pins it to minimal/ppo.py
     """
     (policy, optimizer), (critic, critic_optimizer) = policy, critic or (None, None)
     loss_agg, kl_coef, kl_estimator = loss_settings

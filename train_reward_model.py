@@ -89,7 +89,7 @@ DEFAULTS = dict(
                                            # element, each answer scored once for all its pairs
                                            # (K forwards, not K(K-1)); batch_size counts rankings
     share_prompt=False,                    # each prompt computed once for all its answers
-                                           # (loader.collate_shared_prompt): fewer positions
+                                           # (layouts.py): fewer positions
     num_epochs=5.0,                        # sets max_iters when max_iters = -1
     max_iters=-1,                          # -1: num_epochs over the training pairs
     lr=1e-3,
@@ -132,6 +132,7 @@ def reward_model_loss(chosen_rewards, rejected_rewards, margin=None, center_coef
     arbitrary offset of the scores near 0 (the BT term only sees differences).
     Returns (loss, metrics): metrics are floats (loss, accuracy = fraction with r_c > r_r,
     margin = mean r_c - r_r, chosen/rejected = mean scores).
+    Test: tests/test_reward_model.py::test_loss_matches_hand_computation
     """
     diff = chosen_rewards.float() - rejected_rewards.float()  # (B,)
     target = diff if margin is None else diff - margin.to(diff)

@@ -111,6 +111,7 @@ def sft_loss(logprobs, loss_mask):
     loss_mask (B, T) with 1 on response tokens and their EOS. Label t+1 is trained iff
     loss_mask[:, t+1] == 1: prompt and padding add exactly zero loss and zero gradient, and the
     mean is over the trained tokens of the whole batch (not per row).
+    Test: tests/test_sft.py::test_sft_loss_matches_hand_computation
     """
     return -ops.masked_mean(logprobs, loss_mask[:, 1:])
 

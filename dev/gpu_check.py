@@ -182,7 +182,8 @@ def step_batches(stage, run_cfg, step):
     from data import loader
     data = _training_rows(stage, run_cfg.train_data, run_cfg.block_size, run_cfg.length_buckets)
     rows, lengths, pad = data
-    collate = loader.collate if stage == "sft" else loader.collate_pairs
+    import layouts
+    collate = loader.collate if stage == "sft" else layouts.collate_pairs
     return [collate([rows[i] for i in loader.batch_indices(
         len(rows), run_cfg.batch_size, (step - 1) * run_cfg.grad_accum + k, run_cfg.seed,
         lengths=lengths)], pad) for k in range(run_cfg.grad_accum)]

@@ -43,6 +43,7 @@ TOL = 0.02  # nats, KL(target || pi) for every trainer
 # the world
 
 
+@pytest.mark.unit
 def test_the_world_files_and_reward(tmp_path):
     counts = prepare.prepare(str(tmp_path))
     enc = get_tokenizer("byte")
@@ -134,6 +135,7 @@ def test_simpo_fixed_point_zeroes_the_real_loss_and_needs_no_reference(world):
                                normalise(np.exp(L * np.array(REWARDS) / 2.0)), atol=1e-10)
 
 
+@pytest.mark.unit
 def test_k3_in_the_loss_descends_the_reverse_kl():
     """E_{y~pi}[grad k3(y)] = grad KL(pi_ref || pi), not grad KL(pi || pi_ref): kl_penalty's
     k3 as a loss, its expectation taken by enumeration with pi detached (the sampler's)."""
@@ -329,6 +331,7 @@ def test_kto_drops_the_undesirable_answers(bandit):
     assert dropped.sum() == 4 and pi[dropped].sum() < 0.01
 
 
+@pytest.mark.unit
 def test_best_of_n_exact_kl_on_the_bandit_is_below_the_bound():
     # the bandit's answers are known with their probabilities: best-of-N's exact KL to pi_ref
     # (eval.best_of_n_kl) beside Beirami et al.'s bound, and the exact KL against sampling

@@ -44,6 +44,7 @@ def result(tmp_path_factory):
     return out
 
 
+@pytest.mark.unit
 def test_every_stage_reports_positive_finite_numbers(result):
     rows = {r["stage"]: r for r in result["rows"]}
     assert tuple(rows) == ROWS
@@ -62,6 +63,7 @@ def test_every_stage_reports_positive_finite_numbers(result):
     assert meta["device"] == "cpu" and meta["dtype"] == "float32" and meta["hardware"]
 
 
+@pytest.mark.unit
 def test_token_counts_and_the_ppo_split(result):
     rows = {r["stage"]: r for r in result["rows"]}
     B, T, P, N, epochs = 2, 16, 6, 4, 2
@@ -75,6 +77,7 @@ def test_token_counts_and_the_ppo_split(result):
     assert rows["ppo_iter"]["s_per_step"] == pytest.approx(parts)
 
 
+@pytest.mark.unit
 def test_table_has_a_line_per_row(result):
     lines = bench.format_table(result["rows"]).splitlines()
     assert len(lines) == 1 + len(ROWS)
@@ -87,6 +90,7 @@ def matmul_weights(model, skip):
     return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and n not in skip)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("T", [1, 64])
 def test_forward_flops_count_the_models_own_weights(T):
     config = GPTConfig(block_size=64, vocab_size=257, n_layer=3, n_head=2, n_embd=32)
@@ -99,6 +103,7 @@ def test_forward_flops_count_the_models_own_weights(T):
         scalar, {"transformer.wpe.weight", "transformer.wte.weight"}) + attention
 
 
+@pytest.mark.unit
 def test_gpt2_training_flops_are_6n_plus_attention():
     # the figure nanoGPT's estimate_mfu uses for GPT-2 124M at T = 1024, written out
     config = GPTConfig(**{k: v for k, v in bench_rows.SIZES["gpt2"].items()})
@@ -106,6 +111,7 @@ def test_gpt2_training_flops_are_6n_plus_attention():
     assert 3 * bench_rows.forward_flops(config, 1024) == 6 * N + 12 * 12 * 1024 * 768
 
 
+@pytest.mark.unit
 def test_no_cache_generation_equals_the_kv_cache():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32)).eval()
@@ -129,6 +135,7 @@ def test_bad_config_is_a_clear_error():
         bench.main(["--stages=sft,kto"])
 
 
+@pytest.mark.unit
 def test_trl_script_imports_without_trl(monkeypatch):
     # the TRL comparison (dev/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
     # transformers, and it measures bench.py's shapes
@@ -174,6 +181,7 @@ def hh_result(tmp_path_factory):
     return path, out
 
 
+@pytest.mark.unit
 def test_data_mode_times_every_stage_and_variant(hh_result):
     _, result = hh_result
     rows = {r["stage"]: r for r in result["rows"]}
@@ -189,6 +197,7 @@ def test_data_mode_times_every_stage_and_variant(hh_result):
                in line for line in lines)
 
 
+@pytest.mark.unit
 def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
     path, result = hh_result
     rows = {r["stage"]: r for r in result["rows"]}
@@ -221,6 +230,7 @@ def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
     assert rows["rm"]["padding"] <= rows["rm_no_buckets"]["padding"]
 
 
+@pytest.mark.unit
 def test_real_rows_follow_the_loaders_length_policy(tmp_path):
     path = hh_like_file(tmp_path / "prefs.jsonl")
     rows = bench_rows.real_rows(path, "byte", 64, 8)
@@ -233,6 +243,7 @@ def test_real_rows_follow_the_loaders_length_policy(tmp_path):
     assert len(rows["prompts"]) == len({r["prompt"] for r in records})  # each prompt once
 
 
+@pytest.mark.unit
 def test_full_logits_path_equals_trained_logprobs():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
@@ -247,6 +258,7 @@ def test_full_logits_path_equals_trained_logprobs():
     assert ops.trained_logprobs is not bench.full_logprobs  # given back
 
 
+@pytest.mark.unit
 def test_batch_flops_count_real_tokens_and_read_logits():
     config = GPTConfig(block_size=64, vocab_size=257, n_layer=3, n_head=2, n_embd=32)
     B, T, d, V = 2, 16, 32, 257
@@ -272,6 +284,7 @@ def test_data_hh_without_the_converted_files_is_a_clear_error(tmp_path, monkeypa
         bench.main(["--variants=no_buckets", "--sizes=micro"])  # random ids have no buckets
 
 
+@pytest.mark.unit
 def test_trl_gets_the_same_rows_as_text(tmp_path, monkeypatch):
     # bench_trl's text columns are bench.py's rows, token for token, in bench.py's batches
     for name in ("trl", "transformers", "datasets", "accelerate"):
@@ -387,6 +400,7 @@ def test_gpu_check_smoke_runs_every_phase_on_the_cpu(tmp_path):
     assert json.load(open(out_file))["phases"][0]["name"] == "prepare"
 
 
+@pytest.mark.unit
 def test_side_by_side_summary_reads_the_step_by_step_ratios(monkeypatch):
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)

@@ -23,6 +23,7 @@ def settings(path):
     return {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_keys_and_types_match_the_script(path):
     script = SCRIPT_OF[os.path.basename(path).split("_")[0]]
@@ -32,6 +33,7 @@ def test_config_keys_and_types_match_the_script(path):
             isinstance(value, (int, float)) and isinstance(script.DEFAULTS[key], float)), key
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", sorted(SCRIPTS))
 def test_toy_config_equals_the_defaults(stage):
     cfg = settings(os.path.join(ROOT, "config", f"{stage}_toy.py"))
@@ -40,6 +42,7 @@ def test_toy_config_equals_the_defaults(stage):
     assert not differ, differ
 
 
+@pytest.mark.unit
 def test_kto_shares_dpo_settings_but_its_loss_and_data():
     # train_kto.py runs train_dpo.py's loop: the keys both have agree, but for its own files
     differ = {k for k, v in train_kto.DEFAULTS.items()

@@ -82,6 +82,7 @@ SFT_ERRORS = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("line, words", SFT_ERRORS)
 def test_sft_errors_name_file_line_and_field(tmp_path, line, words):
     path = write(tmp_path, [GOOD_SFT, line, GOOD_SFT])
@@ -119,6 +120,7 @@ PREF_ERRORS = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("line, words", PREF_ERRORS)
 def test_preference_errors_name_file_line_and_field(tmp_path, line, words):
     path = write(tmp_path, [GOOD_PREF, GOOD_PREF, line])
@@ -130,6 +132,7 @@ def test_preference_errors_name_file_line_and_field(tmp_path, line, words):
         assert w in msg, (w, msg)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("line, words", [
     ({"prompt": "a", "completion": "b"}, ["'label'", "true or false", "nothing"]),
     ({"prompt": "a", "completion": "b", "label": 1}, ["'label'", "a number"]),
@@ -148,6 +151,7 @@ def test_unpaired_errors_name_file_line_and_field(tmp_path, line, words):
     assert ENC.decode(ex[0]["completion"][:-1]) == " Green." and ex[0]["completion"][-1] == 256
 
 
+@pytest.mark.unit
 def test_prompt_errors_and_file_level_errors(tmp_path):
     path = write(tmp_path, [{"prompt": "a"}, {"prompt": ["a"]}])
     with pytest.raises(DataError, match=r":2: field 'prompt': must be a string"):
@@ -164,6 +168,7 @@ def test_prompt_errors_and_file_level_errors(tmp_path):
         loader.load_prompts(path, ENC, 64, 64)
 
 
+@pytest.mark.unit
 def test_line_numbers_count_blank_lines(tmp_path):
     path = write(tmp_path, [GOOD_SFT, "", GOOD_SFT, {"prompt": "a"}])
     with pytest.raises(DataError, match=r":4: field 'response'"):
@@ -173,6 +178,7 @@ def test_line_numbers_count_blank_lines(tmp_path):
 # formats and masks
 
 
+@pytest.mark.unit
 def test_sft_single_turn_mask_is_exactly_the_response(tmp_path, capsys):
     path = write(tmp_path, [{"prompt": "Hi there", "response": "Hello!", "id": 7},
                             {"prompt": "Bye", "completion": "See you."}])
@@ -188,6 +194,7 @@ def test_sft_single_turn_mask_is_exactly_the_response(tmp_path, capsys):
         in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_sft_multi_turn_trains_every_assistant_turn(tmp_path):
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Hi"},
@@ -204,6 +211,7 @@ def test_sft_multi_turn_trains_every_assistant_turn(tmp_path):
     assert text == "Be brief.\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: 2+2?\n\nAssistant: 4"
 
 
+@pytest.mark.unit
 def test_kwise_rankings_expand_to_all_ordered_pairs(tmp_path, capsys):
     path = write(tmp_path, [
         {"prompt": "p", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]},
@@ -222,6 +230,7 @@ def test_kwise_rankings_expand_to_all_ordered_pairs(tmp_path, capsys):
         assert p["rejected"] == encode_example(ENC, p["prompt"], p["rejected_text"])
     assert "loaded 10 examples" in capsys.readouterr().out
 
+@pytest.mark.unit
 def test_tied_answers_form_no_pair(tmp_path, capsys):
     path = write(tmp_path, [
         # a and c tie for first, d and e tie for third: 2 x 1 + 2 x 2 + 1 x 2 = 8 of C(5, 2)
@@ -241,6 +250,7 @@ def test_tied_answers_form_no_pair(tmp_path, capsys):
 # the length policy
 
 
+@pytest.mark.unit
 def test_truncation_keeps_the_end_of_the_prompt(tmp_path, capsys):
     prompt = "start " + "x" * 100 + " the real question?"
     path = write(tmp_path, [{"prompt": prompt, "response": "ok"}, GOOD_SFT])
@@ -252,6 +262,7 @@ def test_truncation_keeps_the_end_of_the_prompt(tmp_path, capsys):
     assert f"loaded 2 examples from {path}: 1 prompts truncated, 0 dropped" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_examples_whose_answer_cannot_fit_are_dropped_and_counted(tmp_path, capsys):
     # 60 answer bytes + space + EOS leave 2 < min(len(prompt), 16) prompt tokens in 64
     path = write(tmp_path, [{"prompt": "q", "response": "y" * 60}, GOOD_SFT], name="sft.jsonl")
@@ -268,6 +279,7 @@ def test_examples_whose_answer_cannot_fit_are_dropped_and_counted(tmp_path, caps
         loader.load_sft(write(tmp_path, [{"prompt": "q", "response": "y" * 80}], name="x.jsonl"), ENC, 64)
 
 
+@pytest.mark.unit
 def test_preference_pairs_share_one_truncated_prompt(tmp_path):
     prompt = "w" * 100 + " last words?"
     path = write(tmp_path, [{"prompt": prompt, "chosen": "long answer here", "rejected": "no"}])
@@ -280,6 +292,7 @@ def test_preference_pairs_share_one_truncated_prompt(tmp_path):
     assert ENC.decode(c_ids[:n]).endswith(" last words?\n\nAssistant:")
 
 
+@pytest.mark.unit
 def test_multi_turn_truncation_keeps_the_last_turns(tmp_path):
     messages = [{"role": "user", "content": "first question " * 3},
                 {"role": "assistant", "content": "a fairly long first answer"},
@@ -297,6 +310,7 @@ def test_multi_turn_truncation_keeps_the_last_turns(tmp_path):
     assert decode(ENC, ids).endswith("\n\nHuman: next?\n\nAssistant: last")
 
 
+@pytest.mark.unit
 def test_prompts_leave_room_for_generation(tmp_path, capsys):
     path = write(tmp_path, [{"prompt": "z" * 100 + " end?", "family": "x"}, {"prompt": "Hi"}])
     long, short = loader.load_prompts(path, ENC, 64, 24)
@@ -309,6 +323,7 @@ def test_prompts_leave_room_for_generation(tmp_path, capsys):
 # collation
 
 
+@pytest.mark.unit
 def test_collate_right_pads_with_explicit_masks():
     a = ([1, 2, EOT], [0, 1, 1])
     b = ([3, 4, 5, 6, EOT], [0, 0, 1, 1, 1])
@@ -320,6 +335,7 @@ def test_collate_right_pads_with_explicit_masks():
     assert loss.tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]]
 
 
+@pytest.mark.unit
 def test_collate_pairs_puts_chosen_rows_first():
     pairs = [dict(chosen=([1, 2], [0, 1]), rejected=([1, 3, 4], [0, 1, 1]), margin=0.5),
              dict(chosen=([5, 6, 7, 8], [0, 0, 1, 1]), rejected=([5, 9], [0, 1]), margin=0.0)]
@@ -330,6 +346,7 @@ def test_collate_pairs_puts_chosen_rows_first():
     assert batch["margin"].tolist() == [0.5, 0.0]
 
 
+@pytest.mark.unit
 def test_collate_shared_prompt_by_hand():
     # each row: the prompt once, then the chosen answer, then the rejected one, each answer at
     # the positions it has in a row of its own
@@ -351,6 +368,7 @@ def test_collate_shared_prompt_by_hand():
     assert layouts.collate_pairs(pairs, pad_id=EOT)["idx"].numel() == 16
 
 
+@pytest.mark.unit
 def test_collate_shared_prompt_by_record_puts_a_ranking_in_one_row():
     # a ranking A > B > C as its three pairs: one row, each answer once
     A, B, C = [7, 8], [9], [10, 11, 12]
@@ -367,6 +385,7 @@ def test_collate_shared_prompt_by_record_puts_a_ranking_in_one_row():
     assert layouts.collate_shared_prompt(pairs, pad_id=EOT)["idx"].size(0) == 3
 
 
+@pytest.mark.unit
 def test_collate_left_pads_prompts():
     idx, attn = loader.collate_left([[7, 8, 9], [5]], pad_id=EOT)
     assert idx.tolist() == [[7, 8, 9], [EOT, EOT, 5]]
@@ -376,6 +395,7 @@ def test_collate_left_pads_prompts():
 # batches as a pure function of the step
 
 
+@pytest.mark.unit
 def test_batch_indices_are_a_pure_function_of_seed_and_step():
     a = loader.batch_indices(100, 8, 5, seed=3)
     assert a == loader.batch_indices(100, 8, 5, seed=3)
@@ -404,6 +424,7 @@ def test_batch_indices_cover_each_epoch_once_with_disjoint_ranks(n, world):
     assert single == stream
 
 
+@pytest.mark.unit
 def test_length_bucketing_groups_similar_lengths():
     n, B = 512, 8
     lengths = [(i * 37) % 101 for i in range(n)]
@@ -471,6 +492,7 @@ def test_hh_single_file_and_plain_jsonl_input(tmp_path):
     assert list(stats) == ["train"] and stats["train"][0] == 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text, want", [
     ("\n\nHuman: hi\n\nAssistant: hello", ("hi", "hello")),
     ("\n\nHuman: hi\n\nAssistant: a\n\nHuman: b\n\nAssistant:  two spaces",

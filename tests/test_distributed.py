@@ -121,6 +121,7 @@ def world(tmp_path_factory):
 # the global batch does not depend on how it is split over ranks
 
 
+@pytest.mark.unit
 def test_global_batch_is_the_union_of_the_ranks_rows():
     # with length bucketing, and n not a multiple of the global batch (batches straddle epochs)
     n, B, W, grad_accum = 50, 3, 2, 2
@@ -197,6 +198,7 @@ def test_collective_helpers_see_the_whole_global_batch(tmp_path):
         assert r["max"] == 1.0 and r["sum"] == [2.0, 1.0]
 
 
+@pytest.mark.unit
 def test_collective_helpers_are_plain_in_one_process():
     # no process group: the numbers are masked_mean's, bitwise, and nothing is reduced
     g = torch.Generator().manual_seed(1)

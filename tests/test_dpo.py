@@ -48,6 +48,7 @@ def dpo(loss_type, beta=0.1, label_smoothing=0.0):
 # the losses against their formulas
 
 
+@pytest.mark.unit
 def test_sequence_logprobs_masks_prompt_and_padding():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
@@ -69,6 +70,7 @@ def test_sequence_logprobs_masks_prompt_and_padding():
     assert torch.allclose(got2, got, atol=1e-6)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_sigmoid_and_conservative_dpo(eps):
     losses, cr, rr = dpo("sigmoid", beta=0.1, label_smoothing=eps)
@@ -78,6 +80,7 @@ def test_sigmoid_and_conservative_dpo(eps):
     assert rr.tolist() == pytest.approx([0.1 * -1.0, 0.1 * -0.5], abs=1e-12)
 
 
+@pytest.mark.unit
 def test_robust_dpo():
     eps = 0.2
     losses, _, _ = dpo("robust", beta=0.5, label_smoothing=eps)
@@ -88,6 +91,7 @@ def test_robust_dpo():
     assert dpo("robust", 0.5)[0].tolist() == pytest.approx(dpo("sigmoid", 0.5)[0].tolist())
 
 
+@pytest.mark.unit
 def test_ipo_and_hinge():
     losses, _, _ = dpo("ipo", beta=0.5)
     assert losses.tolist() == pytest.approx([(1.5 - 1.0) ** 2, (0.5 - 1.0) ** 2], abs=1e-12)
@@ -95,6 +99,7 @@ def test_ipo_and_hinge():
     assert losses.tolist() == pytest.approx([0.0, 0.5], abs=1e-12)  # max(0, 1 - h)
 
 
+@pytest.mark.unit
 def test_simpo():
     # length-averaged log-probs
     losses, cr, rr = train_dpo.simpo_loss(t([-0.5, -1.0]), t([-0.8, -0.6]), beta=2.0, gamma=1.0)
@@ -103,6 +108,7 @@ def test_simpo():
     assert cr.tolist() == pytest.approx([-1.0, -2.0]) and rr.tolist() == pytest.approx([-1.6, -1.2])
 
 
+@pytest.mark.unit
 def test_orpo():
     lw, ll = -0.5, -0.8
     losses, cr, _ = train_dpo.orpo_loss(t([lw]), t([ll]), lam=0.1)
@@ -112,6 +118,7 @@ def test_orpo():
     assert cr.item() == pytest.approx(0.1 * lw)
 
 
+@pytest.mark.unit
 def test_log1mexp_is_accurate_at_both_ends():
     x = t([-1e-10, -1e-3, -0.5, -0.7, -5.0, -50.0])
     want = [math.log(-math.expm1(v)) for v in x.tolist()]
@@ -124,6 +131,7 @@ def cfg_for(**kw):
     return SimpleNamespace(**base)
 
 
+@pytest.mark.unit
 def test_every_default_is_the_published_loss():
     # the review found rpo_alpha=1.0 by default: "DPO" was DPO + NLL, and ORPO trained its NLL
     # twice (loss 1.65 instead of 0.85 on the review's example)
@@ -138,6 +146,7 @@ def test_every_default_is_the_published_loss():
         assert got.tolist() == pytest.approx(want.tolist(), abs=1e-12)
 
 
+@pytest.mark.unit
 def test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo():
     avg_c, avg_r = t([-0.5, -1.0]), t([-0.8, -0.6])
     logps = (t(PC), t(PR), avg_c, avg_r)
@@ -149,11 +158,13 @@ def test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo():
         assert (rpo - plain).tolist() == pytest.approx([0.25, 0.5], abs=1e-12)
 
 
+@pytest.mark.unit
 def test_unknown_loss_type_raises():
     with pytest.raises(ValueError, match="loss_type"):
         dpo("simpo")  # a reference-free loss: simpo_loss, not dpo_loss
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "ipo", "hinge"])
 def test_gradient_raises_chosen_and_lowers_rejected(loss_type):
     pc, pr = t(PC).requires_grad_(), t(PR).requires_grad_()
@@ -193,6 +204,7 @@ def tiny_gpt():
     return GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
 
 
+@pytest.mark.unit
 def test_at_init_the_loss_is_log2_and_the_rewards_are_zero():
     policy = tiny_gpt()
     ref = copy.deepcopy(policy).eval()
@@ -207,6 +219,7 @@ def test_at_init_the_loss_is_log2_and_the_rewards_are_zero():
     assert (logps[0] < 0).all() and (logps[1] < 0).all()
 
 
+@pytest.mark.unit
 def test_one_step_widens_the_policy_margin():
     from contextlib import nullcontext
     policy = tiny_gpt()
@@ -238,6 +251,7 @@ def toy_pairs(enc):
             for prompt, chosen, rejected in rows]
 
 
+@pytest.mark.unit
 def test_shared_prompt_logprobs_and_gradients_equal_separate_rows():
     enc = get_tokenizer("byte")
     pairs = toy_pairs(enc)

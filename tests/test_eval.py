@@ -30,6 +30,7 @@ PROMPTS = ["What color is a banana?", "What does a cow say?", "What is 2 plus 3?
 # the metric functions
 
 
+@pytest.mark.unit
 def test_win_rate_counts_ties_half():
     a = torch.tensor([1.0, 2.0, 3.0, 3.0])
     b = torch.tensor([0.0, 2.0, 4.0, 1.0])
@@ -38,6 +39,7 @@ def test_win_rate_counts_ties_half():
     assert win_rate([3.0, -1.0], [3.0, -1.0]) == 0.5  # a policy against itself
 
 
+@pytest.mark.unit
 def test_rm_accuracy_scores_each_pair_as_separate_rows():
     # batched by length with each prompt once: the wins of scoring every answer in a row alone
     from data import loader
@@ -59,6 +61,7 @@ def test_rm_accuracy_scores_each_pair_as_separate_rows():
     assert rm.training  # its mode given back
 
 
+@pytest.mark.unit
 def test_mean_and_stderr_hand_computation():
     mean, se = mean_and_stderr([1.0, 2.0, 3.0, 4.0])
     # sample variance: (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3; stderr = sqrt(5/3) / sqrt(4)
@@ -69,6 +72,7 @@ def test_mean_and_stderr_hand_computation():
     assert mean_and_stderr([2.0, 2.0, 2.0]) == (2.0, 0.0)
 
 
+@pytest.mark.unit
 def test_sequence_kl_hand_computation_and_sign():
     # eval's KL is train_ppo's k1 estimate summed over the response: one copy of it
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
@@ -80,6 +84,7 @@ def test_sequence_kl_hand_computation_and_sign():
     assert kl_estimates(torch.tensor([[-0.1]]), torch.tensor([[-2.0]]), torch.ones(1, 1))[0] > 0
 
 
+@pytest.mark.unit
 def test_best_of_n_picks_the_reward_models_choice_and_its_kl_bound():
     scores = torch.tensor([[0.1, 0.9, 0.5, 2.0], [3.0, 1.0, 3.0, -1.0]])
     assert evaluate.best_of_n(scores, 1).tolist() == [0, 0]
@@ -95,6 +100,7 @@ def test_best_of_n_picks_the_reward_models_choice_and_its_kl_bound():
     assert picked["kl"] == [pytest.approx(math.log(2) - 0.5)] * 2
 
 
+@pytest.mark.unit
 def test_kl_of_a_policy_against_itself_is_exactly_zero():
     torch.manual_seed(0)
     enc = get_tokenizer("byte")
@@ -109,6 +115,7 @@ def test_kl_of_a_policy_against_itself_is_exactly_zero():
     diff = evaluate.generate_and_score(other, rows, enc, reference=ref, max_new_tokens=8)
     assert all(math.isfinite(x) for x in diff["kl"]) and any(x != 0 for x in diff["kl"])
 
+@pytest.mark.unit
 def test_sampling_noise_depends_on_prompt_and_sample_not_on_the_batch():
     # sample j of prompt i sees the noise of (seed, i, j) alone: the same policy evaluated in
     # batches of 64 and of 7 gives identical answers (before, the second batch on drew from a
@@ -131,6 +138,7 @@ def test_sampling_noise_depends_on_prompt_and_sample_not_on_the_batch():
     assert first["tokens"] == runs[0]["tokens"][:8]
 
 
+@pytest.mark.unit
 def test_clustered_stderr_by_hand():
     # one item per cluster: the plain standard error
     x = [1.0, 0.0, 1.0, 1.0, 0.5]
@@ -145,6 +153,7 @@ def test_clustered_stderr_by_hand():
         mean_and_stderr(x)[1]
 
 
+@pytest.mark.unit
 def test_rm_accuracy_error_is_clustered_by_prompt():
     from data import loader
     enc = get_tokenizer("byte")
@@ -163,6 +172,7 @@ def test_rm_accuracy_error_is_clustered_by_prompt():
     assert (acc, se) == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.unit
 def test_best_of_n_kl_exact_against_the_bound_and_by_sampling():
     # 16 equally likely answers with distinct rewards at n = 64 (the review's example)
     assert evaluate.best_of_n_kl([1] * 16, range(16), 64) == pytest.approx(2.6892, abs=1e-4)

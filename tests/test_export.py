@@ -32,6 +32,7 @@ def assert_same_logits(model, out_dir):
         assert torch.equal(GPT.from_pretrained(out_dir).eval()(idx), model(idx))
 
 
+@pytest.mark.unit
 def test_export_model_loads_in_transformers(tmp_path):
     model = random_gpt()
     export_hf(model, tmp_path / "hf")
@@ -50,6 +51,7 @@ def test_export_checkpoint_via_cli(tmp_path):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == 256
 
 
+@pytest.mark.unit
 def test_export_refuses_a_scalar_model(tmp_path):
     model = random_gpt()
     ckpt = {"model": model.state_dict(), "model_args": vars(model.config), "kind": "scalar",

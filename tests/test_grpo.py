@@ -25,6 +25,7 @@ from train_ppo import aggregate_loss, kl_penalty
 # pure functions
 
 
+@pytest.mark.unit
 def test_group_advantages_by_hand():
     # two groups of 3: rewards [1, 2, 6] (mean 3, unbiased std sqrt(7)) and [4, 4, 4] (no signal)
     r = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0, 4.0])
@@ -45,6 +46,7 @@ def test_group_advantages_by_hand():
         group_advantages(r, 3, "median")
 
 
+@pytest.mark.unit
 def test_kl_estimators_by_hand():
     lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     log_r = torch.tensor([[-0.5, 1.0]])  # ref - logp
@@ -63,6 +65,7 @@ def test_kl_estimators_by_hand():
         assert got == pytest.approx(exact, abs=0.01), est
 
 
+@pytest.mark.unit
 def test_loss_aggregations_by_hand():
     x = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
     m = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
@@ -77,6 +80,7 @@ def test_loss_aggregations_by_hand():
         aggregate_loss(x, m, "sum")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", train_ppo.AGGREGATIONS)
 def test_micro_batches_sum_to_the_whole_batch(mode):
     # with the whole batch's denominator, the micro-batch losses add up to the batch's loss
@@ -90,6 +94,7 @@ def test_micro_batches_sum_to_the_whole_batch(mode):
     assert parts.item() == pytest.approx(whole.item(), abs=1e-6)
 
 
+@pytest.mark.unit
 def test_presets_are_the_published_recipes():
     cfg = lambda **kw: type("C", (), {**dict(loss_agg="", kl_in="", kl_estimator=""), **kw})  # noqa: E731
     assert train_grpo.settings(cfg(advantage="grpo")) == (
@@ -235,6 +240,7 @@ def test_aggregations_over_two_ranks_equal_one_process(tmp_path):
 # numbers that mean what their names say (the second review)
 
 
+@pytest.mark.unit
 def test_kl_penalised_scores_use_the_chosen_estimator_by_hand():
     # log r = ref - lp = [-0.5, 1.0] on the first row (both tokens valid), [2.0] on the second
     lp = torch.tensor([[-1.0, -2.0], [-3.0, -0.5]])
@@ -302,6 +308,7 @@ def test_no_signal_is_measured_on_what_the_advantages_see(world, tmp_path, monke
         assert torch.equal(a, b)
 
 
+@pytest.mark.unit
 def test_dr_grpo_divides_by_the_generation_budget_not_the_padded_width():
     # one 5-token answer weighs 1 / (rows x max_new_tokens) per token, whatever the batch's width
     weights = []

@@ -173,6 +173,7 @@ def test_partial_copy_is_converted_and_named(tmp_path, capsys):
                                                    "sft_train.jsonl"]  # no .tmp left behind
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, split", [
     ("test.jsonl.gz", "test"), ("harmless-base-test.jsonl.gz", "test"), ("hh_test.jsonl", "test"),
     ("train.jsonl", "train"), ("latest.jsonl", "train"), ("contest-train.jsonl.gz", "train"),
@@ -259,6 +260,7 @@ def test_download_from_a_file_url(tmp_path, monkeypatch):
 # data/hh/stats.py
 
 
+@pytest.mark.unit
 def test_percentiles_are_nearest_rank():
     v = list(range(100, 0, -1))  # 1..100, unsorted
     assert [stats.percentile(v, q) for q in (50, 90, 99, 100)] == [50, 90, 99, 100]

@@ -119,6 +119,7 @@ def test_real_file_converts_exactly(converted):
 # the genuine GPT-2 tokenizer through our template
 
 
+@pytest.mark.unit
 def test_gpt2_reference_ids_and_eos(gpt2):
     assert gpt2.n_vocab == 50257 and gpt2.eot_token == EOT
     assert gpt2.encode("Hello, I am a language model,") == [15496, 11, 314, 716, 257, 3303, 2746, 11]

@@ -16,6 +16,7 @@ import train_kto
 from test_dpo import one_thread, read_log, t, toy  # noqa: F401 (fixtures)
 
 
+@pytest.mark.unit
 def test_kto_loss_by_hand_and_against_the_papers_value_function():
     # r = policy - reference: [1.0, -0.5, 2.0]; KL 0.4 (a negative one is floored at 0)
     pol, ref = t([-1.0, -3.0, -2.0]), t([-2.0, -2.5, -4.0])
@@ -42,6 +43,17 @@ def test_kto_loss_by_hand_and_against_the_papers_value_function():
     assert p.grad[0] < 0 and p.grad[1] > 0 and p.grad[2] > 0
 
 
+@pytest.mark.unit
+def test_kto_kl_by_hand():
+    # the mean log-ratio of the mismatched pairs, detached; a negative one stays negative here
+    # (kto_loss floors it at 0)
+    pol = t([-1.0, -2.0, -4.0]).requires_grad_()
+    kl = train_kto.kto_kl(pol, t([-1.5, -1.75, -4.5]))
+    assert kl.item() == (0.5 - 0.25 + 0.5) / 3 and not kl.requires_grad
+    assert train_kto.kto_kl(t([-2.0]), t([-1.0]), reduce=False).item() == -1.0
+
+
+@pytest.mark.unit
 def test_kto_batches_pair_each_prompt_with_the_next_answer():
     from data import loader
     ex = [dict(prompt=[1, 2], completion=[7, 256], desirable=True),
@@ -54,6 +66,7 @@ def test_kto_batches_pair_each_prompt_with_the_next_answer():
     assert b["loss_mask"].tolist()[2] == [0, 1, 1, 1] and b["desirable"].tolist() == [True, False]
 
 
+@pytest.mark.unit
 def test_kto_pairs_each_answer_with_another_prompt():
     # the labelling step writes a prompt's answers one after another: the next answer would
     # mostly be the same prompt's (82% of the held-out pairs), which estimates no KL at all

@@ -35,6 +35,7 @@ ANSWERS = {  # gold 3.0, 3.0, 1.5, 0.0, -1.0
 # the noise model
 
 
+@pytest.mark.unit
 def test_utilities_are_gold_over_tau_plus_one_gumbel_per_gold_value():
     golds = [3.0, 1.5, 3.0, -1.0]
     u = label.utilities(golds, 0.5, random.Random(7))
@@ -47,6 +48,7 @@ def test_utilities_are_gold_over_tau_plus_one_gumbel_per_gold_value():
     assert list(u) == [3.0, 1.5, -1.0]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("gap, tau", [(0.5, 0.5), (1.5, 0.5), (1.0, 0.25)])
 def test_pairwise_marginals_are_bradley_terry(gap, tau):
     rng = random.Random(0)
@@ -59,17 +61,20 @@ def test_pairwise_marginals_are_bradley_terry(gap, tau):
     assert abs(wins / n - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
+@pytest.mark.unit
 def test_dense_ranks_share_a_rank_on_ties():
     assert label.dense_ranks([3, 1, 3, 2]) == [1, 3, 1, 2]
     assert label.dense_ranks([0.5, 0.5]) == [1, 1]
 
 
+@pytest.mark.unit
 def test_a_prompt_with_one_gold_value_yields_no_comparison():
     ranking, unpaired = label.label_prompt(PROMPT, [ANSWERS["best"], ANSWERS["best2"],
                                                     ANSWERS["best"]], 0.5, random.Random(0))
     assert ranking is None and unpaired == []
 
 
+@pytest.mark.unit
 def test_duplicates_merge_and_equal_gold_ties(tmp_path):
     answers = [ANSWERS[k] for k in ("best", "wrong", "best", "best2", "off", "rude")]
     ranking, unpaired = label.label_prompt(PROMPT, answers, 0.01, random.Random(3))
@@ -90,6 +95,7 @@ def test_duplicates_merge_and_equal_gold_ties(tmp_path):
     assert [r["label"] for r in unpaired] == [True, False, True, False, False]
 
 
+@pytest.mark.unit
 def test_noisy_annotators_flip_close_calls_more_than_clear_ones():
     close = far = 0
     for i in range(4000):
@@ -102,6 +108,7 @@ def test_noisy_annotators_flip_close_calls_more_than_clear_ones():
     assert far / 4000 < 0.003
 
 
+@pytest.mark.unit
 def test_gold_pairs_are_noise_free_and_skip_ties():
     answers = [ANSWERS[k] for k in ("rude", "best", "best2", "best", "off")]
     got = {(p["chosen"], p["rejected"]) for p in label.gold_pairs(PROMPT, answers)}
@@ -122,6 +129,7 @@ def tiny_policy(tmp_path):
     return model, path
 
 
+@pytest.mark.unit
 def test_sampling_is_deterministic_and_independent_of_the_batch(tmp_path):
     model, _ = tiny_policy(tmp_path)
     prompts = [dict(prompt=p, ids=encode_prompt(ENC, p))
@@ -184,6 +192,7 @@ def test_files_are_deterministic_and_readable_by_the_loader(tmp_path, monkeypatc
         {p["record"] for p in pairs})
 
 
+@pytest.mark.unit
 def test_gold_unpaired_labels_beat_the_median():
     answers = [ANSWERS[k] for k in ("rude", "best", "off", "wrong", "best")]
     golds = [gold_reward(PROMPT, a) for a in answers]  # 1.5, 3.0, -1.0, 0.0, 3.0

@@ -81,6 +81,7 @@ def hf_dirs(tmp_path_factory):
 # Hugging Face parity
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("layout", ["safetensors", "bin", "original"])
 def test_logits_match_hf(hf_dirs, layout):
     hf, dirs = hf_dirs
@@ -100,6 +101,7 @@ def test_logits_match_hf(hf_dirs, layout):
     torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 def test_logits_match_hf_gpt2_small_shapes():
     # GPT-2 124M's trunk (12 layers, 768 wide, 12 heads) with a small vocab: real shapes
     hf = make_hf(n_layer=12, n_embd=768, n_head=12, vocab_size=256, n_positions=64)
@@ -110,6 +112,7 @@ def test_logits_match_hf_gpt2_small_shapes():
         torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 def test_state_dict_mismatch_is_a_clear_error(hf_dirs):
     hf, _ = hf_dirs
     sd = dict(hf.state_dict())
@@ -121,6 +124,7 @@ def test_state_dict_mismatch_is_a_clear_error(hf_dirs):
         hf_io.load_hf_state_dict(tiny_gpt(n_embd=64), sd)
 
 
+@pytest.mark.unit
 def test_download_from_hub_and_offline_error(hf_dirs, tmp_path, monkeypatch, capsys):
     hf, dirs = hf_dirs
     # serve the saved model as the hub's {base}/gpt2/resolve/main/{file} layout via file://
@@ -145,6 +149,7 @@ def test_download_from_hub_and_offline_error(hf_dirs, tmp_path, monkeypatch, cap
     assert os.listdir(tmp_path / "cache" / "gpt2-medium") == []  # no half-written file left
 
 
+@pytest.mark.unit
 def test_from_pretrained_rejects_unknown_name():
     with pytest.raises(ValueError, match="neither"):
         GPT.from_pretrained("not-a-model-or-dir")
@@ -153,6 +158,7 @@ def test_from_pretrained_rejects_unknown_name():
 # masks and padding
 
 
+@pytest.mark.unit
 def test_padded_rows_equal_rows_alone():
     model = tiny_gpt()
     lengths, T = [12, 7, 1], 12
@@ -174,6 +180,7 @@ def test_padded_rows_equal_rows_alone():
             torch.testing.assert_close(right_nomask[i, :n], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 def test_padded_backward_is_finite():
     model = tiny_gpt()
     idx, mask = left_padded_batch([10, 4], 10)
@@ -181,6 +188,7 @@ def test_padded_backward_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.unit
 def test_attention_mask_4d_by_hand():
     m = M.attention_mask_4d(torch.tensor([[0, 1, 1]]), 3)[0, 0].long()
     # row 0 is a pad query: only itself; rows 1, 2 see real keys up to themselves
@@ -189,6 +197,7 @@ def test_attention_mask_4d_by_hand():
     assert M.attention_mask_4d(torch.tensor([[0, 1, 1]]), 1)[0, 0].long().tolist() == [[0, 1, 1]]
 
 
+@pytest.mark.unit
 def test_shared_prompt_mask_by_hand():
     # prompt (0), an answer of two tokens (1), another of one (2), a pad (-1)
     m = layouts.shared_prompt_mask(torch.tensor([[0, 1, 1, 2, -1]]))[0, 0].long()
@@ -199,6 +208,7 @@ def test_shared_prompt_mask_by_hand():
                           [1, 0, 0, 0, 1]]   # a pad query: the prompt and itself
 
 
+@pytest.mark.unit
 def test_shared_prompt_rows_equal_separate_rows_and_may_exceed_block_size():
     # a prompt of 40 tokens and two answers of 20: a 80-token row on a 64-position model, each
     # answer's hidden states those of prompt + answer run alone (positions 40..59 both)
@@ -223,6 +233,7 @@ def test_shared_prompt_rows_equal_separate_rows_and_may_exceed_block_size():
         model(row, layouts.shared_prompt_mask(segments), positions + 5)
 
 
+@pytest.mark.unit
 def test_input_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="block_size"):
@@ -237,6 +248,7 @@ def test_input_errors():
         model.generate(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, 1, 1, 0]]))
 
 
+@pytest.mark.unit
 def test_hidden_states_and_tied_embeddings():
     model = tiny_gpt()
     idx = torch.randint(0, V, (2, 5))
@@ -246,6 +258,7 @@ def test_hidden_states_and_tied_embeddings():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
+@pytest.mark.unit
 def test_gpt2_init_scales():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=V, n_layer=8, n_head=4, n_embd=128))
@@ -267,6 +280,7 @@ def naive_greedy(model, idx, mask, n):
     return idx[:, -n:]
 
 
+@pytest.mark.unit
 def test_kv_cache_greedy_equals_full_recompute():
     model = tiny_gpt()
     idx, mask = left_padded_batch([8, 5, 2], 8)
@@ -277,6 +291,7 @@ def test_kv_cache_greedy_equals_full_recompute():
     assert gmask.tolist() == [[1] * 12] * 3
 
 
+@pytest.mark.unit
 def test_generate_logprobs_equal_full_forward():
     model = tiny_gpt()
     idx, mask = left_padded_batch([8, 3], 8)
@@ -303,6 +318,7 @@ def test_seeded_sampling_is_reproducible():
     assert torch.equal(model.generate(idx, mask, max_new_tokens=8, top_k=1)[0], greedy)
 
 
+@pytest.mark.unit
 def test_eos_masks_and_fills_the_rest():
     model = tiny_gpt()
     idx, mask = left_padded_batch([6, 4, 2], 6)
@@ -324,6 +340,7 @@ def test_eos_masks_and_fills_the_rest():
     assert tokens.shape == (1, e + 1) and tokens[0, -1] == eos and gmask.eq(1).all()
 
 
+@pytest.mark.unit
 def test_top_k_filter_by_hand():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     inf = float("-inf")
@@ -332,6 +349,7 @@ def test_top_k_filter_by_hand():
     assert top_k_filter(logits, 10) is logits
 
 
+@pytest.mark.unit
 def test_top_p_filter_by_hand():
     # probabilities 0.15, 0.5, 0.05, 0.3 in a scrambled order
     probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
@@ -349,6 +367,7 @@ def test_top_p_filter_by_hand():
 # reward model / critic
 
 
+@pytest.mark.unit
 def test_scalar_score_invariant_to_padding_and_batch_mates():
     torch.manual_seed(0)
     rm = ScalarModel(tiny_config()).eval()
@@ -379,6 +398,7 @@ def test_scalar_score_invariant_to_padding_and_batch_mates():
                 rm.reward_bias.zero_()
 
 
+@pytest.mark.unit
 def test_scalar_right_padded_batch_skips_the_mask(monkeypatch):
     # a right-padded batch scores as if the mask went through the trunk, and SDPA gets no mask
     # (its fast causal kernel); a left-padded batch keeps the mask
@@ -403,6 +423,7 @@ def test_scalar_right_padded_batch_skips_the_mask(monkeypatch):
         assert seen and not any(seen)
 
 
+@pytest.mark.unit
 def test_scalar_reward_bias_and_head_init():
     torch.manual_seed(0)
     rm = ScalarModel(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=4, n_embd=1024))
@@ -419,6 +440,7 @@ def test_scalar_reward_bias_and_head_init():
     assert rm.state_dict()["reward_bias"].item() == 0.25
 
 
+@pytest.mark.unit
 def test_scalar_from_gpt_and_state_dict_keys():
     gpt = tiny_gpt()
     rm = ScalarModel.from_gpt(gpt)
@@ -442,6 +464,7 @@ def sample_tensors():
             "empty": torch.zeros(0, 4)}
 
 
+@pytest.mark.unit
 def test_safetensors_round_trip(tmp_path):
     ts = sample_tensors()
     path = tmp_path / "t.safetensors"
@@ -457,6 +480,7 @@ def test_safetensors_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no temp file left
 
 
+@pytest.mark.unit
 def test_safetensors_compatible_with_the_reference_package(tmp_path):
     st = pytest.importorskip("safetensors.torch")
     ts = sample_tensors()
@@ -471,6 +495,7 @@ def test_safetensors_compatible_with_the_reference_package(tmp_path):
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
 
 
+@pytest.mark.unit
 def test_safetensors_truncated_file_is_an_error(tmp_path):
     path = tmp_path / "t.safetensors"
     write_safetensors(path, {"a": torch.randn(100)})

@@ -65,6 +65,7 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert (out / "frontier" / "dpo_beta0.1_s1337" / "ckpt_last.pt").stat().st_mtime == mtime
 
 
+@pytest.mark.unit
 def test_gao_fits_recover_their_coefficients():
     d = [0.5, 1.0, 1.5, 2.0, 3.0]
     a, b = frontier.gao_fit(d, [x * (2.0 - 0.3 * x) for x in d], "bon")
@@ -74,6 +75,7 @@ def test_gao_fits_recover_their_coefficients():
     assert frontier.gao_fit([0.0, 1.0], [0.0, 1.0], "rl") is None  # one usable point
 
 
+@pytest.mark.unit
 def test_frontier_curves_average_seeds_and_add_their_spread():
     grid = [("dpo", 0.1, s, "") for s in (1, 2)]
     r = lambda g: dict(gold_reward=g, gold_reward_stderr=0.1, rm_score=0.0, rm_score_stderr=0.0,  # noqa: E731

@@ -100,6 +100,7 @@ def test_runs_are_drawn_by_what_wrote_them_and_token_heatmaps(runs, tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 3000, name
 
 
+@pytest.mark.unit
 def test_series_keeps_only_finite_numbers():
     records = [dict(step=1, kl=0.5), dict(step=2), dict(step=3, kl=math.nan), dict(step=4, kl=True),
                dict(step=5, kl=2)]
@@ -116,6 +117,7 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
     assert "plot.py needs matplotlib: pip install matplotlib" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_a_kto_run_is_drawn_with_kto_titles():
     # KTO has no chosen/rejected pairs: its accuracy is the share of answers on their side of
     # the reference point, and its panels say so (they once had DPO's wording)

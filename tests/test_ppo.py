@@ -27,6 +27,7 @@ from train_ppo import compute_gae, kl_shaped_rewards, whiten
 # pure functions
 
 
+@pytest.mark.unit
 def test_compute_gae_hand_example():
     # gamma = 1, lam = 0.5. Row 0 has 3 valid tokens, row 1 two (its third reward and value
     # must be ignored). Row 0, backwards:
@@ -56,6 +57,7 @@ def naive_gae(rewards, values, lengths, gamma, lam):
     return adv, (adv + values.double()) * (adv != 0).double()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.7)])
 def test_compute_gae_matches_naive_loop(masked, gamma, lam):
@@ -70,6 +72,7 @@ def test_compute_gae_matches_naive_loop(masked, gamma, lam):
     torch.testing.assert_close(ret.double(), (ref_adv + values.double()) * mask, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_kl_shaped_rewards_hand_example():
     scores = torch.tensor([2.0, -1.0])
     logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.0, -9.0]])
@@ -87,6 +90,7 @@ def test_kl_shaped_rewards_hand_example():
     torch.testing.assert_close(k3[0], ((r - 1) - r.log()).sum())
 
 
+@pytest.mark.unit
 def test_whiten_uses_only_masked_entries():
     # valid entries 2, 4, 6: mean 4, unbiased variance 4; the pad (100) must not count
     x = torch.tensor([[2.0, 4.0], [6.0, 100.0]])
@@ -96,6 +100,7 @@ def test_whiten_uses_only_masked_entries():
                                atol=1e-6, rtol=0)
 
 
+@pytest.mark.unit
 def test_policy_and_value_losses_hand_example():
     # ratios e^0 = 1, e^0.5 = 1.65 (clipped to 1.2 for A > 0), e^-0.5 = 0.61 (clipped to 0.8 for A < 0)
     old = torch.zeros(1, 4)
@@ -114,6 +119,7 @@ def test_policy_and_value_losses_hand_example():
     torch.testing.assert_close(vclip, torch.tensor(0.5))
 
 
+@pytest.mark.unit
 def test_adaptive_kl_coef():
     # KL twice the target: error clipped to +0.2; beta grows by 0.2 * 64 / 10000
     assert train_ppo.adaptive_kl_coef(0.1, 12.0, 6.0, 10000, 64) == pytest.approx(0.1 * 1.00128)
@@ -121,6 +127,15 @@ def test_adaptive_kl_coef():
     assert train_ppo.adaptive_kl_coef(0.1, 6.0, 6.0, 100, 10) == pytest.approx(0.1)
 
 
+@pytest.mark.unit
+def test_penalise_missing_eos_by_hand():
+    scores, has_eos = torch.tensor([2.0, 2.0, -0.5]), torch.tensor([True, False, False])
+    assert rollout.penalise_missing_eos(scores, has_eos, 1.0, "replace").tolist() == [2.0, -1.0, -1.0]
+    assert rollout.penalise_missing_eos(scores, has_eos, 1.0, "subtract").tolist() == [2.0, 1.0, -1.5]
+    assert torch.equal(rollout.penalise_missing_eos(scores, has_eos, 1.0, ""), scores)
+
+
+@pytest.mark.unit
 def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
     torch.testing.assert_close(ops.entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
@@ -142,6 +157,7 @@ def left_pad(prompts, pad):
     return ids, attn
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_training_logprobs_equal_sampling_logprobs(temperature):
     torch.manual_seed(0)

@@ -400,6 +400,7 @@ def test_dpo_recomputes_a_damaged_reference_cache(world, tmp_path, capsys, damag
 # a checkpoint write that dies halfway
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_write_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failure):
     path = tmp_path / "ckpt_last.pt"
@@ -419,6 +420,7 @@ def test_a_write_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path, monk
     assert checkpoint.load_checkpoint(str(path), expect_kind="policy")["stage"] == "sft"
 
 
+@pytest.mark.unit
 def test_every_torch_load_is_weights_only():
     # a checkpoint from the internet must not run code, wherever the project reads one
     root = os.path.dirname(checkpoint.__file__)
@@ -439,6 +441,7 @@ def test_every_torch_load_is_weights_only():
             f"{path}:{node.lineno}: torch.load without weights_only=True"
 
 
+@pytest.mark.unit
 def test_resume_clears_the_temp_file_of_a_killed_write(tmp_path):
     out = tmp_path / "run"
     save_model(out / "ckpt_last.pt", GPT(GPTConfig(**TINY_MODEL)), "policy", "sft")
@@ -448,6 +451,7 @@ def test_resume_clears_the_temp_file_of_a_killed_write(tmp_path):
     checkpoint.load_checkpoint(str(out / "ckpt_last.pt"), expect_kind="policy")
 
 
+@pytest.mark.unit
 def test_resume_drops_a_log_line_cut_by_a_kill(tmp_path):
     # a SIGKILL mid-write leaves half a line; the resumed run must not choke on it, and the
     # next line must start on a line of its own

@@ -350,6 +350,7 @@ def test_overwrite_replaces_the_previous_run_once_training_starts(world, finishe
     assert records and all("margin" in r or "val_margin" in r for r in records), records
 
 
+@pytest.mark.unit
 def test_corpus_is_large_and_covers_every_kind_of_input():
     assert len(CORPUS) >= 25 and len({c[0] for c in CORPUS}) == len(CORPUS)
     assert {c[1] for c in CORPUS} == set(SCRIPTS)

@@ -51,6 +51,7 @@ def small_prefs(tmp_path):
 # the loss
 
 
+@pytest.mark.unit
 def test_loss_matches_hand_computation():
     rc = torch.tensor([1.0, 0.5, -2.0])
     rr = torch.tensor([0.0, 1.5, -1.0])
@@ -97,6 +98,7 @@ def score(model, prompts, responses, batch_size=64):
     return out
 
 
+@pytest.mark.unit
 def test_score_invariant_to_padding_and_batch():
     torch.manual_seed(0)
     model = ScalarModel(GPTConfig(block_size=256, vocab_size=257, n_layer=2, n_head=2, n_embd=32))
@@ -223,6 +225,7 @@ def test_grouped_rankings_score_each_answer_once_with_the_same_loss(small_prefs,
     assert grouped["val_accuracy"] == pairs["val_accuracy"]
 
 
+@pytest.mark.unit
 def test_shared_prompt_scores_equal_separate_rows():
     # each prompt once, its answers after it: the same scores as rows of their own, for pairs
     # and (by_record) for whole rankings as collate_rankings scores them
@@ -314,6 +317,7 @@ UNEVEN_RANKINGS = [
          responses=["A lime is green. Glad to help!", "A lime is red. Duh."])]
 
 
+@pytest.mark.unit
 def test_a_step_is_the_mean_over_its_pairs_however_it_is_split(tmp_path):
     # one micro-batch of both rankings, or one micro-batch per ranking: each of the 11 pairs
     # weighs 1/11 either way (a mean of micro-batch means would give the lone pair 1/2)

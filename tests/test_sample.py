@@ -61,6 +61,7 @@ def run(world, *args, **kw):
 # the decode loop
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("greedy", [True, False])
 def test_decode_loop_equals_generate_token_for_token(greedy):
     enc = get_tokenizer("byte")
@@ -81,11 +82,13 @@ def test_decode_loop_equals_generate_token_for_token(greedy):
         assert "cut" in lengths and len(lengths) > 1
 
 
+@pytest.mark.unit
 def test_printable_escapes_control_characters():
     assert sample.printable("a\tb\x1b[2Jc\nd", indent=2) == "a\\tb\\x1b[2Jc\n  d"
     assert sample.printable("é ok") == "é ok"
 
 
+@pytest.mark.unit
 def test_parse_ckpts_names():
     assert sample.parse_ckpts("sft:out/sft_toy/ckpt_best.pt,gpt2, out/ppo_toy/ckpt_last.pt") == {
         "sft": "out/sft_toy/ckpt_best.pt", "gpt2": "gpt2",

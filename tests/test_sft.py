@@ -41,6 +41,7 @@ def toy_files(tmp_path):
 # the loss
 
 
+@pytest.mark.unit
 def test_sft_loss_matches_hand_computation():
     # one row of 4 tokens, vocabulary of 3; tokens 2 and 3 are the response (label positions)
     logits = torch.tensor([[[1.0, 0.0, 0.0],
@@ -66,6 +67,7 @@ def test_sft_loss_matches_hand_computation():
     assert got2.item() == pytest.approx(want2, abs=1e-6)
 
 
+@pytest.mark.unit
 def test_masked_positions_get_exactly_zero_gradient():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=2, n_embd=16))
@@ -97,6 +99,7 @@ def test_masked_positions_get_exactly_zero_gradient():
     torch.testing.assert_close(only, full, atol=1e-5, rtol=0)
     assert (only[loss_mask[:, 1:] == 0] == 0).all()
 
+@pytest.mark.unit
 def test_split_last_answer_takes_the_final_assistant_turn():
     ids = [1, 2, 3, 4, 5, 6, 7, 8, 9]
     mask = [0, 1, 1, 0, 0, 1, 1, 1, 0]  # two answers, then padding-like trailing zeros
@@ -214,6 +217,7 @@ def test_resume_is_exact(tmp_path):
                 assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["step"], k)
 
 
+@pytest.mark.unit
 def test_toy_config_is_the_default():
     import runpy
     values = runpy.run_path(os.path.join(os.path.dirname(train_sft.__file__), "config", "sft_toy.py"))
@@ -221,6 +225,7 @@ def test_toy_config_is_the_default():
     assert values and all(train_sft.DEFAULTS[k] == v for k, v in values.items())
 
 
+@pytest.mark.unit
 def test_gpt2_recipe_parses():
     path = os.path.join(os.path.dirname(train_sft.__file__), "config", "sft_gpt2_hh.py")
     cfg = config.parse_config(train_sft.DEFAULTS, [path])

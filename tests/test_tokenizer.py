@@ -9,6 +9,7 @@ def enc():
     return get_tokenizer("byte")
 
 
+@pytest.mark.unit
 def test_byte_encoding_is_bytes_plus_eot(enc):
     assert enc.n_vocab == 257 and enc.eot_token == 256
     s = "héllo\n\n  wörld"
@@ -16,6 +17,7 @@ def test_byte_encoding_is_bytes_plus_eot(enc):
     assert enc.decode(enc.encode_ordinary(s)) == s
 
 
+@pytest.mark.unit
 def test_template_mask_covers_exactly_response_and_eos(enc):
     ids, mask = encode_example(enc, "What is 2 plus 3?", "It is 5.")
     prompt = encode_prompt(enc, "What is 2 plus 3?")
@@ -28,11 +30,13 @@ def test_template_mask_covers_exactly_response_and_eos(enc):
     assert render_prompt("x") == "\n\nHuman: x\n\nAssistant:"
 
 
+@pytest.mark.unit
 def test_literal_eot_text_is_not_the_eos_token(enc):
     ids, mask = encode_example(enc, "say <|endoftext|>", "<|endoftext|>")
     assert ids.count(enc.eot_token) == 1 and ids[-1] == enc.eot_token
 
 
+@pytest.mark.unit
 def test_multi_turn_mask_trains_every_assistant_turn(enc):
     msgs = [{"role": "system", "content": "Be nice."},
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
@@ -57,11 +61,13 @@ def test_multi_turn_mask_trains_every_assistant_turn(enc):
         encode_messages(enc, [{"role": "bot", "content": "x"}])
 
 
+@pytest.mark.unit
 def test_unknown_tokenizer_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown tokenizer"):
         get_tokenizer("gpt3")
 
 
+@pytest.mark.unit
 def test_decode_response_is_the_text_as_written():
     # the one convention for every reader of a generated answer (reward functions, the judge,
     # eval's tables): the template's leading space is gone, the answer's own spaces stay

@@ -51,6 +51,7 @@ ORDERED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("prompt, answers", ORDERED)
 def test_judge_orders_good_rude_rambling_wrong_off_topic(prompt, answers):
     scores = [gold_reward(prompt, a) for a in answers]
@@ -76,6 +77,7 @@ README_EXAMPLES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("prompt, response, parts, total", README_EXAMPLES)
 def test_judge_matches_the_readme(prompt, response, parts, total):
     got = score_parts(prompt, response)
@@ -83,6 +85,7 @@ def test_judge_matches_the_readme(prompt, response, parts, total):
     assert gold_reward(prompt, response) == total
 
 
+@pytest.mark.unit
 def test_judge_length_and_filler_penalties():
     p = "What color is a banana?"
     best = "A banana is yellow. Hope that helps!"
@@ -95,6 +98,7 @@ def test_judge_length_and_filler_penalties():
     assert score_parts(p, "A banana is yellow, stupid. Hope that helps!")["polite"] == -1.0
 
 
+@pytest.mark.unit
 def test_judge_parses_every_phrasing_of_every_subject():
     for family, templates in prepare.TEMPLATES.items():
         for subject in prepare.subjects(family):
@@ -107,6 +111,7 @@ def test_judge_parses_every_phrasing_of_every_subject():
                 assert gold_reward(prompt, best) == MAX_REWARD, (prompt, best)
 
 
+@pytest.mark.unit
 def test_judge_rejects_a_prompt_it_cannot_parse():
     with pytest.raises(ValueError, match="not a toy-world prompt"):
         gold_reward("What is the meaning of life?", "42")
@@ -194,6 +199,7 @@ def test_every_example_fits_a_128_byte_block(toy_dir, capsys):
     assert "0 prompts truncated, 0 dropped" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_contrast_pairs_differ_only_in_the_stated_fact():
     import random
     rng = random.Random(0)

@@ -1,27 +1,32 @@
+"""
+The plumbing modules: config (resolution, --help, errors), checkpoint (round trips, refusing
+pickled code), optim (schedule, decay groups, fused AdamW, finite checks), runtime (malloc
+settings), run (out_dir: never silently overwritten, staged --overwrite, locks; the JSONL log; one
+config error under torchrun).
+"""
+
 import json
 import math
 import os
-import pickle
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import config
-import runtime
 import checkpoint
-import run
-from run import Run
+import config
 import optim
-import ops
+import run
+import runtime
 from model import GPT, GPTConfig
+from run import Run
 
 
 DEFAULTS = dict(n_layer=2, lr=1e-3, name="run", compile=False, betas=[0.9, 0.95])
 
 
+@pytest.mark.unit
 def test_parse_config_file_then_cli(tmp_path):
     cfg_file = tmp_path / "c.py"
     cfg_file.write_text("import math\nn_layer = 4\nlr = 3\n_private = 1\n")
@@ -31,6 +36,7 @@ def test_parse_config_file_then_cli(tmp_path):
     assert isinstance(cfg.lr, float)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("argv, msg", [
     (["--nlayer=3"], "unknown config key 'nlayer'"),
     (["--n_layer=2.5"], "'n_layer' must be int"),
@@ -44,6 +50,7 @@ def test_parse_config_errors_name_the_key(argv, msg):
         config.parse_config(DEFAULTS, argv)
 
 
+@pytest.mark.unit
 def test_config_file_with_unknown_key_names_the_file(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("n_layers = 4\n")
@@ -51,6 +58,7 @@ def test_config_file_with_unknown_key_names_the_file(tmp_path):
         config.parse_config(DEFAULTS, [str(f)])
 
 
+@pytest.mark.unit
 def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit):
         config.parse_config(DEFAULTS, ["--help"], "the doc")
@@ -62,6 +70,7 @@ def _tiny():
     return GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=8))
 
 
+@pytest.mark.unit
 def test_checkpoint_round_trip_and_prefix_stripping(tmp_path):
     torch.manual_seed(0)
     model = _tiny()
@@ -93,6 +102,7 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.unit
 def test_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "model_args": {}, "payload": Evil()}, path)
@@ -105,6 +115,7 @@ def test_pickled_object_is_refused(tmp_path):
         checkpoint.load_checkpoint(str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.unit
 def test_rng_state_round_trip():
     state = checkpoint.rng_state()
     a = torch.rand(3)
@@ -112,6 +123,7 @@ def test_rng_state_round_trip():
     assert torch.equal(a, torch.rand(3))
 
 
+@pytest.mark.unit
 def test_get_lr_warmup_then_cosine():
     lrs = [optim.get_lr(i, 1.0, 0.1, 4, 14) for i in range(16)]
     assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
@@ -121,6 +133,7 @@ def test_get_lr_warmup_then_cosine():
     assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))
 
 
+@pytest.mark.unit
 def test_optimizer_decays_only_matrices():
     opt = optim.configure_optimizer(_tiny(), 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
     decay, no_decay = opt.param_groups
@@ -128,62 +141,13 @@ def test_optimizer_decays_only_matrices():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
 
 
-def test_token_logprobs_shift_by_one():
-    torch.manual_seed(0)
-    logits, idx = torch.randn(2, 4, 5), torch.randint(0, 5, (2, 4))
-    lp = ops.token_logprobs(logits, idx)
-    assert lp.shape == (2, 3)
-    expected = F.log_softmax(logits[1, 2], -1)[idx[1, 3]]
-    assert torch.allclose(lp[1, 2], expected)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_token_logprobs_values_and_gradients_match_log_softmax(dtype):
-    # the reference: log_softmax over the vocabulary, then the target's entry
-    torch.manual_seed(0)
-    logits = (3 * torch.randn(3, 6, 11)).to(dtype).requires_grad_()
-    idx, w = torch.randint(0, 11, (3, 6)), torch.randn(3, 5)
-    lp = ops.token_logprobs(logits, idx)
-    (lp * w).sum().backward()
-    grad, logits.grad = logits.grad, None
-    ref = F.log_softmax(logits[:, :-1].float(), -1).gather(2, idx[:, 1:, None]).squeeze(-1)
-    (ref * w).sum().backward()
-    assert lp.dtype == torch.float32 and grad.dtype == dtype
-    torch.testing.assert_close(lp, ref, atol=2e-6, rtol=0)
-    torch.testing.assert_close(grad, logits.grad, atol=1e-6 if dtype == torch.float32 else 0,
-                               rtol=0)
-    assert (grad[:, -1] == 0).all()  # the last position predicts nothing
-    if dtype == torch.float32:  # d log p / d logits = onehot - softmax: rows sum to zero
-        assert grad[:, :-1].sum(-1).abs().max() < 1e-5
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_token_logprobs_gradient_is_finite_with_huge_logits(dtype):
-    # the last position predicts nothing: a logit that overflows exp() there (200, or a raw 9
-    # through a temperature of 0.1) once made its zero gradient inf * 0 = NaN everywhere
-    torch.manual_seed(0)
-    raw = (3 * torch.randn(2, 5, 7)).to(dtype)
-    raw[:, -1, 3] = 200.0
-    raw[0, 1, 2] = 9.0
-    for temperature in (1.0, 0.1):
-        logits = raw.clone().requires_grad_()
-        idx, w = torch.randint(0, 7, (2, 5)), torch.randn(2, 4)
-        lp = ops.token_logprobs(logits.float() / temperature, idx)
-        (lp * w).sum().backward()
-        grad, logits.grad = logits.grad, None
-        ref = F.log_softmax(logits[:, :-1].float() / temperature, -1).gather(
-            2, idx[:, 1:, None]).squeeze(-1)
-        (ref * w).sum().backward()
-        assert torch.isfinite(grad).all() and (grad[:, -1] == 0).all()
-        torch.testing.assert_close(lp, ref, atol=2e-5, rtol=0)
-        torch.testing.assert_close(grad, logits.grad, atol=1e-5, rtol=0)
-
-
+@pytest.mark.unit
 def test_optimizer_is_fused_on_cpu():
     opt = optim.configure_optimizer(_tiny(), 1e-3, 0.1, (0.9, 0.95), 1e-8, "cpu")
     assert opt.defaults["fused"] is True
 
 
+@pytest.mark.unit
 def test_keep_freed_cpu_memory():
     import platform
     if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
@@ -191,19 +155,14 @@ def test_keep_freed_cpu_memory():
     assert runtime.keep_freed_cpu_memory() is True
 
 
-def test_masked_mean():
-    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
-    m = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert ops.masked_mean(x, m).item() == 2.0
-    assert ops.masked_mean(x, m, dim=1).tolist() == [1.5, 3.0]
-
-
+@pytest.mark.unit
 def test_check_finite_names_step_and_quantity():
     optim.check_finite(3, loss=1.0)
     with pytest.raises(config.NonFiniteError, match="step 12: grad_norm is nan"):
         optim.check_finite(12, loss=0.5, grad_norm=float("nan"))
 
 
+@pytest.mark.unit
 def test_out_dir_is_never_silently_overwritten(tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)
@@ -239,6 +198,7 @@ def run_cfg(out, **kw):
                                      device="cpu", dtype="float32", stop_iter=-1), **kw})
 
 
+@pytest.mark.unit
 def test_overwrite_replaces_the_old_run_only_after_a_trained_checkpoint(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -260,6 +220,7 @@ def test_overwrite_replaces_the_old_run_only_after_a_trained_checkpoint(tmp_path
     run.finish()
 
 
+@pytest.mark.unit
 def test_a_swap_cut_short_by_a_kill_is_finished_on_the_next_start(tmp_path):
     out = tmp_path / "run"
     (out / ".replaced").mkdir(parents=True)
@@ -288,6 +249,7 @@ def test_a_second_run_on_the_same_out_dir_fails_at_once(tmp_path):
     run.lock_out_dir(str(out)).close()
 
 
+@pytest.mark.unit
 def test_non_finite_weights_are_never_written(tmp_path):
     out = tmp_path / "run"
     run = Run(run_cfg(out), "sft")
@@ -304,6 +266,7 @@ def test_non_finite_weights_are_never_written(tmp_path):
     run.finish()
 
 
+@pytest.mark.unit
 def test_metrics_logger_drops_lines_after_the_resumed_step(tmp_path, capsys):
     log = run.MetricsLogger(str(tmp_path), "log")
     for s in range(5):

@@ -1,0 +1,72 @@
+"""
+The results of eval.py as text: the markdown tables of results.md (a policy per row, a few
+answers side by side) and strict JSON (NaN and inf as null) for results.json.
+"""
+
+import json
+import math
+
+
+def fmt(mean, se=None, digits=3):
+    if mean is None:
+        return "-"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def cell(text, width=120):
+    """Answer text that fits in one markdown table cell."""
+    text = text if len(text) <= width else text[:width] + "..."
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n") or "(empty)"
+
+
+def results_table(results, baseline, rm_acc):
+    win = f"win_rate_vs_{baseline or 'baseline'}"
+    lines = [f"| policy | gold reward | RM score | win vs {baseline or '-'} (gold) | "
+             f"win vs {baseline or '-'} (RM) | win (gold), same noise | KL | distinct | length | "
+             f"EOS rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in results.items():
+        kl = f"≤ {m['kl']:.3f} (bound)" if m["kl_is_bound"] else fmt(m["kl"], m["kl_stderr"])
+        lines.append(f"| {name} | {fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
+                     f"{fmt(m['rm_score'], m['rm_score_stderr'])} | "
+                     f"{fmt(m[win], m[f'{win}_stderr'])} | "
+                     f"{fmt(m[f'{win}_rm'], m[f'{win}_rm_stderr'])} | "
+                     f"{fmt(m[f'{win}_shared'], m[f'{win}_shared_stderr'])} | {kl} | "
+                     f"{m['distinct']} | {m['length']:.1f} | {m['eos_rate']:.2f} |")
+    for path, (acc, se, n) in rm_acc.items():
+        lines += ["", f"Reward-model accuracy on {n} held-out pairs of {path}: {fmt(acc, se)} "
+                      f"(standard error clustered by prompt)"]
+    return "\n".join(lines)
+
+
+def examples_table(results, prompts, n, k):
+    """A few prompts with every policy's first answer and its scores side by side."""
+    names = list(results)
+    lines = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(min(n, len(prompts))):
+        row = []
+        for name in names:
+            s = results[name]["samples"]
+            scores = [f"gold {s['gold'][i * k]:+.2f}" if s["gold"] else "",
+                      f"RM {s['rm'][i * k]:+.2f}" if s["rm"] else ""]
+            scores = ", ".join(x for x in scores if x)
+            row.append(cell(s["response"][i * k]) + (f" ({scores})" if scores else ""))
+        lines.append(f"| {cell(prompts[i]['prompt'])} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def json_safe(x):
+    """NaN and inf become null: strict JSON has neither."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(json_safe(obj), f, indent=1)
