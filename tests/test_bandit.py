@@ -43,7 +43,6 @@ TOL = 0.02  # nats, KL(target || pi) for every trainer
 # the world
 
 
-@pytest.mark.unit
 def test_the_world_files_and_reward(tmp_path):
     counts = prepare.prepare(str(tmp_path))
     enc = get_tokenizer("byte")

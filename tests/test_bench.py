@@ -44,7 +44,6 @@ def result(tmp_path_factory):
     return out
 
 
-@pytest.mark.unit
 def test_every_stage_reports_positive_finite_numbers(result):
     rows = {r["stage"]: r for r in result["rows"]}
     assert tuple(rows) == ROWS
@@ -63,7 +62,6 @@ def test_every_stage_reports_positive_finite_numbers(result):
     assert meta["device"] == "cpu" and meta["dtype"] == "float32" and meta["hardware"]
 
 
-@pytest.mark.unit
 def test_token_counts_and_the_ppo_split(result):
     rows = {r["stage"]: r for r in result["rows"]}
     B, T, P, N, epochs = 2, 16, 6, 4, 2
@@ -77,7 +75,6 @@ def test_token_counts_and_the_ppo_split(result):
     assert rows["ppo_iter"]["s_per_step"] == pytest.approx(parts)
 
 
-@pytest.mark.unit
 def test_table_has_a_line_per_row(result):
     lines = bench.format_table(result["rows"]).splitlines()
     assert len(lines) == 1 + len(ROWS)
@@ -181,7 +178,6 @@ def hh_result(tmp_path_factory):
     return path, out
 
 
-@pytest.mark.unit
 def test_data_mode_times_every_stage_and_variant(hh_result):
     _, result = hh_result
     rows = {r["stage"]: r for r in result["rows"]}
@@ -197,7 +193,6 @@ def test_data_mode_times_every_stage_and_variant(hh_result):
                in line for line in lines)
 
 
-@pytest.mark.unit
 def test_data_mode_counts_the_real_tokens_of_the_recipes_batches(hh_result):
     path, result = hh_result
     rows = {r["stage"]: r for r in result["rows"]}

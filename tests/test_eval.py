@@ -172,7 +172,6 @@ def test_rm_accuracy_error_is_clustered_by_prompt():
     assert (acc, se) == pytest.approx(want, abs=1e-9)
 
 
-@pytest.mark.unit
 def test_best_of_n_kl_exact_against_the_bound_and_by_sampling():
     # 16 equally likely answers with distinct rewards at n = 64 (the review's example)
     assert evaluate.best_of_n_kl([1] * 16, range(16), 64) == pytest.approx(2.6892, abs=1e-4)

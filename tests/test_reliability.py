@@ -420,7 +420,6 @@ def test_a_write_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path, monk
     assert checkpoint.load_checkpoint(str(path), expect_kind="policy")["stage"] == "sft"
 
 
-@pytest.mark.unit
 def test_every_torch_load_is_weights_only():
     # a checkpoint from the internet must not run code, wherever the project reads one
     root = os.path.dirname(checkpoint.__file__)
