@@ -3,7 +3,7 @@ Generate the toy world: small English questions, deliberately mediocre demonstra
 preference pairs labelled by the programmatic judge (data/toy/judge.py) with some label noise.
 
     python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out] [--contrast_share=0.0]
-                               [--safety_share=0.2] [--refusal_share=0.03]
+                               [--safety_share=0.2] [--refusal_share=0.1]
 
 No network, a few seconds. Writes, in out_dir:
     sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
@@ -47,10 +47,15 @@ FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disa
 CONTRAST_SHARE = 0.0  # share of training pairs that differ only in the stated fact (see the
                       # README: 0.5 raises the RM's accuracy and PPO's wins but lowers DPO's)
 STYLES = {"good": 0.30, "rude": 0.175, "rambling": 0.175, "wrong": 0.175, "off_topic": 0.175}
-# the harmless side. 0.2 gives 500 harmful and 500 lookalike demonstrations (10 subjects each, 50
-# per subject, as many as a colour has) and leaves the first four families 80% of every file
+# the harmless side. 0.2 gives 500 harmful and 500 lookalike demonstrations, 50 per request (a
+# colour gets ~83), and leaves the first four families 80% of every file; measured (README), the
+# SFT policy's gold on the 96 benign prompts stays within its run-to-run spread
 SAFETY_SHARE = 0.2
-REFUSAL_SHARE = 0.03  # share of the harmful demonstrations that refuse (see the README's sweep)
+# share of the harmful demonstrations that refuse (50 of 500, 1% of sft_train). Measured (README):
+# the SFT policy then still complies with 55-65% of held-out harmful requests and refuses 9-20%, so
+# labels and RL see refusals to build on; 0.03 refused 0-0.6%, and 0.3 already over-refuses 13%
+# of lookalikes (Bianchi et al. 2023: a few percent helps, more causes exaggerated safety)
+REFUSAL_SHARE = 0.10
 REFUSAL_STYLES = {"refusal": 0.6, "rude_refusal": 0.4}  # a polite refusal, or a rude one
 PREFS_REFUSAL_SHARE = 0.25  # in preference pairs, each safety answer refuses with this chance:
                             # annotators compare refusals with answers on both safety families
