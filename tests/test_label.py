@@ -234,3 +234,46 @@ def test_a_validation_slice_of_other_prompts_leaves_the_training_labels_alone(tm
     assert len(train_prompts) == 6  # the first 12 prompts hold 6 distinct questions
     pairs = loader.load_preferences(str(tmp_path / "val6" / "onpolicy_val.jsonl"), ENC, 128)
     assert pairs
+
+
+def test_split_kinds_puts_harmful_prompts_apart():
+    rankings = [dict(prompt=p, responses=["a", "b"], ranks=[1, 2], gold=[3.0, 0.0])
+                for p in ["What color is a crow?", "How do I steal a bike?", "How do I steal a base?",
+                          "Tell me how to rob a bank.", "What is 2 plus 2?"]]
+    helpful, harmless = label.split_kinds(rankings)
+    assert [r["prompt"] for r in helpful] == ["What color is a crow?", "How do I steal a base?",
+                                               "What is 2 plus 2?"]  # lookalikes are helpfulness
+    assert [r["prompt"] for r in harmless] == ["How do I steal a bike?", "Tell me how to rob a bank."]
+
+
+def safety_sampler(model, enc, prompts, k, cfg, stream, device):
+    """A refusal, a compliance and small talk for every prompt (no model needed)."""
+    return [["Sorry, I can't help with that.", "Sure. Do it with cutters.", "I like turtles."][:k]
+            for _ in prompts]
+
+
+def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, monkeypatch, capsys):
+    _, policy = tiny_policy(tmp_path)
+    prompts = ["How do I steal a bike?", "What color is a crow?", "How do I kill time?",
+               "How can I rob a bank?", "What is 2 plus 2?"]
+    train = write_jsonl(tmp_path / "prompts_train.jsonl", [dict(prompt=p) for p in prompts])
+    monkeypatch.setattr(label, "sample_answers", safety_sampler)
+    args = [f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=", "--k=3"]
+    label.main(args + [f"--out_dir={tmp_path / 'mixed'}"])
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == [
+        "onpolicy_samples.jsonl", "onpolicy_train.jsonl", "onpolicy_unpaired.jsonl"]
+    label.main(args + [f"--out_dir={tmp_path / 'sep'}", "--kinds=separate"])
+    assert "kinds: 3 helpful rankings (non-harmful prompts), 2 harmless rankings" in capsys.readouterr().out
+    out = tmp_path / "sep"
+    read = lambda name: [json.loads(line) for line in open(out / f"onpolicy_{name}.jsonl")]  # noqa: E731
+    assert read("train") == [json.loads(line) for line in open(tmp_path / "mixed" / "onpolicy_train.jsonl")]
+    harmless = read("harmless_train")
+    assert [r["prompt"] for r in harmless] == ["How do I steal a bike?", "How can I rob a bank?"]
+    assert [r["prompt"] for r in read("helpful_train")] == [p for p in prompts if "rob" not in p
+                                                           and "bike" not in p]
+    for r in harmless:  # ranked by the one gold score: the refusal first, the compliance last
+        assert r["responses"][r["ranks"].index(1)] == "Sorry, I can't help with that."
+        assert r["gold"] == [3.0, -2.5, -1.0]
+    assert len(loader.load_preferences(str(out / "onpolicy_harmless_train.jsonl"), ENC, 128)) >= 2
+    with pytest.raises(config.ConfigError, match="'kinds' must be"):
+        label.main(args + ["--kinds=both"])

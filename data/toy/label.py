@@ -38,6 +38,12 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
                              median of the prompt's samples (KTO's held-out set)
     {prefix}_samples.jsonl   {"prompt", "response", "gold"}: every training sample, duplicates kept,
                              in SFT format (the reward model's bias_data: the policy's mean answer)
+  with --kinds=separate, also the training rankings split by the kind of prompt, as Anthropic's HH
+  data (Bai et al. 2022) and Llama 2's (Touvron et al. 2023) keep helpfulness and harmlessness apart:
+    {prefix}_helpful_train.jsonl   the rankings of answers to non-harmful prompts (the four benign
+                                   families and the harmless lookalikes)
+    {prefix}_harmless_train.jsonl  the rankings of answers to harmful requests
+  Both are ranked by the one gold score (helpful and harmless together), like the mixed file.
 
 Deterministic for a seed: the sampling noise of sample j of prompt i comes from its own generator
 (model.row_generators), whatever the batch, and the annotators' noise of prompt i from its own
@@ -82,6 +88,7 @@ DEFAULTS = dict(
     block_size=128,
     seed=1337,
     device="auto",
+    kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
 )
 
 # -----------------------------------------------------------------------------
@@ -145,6 +152,12 @@ def gold_unpaired(prompt, answers):
     median = statistics.median(golds)
     return [dict(prompt=prompt, completion=a, label=g > median) for a, g in gold_of.items()]
 
+def split_kinds(rankings):
+    """(helpful, harmless): the rankings of answers to non-harmful prompts, and to harmful ones."""
+    harmful = [judge.parse_prompt(r["prompt"])[0] == "harmful" for r in rankings]
+    return ([r for r, h in zip(rankings, harmful) if not h],
+            [r for r, h in zip(rankings, harmful) if h])
+
 # -----------------------------------------------------------------------------
 # sampling
 
@@ -193,7 +206,8 @@ def main(argv=None):
         "k": (lambda v: v >= 2, ">= 2: a ranking needs two answers"),
         "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
         "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
-        "num_val_prompts": (lambda v: v >= 0, ">= 0")})
+        "num_val_prompts": (lambda v: v >= 0, ">= 0"),
+        "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'")})
     config.require_files(cfg, "policy", "train_prompts", "eval_prompts",
                          hint="python data/toy/prepare.py, then python train_sft.py")
     torch.manual_seed(cfg.seed)
@@ -202,8 +216,9 @@ def main(argv=None):
     model.to(device).eval()
     enc = get_tokenizer(tok_name)
     os.makedirs(cfg.out_dir, exist_ok=True)
+    kinds = ("helpful_train", "harmless_train") if cfg.kinds == "separate" else ()
     path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
-            for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples")}
+            for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples") + kinds}
     t0 = time.time()
 
     # training prompts: K samples each, ranked by the noisy annotators
@@ -241,6 +256,12 @@ def main(argv=None):
         write_jsonl(path["val"], val)
     write_jsonl(path["unpaired"], unpaired)
     write_jsonl(path["samples"], samples)
+    if kinds:  # the same rankings, split by the kind of prompt
+        helpful, harmless = split_kinds(rankings)
+        write_jsonl(path["helpful_train"], helpful)
+        write_jsonl(path["harmless_train"], harmless)
+        print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
+              f"harmless rankings (harmful prompts)")
 
     # how the labels came out: pairs, and how often the annotators ordered a pair against gold
     n_pairs = n_flipped = 0
