@@ -188,15 +188,43 @@ def scalar_from_checkpoint(ckpt, dropout=0.0, path="the checkpoint"):
     return model_from_checkpoint(ScalarModel, ckpt, path, dropout), ckpt["tokenizer"]
 
 
-def load_reward_model(path, tokenizer, vocab_size=None):
+def reward_model_paths(spec):
+    """The checkpoint files a reward_model spec names: one file, a comma-separated list of
+    files (an ensemble), or a directory written by train_reward_model.py --ensemble=K (its
+    member*/ckpt_best.pt, in member order)."""
+    if os.path.isdir(spec):
+        members = sorted((int(m.group(1)), os.path.join(spec, name, "ckpt_best.pt"))
+                         for name in os.listdir(spec) if (m := re.fullmatch(r"member(\d+)", name)))
+        paths = [p for _, p in members if os.path.isfile(p)]
+        if not paths:
+            raise CheckpointError(f"{spec}: a directory without member*/ckpt_best.pt (an "
+                                  f"ensemble of train_reward_model.py --ensemble=K)")
+        return paths
+    return [p.strip() for p in spec.split(",")]
+
+
+def load_reward_model(spec, tokenizer, vocab_size=None, agg="mean", uwo_lambda=1.0):
     """The frozen reward model of PPO, GRPO and eval: a scalar checkpoint whose tokenizer (and
-    vocabulary) are the policy's, or a CheckpointError before anything runs. Returns the model."""
-    ckpt = load_checkpoint(path, expect_kind="scalar", expect_tokenizer=tokenizer)
-    model, _ = scalar_from_checkpoint(ckpt, path=path)
-    if vocab_size is not None and model.config.vocab_size != vocab_size:
-        raise CheckpointError(f"{path}: vocab_size={model.config.vocab_size}, but the policy's "
-                              f"is {vocab_size}: the reward model cannot read its tokens")
-    return model.eval().requires_grad_(False)
+    vocabulary) are the policy's, or a CheckpointError before anything runs. Several
+    checkpoints (reward_model_paths) make a model.ScalarEnsemble whose score is their
+    aggregate (train_reward_model.aggregate_rewards(agg, uwo_lambda)). Returns the model."""
+    from model import ScalarEnsemble
+    from train_reward_model import aggregate_rewards
+    models = []
+    for path in reward_model_paths(spec):
+        ckpt = load_checkpoint(path, expect_kind="scalar", expect_tokenizer=tokenizer)
+        model, _ = scalar_from_checkpoint(ckpt, path=path)
+        if vocab_size is not None and model.config.vocab_size != vocab_size:
+            raise CheckpointError(f"{path}: vocab_size={model.config.vocab_size}, but the "
+                                  f"policy's is {vocab_size}: the reward model cannot read its "
+                                  f"tokens")
+        if models and model.config.block_size != models[0].config.block_size:
+            raise CheckpointError(f"{path}: block_size={model.config.block_size}, but the first "
+                                  f"member's is {models[0].config.block_size}")
+        models.append(model.eval().requires_grad_(False))
+    if len(models) == 1:
+        return models[0]
+    return ScalarEnsemble(models, lambda scores: aggregate_rewards(scores, agg, uwo_lambda))
 
 
 # ids each tokenizer can produce, known without loading it (tiktoken fetches gpt2's files)

@@ -255,12 +255,12 @@ HUB = ("scratch", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def require_files(cfg, *keys, hint=""):
-    """Each named key must be '' (not used), a hub name, or an existing path (for train_data: a
-    comma-separated list of them); hint says how to make the file (e.g. the toy world's prepare
+    """Each named key must be '' (not used), a hub name, or an existing path, or a
+    comma-separated list of them (several data files, an ensemble's checkpoints); hint says how to make the file (e.g. the toy world's prepare
     command)."""
     for key in keys:
         value = getattr(cfg, key)
-        for path in value.split(",") if key == "train_data" else [value]:
+        for path in value.split(","):
             require(not path or path in HUB or os.path.exists(path),
                     f"{key}={path!r} does not exist{f' ({hint})' if hint else ''}")
 

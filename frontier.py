@@ -36,6 +36,10 @@ DEFAULTS = dict(
     methods="dpo,ipo,kto,rpo,ppo,grpo,rloo,bon",  # which curves
     jobs=2,                   # runs side by side, one thread each
     seed=1337,
+    reward_model="",          # the RL methods' and best-of-N's reward model: '' = the pipeline's
+                              # ({out}/rm_toy/ckpt_best.pt, or {out}/rm_toy's ensemble members)
+    reward_agg="mean",        # an ensemble's aggregation: 'mean' | 'min' | 'uwo'
+    uwo_lambda=1.0,
 )
 
 # method -> (script and fixed arguments, the betas of the small and the full budget)
@@ -91,9 +95,11 @@ def run_args(cfg, method, beta, seed, run_dir):
     cmd = METHODS[method][0] + [f"--out_dir={run_dir}", f"--init_from={sft}", f"--beta={beta}",
                                 f"--seed={seed}"]
     if method in RL:
-        cmd += [f"--reward_model={out}/rm_toy/ckpt_best.pt",
+        cmd += [f"--reward_model={reward_model(cfg)}", f"--reward_agg={cfg.reward_agg}",
+                f"--uwo_lambda={cfg.uwo_lambda}",
                 f"--train_prompts={data}/prompts_train.jsonl",
-                f"--val_prompts={data}/prompts_eval.jsonl"]
+                f"--val_prompts={data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl",
+                f"--demo_val_data={data}/sft_val.jsonl"]
     elif method == "kto":
         cmd += [f"--train_data={data}/onpolicy_unpaired.jsonl",
                 f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
@@ -103,6 +109,15 @@ def run_args(cfg, method, beta, seed, run_dir):
         cmd += MINI["rl" if method in RL else "pairs"]
     resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
     return cmd + (["--resume=True"] if resume else ["--overwrite=True"])
+
+
+def reward_model(cfg):
+    """The reward model the points use: cfg.reward_model, or the pipeline's (one checkpoint, or
+    the directory of an ensemble's members)."""
+    if cfg.reward_model:
+        return cfg.reward_model
+    rm = os.path.join(stage_path(cfg.out), "rm_toy")
+    return rm if os.path.isdir(os.path.join(rm, "member0")) else os.path.join(rm, "ckpt_best.pt")
 
 
 def gao_fit(d, r, form):
@@ -134,8 +149,8 @@ def main(argv=None):
     config.require(methods and all(m in METHODS or m == "bon" for m in methods),
                    f"methods={cfg.methods!r}: a comma-separated list of {', '.join(METHODS)}, bon")
     out = stage_path(cfg.out)
-    for path in (f"{out}/sft_toy/ckpt_best.pt", f"{out}/rm_toy/ckpt_best.pt"):
-        config.require(os.path.isfile(path), f"{path} does not exist: run python pipeline.py first")
+    for path in (f"{out}/sft_toy/ckpt_best.pt", *reward_model(cfg).split(",")):
+        config.require(os.path.exists(path), f"{path} does not exist: run python pipeline.py first")
     grid = points(cfg, [m for m in methods if m != "bon"])
     todo = [p for p in grid if not finished(p[3])]
     cost = sum(EST_SECONDS[m] for m, *_ in todo) / cfg.jobs + 60 + 0.5 * BON_N[cfg.budget]
@@ -152,8 +167,10 @@ def main(argv=None):
                                           for m, b, s, d in grid])
     bon = BON_N[cfg.budget] if "bon" in methods else 0
     run_stages({"eval": ([], ["eval.py", f"--policies={policies}", "--baseline=",
-                              f"--reward_model={out}/rm_toy/ckpt_best.pt", f"--reference={sft}",
-                              f"--prompts={data}/prompts_eval.jsonl", "--pairs=",
+                              f"--reward_model={reward_model(cfg)}", f"--reward_agg={cfg.reward_agg}",
+                              f"--uwo_lambda={cfg.uwo_lambda}", f"--reference={sft}",
+                              f"--prompts={data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl", "--pairs=",
+                              f"--demo_val_data={data}/sft_val.jsonl",
                               f"--out_dir={eval_dir}", f"--seed={cfg.seed}", f"--bon_sweep={bon}"]
                   + (["--eval_examples=8", "--max_new_tokens=16"] if cfg.budget == "mini" else []))},
                1, os.path.join(out, "frontier", "logs"))

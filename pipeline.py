@@ -123,7 +123,7 @@ def last_step(log_dir, name):
     return f"step {steps[-1]}" if steps else "starting"
 
 
-def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
+def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out):
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
@@ -139,7 +139,8 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
     sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
     stages["eval"] = (list(stages), [
         "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
-        f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        f"--prompts={held_out}", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        f"--demo_val_data={data}/sft_val.jsonl",
         f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
     if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
         print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
@@ -158,6 +159,8 @@ def build_stages(cfg, methods):
     d = lambda name: os.path.join(out, f"{name}_toy")  # noqa: E731
     common_args = [f"--seed={cfg.seed}"] + (["--overwrite=True"] if cfg.overwrite else [])
     sft = f"{d('sft')}/ckpt_best.pt"
+    # every held-out prompt: the 96 questions, then the harmful and the lookalike requests
+    held_out = f"{data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl"
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
@@ -180,7 +183,7 @@ def build_stages(cfg, methods):
             stages[f"label{tag}"] = (rm_needs, ["data/toy/label.py", f"--policy={policy}",
                                                 f"--out_dir={data}", f"--prefix={prefix}",
                                                 f"--train_prompts={data}/prompts_train.jsonl",
-                                                f"--eval_prompts={data}/prompts_eval.jsonl",
+                                                f"--eval_prompts={held_out}",
                                                 f"--seed={cfg.seed + r - 1}"] + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
@@ -196,12 +199,14 @@ def build_stages(cfg, methods):
         stages[f"ppo{tag}"] = ([f"rm{tag}"], [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
             f"--reward_model={rm}", f"--train_prompts={data}/prompts_train.jsonl",
-            f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl"))
+            f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"]
+            + common_args + extra("rl"))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
     rm = f"{d('rm' + last)}/ckpt_best.pt"
     rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
-          f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl")
+          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
+        + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update({
         "grpo": ([f"rm{last}"], ["train_grpo.py", f"--out_dir={d('grpo')}", f"--reward_model={rm}"] + rl),
@@ -221,7 +226,7 @@ def build_stages(cfg, methods):
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
-    return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra)
+    return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
 
 
 def main(argv=None):

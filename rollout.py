@@ -84,6 +84,15 @@ def penalise_missing_eos(scores, has_eos, penalty, mode):
     return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
 
 
+def length_penalised(scores, lengths, coef):
+    """score - coef * |y|, |y| the answer's tokens (EOS included): the length penalty of the
+    design notes' remedies for reward hacking. A reward model that pays for length is the most
+    common hack (Singhal et al. 2023, "A Long Way to Go": 70-90% of PPO's reward gain was
+    length on their tasks); coef = 0 leaves the scores. scores, lengths (B,) -> (B,)
+    Test: tests/test_ppo.py::test_length_penalty_by_hand"""
+    return scores - coef * lengths.to(scores.dtype) if coef else scores
+
+
 # -----------------------------------------------------------------------------
 # forwards and the rollout
 
@@ -123,7 +132,7 @@ class Rollout:
     ref_logprobs: torch.Tensor   # (B, N) log pi_ref(a_t|s_t), or None without a reference
     values: torch.Tensor         # (B, N) the critic's V(s_t), or None without a critic
     entropy: torch.Tensor        # (B, N) of pi_old at each step
-    scores: torch.Tensor         # (B,) the reward (missing-EOS penalty applied)
+    scores: torch.Tensor         # (B,) the reward (missing-EOS and length penalties applied)
     has_eos: torch.Tensor        # (B,) bool
     prompts: list                # B prompt texts
     responses: list              # B response texts (decode_response)
@@ -166,6 +175,7 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
     with proc.autocast:
         scores = reward(prompts, responses, seq, mask).float()
     scores = penalise_missing_eos(scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    scores = length_penalised(scores, resp_mask.sum(1), cfg.length_penalty)
     return Rollout(seq, mask, P, resp_mask.float(), lp, sample_logprobs, ref_lp, values, ent,
                    scores, has_eos, prompts, responses)
 

@@ -49,7 +49,10 @@ DEFAULTS = dict(
     top_k=0,                    # 0 = off
     top_p=1.0,                  # 1.0 = off
     seed=1337,                  # sample j of prompt i sees the noise of (seed, i, j), every model
-    reward_model="",            # a scalar checkpoint: each answer's RM score; '' = none
+    reward_model="",            # a scalar checkpoint (several, or an ensemble's out_dir: their
+                                # aggregate): each answer's RM score; '' = none
+    reward_agg="mean",          # an ensemble's aggregation: 'mean' | 'min' | 'uwo'
+    uwo_lambda=1.0,
     gold_judge="",              # 'toy': the gold reward of data/toy/judge.py; '' = none
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",               # 'auto' | 'float32' | 'bfloat16'
@@ -77,11 +80,13 @@ def validate(cfg):
     config.validate(cfg, {
         "temperature": (lambda v: v == 0 or 0.01 <= v <= 100, "0 (greedy) or in [0.01, 100]"),
         "num_samples_per_prompt": (lambda v: v > 0, "> 0"),
-        "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''")})
+        "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
+        "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0")})
     config.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
     sources = parse_ckpts(cfg.ckpt)
     for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
-                      ("reward_model", cfg.reward_model)]:
+                      *(("reward_model", p) for p in cfg.reward_model.split(","))]:
         config.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
                        f"does not exist (the toy world's data and models: python pipeline.py)")
     return sources
@@ -169,7 +174,8 @@ def main(argv=None):
         print(f"{name}: {path}, {models[name].num_params() / 1e6:.2f}M parameters, {t!r} tokenizer")
     enc = get_tokenizer(tok)
     vocab_size = next(iter(models.values())).config.vocab_size
-    rm = (checkpoint.load_reward_model(cfg.reward_model, tok, vocab_size).to(proc.device)
+    rm = (checkpoint.load_reward_model(cfg.reward_model, tok, vocab_size, cfg.reward_agg,
+                                       cfg.uwo_lambda).to(proc.device)
           if cfg.reward_model else None)
     block_size = min(m.config.block_size for m in [*models.values(), rm] if m is not None)
     room = block_size - cfg.max_new_tokens  # the prompt tokens that fit before the answer

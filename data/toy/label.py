@@ -74,7 +74,8 @@ from tokenizer import decode_response, get_tokenizer  # noqa: E402
 DEFAULTS = dict(
     policy="out/sft_toy/ckpt_best.pt",             # whose answers are labelled
     train_prompts="data/toy/out/prompts_train.jsonl",  # prompts of the training rankings
-    eval_prompts="data/toy/out/prompts_eval.jsonl",    # held-out prompts of the test pairs ('' = none)
+    eval_prompts="data/toy/out/prompts_eval.jsonl",    # held-out prompts of the test pairs ('' = none;
+                                                       # several files: comma-separated)
     out_dir="data/toy/out",
     prefix="onpolicy",            # file names: {prefix}_train.jsonl, ...
     max_prompts=500,              # label the first N training prompts (-1 = all)
