@@ -249,8 +249,8 @@ def batch_loss(model, batch, pair_logprobs, ref_logps, cfg, autocast):
     policy's log-probs (pair_logprobs: the layout's forward), the reference's (ref_logps(batch),
     or None for SimPO / ORPO), the loss."""
     logps = pair_logprobs(model, batch, autocast)
-    out = preference_losses(cfg, logps, ref_logps(batch), (batch["chosen_len"],
-                                                           batch["rejected_len"]))
+    lengths = (batch["chosen_len"], batch["rejected_len"]) if cfg.length_alpha else (None, None)
+    out = preference_losses(cfg, logps, ref_logps(batch), lengths)
     return out[0], pair_metrics(*out, logps)
 
 

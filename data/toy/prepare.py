@@ -11,7 +11,8 @@ No network, a few seconds. Writes, in out_dir:
     prefs_train.jsonl  8000 {"prompt", "chosen", "rejected"}  judge labels, 10% of them flipped
     prefs_val.jsonl     400 the same on held-out prompts, no flipped labels (picks the best RM)
     prefs_test.jsonl   1000 the same, drawn apart: the RM accuracy we report
-    prompts_train.jsonl 1000 {"prompt", "family"}  for RL
+    prompts_train.jsonl 2000 {"prompt", "family"}  for RL and labelling; half of them asked in a
+                                                   training-only phrasing
     prompts_eval.jsonl    96 {"prompt", "family"}  every held-out prompt once
     prompts_eval_safety.jsonl 40 {"prompt", "family"}  every held-out harmful and lookalike prompt
 
@@ -43,6 +44,10 @@ from data.toy import judge  # noqa: E402
 N_SFT_TRAIN, N_SFT_VAL = 5000, 400
 N_PREFS_TRAIN, N_PREFS_VAL, N_PREFS_TEST = 8000, 400, 1000
 N_PROMPTS_TRAIN, N_EVAL_PER_FAMILY = 1000, 50
+PROMPTS_MORE = 1000  # RL prompts drawn after the first N_PROMPTS_TRAIN, from a stream of their
+                     # own (the labelling step's 1000 prompts plus its validation slice)
+PROMPTS_EXTRA_SHARE = 0.5  # share of prompts_train asked in a training-only phrasing: a reward
+                     # model labelled on more phrasings generalises to the held-out ones
 FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disagree
 CONTRAST_SHARE = 0.0  # share of training pairs that differ only in the stated fact (see the
                       # README: 0.5 raises the RM's accuracy and PPO's wins but lowers DPO's)
@@ -351,11 +356,26 @@ def add_contrast_pairs(rows, rng, combos, share, flip_rate):
     return rows
 
 
-def make_prompts(rng, combos, n):
+def make_prompts(rng, combos, n, subjects_out=None):
+    """n RL prompts; appends each one's (family, subject) to subjects_out."""
     rows = []
     for _ in range(n):
-        family, _, prompt = draw(rng, combos)
+        family, subject, prompt = draw(rng, combos)
         rows.append(dict(prompt=prompt, family=family))
+        if subjects_out is not None:
+            subjects_out.append((family, subject))
+    return rows
+
+
+def rephrase_prompts(rows, subjects_of, rng, share):
+    """Ask a share of the RL prompts, at random rows, in a training-only phrasing
+    (EXTRA_TEMPLATES): the same question, which the judge parses alike."""
+    for i in sorted(rng.sample(range(len(rows)), round(share * len(rows)))):
+        family, subject = subjects_of[i]
+        prompt = question(family, rng.choice(EXTRA_TEMPLATES[family]), subject)
+        if judge.parse_prompt(prompt)[:3] != judge.parse_prompt(rows[i]["prompt"])[:3]:
+            raise RuntimeError(f"toy world bug: {prompt!r} is not {rows[i]['prompt']!r} re-phrased")
+        rows[i] = dict(rows[i], prompt=prompt)
     return rows
 
 
@@ -471,19 +491,19 @@ def write_jsonl(path, rows):
 
 
 def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
-            refusal_share=None):
+            refusal_share=None, prompts_more=None, prompts_extra_share=None):
     """Write the eight files into out_dir; returns {file name: number of lines}."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
     train = {f: tr for f, (tr, _) in splits.items()}
     held = {f: ho for f, (_, ho) in splits.items()}
-    sft_subjects = []
+    sft_subjects, prompt_subjects = [], []
     files = {
         "sft_train.jsonl": make_sft(rng, train, N_SFT_TRAIN, sft_subjects),
         "sft_val.jsonl": make_sft(rng, held, N_SFT_VAL),
         "prefs_train.jsonl": make_prefs(rng, train, N_PREFS_TRAIN, FLIP_RATE),
         "prefs_val.jsonl": make_prefs(rng, held, N_PREFS_VAL, 0.0),
-        "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN),
+        "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN, prompt_subjects),
         "prompts_eval.jsonl": make_eval_prompts(rng, held, N_EVAL_PER_FAMILY),
     }
     # drawn from their own streams, so every other file is the same with or without them
@@ -492,6 +512,13 @@ def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safet
     # the reward model's best checkpoint is picked on prefs_val: its accuracy there is biased up,
     # so the accuracy we report comes from pairs no choice was made on
     files["prefs_test.jsonl"] = make_prefs(random.Random(seed + 2), held, N_PREFS_TEST, 0.0)
+    # more RL prompts, and training-only phrasings of a share of them: streams of their own
+    more = PROMPTS_MORE if prompts_more is None else prompts_more
+    files["prompts_train.jsonl"] += make_prompts(random.Random(f"{seed}:prompts:more"), train,
+                                                 more, prompt_subjects)
+    share = PROMPTS_EXTRA_SHARE if prompts_extra_share is None else prompts_extra_share
+    rephrase_prompts(files["prompts_train.jsonl"], prompt_subjects,
+                     random.Random(f"{seed}:prompts:rephrase"), share)
     add_safety(files, seed, SAFETY_SHARE if safety_share is None else safety_share,
                REFUSAL_SHARE if refusal_share is None else refusal_share, extra)
     # last: a contrast pair replaces whatever row was drawn at its position, safety rows included
@@ -516,13 +543,21 @@ def main(argv=None):
                              "but the eval prompts; 0 writes the benign world of before")
     parser.add_argument("--refusal_share", type=float, default=REFUSAL_SHARE,
                         help="share of the harmful demonstrations that refuse (the rest comply)")
+    parser.add_argument("--prompts_more", type=int, default=PROMPTS_MORE,
+                        help="RL prompts beyond the first 1000, from a stream of their own")
+    parser.add_argument("--prompts_extra_share", type=float, default=PROMPTS_EXTRA_SHARE,
+                        help="share of prompts_train asked in a training-only phrasing")
     args = parser.parse_args(argv)
-    for key in ("contrast_share", "sft_extra_share", "safety_share", "refusal_share"):
+    if not 0 <= args.prompts_more <= 10**6:
+        parser.error(f"--prompts_more={args.prompts_more} must be in [0, 1000000]")
+    for key in ("contrast_share", "sft_extra_share", "safety_share", "refusal_share",
+                "prompts_extra_share"):
         if not 0.0 <= getattr(args, key) <= 1.0:
             parser.error(f"--{key}={getattr(args, key)} must be in [0, 1]")
     t0 = time.time()
     counts = prepare(args.out_dir, args.seed, args.contrast_share, args.sft_extra_share,
-                     args.safety_share, args.refusal_share)
+                     args.safety_share, args.refusal_share, args.prompts_more,
+                     args.prompts_extra_share)
     for name, n in counts.items():
         print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
     print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
