@@ -170,8 +170,13 @@ def load_hf_gpt2(name_or_path):
     cfg_path = os.path.join(d, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{d}: no config.json (expected a Hugging Face GPT-2 directory)")
-    with open(cfg_path) as f:
-        hf = json.load(f)
+    try:
+        with open(cfg_path) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON (JSONDecodeError: {e})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_path}: not a JSON object")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{d}: model_type {hf.get('model_type')!r}, only 'gpt2' is supported")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):

@@ -53,7 +53,8 @@ import runtime
 from data import loader
 from model import row_generators
 from ops import masked_mean
-from rollout import load_reward_fn, make_reward, policy_forward, prompt_batch, rollout
+from rollout import (load_reward_fn, make_reward, policy_forward, prompt_batch, rollout,
+                     toy_gold_judge)
 from run import Run
 from runtime import print0
 from tokenizer import get_tokenizer, token_texts
@@ -507,7 +508,7 @@ def load_models(cfg, proc, with_reference=True):
         if m is not None:
             m.to(proc.device).eval()
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
-    gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
 
 
