@@ -478,10 +478,7 @@ def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safet
     staged and swapped in whole, world_manifest.json last); a world of other settings already
     there is replaced only with overwrite=True. Returns {file name: number of lines}."""
     import run  # the plumbing: imported here, so the generator itself needs no torch
-    settings = dict(seed=seed, contrast_share=CONTRAST_SHARE if contrast_share is None else contrast_share,
-                    sft_extra_share=SFT_EXTRA_SHARE if sft_extra_share is None else sft_extra_share,
-                    safety_share=SAFETY_SHARE if safety_share is None else safety_share,
-                    refusal_share=REFUSAL_SHARE if refusal_share is None else refusal_share)
+    settings = world_settings(seed, contrast_share, sft_extra_share, safety_share, refusal_share)
     with run.DataSet(out_dir, "world", FILES, "a toy world", settings, overwrite=overwrite) as out:
         files = make_world(seed, contrast_share, sft_extra_share, safety_share, refusal_share)
         for name, rows in files.items():
@@ -489,6 +486,15 @@ def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safet
                 write_jsonl(path, rows)
         out.commit()
     return {name: len(rows) for name, rows in files.items()}
+
+
+def world_settings(seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
+                   refusal_share=None):
+    """What a world is made of (its manifest's settings): the seed and the shares."""
+    return dict(seed=seed, contrast_share=CONTRAST_SHARE if contrast_share is None else contrast_share,
+                sft_extra_share=SFT_EXTRA_SHARE if sft_extra_share is None else sft_extra_share,
+                safety_share=SAFETY_SHARE if safety_share is None else safety_share,
+                refusal_share=REFUSAL_SHARE if refusal_share is None else refusal_share)
 
 
 # the files of a world, in the order they are made
