@@ -110,13 +110,18 @@ def write_safetensors(path, tensors, metadata=None):
     hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)  # pad with spaces so the data starts 8-byte aligned
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for t in tensors.values():
-            # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
-            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hbytes)))
+            f.write(hbytes)
+            for t in tensors.values():
+                # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a Ctrl-C: no half-written file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 # -----------------------------------------------------------------------------
 # Hugging Face GPT-2 checkpoints
