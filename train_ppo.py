@@ -497,6 +497,7 @@ def load_models(cfg, proc, with_reference=True):
     before any step) and the KL noisy."""
     policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
     checkpoint.check_block_size(policy, cfg.block_size)
+    checkpoint.check_sampling_vocab(policy, tok_name, cfg.init_from)  # it samples the rollouts
     ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake

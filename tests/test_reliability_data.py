@@ -556,3 +556,32 @@ def test_kto_on_answers_of_one_label_gives_no_impossible_advice(world, tmp_path,
     printed = capsys.readouterr().out
     assert "are desirable: no weighting balances them" in printed
     assert "desirable_weight=0" not in printed
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("phase", ["staging", "replacing", "replaced"])
+def test_a_data_set_swap_cut_short_is_completed_or_undone(tmp_path, phase):
+    # a kill in each phase of the swap: staging alone (the new set unfinished) is dropped; once
+    # the old files began to move aside, the new set is completed; never a mix of the two
+    out = tmp_path / "d"
+    names = ["x_train.jsonl", "x_test.jsonl", "x_manifest.json"]
+    out.mkdir()
+    for n in names:
+        (out / n).write_text("old")
+    (out / "other.jsonl").write_text("not the set's")
+    (out / ".staging-x").mkdir()
+    for n in names[::2]:  # the new set has no test file
+        (out / ".staging-x" / n).write_text("new")
+    if phase != "staging":
+        aside = out / (".replacing-x" if phase == "replacing" else ".replaced-x")
+        aside.mkdir()
+        os.replace(out / "x_train.jsonl", aside / "x_train.jsonl")  # one old file moved so far
+        if phase == "replaced":
+            os.replace(out / "x_test.jsonl", aside / "x_test.jsonl")
+            os.replace(out / "x_manifest.json", aside / "x_manifest.json")
+            os.replace(out / ".staging-x" / "x_train.jsonl", out / "x_train.jsonl")  # one new in
+    run._finish_swap(str(out), ".staging-x", set(names).__contains__)
+    files = {n: (out / n).read_text() for n in os.listdir(out)}
+    want = {n: "old" for n in names} if phase == "staging" else \
+        {"x_train.jsonl": "new", "x_manifest.json": "new"}
+    assert files == {**want, "other.jsonl": "not the set's"}
