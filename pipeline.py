@@ -336,7 +336,7 @@ def main(argv=None):
     stages, eval_dir = build_stages(cfg, methods)
     out = stage_path(cfg.out)
     check_stages(cfg, stages)  # every stage would start: or nothing runs
-    run.lock_out_dir(out)  # one pipeline per out
+    run.lock_out_dir(os.path.join(ROOT, out))  # one pipeline per out
     times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))
 
     print(f"\npipeline done in {time.time() - t0:.0f}s (" +

@@ -200,22 +200,6 @@ def out_dir_locked(out_dir):
     return False
 
 
-def check_out_dir(out_dir, resume=False, overwrite=False):
-    """prepare_out_dir's refusals, changing nothing: an out_dir that is a file, is locked by a
-    running process, or holds a run that neither --resume nor --overwrite was given for (the
-    pipeline asks this of every stage before it runs any)."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out_dir {out_dir!r} is not writable: it is a file")
-    if out_dir_locked(out_dir):
-        raise ConfigError(f"out_dir {out_dir!r} is in use by another run (it holds the lock "
-                          f"{os.path.join(out_dir, '.lock')})")
-    last = os.path.join(out_dir, "ckpt_last.pt")
-    if resume and not os.path.isfile(last):
-        raise ConfigError(f"--resume=True but {last} does not exist")
-    if not resume and not overwrite and _holds_run(out_dir):
-        raise ConfigError(f"out_dir {out_dir!r} already holds a run ({last})")
-
-
 def release_out_dir(out_dir):
     """Drop this process's lock on out_dir (taken by lock_out_dir)."""
     lock = _held_locks.pop(os.path.realpath(out_dir), None)
