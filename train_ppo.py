@@ -55,7 +55,8 @@ from data import loader
 from model import position_ids_from_mask
 from ops import masked_mean
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from rollout import load_reward_fn, make_reward, policy_forward, prompt_batch, rollout
+from rollout import (load_reward_fn, make_reward, policy_forward, prompt_batch, rollout,
+                     toy_gold_judge)
 from run import Run
 from runtime import print0
 from tokenizer import get_tokenizer
@@ -477,6 +478,7 @@ def load_models(cfg, proc, with_reference=True):
     before any step) and the KL noisy."""
     policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
     checkpoint.check_block_size(policy, cfg.block_size)
+    checkpoint.check_sampling_vocab(policy, tok_name, cfg.init_from)  # it samples the rollouts
     ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
@@ -489,7 +491,7 @@ def load_models(cfg, proc, with_reference=True):
         if m is not None:
             m.to(proc.device).eval()
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
-    gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
 
 
