@@ -91,7 +91,7 @@ RESUME_MAY_CHANGE = {
     "resume", "overwrite", "out_dir", "max_iters", "stop_iter", "log_interval", "eval_interval",
     "ckpt_interval", "save_every", "sample_interval", "num_samples", "sample_tokens",
     "sample_temperature", "device", "dtype", "compile", "micro_batch_size",
-    "precompute_ref_logps", "gold_judge"}
+    "precompute_ref_logps", "gold_judge", "demo_val_data", "demo_val_examples"}
 
 
 def _same_path(a, b):
