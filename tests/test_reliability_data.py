@@ -239,6 +239,7 @@ def test_prepare_keeps_a_world_of_other_settings(tmp_path):
     ("data/hh/prepare.py", ["--input={hh}"]),
     ("eval.py", ["--policies=sft:{w}/sft.pt", "--reward_model={w}/rm.pt", "--reference=",
                  "--baseline=", "--prompts={w}/prompts_eval.jsonl", "--pairs=",
+                 "--demo_val_data={w}/sft_val.jsonl",
                  "--eval_examples=2", "--max_new_tokens=4", "--device=cpu"]),
     ("export_hf.py", ["--ckpt={w}/sft.pt"]),
     ("data/toy/label.py", ["--policy={w}/sft.pt", "--train_prompts={w}/prompts_train.jsonl",
@@ -377,7 +378,8 @@ def test_frontier_points_of_another_budget_are_other_runs(world, tmp_path):
 def eval_args(w, out, *extra):
     return [f"--policies=sft:{w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
             f"--reference={w / 'sft.pt'}", f"--prompts={w / 'prompts_eval.jsonl'}",
-            f"--pairs={w / 'prefs_val.jsonl'}", "--eval_examples=4", "--max_new_tokens=8",
+            f"--pairs={w / 'prefs_val.jsonl'}", f"--demo_val_data={w / 'sft_val.jsonl'}",
+            "--eval_examples=4", "--max_new_tokens=8",
             "--device=cpu", f"--out_dir={out}", *extra]
 
 

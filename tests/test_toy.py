@@ -531,7 +531,9 @@ def test_more_rl_prompts_and_their_training_only_phrasings(toy_dir, tmp_path):
     # first thousand's questions stay, every other file is the same
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--prompts_more=0",
                   "--prompts_extra_share=0"])
-    for name in os.listdir(toy_dir):
+    names = [n for n in os.listdir(toy_dir) if not n.endswith("_manifest.json")]  # the settings
+    assert "prompts_eval_safety.jsonl" in names
+    for name in names:
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "prompts_train.jsonl"), name
     plain, rows = read(tmp_path, "prompts_train.jsonl"), read(toy_dir, "prompts_train.jsonl")
