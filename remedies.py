@@ -80,7 +80,8 @@ def seed_stages(cfg, seed):
     """{name: (needs, command)} of one seed, and where its files are (SimpleNamespace)."""
     run = os.path.join(stage_path(cfg.out), f"seed{seed}")
     base = SimpleNamespace(**{**pipeline.DEFAULTS, "out": run, "data_dir": os.path.join(run, "data"),
-                              "seed": seed, "scale": cfg.budget, "plots": False})
+                              "seed": seed, "scale": cfg.budget, "plots": False,
+                              "rm_members": 1})  # 'none': the one reward model
     stages, _ = pipeline.build_stages(base, {"dpo"})
     stages.pop("eval")
     data, d = stage_path(base.data_dir), lambda name: os.path.join(run, f"{name}_toy")  # noqa: E731
