@@ -87,8 +87,8 @@ def stage_path(path):
 def run_stages(stages, jobs, log_dir, alone=()):
     """
     Run {name: (names it needs, command)} as subprocesses, each once all it needs has finished,
-    at most `jobs` at a time, on one thread each; the stages in `alone` (those everything else
-    waits for) on `jobs` threads. The thread counts are fixed by the stage, not by the timing,
+    at most `jobs` at a time, on one thread each; a stage in `alone` runs by itself, on `jobs`
+    threads. The thread counts are fixed by the stage, not by the timing,
     so a run repeats bit for bit. A stage that fails stops the pipeline (the others are stopped
     too) with the end of its log. Returns {name: seconds}.
     """
@@ -127,7 +127,10 @@ def _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone):
                                    f"their checkpoints ({', '.join(done) or 'none finished'} "
                                    f"finished); start again with --overwrite=True to redo them")
         for name, (needs, cmd) in list(todo.items()):
-            if not stop and len(running) < jobs and all(n in done for n in needs):
+            # a stage in `alone` runs on `jobs` threads: it starts on an idle machine, and
+            # nothing starts beside it (two of them side by side would oversubscribe the cores)
+            free = not running if name in alone else not set(running) & set(alone)
+            if not stop and free and len(running) < jobs and all(n in done for n in needs):
                 print(f"\n$ python {' '.join(cmd)}\n  [{name}: started, log {log_dir}/{name}.txt]",
                       flush=True)
                 log = open(os.path.join(log_dir, f"{name}.txt"), "w")

@@ -153,3 +153,26 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
         assert (out / f"{stage}_toy" / "ckpt_last.pt").exists(), stage
     res = json.loads((out / "eval" / "results.json").read_text())
     assert set(res["policies"]) == {"sft", "bon16", "ppo"}
+
+
+def test_a_stage_that_runs_alone_overlaps_no_other(tmp_path):
+    # two seeds' SFT stages (each on every thread) side by side would oversubscribe the cores.
+    # Each stage appends 'start' and 'end' to one file; the others wait (up to 20 s) until a
+    # second stage has started, so two of them running at once is seen without timing luck
+    code = ("import sys, time; name, log = sys.argv[1:]; f = open(log, 'a'); "
+            "f.write(f'start {name}\\n'); f.flush(); t = time.time()\n"
+            "while name not in 'ab' and time.time() - t < 20 and "
+            "sum(l.startswith('start') for l in open(log)) - "
+            "sum(l.startswith('end') for l in open(log)) < 2: time.sleep(0.05)\n"
+            "time.sleep(0.3); f.write(f'end {name}\\n')")
+    log = tmp_path / "events"
+    stages = {n: (["a"] if n == "d" else [], ["-c", code, n, str(log)]) for n in "abcde"}
+    pipeline.run_stages(stages, 2, str(tmp_path / "logs"), alone=("a", "b"))
+    events = log.read_text().split("\n")[:-1]
+    for x in "ab":  # nothing between its start and its end
+        assert events.index(f"end {x}") == events.index(f"start {x}") + 1, events
+    active, most = 0, 0
+    for e in events:
+        active += 1 if e.startswith("start") else -1
+        most = max(most, active)
+    assert most == 2 and len(events) == 10, events  # the others: two at a time
