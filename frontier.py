@@ -41,7 +41,7 @@ DEFAULTS = dict(
     seed=1337,
     reward_model="",          # the RL methods' and best-of-N's reward model: '' = the pipeline's
                               # ({out}/rm_toy/ckpt_best.pt, or {out}/rm_toy's ensemble members)
-    reward_agg="mean",        # an ensemble's aggregation: 'mean' | 'min' | 'uwo'
+    reward_agg="uwo",         # an ensemble's aggregation: 'mean' | 'min' | 'uwo' (the pipeline's)
     uwo_lambda=1.0,
 )
 
@@ -140,12 +140,14 @@ def point_command(cfg, method, beta, seed):
 
 
 def reward_model(cfg):
-    """The reward model the points use: cfg.reward_model, or the pipeline's (one checkpoint, or
-    the directory of an ensemble's members)."""
+    """The reward model the points use: cfg.reward_model, or the pipeline's (rm_toy, and the
+    ensemble's other members rm_m1_toy, rm_m2_toy, ... when it trained them)."""
     if cfg.reward_model:
         return cfg.reward_model
-    rm = os.path.join(stage_path(cfg.out), "rm_toy")
-    return rm if os.path.isdir(os.path.join(rm, "member0")) else os.path.join(rm, "ckpt_best.pt")
+    out, members, k = stage_path(cfg.out), ["rm"], 1
+    while os.path.isdir(os.path.join(out, f"rm_m{k}_toy")):
+        members, k = members + [f"rm_m{k}"], k + 1
+    return ",".join(os.path.join(out, f"{m}_toy", "ckpt_best.pt") for m in members)
 
 
 def gao_fit(d, r, form):

@@ -47,9 +47,9 @@ DEFAULTS = dict(
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
                               # grpo_gold, or 'all' (about 1.6x the time; with data='static' all
                               # but kto, whose labelled answers come from label.py)
-    rm_members=1,             # reward models per round, seeded seed, seed+1, ... (an ensemble
+    rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
-    reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
+    reward_agg="uwo",         # how PPO, GRPO and eval combine the members: mean | min | uwo
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
