@@ -161,13 +161,26 @@ def evaluate_seed(cfg, seed, ran, times, overopt=True):
                                  f"--reward_model={rm}", f"--reward_agg={agg}",
                                  f"--uwo_lambda={cfg.uwo_lambda}", f"--sweep={ran.run}/{name}",
                                  f"--bon_sweep={4 if mini else 64}"] + common)
+    if evaluated(os.path.join(ran.run, "eval", "results.json"), policies):
+        del stages["eval"]  # every policy already judged, after its checkpoint was written
     run_stages(stages, cfg.jobs, os.path.join(stage_path(cfg.out), "logs", f"seed{seed}_eval"))
     with open(os.path.join(ran.run, "eval", "results.json")) as f:
-        results = json.load(f)["policies"]
+        results = {n: m for n, m in json.load(f)["policies"].items() if n in policies}
     stage_of = dict(none="ppo", dpo="dpo", sft="sft")
     for name, m in results.items():
         m["seconds"] = times.get(f"s{seed}_{stage_of.get(name, 'ppo_' + name)}")
     return results
+
+
+def evaluated(results_json, policies):
+    """Whether results_json holds every policy of {name: checkpoint} and was written after each
+    checkpoint (a later evaluation of more policies, or the same, is reused)."""
+    if not os.path.isfile(results_json):
+        return False
+    with open(results_json) as f:
+        names = set(json.load(f)["policies"])
+    written = os.path.getmtime(results_json)
+    return set(policies) <= names and all(os.path.getmtime(p) < written for p in policies.values())
 
 
 def rm_accuracies(cfg, ran):

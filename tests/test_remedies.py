@@ -39,10 +39,19 @@ def test_mini_remedies_run_every_variant_then_skip_them(tmp_path):
     assert "| uwo3 |" in table and "K3_uwo" in table
     saved = json.loads((out / "remedies.json").read_text())
     assert set(saved["results"]["5"]) == set(res["results"][5])
-    # a second run finds every stage finished and only evaluates again
+    # a second run finds every stage finished and every policy evaluated: it only reports,
+    # here on fewer variants (their rows of the same evaluation)
     before = {p: os.path.getmtime(p) for p in run.glob("*/ckpt_last.pt")}
-    remedies.main(args)
+    evaluated = os.path.getmtime(run / "eval" / "results.json")
+    again = remedies.main(args + ["--variants=uwo3", "--overopt=False"])
     assert {p: os.path.getmtime(p) for p in run.glob("*/ckpt_last.pt")} == before
+    assert os.path.getmtime(run / "eval" / "results.json") == evaluated
+    assert set(again["results"][5]) == {"sft", "bon16", "dpo", "none", "uwo3"}
+    assert again["results"][5]["uwo3"]["gold_reward"] == res["results"][5]["uwo3"]["gold_reward"]
+    # a policy trained again after the evaluation is judged again
+    os.utime(run / "ppo_uwo3" / "ckpt_last.pt")
+    remedies.main(args + ["--variants=uwo3", "--overopt=False"])
+    assert os.path.getmtime(run / "eval" / "results.json") > evaluated
 
 
 @pytest.mark.unit
