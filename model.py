@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.nn.utils.rnn import pad_sequence
 
 
@@ -164,6 +165,10 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        # gradient checkpointing (a training setting, not the architecture): keep only each
+        # block's input for the backward and recompute the block's inside there, one block at a
+        # time; set by the scripts' grad_checkpoint key
+        self.grad_checkpoint = False
         # GPT-2 init: N(0, 0.02) everywhere; the residual projections get 1/sqrt(2 * n_layer)
         # more, since each block adds two of them to the residual stream
         for name, p in self.named_parameters():
@@ -207,8 +212,16 @@ class Transformer(nn.Module):
             # with a cache, attention_mask covers all past + new keys (B, past + T)
             attn_mask = attention_mask_4d(attention_mask, T)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        # only where a backward will follow: never in generation (cache) or no-grad forwards.
+        # Activation memory per block falls from ~20 (B, T, C) tensors to the block's input, for
+        # one more forward of each block in the backward; the recompute replays dropout's RNG
+        checkpointed = self.grad_checkpoint and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, cache, i)
+            if checkpointed:
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask, None, i,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)

@@ -109,6 +109,8 @@ DEFAULTS = dict(
     device="auto",                         # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",                          # 'auto' (bf16 on a GPU that has it) | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more compute,
+                                           # a fraction of the activation memory (docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this iteration
@@ -440,6 +442,7 @@ def load_models(cfg, run, with_reference=True):
                        f"tokenizer, the policy {tok_name!r}")
         checkpoint.check_block_size(ref_model, cfg.block_size, f"the reference {ref_from}")
         ref_model.to(proc.device).eval().requires_grad_(False)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint  # the reference never needs it
     return model.to(proc.device), ref_model, get_tokenizer(tok_name)
 
 

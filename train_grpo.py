@@ -119,6 +119,8 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     dtype="auto",
+    grad_checkpoint=False,    # recompute each block in the backward (policy and critic): less
+                              # activation memory, ~1/3 more update compute (docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,

@@ -34,8 +34,8 @@ K-wise ranking costs K forwards instead of K(K-1) (and its answers are not seen 
 epoch, which InstructGPT found to overfit). The loss is the mean over the batch's pairs.
 
 Deliberately left out: reward-model ensembles, InstructGPT's 1/C(K,2) weighting of each prompt
-(the loss weighs every pair alike), an auxiliary language-modelling loss, label smoothing /
-noisy-label losses, and gradient checkpointing.
+(the loss weighs every pair alike), an auxiliary language-modelling loss, and label smoothing /
+noisy-label losses.
 """
 
 import copy
@@ -110,6 +110,8 @@ DEFAULTS = dict(
     device="auto",                         # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",                          # 'auto' | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more compute,
+                                           # a fraction of the activation memory (docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this step (-1: max_iters)
@@ -242,6 +244,7 @@ def load_model(cfg, run):
     model.reward_bias.zero_()  # training sees raw scores
     checkpoint.check_block_size(model, cfg.block_size)
     model.to(run.proc.device)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint
     print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
            f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device "
            f"{run.proc.device}")

@@ -85,6 +85,8 @@ DEFAULTS = dict(
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",               # 'auto' (bf16 on a GPU that has it, else fp32) | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,      # recompute each block in the backward: ~1/3 more compute, a
+                                # fraction of the activation memory (docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,               # stop with a checkpoint after this many steps (-1: run to max_iters)
@@ -198,6 +200,7 @@ def load_model(cfg, run):
         cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
     checkpoint.check_block_size(model, cfg.block_size)
     model.to(run.proc.device)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
            f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
            f"{run.resume_path or cfg.init_from}, device {run.proc.device}, dtype {run.proc.dtype}")
