@@ -460,15 +460,22 @@ class ScalarModel(nn.Module):
         Scores (B,) float of token ids the caller already has, e.g. PPO's prompt + sampled
         response, so the reward model sees exactly the ids the policy produced. idx,
         attention_mask (B, T), left or right padding; the score is read at each row's last
-        mask == 1 token and reward_bias is subtracted; batch_size rows per forward (None: all).
-        Runs in eval mode (no dropout), then restores the model's mode.
+        mask == 1 token and reward_bias is subtracted; batch_size rows per forward (None: all),
+        rows of similar lengths together, each forward without the columns that are padding in
+        all of its rows (the same scores, for fewer positions: a PPO rollout's rows are padded to
+        its longest prompt and its longest answer). Runs in eval mode (no dropout), then restores
+        the model's mode.
         """
         was_training = self.training
         self.eval()
         B = idx.size(0)
-        step = batch_size or max(B, 1)
-        out = torch.cat([self(idx[i:i + step], attention_mask[i:i + step]).float()
-                         for i in range(0, B, step)]) if B else idx.new_zeros(0, dtype=torch.float)
+        order = attention_mask.sum(1).argsort(stable=True)  # (B,)
+        out = idx.new_zeros(B, dtype=torch.float)
+        for rows in order.split(batch_size or max(B, 1)):
+            real = attention_mask[rows].any(0).nonzero()  # columns with a real token
+            lo, hi = torch.stack([real.min(), real.max() + 1]).tolist() if len(real) else \
+                (0, idx.size(1))
+            out[rows] = self(idx[rows, lo:hi], attention_mask[rows, lo:hi]).float()
         self.train(was_training)
         return out
 

@@ -92,7 +92,7 @@ DEFAULTS = dict(
     # the update (train_ppo.ppo_update without a critic)
     num_iterations=1,         # passes over each batch (GRPO's mu); 1 = on-policy, ratio 1
     minibatch_size=64,        # answers per optimizer step: the whole batch, so that with
-                              # num_iterations=1 every step is on-policy (ratio exactly 1)
+                              # num_iterations=1 every step is on-policy (ratio 1 to float precision)
     micro_batch_size=16,      # answers per forward/backward
     epsilon_low=0.2,          # clip the ratio to [1 - epsilon_low, 1 + epsilon_high]; a larger
     epsilon_high=0.2,         # epsilon_high is DAPO's clip-higher

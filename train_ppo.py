@@ -352,12 +352,16 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
     loss_agg, kl_coef, kl_estimator = loss_settings
     B, stats, losses = rollouts.seq.size(0), [], []
     loss_mask = rollouts.resp_mask if rollouts.loss_mask is None else rollouts.loss_mask  # (B, N)
+    prompt_len = rollouts.mask[:, :rollouts.P].sum(1)  # (B,)
     for _ in range(cfg.num_iterations):
         for rows in torch.randperm(B).to(proc.device).split(cfg.minibatch_size):
             # over every rank's rows; Dr. GRPO's constant is rows x max_new_tokens
             total = loss_normalizer(loss_mask[rows], loss_agg, cfg.max_new_tokens)
             n_tokens = loss_normalizer(loss_mask[rows], "token_mean")
             mb_loss, parts = 0.0, {}  # parts: this rank's shares of the minibatch's losses
+            # micro-batches of similar prompt lengths, each without its padding columns
+            # (policy_forward); their losses sum to the minibatch's in any order
+            rows = rows[prompt_len[rows].argsort(stable=True)]
             for mb in rows.split(cfg.micro_batch_size):
                 m = loss_mask[mb]
                 with proc.autocast:
