@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 
 from config import HUB, CheckpointError, ConfigError, NonFiniteError, require
-from runtime import print0, unwrap
+from runtime import is_sharded, print0, unwrap
 
 # -----------------------------------------------------------------------------
 # checkpoints: one dict per file, written atomically and read back with weights_only=True
@@ -104,15 +104,91 @@ def load_checkpoint(path, expect_kind=None, expect_tokenizer=None, expect_stage=
 
 
 def make_checkpoint(model, kind, stage, tokenizer, cfg, step, optimizer=None, **extra):
-    """The checkpoint dict: weights, architecture, provenance, and what resuming needs."""
+    """The checkpoint dict: weights, architecture, provenance, and what resuming needs. A
+    collective under FSDP (model_state): every rank calls it, rank 0 gets the whole dict."""
     m = unwrap(model)
-    ckpt = {"model": m.state_dict(), "model_args": asdict(m.config), "kind": kind,
+    ckpt = {"model": model_state(m), "model_args": asdict(m.config), "kind": kind,
             "stage": stage, "tokenizer": tokenizer, "config": dict(vars(cfg)), "step": step,
             "rng": rng_state()}
     if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
+        ckpt["optimizer"] = optimizer_state(optimizer)
     ckpt.update(extra)
     return ckpt
+
+# -----------------------------------------------------------------------------
+# sharded models (FSDP, runtime.shard) are saved whole: a checkpoint is the same file whether
+# one process or many wrote it, and either can load it
+
+
+def _gather_whole(state):
+    """A state dict with FSDP's DTensor shards, as the whole tensors on the CPU, on rank 0; {} on
+    the other ranks. A collective: every rank calls it."""
+    import torch.distributed as dist
+    master, memo = dist.get_rank() == 0, {}
+
+    def whole(x):
+        if isinstance(x, dict):
+            return {k: whole(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [whole(v) for v in x]
+        if _is_shard(x):
+            if id(x) not in memo:  # every rank gathers the same tensors in the same order
+                full = x.full_tensor()
+                memo[id(x)] = full.cpu() if master else None
+            return memo[id(x)]
+        return x.cpu() if torch.is_tensor(x) and master else x
+    out = whole(state)
+    return out if master else {}
+
+
+def _is_shard(x):
+    return torch.is_tensor(x) and hasattr(x, "device_mesh")  # a DTensor
+
+
+def model_state(model):
+    """model.state_dict(); for a sharded model the whole weights, gathered on rank 0 (the keys
+    and tied tensors of the plain model; {} on the other ranks). A collective under FSDP."""
+    state = model.state_dict()
+    if not is_sharded(model):
+        return state
+    state = _gather_whole(state)
+    # one weight under two names (GPT's tied wte and lm_head) stays one tensor, as in a plain
+    # state dict (torch.save then writes it once)
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in state:
+            state[name] = state[first.setdefault(id(p), name)]
+    return state
+
+
+def optimizer_state(optimizer):
+    """optimizer.state_dict(), in the one-process format whatever wrote it: for the parameters of
+    a sharded model its state tensors (AdamW's exp_avg, exp_avg_sq) whole, gathered on rank 0 ({}
+    elsewhere), keyed by parameter number as always. A collective under FSDP."""
+    state = optimizer.state_dict()
+    sharded = any(_is_shard(t) for s in state["state"].values() for t in s.values())
+    return _gather_whole(state) if sharded else state
+
+
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict of a checkpoint's optimizer state (one-process format, whoever
+    wrote it): for the parameters of a sharded model each rank takes its own share of each state
+    tensor, cut as the parameter is (DTensor placements), so a run resumes sharded or not from
+    either kind of checkpoint."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(_is_shard(p) for p in params):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    def shard_like(p, t):  # a whole state tensor of parameter p -> this rank's share of it
+        if not (_is_shard(p) and torch.is_tensor(t) and t.shape == p.shape and t.dim() > 0):
+            return t  # AdamW's step count and the hyperparameters: as they are
+        return distribute_tensor(t.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+    optimizer.load_state_dict({
+        "state": {i: {k: shard_like(params[i], v) for k, v in s.items()}
+                  for i, s in state["state"].items()},
+        "param_groups": state["param_groups"]})
 
 
 def check_finite_weights(ckpt, step, name):

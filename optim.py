@@ -73,6 +73,7 @@ def optimizer_step(model, optimizer, grad_clip, loss, *, update):
     loss or norm (naming `update`, the number of this update: the first is 1), step, zero the
     gradients. Returns the norm as a float."""
     norm = torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip or math.inf)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the global norm
     check_finite(update, loss=float(loss), grad_norm=norm.item())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import torch.distributed as dist
 
-from checkpoint import (check_finite_weights, load_checkpoint, model_from_checkpoint,
-                        require_keys, save_checkpoint, set_rng_state)
+from checkpoint import (check_finite_weights, load_checkpoint, load_optimizer_state,
+                        model_from_checkpoint, require_keys, save_checkpoint, set_rng_state)
 from config import ConfigError, UserError
 from runtime import all_reduce_max, init_runtime, print0
 
@@ -173,7 +173,7 @@ class Run:
         if self.resume is None:
             return SimpleNamespace(step=0, **state)
         require_keys(self.resume, self.resume_path, *state)
-        optimizer.load_state_dict(self.resume["optimizer"])
+        load_optimizer_state(optimizer, self.resume["optimizer"])  # sharded (FSDP) or not
         set_rng_state(self.resume["rng"])
         print0(f"resumed from {self.resume_path} at step {self.resume['step']}")
         return SimpleNamespace(step=self.resume["step"], **{k: self.resume[k] for k in state})

@@ -1,12 +1,12 @@
 """
 Plumbing: one process of a run. Device, precision, seeds and DDP (init_runtime), rank-0 printing,
 the all-reduce helpers that make every rank take the same decisions, and the wrappers a training
-step calls through (torch.compile, DDP) and how to see past them.
+step calls through (torch.compile, DDP, FSDP) and how to see past them.
 """
 
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -61,6 +61,12 @@ def init_runtime(cfg):
     samples, while DDP broadcasts rank 0's initial weights so the models start identical.
     """
     ddp = int(os.environ.get("RANK", -1)) != -1
+    fsdp = getattr(cfg, "fsdp", False)
+    if fsdp and not ddp:
+        from config import ConfigError
+        raise ConfigError("fsdp=True shards the trained models over torchrun's processes: run "
+                          "the script under torchrun (torchrun --standalone --nproc_per_node=N "
+                          "...; N=1 works too)")
     device = pick_device(cfg.device)
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
@@ -85,7 +91,7 @@ def init_runtime(cfg):
                 if dtype == "bfloat16" else nullcontext())
     torch.manual_seed(cfg.seed + rank)
     return SimpleNamespace(device=device, device_type=device_type, dtype=dtype, ddp=ddp,
-                           rank=rank, local_rank=local_rank, world_size=world_size,
+                           fsdp=fsdp, rank=rank, local_rank=local_rank, world_size=world_size,
                            master=rank == 0, autocast=autocast)
 
 
@@ -141,15 +147,19 @@ def broadcast_parameters(*modules):
             dist.broadcast(t.data, src=0)
 
 
-def all_reduce_grads(model):
+def all_reduce_grads(model, average=False):
     """Sum the gradients over DDP ranks in one flat buffer (each rank's loss is its share of the
     global loss, so the global gradient is the sum); nothing in a single process. What the DDP
-    wrapper does during backward, for a script that calls its model unwrapped (PPO, GRPO)."""
+    wrapper does during backward, for a script that calls its model unwrapped (PPO, GRPO).
+    average=True divides the sum by the number of ranks (under FSDP the losses are scaled by
+    it). A sharded model's gradients (FSDP: reduced in the backward) are left alone."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not (dist.is_available() and dist.is_initialized()) or not grads:
+    if not (dist.is_available() and dist.is_initialized()) or not grads or is_sharded(model):
         return
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)
+    if average:
+        flat /= dist.get_world_size()
     for g, new in zip(grads, flat.split([g.numel() for g in grads])):
         g.copy_(new.view_as(g))
 
@@ -159,10 +169,76 @@ def maybe_compile(model, compile):
 
 
 def wrap(model, compile, proc):
-    """The module a training step calls: torch.compile'd if asked, DDP-wrapped under torchrun."""
+    """The module a training step calls: torch.compile'd if asked, DDP-wrapped under torchrun;
+    under FSDP the model itself (shard() compiled and sharded it in place)."""
+    if getattr(proc, "fsdp", False):
+        return model
     model = maybe_compile(model, compile)
     if proc.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
     return model
 
+
+# -----------------------------------------------------------------------------
+# FSDP: every rank keeps a 1/world_size share of a trained model's weights, gradients and AdamW
+# state (PyTorch's fully_shard; docs/SCALE.md)
+
+
+def is_sharded(model):
+    """True for a module sharded by shard() (FSDP)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def shard(model, proc, compile=False):
+    """
+    Under fsdp=True, shard a GPT or ScalarModel in place with PyTorch's fully_shard: each block
+    is one unit (its weights are all-gathered just before its forward and its backward, and freed
+    after), the root holds the rest (embeddings, final LayerNorm, the tied LM head or the scalar
+    head). Every rank first takes rank 0's weights and buffers (as DDP does: a fresh model or head
+    is drawn from each rank's own seed). Call it before the optimizer is built: AdamW must hold the
+    sharded parameters. The root's weights stay gathered from a forward to its backward (FSDP's own
+    choice for a root), so the LM head may run on hidden_states' output; hidden_states, values and
+    generate are registered as forward methods (they run the model outside forward). compile: each
+    block torch.compile'd before it is sharded. Without fsdp: nothing. Returns the model.
+    """
+    if not getattr(proc, "fsdp", False) or not hasattr(model, "transformer"):
+        return model
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    broadcast_parameters(model)
+    for block in model.transformer.h:
+        if compile:
+            block.compile()
+        fully_shard(block)
+    fully_shard(model, reshard_after_forward=False)
+    for method in ("hidden_states", "values", "generate"):
+        if hasattr(model, method):
+            register_fsdp_forward_method(model, method)
+    return model
+
+
+@contextmanager
+def gathered(*models):
+    """
+    Inside, every rank holds the whole weights of the sharded models, and their forwards talk to
+    no other rank: code that runs the model on some ranks only (rank 0's held-out generation and
+    samples, held-out batches that ranks hold in different numbers, generation whose length
+    differs between ranks) cannot leave another rank waiting in an all-gather. Entering and
+    leaving are collectives: every rank calls it. For no-grad work only. Costs the whole weights'
+    memory while inside; for a model that is not sharded, nothing.
+    """
+    from_fsdp = [m for model in models if model is not None and is_sharded(model)
+                 for m in model.modules() if is_sharded(m)]
+    for m in from_fsdp:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        roots = {id(model) for model in models}
+        for m in from_fsdp:  # blocks free their weights after each forward again; roots do not
+            m.set_reshard_after_forward(id(m) not in roots)
+            m.reshard()

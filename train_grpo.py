@@ -119,8 +119,10 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     dtype="auto",
-    grad_checkpoint=False,    # recompute each block in the backward (policy and critic): less
+    grad_checkpoint=False,    # recompute each block of the policy in the backward: less
                               # activation memory, ~1/3 more update compute (docs/SCALE.md)
+    fsdp=False,               # under torchrun: shard the policy (weights, gradients, AdamW state)
+                              # over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,

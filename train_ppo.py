@@ -124,6 +124,8 @@ DEFAULTS = dict(
     dtype="auto",             # 'auto' | 'float32' | 'bfloat16'
     grad_checkpoint=False,    # recompute each block in the backward (policy and critic): less
                               # activation memory, ~1/3 more update compute (docs/SCALE.md)
+    fsdp=False,               # under torchrun: shard the policy and the critic (weights, gradients,
+                              # AdamW state) over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,             # stop with a checkpoint after this many iterations (-1: max_iters)

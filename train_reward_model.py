@@ -112,6 +112,8 @@ DEFAULTS = dict(
     compile=False,
     grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more compute,
                                            # a fraction of the activation memory (docs/SCALE.md)
+    fsdp=False,                            # under torchrun: shard the trained model, its gradients
+                                           # and AdamW state over the processes (FSDP), not copy them
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this step (-1: max_iters)

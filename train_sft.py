@@ -87,6 +87,8 @@ DEFAULTS = dict(
     compile=False,
     grad_checkpoint=False,      # recompute each block in the backward: ~1/3 more compute, a
                                 # fraction of the activation memory (docs/SCALE.md)
+    fsdp=False,                 # under torchrun: shard the model, its gradients and AdamW state over
+                                # the processes (FSDP, docs/SCALE.md) instead of copying them (DDP)
     resume=False,
     overwrite=False,
     stop_iter=-1,               # stop with a checkpoint after this many steps (-1: run to max_iters)
@@ -148,13 +150,14 @@ def estimate_val_loss(model, batches, proc):
     """Token-weighted mean SFT loss over held-out batches (this rank's share, then averaged)."""
     model.eval()
     total, count = 0.0, 0.0
-    for idx, attn, loss_mask in batches:
-        idx, attn, loss_mask = idx.to(proc.device), attn.to(proc.device), loss_mask.to(proc.device)
-        logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
-                                       proc.autocast)
-        n = loss_mask[:, 1:].sum().item()
-        total += sft_loss(logp, loss_mask).item() * n
-        count += n
+    with runtime.gathered(model):  # FSDP: ranks may hold different numbers of batches
+        for idx, attn, loss_mask in batches:
+            idx, attn, loss_mask = (t.to(proc.device) for t in (idx, attn, loss_mask))
+            logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                        proc.autocast)
+            n = loss_mask[:, 1:].sum().item()
+            total += sft_loss(logp, loss_mask).item() * n
+            count += n
     model.train()
     # averaging the sums over ranks keeps the result a mean over every rank's tokens
     return runtime.all_reduce_mean(total) / max(runtime.all_reduce_mean(count), 1.0)
@@ -258,6 +261,7 @@ def main(argv=None):
     # then the data
     model, enc = load_model(cfg, run)
     train, val_batches, lengths, samples, max_new = load_data(cfg, enc, model, proc)
+    runtime.shard(model, proc, cfg.compile)  # FSDP: each rank keeps its share of the weights
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
@@ -274,8 +278,9 @@ def main(argv=None):
 
     def evaluate():
         evaluate_and_keep_best(run, model, val_batches, step, state, snapshot)
-        if proc.master and samples:
-            print_samples(model, enc, samples, max_new, cfg, proc.device)
+        with runtime.gathered(model):  # FSDP: rank 0 generates alone
+            if proc.master and samples:
+                print_samples(model, enc, samples, max_new, cfg, proc.device)
 
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function
