@@ -647,8 +647,8 @@ def format_table(rows):
     for r in rows:
         lines.append(f"{r['size']:<11} {r['stage']:<28} {fmt(r['tokens_per_s'], '11.1f')} "
                      f"{fmt(r['s_per_step'], '9.4f')} {fmt(r['peak_mem_mb'], '9.1f')} "
-                     f"{fmt(r.get('act_mb'), '8.1f')} {fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')} "
-                     f"{fmt(r.get('padding'), '6.1%')}")
+                     f"{fmt(r.get('act_mb'), '8.1f')} {fmt(r['tflops'], '8.3f')} "
+                     f"{fmt(r['mfu'], '6.1%')} {fmt(r.get('padding'), '6.1%')}")
     return "\n".join(lines)
 
 

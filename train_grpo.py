@@ -229,6 +229,8 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
     policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
+    resume_models(run, policy)  # a resumed run's weights
+    runtime.shard(policy, proc)  # FSDP: each rank keeps its share of the policy
     train, val = load_prompts(cfg, enc)
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
@@ -239,7 +241,6 @@ def main(argv=None):
     optimizer = optim.make_optimizer(policy, cfg, proc)
     state = run.restore(optimizer, best_val=-math.inf)
     iteration = state.step  # iterations done
-    resume_models(run, policy)
 
     def snapshot(with_state):
         return checkpoint.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, iteration,
@@ -260,8 +261,9 @@ def main(argv=None):
         # 1. rollout: group_size answers to each prompt, consecutive rows
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size,
                                     iteration, cfg.seed, proc.rank, proc.world_size)
-        rollouts = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, proc,
-                                                                   cfg.group_size), enc, cfg, proc)
+        batch = prompt_batch(train, rows, enc, proc, cfg.group_size)
+        with runtime.gathered(policy):  # FSDP: answers of any length, no all-gather
+            rollouts = rollout(policy, ref, None, reward, batch, enc, cfg, proc)
         t_rollout = time.time() - t0
         # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (kl_estimator, summed)
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask) \

@@ -387,8 +387,8 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
                     vf_loss, s["vclipfrac"] = ppo_value_loss(
                         values, rollouts.values[mb], returns[mb], m, cfg.cliprange_value, n_tokens)
                     loss, share["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.item()
-                if loss.requires_grad:
-                    loss.backward()
+                if loss.requires_grad:  # FSDP averages the ranks' gradients: the global loss
+                    (loss * (proc.world_size if proc.fsdp else 1)).backward()  # is their sum
                 mb_loss += loss.item()
                 stats.append(s)
                 parts = {k: parts.get(k, 0.0) + v for k, v in share.items()}
@@ -397,7 +397,7 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
                 optimizer.zero_grad(set_to_none=True)
             for model, opt in ((policy, optimizer), (critic, critic_optimizer)):
                 if model is not None and (train_policy or model is critic):
-                    runtime.all_reduce_grads(model)
+                    runtime.all_reduce_grads(model, average=proc.fsdp)  # unsharded ones
                     optim.optimizer_step(model, opt, cfg.grad_clip, mb_loss, update=update)
     # the ratio statistics: every rank has as many micro-batches, so the mean over ranks is the
     # mean over all of them; the losses: each micro-batch holds its share of its minibatch's
@@ -552,17 +552,18 @@ def make_critic(cfg, policy, reward_model, proc):
 
 def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state):
     """The checkpoint of both models (the critic beside the policy's weights), the loop state
-    (beta, best_val) and, when given, both optimizers' states."""
-    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val)
+    (beta, best_val) and, when given, both optimizers' states. A collective under FSDP."""
+    extra = dict(critic=checkpoint.model_state(critic), beta=state.beta, best_val=state.best_val)
     if opt_critic is not None:
-        extra["critic_optimizer"] = opt_critic.state_dict()
+        extra["critic_optimizer"] = checkpoint.optimizer_state(opt_critic)
     return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
                                       opt_policy, **extra)
 
 
-def resume_models(run, policy, critic=None, critic_optimizer=None):
-    """A resumed run's weights: the policy's, and the critic's and its optimizer's (run.restore
-    has already restored the policy's optimizer, the RNG and the loop state)."""
+def resume_models(run, policy, critic=None):
+    """A resumed run's weights, the policy's and the critic's, loaded before the models are
+    sharded (FSDP) and their optimizers built; run.restore then restores the policy's optimizer,
+    the RNG and the loop state, and resume_critic_optimizer the critic's optimizer."""
     if run.resume is None:
         return
     if critic is not None:
@@ -570,20 +571,31 @@ def resume_models(run, policy, critic=None, critic_optimizer=None):
     policy.load_state_dict(run.resume["model"])
     if critic is not None:
         critic.load_state_dict(run.resume["critic"])
-        critic_optimizer.load_state_dict(run.resume["critic_optimizer"])
+
+
+def resume_critic_optimizer(run, critic_optimizer):
+    """A resumed run's critic optimizer (sharded or not: checkpoint.load_optimizer_state)."""
+    if run.resume is not None:
+        checkpoint.load_optimizer_state(critic_optimizer, run.resume["critic_optimizer"])
 
 
 def evaluate_and_keep_best(run, iteration, state, snapshot, models, val, enc, cfg, beta):
     """Rank 0's held-out rollouts (evaluate_policy of models = (policy, ref, reward, gold_fn)),
     logged at `iteration`, and ckpt_best.pt when their score - beta * KL (the objective the run
-    maximises, not gold) beats state.best_val. Returns the metrics ({} without them)."""
-    if not val or not run.proc.master:
+    maximises, not gold) beats state.best_val (a decision every rank takes: under FSDP the
+    snapshot is a collective). Returns the metrics ({} without them, and on other ranks)."""
+    if not val:
         return {}
-    metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
-    optim.check_finite(iteration, val_reward=metrics["val_reward"])  # never save a broken model
-    run.log(iteration, **metrics)
-    if metrics["val_reward"] > state.best_val:
-        state.best_val = metrics["val_reward"]
+    metrics = {}
+    with runtime.gathered(models[0]):  # FSDP: rank 0 generates alone, with the whole policy
+        if run.proc.master:
+            metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
+            # never save a broken model
+            optim.check_finite(iteration, val_reward=metrics["val_reward"])
+            run.log(iteration, **metrics)
+    val_reward = runtime.all_reduce_max(metrics.get("val_reward", -math.inf))  # rank 0's
+    if val_reward > state.best_val:
+        state.best_val = val_reward
         run.save("ckpt_best.pt", snapshot(False))
     return metrics
 
@@ -633,7 +645,10 @@ def main(argv=None):
     # models: policy, reference, reward model (or function), critic; data: prompts only
     policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc)
     critic = make_critic(cfg, policy, reward_model, proc)
+    resume_models(run, policy, critic)  # a resumed run's weights
     runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
+    for model in (policy, critic):  # FSDP: each rank keeps its share of the trained models; the
+        runtime.shard(model, proc)  # frozen reference and reward model stay whole on every rank
     train, val = load_prompts(cfg, enc)
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
            f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
@@ -644,7 +659,7 @@ def main(argv=None):
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
     state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
     iteration = state.step  # iterations done
-    resume_models(run, policy, critic, opt_critic)
+    resume_critic_optimizer(run, opt_critic)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
@@ -665,8 +680,9 @@ def main(argv=None):
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
                                     proc.rank, proc.world_size)
-        rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc), enc,
-                           cfg, proc)
+        with runtime.gathered(policy, critic):  # FSDP: answers of any length, no all-gather
+            rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc),
+                               enc, cfg, proc)
         t_rollout = time.time() - t0
         # 4. per-token rewards: -beta * KL on every token, the score on the last one
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)

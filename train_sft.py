@@ -87,8 +87,8 @@ DEFAULTS = dict(
     compile=False,
     grad_checkpoint=False,      # recompute each block in the backward: ~1/3 more compute, a
                                 # fraction of the activation memory (docs/SCALE.md)
-    fsdp=False,                 # under torchrun: shard the model, its gradients and AdamW state over
-                                # the processes (FSDP, docs/SCALE.md) instead of copying them (DDP)
+    fsdp=False,                 # under torchrun: shard the model, its gradients and AdamW state
+                                # over the processes (FSDP, docs/SCALE.md), not copy them (DDP)
     resume=False,
     overwrite=False,
     stop_iter=-1,               # stop with a checkpoint after this many steps (-1: run to max_iters)

@@ -162,7 +162,7 @@ def test_rollout_and_update_run_micro_batches_of_similar_lengths_without_their_p
                           max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
                           missing_eos_penalty=1.0, missing_eos_mode="", epsilon_low=0.2,
                           epsilon_high=0.2, ent_coef=0.0, grad_clip=1.0)
-    proc = SimpleNamespace(autocast=nullcontext(), device="cpu", world_size=1)
+    proc = SimpleNamespace(autocast=nullcontext(), device="cpu", world_size=1, fsdp=False)
     enc = SimpleNamespace(eot_token=256, decode=lambda ids: "")
     reward = lambda prompts, responses, s, m: torch.zeros(len(prompts))  # noqa: E731
     out = rollout.rollout(policy, None, None, reward, (seq[:, :P], mask[:, :P], [""] * 6), enc,
