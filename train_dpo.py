@@ -7,6 +7,8 @@ policy and learning from pairs (prompt, chosen, rejected) with no reward model a
     python train_dpo.py config/dpo_gpt2_hh.py             # one GPU, GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py \
         --grad_accum=1                                    # 8 GPUs, the same 64 pairs per step
+    torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_xl_hh.py \
+        --fsdp=True --grad_accum=1                        # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_dpo.py --loss_type=simpo                 # reference-free: SimPO or ORPO
     python train_dpo.py --help                            # every config key and its default
 

@@ -12,6 +12,7 @@ Run it:
     python train_grpo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
     torchrun --standalone --nproc_per_node=8 train_grpo.py --rollout_batch_size=8 \
         --minibatch_size=8 --micro_batch_size=8    # 8 GPUs: the toy's 64 answers per iteration
+                                                   # (--fsdp=True: the policy sharded)
     python train_grpo.py --help                    # every config key and its default
 
 One iteration, and where it differs from PPO:

@@ -9,6 +9,7 @@ KL(pi || pi_ref) on mismatched pairs (each prompt with another prompt's answer).
     python data/toy/prepare.py && python train_sft.py && python data/toy/label.py  # world, SFT, labels
     python train_kto.py config/kto_toy.py             # CPU toy, a few minutes
     torchrun --standalone --nproc_per_node=8 train_kto.py config/kto_toy.py --batch_size=2
+                                                      # (--fsdp=True: the policy sharded)
     python train_kto.py --help                        # every config key and its default
 
 One step:

@@ -10,6 +10,8 @@ Run it:
     python train_ppo.py config/ppo_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH prompts
     torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py \
         --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # 8 GPUs, same batches
+    torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_xl_hh.py --fsdp=True \
+        --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # GPT-2 XL, FSDP
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
     python train_ppo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
     python train_ppo.py --help                    # every config key and its default

@@ -11,6 +11,8 @@ Run it:
     python train_sft.py config/sft_gpt2_hh.py            # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_hh.py \
         --batch_size=8 --grad_accum=1                    # 8 GPUs, the same 64 rows per step
+    torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_xl_hh.py \
+        --fsdp=True --grad_accum=1                       # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_sft.py --help                           # every config key and its default
     python train_sft.py --out_dir=out/sft_toy --resume=True   # continue an interrupted run
 
