@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import torch
 
-from config import HUB, CheckpointError, ConfigError, NonFiniteError, require
+from config import HUB, CheckpointError, ConfigError, FileError, NonFiniteError, require
 from runtime import is_sharded, print0, unwrap
 
 # -----------------------------------------------------------------------------
@@ -34,18 +34,22 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temp file then rename: a crash mid-write leaves the previous file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write to a temp file then rename: a crash mid-write leaves the previous file intact. A
+    write the OS refuses (a full disk) is a FileError naming path."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:  # a full disk or a Ctrl-C mid-write: keep no half-written file around
+    except BaseException as e:  # a full disk or a Ctrl-C mid-write: keep no half-written file
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            kept = "; the previous file is kept" if os.path.exists(path) else ""
+            raise FileError(f"{path}: cannot write it ({e.strerror or e}){kept}") from None
         raise
 
 
@@ -237,6 +241,7 @@ def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
         except (ValueError, RuntimeError, OSError, KeyError, TypeError) as e:  # a malformed HF
             # directory (config.json, safetensors), no network, ...
             raise CheckpointError(f"{init_from}: {type(e).__name__}: {str(e)[:400]}") from None
+        check_loaded_weights(model, init_from)
         return model, "byte" if model.config.vocab_size == 257 else "gpt2"
     raise ConfigError(f"init_from={init_from!r}: not 'scratch', a gpt2 name, an existing "
                       f"checkpoint file or a Hugging Face directory")
@@ -264,15 +269,43 @@ def scalar_from_checkpoint(ckpt, dropout=0.0, path="the checkpoint"):
     return model_from_checkpoint(ScalarModel, ckpt, path, dropout), ckpt["tokenizer"]
 
 
-def load_reward_model(path, tokenizer, vocab_size=None):
+def reward_model_paths(spec):
+    """The checkpoint files a reward_model spec names: one file, a comma-separated list of
+    files (an ensemble), or a directory written by train_reward_model.py --ensemble=K (its
+    member*/ckpt_best.pt, in member order)."""
+    if os.path.isdir(spec):
+        members = sorted((int(m.group(1)), os.path.join(spec, name, "ckpt_best.pt"))
+                         for name in os.listdir(spec) if (m := re.fullmatch(r"member(\d+)", name)))
+        paths = [p for _, p in members if os.path.isfile(p)]
+        if not paths:
+            raise CheckpointError(f"{spec}: a directory without member*/ckpt_best.pt (an "
+                                  f"ensemble of train_reward_model.py --ensemble=K)")
+        return paths
+    return [p.strip() for p in spec.split(",")]
+
+
+def load_reward_model(spec, tokenizer, vocab_size=None, agg="mean", uwo_lambda=1.0):
     """The frozen reward model of PPO, GRPO and eval: a scalar checkpoint whose tokenizer (and
-    vocabulary) are the policy's, or a CheckpointError before anything runs. Returns the model."""
-    ckpt = load_checkpoint(path, expect_kind="scalar", expect_tokenizer=tokenizer)
-    model, _ = scalar_from_checkpoint(ckpt, path=path)
-    if vocab_size is not None and model.config.vocab_size != vocab_size:
-        raise CheckpointError(f"{path}: vocab_size={model.config.vocab_size}, but the policy's "
-                              f"is {vocab_size}: the reward model cannot read its tokens")
-    return model.eval().requires_grad_(False)
+    vocabulary) are the policy's, or a CheckpointError before anything runs. Several
+    checkpoints (reward_model_paths) make a model.ScalarEnsemble whose score is their
+    aggregate (train_reward_model.aggregate_rewards(agg, uwo_lambda)). Returns the model."""
+    from model import ScalarEnsemble
+    from train_reward_model import aggregate_rewards
+    models = []
+    for path in reward_model_paths(spec):
+        ckpt = load_checkpoint(path, expect_kind="scalar", expect_tokenizer=tokenizer)
+        model, _ = scalar_from_checkpoint(ckpt, path=path)
+        if vocab_size is not None and model.config.vocab_size != vocab_size:
+            raise CheckpointError(f"{path}: vocab_size={model.config.vocab_size}, but the "
+                                  f"policy's is {vocab_size}: the reward model cannot read its "
+                                  f"tokens")
+        if models and model.config.block_size != models[0].config.block_size:
+            raise CheckpointError(f"{path}: block_size={model.config.block_size}, but the first "
+                                  f"member's is {models[0].config.block_size}")
+        models.append(model.eval().requires_grad_(False))
+    if len(models) == 1:
+        return models[0]
+    return ScalarEnsemble(models, lambda scores: aggregate_rewards(scores, agg, uwo_lambda))
 
 
 # ids each tokenizer can produce, known without loading it (tiktoken fetches gpt2's files)
@@ -309,7 +342,28 @@ def model_from_checkpoint(cls, ckpt, path, dropout=0.0):
     except (TypeError, ValueError, RuntimeError, AssertionError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its model_args "
                               f"({type(e).__name__}: {str(e)[:300]})") from None
+    check_loaded_weights(model, path)
     return model
+
+
+def check_loaded_weights(model, path):
+    """Refuse a model whose weights hold a NaN or inf (every save refuses to write one, so the
+    file was damaged or made elsewhere): it would be evaluated, sampled or trained as if nothing
+    were wrong."""
+    for key, t in model.state_dict().items():
+        if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: weight {key} holds NaN or inf values: a damaged "
+                                  f"model, refused")
+
+
+def check_sampling_vocab(model, tokenizer, path):
+    """A policy that samples must not have more ids than its tokenizer can decode: a vocabulary
+    padded past the tokenizer's (300 ids for the 257 bytes) can draw an id with no text."""
+    n_vocab = unwrap(model).config.vocab_size
+    if n_vocab > TOKENIZER_VOCAB.get(tokenizer, n_vocab):
+        raise CheckpointError(f"{path}: vocab_size={n_vocab} is larger than the {tokenizer!r} "
+                              f"tokenizer's {TOKENIZER_VOCAB[tokenizer]} ids: it could sample ids "
+                              f"that decode to no text")
 
 
 def check_block_size(model, block_size, name="the model"):

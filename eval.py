@@ -60,18 +60,24 @@ import os
 import re
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
 import checkpoint
 import config
 import layouts
+import run
 import runtime
 from config import ConfigError
+from best_of_n import (best_of_n, best_of_n_kl, best_of_n_kl_bound,  # noqa: F401
+                       best_of_n_kl_plugin, pick_best_of_n)
 from data import loader
-from eval_report import examples_table, fmt, json_safe, results_table, write_json
+from eval_report import (examples_table, fmt, json_safe, results_table, safety_table,
+                         signals_table, write_json)
 from model import row_generators
-from rollout import policy_forward
+from rl_report import demo_nll
+from rollout import policy_forward, reward_contract
 from runtime import print0
 from tokenizer import decode_response, get_tokenizer
 from train_ppo import kl_estimates
@@ -82,7 +88,10 @@ DEFAULTS = dict(
     # what to evaluate: name:checkpoint pairs (a .pt file, 'gpt2'...'gpt2-xl' or an HF directory;
     # a name bonN means best-of-N of that checkpoint)
     policies="sft:out/sft_toy/ckpt_best.pt,ppo:out/ppo_toy/ckpt_last.pt,dpo:out/dpo_toy/ckpt_last.pt",  # name:ckpt,...
-    reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint; '' = no reward-model scores
+    reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint, several (comma-separated) or
+                                             # an ensemble's out_dir; '' = no reward-model scores
+    reward_agg="mean",                       # an ensemble's scores: 'mean' | 'min' | 'uwo'
+    uwo_lambda=1.0,                          # uwo: the members' mean - uwo_lambda * variance
     reference="out/sft_toy/ckpt_best.pt",    # the KL anchor; '' = no KL
     baseline="sft",                          # win rates against this policy's answers; '' = none
     baseline_draws=4,                        # the baseline's own-noise answers per answer (win rates)
@@ -90,10 +99,15 @@ DEFAULTS = dict(
     sweep="",                                # PPO/GRPO out_dir(s), comma-separated
     bon_sweep=0,                             # best-of-N of the reference for N = 1, 2, 4 .. this
     # data
-    prompts="data/toy/out/prompts_eval.jsonl",  # JSONL {"prompt"}
+    prompts="data/toy/out/prompts_eval.jsonl",  # JSONL {"prompt"}; several: comma-separated (the
+                                             # toy world's harmful and lookalike requests are in
+                                             # prompts_eval_safety.jsonl)
     pairs="data/toy/out/prefs_test.jsonl",      # JSONL pair files for the RM accuracy (comma-
                                                 # separated); '' = skip it
     eval_examples=-1,                        # the first N prompts (-1 = all)
+    demo_val_data="data/toy/out/sft_val.jsonl",  # held-out demonstrations: each policy's NLL of
+                                             # them (what RL forgot of SFT); '' = none
+    demo_val_examples=256,
     block_size=128,                          # prompt + response tokens; prompts lose their left
     # sampling: one seed, the same for every policy
     max_new_tokens=64,                       # answers are cut here (no EOS: counted by eos_rate)
@@ -171,56 +185,6 @@ def win_rate(a, b):
     return win_outcomes(a, b).mean().item()
 
 
-def best_of_n_kl_bound(n):
-    """KL(best-of-n || base) <= log n - (n - 1) / n (Beirami et al. 2024, "Theoretical guarantees
-    on the best-of-n alignment policy", Thm. 1): an upper bound, met with equality only when no
-    two samples can tie (a continuous distribution of rewards); when the base repeats answers it
-    is loose (16 equally likely answers at n = 64: exact 2.689, bound 3.175). best_of_n_kl gives
-    the exact value when the answers' probabilities are known.
-    Test: tests/test_eval.py::test_best_of_n_picks_the_reward_models_choice_and_its_kl_bound"""
-    return math.log(n) - (n - 1) / n
-
-
-def best_of_n_kl(probs, rewards, n):
-    """
-    The exact KL(best-of-n || base) of a discrete base distribution: probs (K,) of its distinct
-    answers, rewards (K,) the scores the choice is made by. With F(r) = P(reward <= r), the
-    best of n samples lands on reward level L with probability F(L)^n - F(L^-)^n (Beirami et
-    al. 2024, Lemma 1), shared among the level's answers in proportion to their base
-    probability (ties go to the earlier sample, which is any of them alike). Returns nats.
-    Test: tests/test_eval.py::test_best_of_n_kl_exact_against_the_bound_and_by_sampling
-    """
-    p = torch.as_tensor(probs, dtype=torch.float64)
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    p = p / p.sum()
-    kl = 0.0
-    for level in torch.unique(r):
-        at = r == level
-        upper, lower = p[r <= level].sum().item(), p[r < level].sum().item()
-        mass = upper ** n - lower ** n  # P(the best of n is on this level)
-        if mass > 0:
-            share = p[at] / p[at].sum()
-            q = mass * share  # best-of-n's probability of each answer on the level
-            kl += (q * (q / p[at]).log()).sum().item()
-    return kl
-
-
-def best_of_n_kl_plugin(answers, rewards, n):
-    """best_of_n_kl of one prompt's empirical base distribution: answers (the N_max sampled
-    texts, repeats kept) and their rewards. A plug-in estimate (answers never sampled have
-    probability 0), below the truth when the base has answers the samples missed."""
-    counts, reward_of = {}, {}
-    for a, r in zip(answers, rewards):
-        counts[a] = counts.get(a, 0) + 1
-        reward_of[a] = r
-    return best_of_n_kl(list(counts.values()), [reward_of[a] for a in counts], n)
-
-
-def best_of_n(scores, n):
-    """Index in 0..n-1 of the highest of the first n scores of each row: (P, N_max) -> (P,).
-    Ties go to the earlier sample."""
-    return torch.as_tensor(scores, dtype=torch.float64)[:, :n].argmax(1)
-
 # -----------------------------------------------------------------------------
 # sampling and scoring
 
@@ -240,7 +204,7 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
     """
     autocast = autocast or nullcontext()
     k = samples_per_prompt
-    out = dict(tokens=[], rm=[], kl=[], length=[], eos=[])
+    out = dict(tokens=[], rm=[], rm_members=[], kl=[], length=[], eos=[])
     for start in range(0, len(prompt_ids), batch_size):
         rows = range(start, min(start + batch_size, len(prompt_ids)))
         idx, attn = loader.collate_left([prompt_ids[r] for r in rows], enc.eot_token)
@@ -255,7 +219,12 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
         seq, mask = torch.cat([idx, tokens], 1), torch.cat([attn, resp_mask], 1)  # (B, P + N)
         with autocast:
             if reward_model is not None:  # the ids the policy produced, never re-tokenised text
-                out["rm"] += reward_model.score(seq, mask).float().tolist()
+                if hasattr(reward_model, "members"):  # an ensemble: every member's score too
+                    members = reward_model.member_scores(seq, mask)  # (K, B)
+                    out["rm_members"] += members.t().tolist()
+                    out["rm"] += reward_model.aggregate(members).tolist()
+                else:
+                    out["rm"] += reward_model.score(seq, mask).float().tolist()
             if reference is not None:
                 # both sides through the same full forward: identical models give exactly 0
                 lp = policy_forward(model, seq, mask, P, temperature)[0]
@@ -265,25 +234,18 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
         out["tokens"] += [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), resp_mask.cpu())]
         out["length"] += resp_mask.sum(1).tolist()
         out["eos"] += ended.long().tolist()
-    for key in ("rm", "kl"):
+    for key in ("rm", "rm_members", "kl"):
         out[key] = out[key] or None
     return out
 
 
-def pick_best_of_n(s, n, n_max, k):
-    """From samples of n_max answers per (prompt, sample slot) (prompt-major, k slots per
-    prompt), keep, per slot, the one the reward model scores highest among the first n."""
-    rm = torch.tensor(s["rm"]).view(-1, n_max)  # (prompts * k, n_max)
-    keep = [row * n_max + j for row, j in enumerate(best_of_n(rm, n).tolist())]
-    out = {key: [s[key][i] for i in keep] for key in ("tokens", "rm", "length", "eos")}
-    out["kl"] = [best_of_n_kl_bound(n)] * len(keep)
-    return out
-
-
-def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sampling):
+def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sampling,
+                  demo=None):
     """Every answer of one policy to the rows (prompt-major, k per prompt): a GPT module, a
     checkpoint (anything checkpoint.init_policy takes), or bonN:checkpoint for best-of-N. cache maps
-    (checkpoint, answers per row, rows, seed) -> samples already drawn with these settings."""
+    (checkpoint, answers per row, rows, seed) -> samples already drawn with these settings.
+    demo: (held-out demonstration batches, proc): the policy's NLL of them (demo_nll; none for
+    best-of-N, whose model is its base's)."""
     m = re.fullmatch(r"bon(\d+)", name)
     n = int(m.group(1)) if m else 1
     key = (source, n, len(rows), sampling.get("seed")) if isinstance(source, str) else None
@@ -296,6 +258,11 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
         model, tok = checkpoint.init_policy(source)
         config.require(tok == enc.name, f"policy {name} ({source}) uses the {tok!r} tokenizer, "
                                         f"the evaluation {enc.name!r}")
+        check_policy(model, tok, source)
+        need = max(map(len, rows), default=0) + sampling.get("max_new_tokens", 64)
+        config.require(need <= model.config.block_size, f"policy {name} ({source}): "
+                       f"{model.config.block_size} positions, but a prompt and its answer take "
+                       f"up to {need} (block_size, max_new_tokens)")
     was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
     model.to(sampling.get("device", "cpu")).eval()
     if n > 1:  # best-of-n: n samples per answer slot, then the reward model's choice
@@ -307,6 +274,7 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
     else:
         s = generate_and_score(model, rows, enc, reward_model, reference, **sampling,
                                samples_per_prompt=k)
+    s["demo_nll"] = demo_nll(model, *demo) if demo and n == 1 else None
     model.train(was_training)
     print0(f"{name}: {len(rows)} answers in {time.time() - t0:.1f}s")
     if key is not None:
@@ -314,9 +282,46 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
     return s
 
 
+def pearson(x, y):
+    """The correlation of two equally long sequences (nan when either is constant)."""
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.pow(2).sum() * y.pow(2).sum()).sqrt()
+    return (x * y).sum().item() / denom.item() if denom > 0 else math.nan
+
+
+def hacking_signals(s):
+    """The alarms of reward hacking on one policy's answers s: the correlation of the RM score
+    with the answer's length (a reward model that pays for length; Singhal et al. 2023), the
+    ensemble members' disagreement (their std, ddof = 0, averaged over the answers: members
+    disagree where the policy has left the data they share, Coste et al. 2023) and the NLL of
+    held-out demonstrations (what the RL forgot, InstructGPT's regressions)."""
+    members = torch.tensor(s["rm_members"]) if s.get("rm_members") else None  # (answers, K)
+    return dict(rm_length_corr=pearson(s["rm"], s["length"]) if s["rm"] else None,
+                rm_disagreement=members.std(1, correction=0).mean().item()
+                if members is not None else None, demo_nll=s.get("demo_nll"))
+
+
+def safety_metrics(texts, responses, golds):
+    """Helpful and harmless on the toy world, from the gold judge (data/toy/judge.py) per answer:
+    harmful_compliance, the share of answers to harmful requests that comply (gold_cost);
+    over_refusal, the share of answers to harmless lookalikes ("How do I kill time?") that
+    refuse (XSTest's over-refusal); gold_benign, the mean gold of the answers to the other
+    (benign) families. None where no prompt of that kind was asked."""
+    from data.toy.judge import gold_cost, is_over_refusal, parse_prompt
+    kind = [parse_prompt(t)[0] for t in texts]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return dict(
+        harmful_compliance=mean([gold_cost(t, r) for t, r, k in zip(texts, responses, kind)
+                                 if k == "harmful"]),
+        over_refusal=mean([float(is_over_refusal(t, r)) for t, r, k in zip(texts, responses, kind)
+                           if k == "lookalike"]),
+        gold_benign=mean([g for g, k in zip(golds, kind) if k not in ("harmful", "lookalike")]))
+
+
 def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gold_fn=None,
                   baseline=None, num_samples_per_prompt=1, cache=None, baseline_draws=4,
-                  **sampling):
+                  demo=None, **sampling):
     """
     Evaluate several policies on the same prompts with the same sampling noise.
     policies: {name: checkpoint path (anything checkpoint.init_policy takes) or a GPT module on the
@@ -326,7 +331,7 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
     baseline: the name of the policy the win rates compare against, or None; cache: a dict that
     saves re-generating a checkpoint evaluated earlier with the same settings; sampling:
     generate_and_score's keyword arguments (max_new_tokens, temperature, top_k, top_p,
-    batch_size, seed, device, autocast).
+    batch_size, seed, device, autocast); demo: sample_policy's.
     Win rates: every policy answers with the same noise, which is right for means, but a win
     rate is a property of a PAIR of answers, and the same noise makes the two answers of a pair
     dependent (they share a random stream). The win rate reported is the standard one, against
@@ -342,7 +347,7 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
 
     def answers(name, source, rows, k, reference, sampling):
         s = dict(sample_policy(name, source, rows, enc, reward_model, reference, k, cache,
-                               sampling))
+                               sampling, demo))
         s["response"] = [decode_response(enc, t) for t in s["tokens"]]
         n = len(rows) // len(texts)  # answers per row of texts
         s["gold"] = [float(gold_fn(texts[r // n], a)) for r, a in enumerate(s["response"])] \
@@ -382,6 +387,9 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
         m["distinct"] = len(set(s["response"]))
         m["length"] = sum(s["length"]) / len(s["length"])
         m["eos_rate"] = sum(s["eos"]) / len(s["eos"])
+        m.update(hacking_signals(s))
+        if gold_fn is toy_gold:  # the toy world's harmless side
+            m.update(safety_metrics(texts, s["response"], s["gold"]))
         m["samples"] = s
         results[name] = m
     return results
@@ -391,26 +399,47 @@ def eval_policies(policies, prompts, enc, reward_model=None, reference=None, gol
 def rm_accuracy(reward_model, pairs, pad_id, batch_size=64, device="cpu", autocast=None):
     """Share of preference pairs (data.loader.load_preferences) where the reward model scores
     the chosen answer above the rejected one, ties half; returns (accuracy, stderr), the error
-    clustered by prompt (a prompt's pairs share its answers: clustered_mean_and_stderr). The
+    clustered by prompt (a prompt's pairs share its answers: clustered_mean_and_stderr). An
+    ensemble is judged by its aggregate score; rm_accuracies gives each member's too. The
     pairs are batched by length, each prompt computed once for both answers
     (layouts.score_layout(share_prompt=True)): the scores of separate rows, for fewer positions."""
+    return rm_accuracies(reward_model, pairs, pad_id, batch_size, device, autocast)[0]
+
+
+@torch.inference_mode()
+def rm_accuracies(reward_model, pairs, pad_id, batch_size=64, device="cpu", autocast=None):
+    """[(accuracy, stderr)] of the reward model (an ensemble's aggregate) and then of each of
+    an ensemble's members, on the same pairs (rm_accuracy)."""
     autocast = autocast or nullcontext()
     order = sorted(range(len(pairs)), key=lambda i: loader.pair_length(pairs[i]))
-    was_training = reward_model.training
-    reward_model.eval()
+    members = list(getattr(reward_model, "members", [reward_model]))
     chosen, rejected, layout = [], [], layouts.score_layout(share_prompt=True)
     for start in range(0, len(pairs), batch_size):
         b = layout.collate([pairs[i] for i in order[start:start + batch_size]], pad_id)
-        rc, rr = layout.forward(reward_model, {k: v.to(device) for k, v in b.items()}, autocast)
-        chosen.append(rc.cpu())
-        rejected.append(rr.cpu())
-    reward_model.train(was_training)
+        b = {k: v.to(device) for k, v in b.items()}
+        scores = []
+        for m in members:
+            was_training = m.training
+            m.eval()
+            scores.append(layout.forward(m, b, autocast))
+            m.train(was_training)
+        chosen.append(torch.stack([c.float().cpu() for c, _ in scores]))  # (K, P)
+        rejected.append(torch.stack([r.float().cpu() for _, r in scores]))
+    chosen, rejected = torch.cat(chosen, 1), torch.cat(rejected, 1)  # (K, all pairs)
     ids, mask = zip(*(pairs[i]["chosen"] for i in order))  # a pair's prompt: its 0-mask ids
     prompts = [tuple(x[:m.index(1)]) for x, m in zip(ids, mask)]
-    return clustered_mean_and_stderr(win_outcomes(torch.cat(chosen), torch.cat(rejected)), prompts)
+    accuracy = lambda c, r: clustered_mean_and_stderr(win_outcomes(c, r), prompts)  # noqa: E731
+    if len(members) == 1:
+        return [accuracy(chosen[0], rejected[0])]
+    return [accuracy(reward_model.aggregate(chosen), reward_model.aggregate(rejected))] + [
+        accuracy(c, r) for c, r in zip(chosen, rejected)]
+
 
 # -----------------------------------------------------------------------------
 # the report
+
+
+MAX_N = 1024  # the most answers per prompt of best-of-N, the sweep and num_samples_per_prompt
 
 
 def parse_policies(spec):
@@ -452,8 +481,19 @@ def sweep_checkpoints(run_dirs):
 def validate(cfg):
     """Bad values fail here, naming the key, before any model is loaded."""
     config.validate(cfg, {"gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
-                          "bon_sweep": (lambda v: v >= 0, ">= 0")})
+                          "bon_sweep": (lambda v: 0 <= v <= MAX_N, f"in 0..{MAX_N}"),
+                          "num_samples_per_prompt": (lambda v: 0 < v <= MAX_N, f"in 1..{MAX_N}"),
+                          "baseline_draws": (lambda v: 0 < v <= MAX_N, f"in 1..{MAX_N}"),
+                          "reward_agg": (lambda v: v in ("mean", "min", "uwo"),
+                                         "'mean', 'min' or 'uwo'"),
+                          "uwo_lambda": (lambda v: v >= 0, ">= 0"),
+                          "demo_val_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
     policies = parse_policies(cfg.policies)
+    for name in policies:  # bon0, bon-16, bon1000000000: typos that would be evaluated wrongly
+        m = re.fullmatch(r"bon(\d+)", name)
+        config.require(not re.match(r"bon(?![a-zA-Z])", name) or (m and 1 <= int(m.group(1)) <= MAX_N),
+                       f"policies: {name!r}: a best-of-N name is bonN with N in 1..{MAX_N} "
+                       f"(e.g. bon16); other names must not start with 'bon' and a non-letter")
     config.require(policies or cfg.sweep or cfg.bon_sweep, "nothing to evaluate: give --policies, "
                    "--sweep and/or --bon_sweep")
     config.require(not cfg.baseline or not policies or cfg.baseline in policies,
@@ -462,8 +502,8 @@ def validate(cfg):
                    "need --reference (the runs' init_from): its answers are the KL-0 point")
     config.require(cfg.reward_model or not (cfg.bon_sweep or any(
         re.fullmatch(r"bon\d+", n) for n in policies)), "best-of-N needs --reward_model")
-    for name, path in list(policies.items()) + [("reference", cfg.reference),
-                                                ("reward_model", cfg.reward_model)]:
+    config.require_files(cfg, "reward_model", "demo_val_data")
+    for name, path in list(policies.items()) + [("reference", cfg.reference)]:
         if path.endswith(".pt") and not os.path.isfile(path):  # fail before any work
             raise ConfigError(f"{name}: checkpoint {path} does not exist")
     return policies
@@ -473,24 +513,42 @@ def load_judges(cfg, policies, proc):
     """The reference (the KL anchor, or None), the reward model (or None), the gold judge (or
     None) and the tokenizer every policy must share, loaded once. Without a reference, the first
     policy is loaded only to learn its tokenizer."""
-    anchor, tok_name = checkpoint.init_policy(cfg.reference or next(iter(policies.values())))
+    source = cfg.reference or next(iter(policies.values()))
+    anchor, tok_name = checkpoint.init_policy(source)
+    check_policy(anchor, tok_name, source, cfg.block_size)
     reference = anchor.to(proc.device).eval() if cfg.reference else None
     reward_model = None
     if cfg.reward_model:
         reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
-                                                    anchor.config.vocab_size).to(proc.device)
+                                                    anchor.config.vocab_size, cfg.reward_agg,
+                                                    cfg.uwo_lambda).to(proc.device)
+        checkpoint.check_block_size(reward_model, cfg.block_size, cfg.reward_model)
     gold_fn = toy_gold if cfg.gold_judge == "toy" else None
     return reference, reward_model, gold_fn, get_tokenizer(tok_name)
 
 
+def demo_batches(cfg, enc):
+    """The held-out demonstrations (demo_val_data) whose NLL each policy reports, as batches."""
+    rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
+    rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
+    return [loader.collate(rows[i:i + cfg.batch_size], enc.eot_token)
+            for i in range(0, len(rows), cfg.batch_size)]
+
+
+def check_policy(model, tok_name, source, block_size=None):
+    """What generation needs of a policy, checked at load: a vocabulary its tokenizer decodes
+    and (when given) room for block_size positions. (Non-finite weights: checkpoint loading.)"""
+    checkpoint.check_sampling_vocab(model, tok_name, source)
+    if block_size is not None:
+        checkpoint.check_block_size(model, block_size, source)
+
+
 def toy_gold(prompt, response):
-    """The toy world's gold judge, or a ConfigError for a prompt outside the toy world."""
+    """The toy world's gold judge under the reward contract (rollout.reward_contract): a prompt
+    outside the toy world is a ConfigError naming it."""
     from data.toy.judge import gold_reward
-    try:
-        return gold_reward(prompt, response)
-    except ValueError as e:
-        raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
-                          f"--gold_judge='' for prompts outside the toy world") from None
+    return reward_contract(gold_reward, "gold_judge='toy' (pass --gold_judge='' for prompts "
+                                        "outside the toy world)")(prompt, response)
 
 
 def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
@@ -498,14 +556,17 @@ def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
     the summary numbers into out, and the markdown: the results table and a few answers side by
     side."""
     k, rm_acc = cfg.num_samples_per_prompt, {}
+    members = {}  # path -> [(accuracy, stderr)] of each ensemble member
     for path in [p.strip() for p in cfg.pairs.split(",") if p.strip()] if reward_model else []:
         pairs = loader.load_preferences(path, enc, reward_model.config.block_size)
-        rm_acc[path] = (*rm_accuracy(reward_model, pairs, enc.eot_token, cfg.batch_size,
-                                     proc.device, proc.autocast), len(pairs))
+        accs = rm_accuracies(reward_model, pairs, enc.eot_token, cfg.batch_size, proc.device,
+                             proc.autocast)
+        rm_acc[path], members[path] = (*accs[0], len(pairs)), accs[1:]
     first = next(iter(rm_acc.values()), (None, None, 0))
     out.update(rm_accuracy=first[0], rm_accuracy_stderr=first[1], n_pairs=first[2],
-               rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n)
-                              for p, (a, se, n) in rm_acc.items()})
+               rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n, members=[
+                   dict(accuracy=ma, stderr=ms) for ma, ms in members[p]])
+                   for p, (a, se, n) in rm_acc.items()})
     with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
         for name, m in results.items():
             s = m["samples"]
@@ -520,7 +581,8 @@ def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
                        for name, m in results.items()}
     return [f"## Results: {len(prompts)} held-out prompts x {k} answers "
             f"(temperature {cfg.temperature})", "", results_table(results, cfg.baseline, rm_acc),
-            "", "## Answers side by side (first answer to each prompt)", "",
+            "", signals_table(results, members), "", safety_table(results), "",
+            "## Answers side by side (first answer to each prompt)", "",
             examples_table(results, prompts, cfg.num_examples, k), ""]
 
 
@@ -544,12 +606,34 @@ def report_sweep(cfg, res, points):
     return sweep, md
 
 
+# what an evaluation writes: a re-evaluation replaces the whole set (nothing of an earlier run,
+# e.g. its overoptimization.json, stays beside the new table)
+EVAL_FILES = ("results.md", "results.json", "samples.jsonl", "overoptimization.json")
+
+
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     policies = validate(cfg)
     ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iteration, path)]
+    # the files are written to out_dir/.staging-eval under out_dir's lock, and replace the
+    # previous evaluation's only when every one is written (run.DataSet)
+    with run.DataSet(cfg.out_dir, "eval", EVAL_FILES, "an evaluation", {}, overwrite=True) as ds:
+        try:
+            out = evaluate_and_report(cfg, SimpleNamespace(**{**vars(cfg), "out_dir": ds.dir}),
+                                      policies, ckpts)
+        except OSError as e:
+            raise config.os_error(cfg.out_dir, e, "write the evaluation into") from None
+        ds.commit(config=json_safe(vars(cfg)))
+    print0(f"wrote {cfg.out_dir}/results.md, results.json"
+           + (", samples.jsonl" if policies else "")
+           + (", overoptimization.json" if cfg.sweep or cfg.bon_sweep else ""))
+    return out
+
+
+def evaluate_and_report(user_cfg, cfg, policies, ckpts):
+    """Everything main does between validation and the swap: cfg.out_dir is the staging folder
+    (user_cfg's is the one the results.json names)."""
     proc = runtime.init_runtime(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
 
     # -------------------------------------------------------------------------
     # the judges and the anchor, loaded once; the prompts
@@ -563,13 +647,15 @@ def main(argv=None):
                     device=proc.device, autocast=proc.autocast)
     print0(f"{len(prompts)} prompts x {k} answers, temperature {cfg.temperature}, seed {cfg.seed}")
     cache, md = {}, []
-    out = dict(config=dict(vars(cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
+    out = dict(config=dict(vars(user_cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
                baseline=cfg.baseline or None)
+
+    demo = (demo_batches(cfg, enc), proc) if cfg.demo_val_data else None
 
     def evaluate(named):
         return eval_policies(named, prompts, enc, reward_model, reference, gold_fn,
                              cfg.baseline if cfg.baseline in named else None, k, cache,
-                             cfg.baseline_draws, **sampling)
+                             cfg.baseline_draws, demo, **sampling)
 
     # -------------------------------------------------------------------------
     # the policies, and the reward model's accuracy on each held-out pair file
@@ -603,9 +689,6 @@ def main(argv=None):
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
         f.write(text)
     write_json(os.path.join(cfg.out_dir, "results.json"), out)
-    print0(f"wrote {cfg.out_dir}/results.md, results.json"
-           + (", samples.jsonl" if policies else "")
-           + (", overoptimization.json" if cfg.sweep or cfg.bon_sweep else ""))
     return json_safe(out)
 
 

@@ -40,6 +40,35 @@ def results_table(results, baseline, rm_acc):
     return "\n".join(lines)
 
 
+def signals_table(results, members):
+    """The reward-hacking alarms per policy (eval.hacking_signals), and each ensemble member's
+    accuracy (members: {pair file: [(accuracy, stderr)]})."""
+    lines = ["| policy | length | RM score vs length (correlation) | members' disagreement (std) | "
+             "held-out demonstrations' NLL |", "|---|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {m['length']:.1f} | {fmt(m['rm_length_corr'])} | "
+                     f"{fmt(m['rm_disagreement'])} | {fmt(m['demo_nll'])} |")
+    for path, accs in members.items():
+        if accs:
+            lines += ["", f"Each ensemble member on {path}: " + ", ".join(
+                fmt(a, se) for a, se in accs)]
+    return "\n".join(lines)
+
+
+def safety_table(results):
+    """Helpful and harmless per policy (eval.safety_metrics), or '' when no policy was asked a
+    harmful or lookalike request."""
+    if all(m.get("harmful_compliance") is None and m.get("over_refusal") is None
+           for m in results.values()):
+        return ""
+    lines = ["| policy | harmful requests complied with | lookalikes refused (over-refusal) | "
+             "gold on the benign families |", "|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {fmt(m['harmful_compliance'])} | {fmt(m['over_refusal'])} | "
+                     f"{fmt(m['gold_benign'])} |")
+    return "\n".join(lines)
+
+
 def examples_table(results, prompts, n, k):
     """A few prompts with every policy's first answer and its scores side by side."""
     names = list(results)

@@ -8,8 +8,10 @@ trained at several strengths of its KL anchor, every result judged on the same h
 
 The knob of each method: beta for DPO, IPO, KTO and RPO (DPO + NLL), the KL coefficient beta for
 PPO, GRPO and RLOO, and N for best-of-N (no training: eval.py --bon_sweep). Each point is an
-ordinary run directory, {out}/frontier/{method}_beta{b}_s{seed}: a finished point is skipped when
-the command is run again, an unfinished one resumed, so Ctrl-C loses nothing. The runs start
+ordinary run directory, {out}/frontier/{method}_beta{b}_s{seed}_{budget}_{key}, the key a hash of
+its command and the bytes of its inputs (point_key): a finished point is skipped when the command
+is run again, an unfinished one resumed, so Ctrl-C loses nothing; a point of another budget, or
+of an SFT policy, reward model or data changed since, is another directory. The runs start
 from the pipeline's SFT policy, reward model and comparisons ({out}). Then eval.py judges every
 point (gold reward, RM score, KL to the SFT policy, with standard errors over prompts) and this
 script draws {out}/frontier/frontier.png:
@@ -20,6 +22,7 @@ script draws {out}/frontier/frontier.png:
          (d = sqrt(KL), R the gain over the SFT policy; Gao et al. 2022, eqs. 1-2).
 """
 
+import hashlib
 import json
 import math
 import os
@@ -27,7 +30,7 @@ import time
 
 import config
 import checkpoint
-from pipeline import run_stages, stage_path
+from pipeline import ROOT, run_stages, stage_path
 
 DEFAULTS = dict(
     out="out",                # the pipeline's runs: {out}/sft_toy, {out}/rm_toy, ...
@@ -36,6 +39,10 @@ DEFAULTS = dict(
     methods="dpo,ipo,kto,rpo,ppo,grpo,rloo,bon",  # which curves
     jobs=2,                   # runs side by side, one thread each
     seed=1337,
+    reward_model="",          # the RL methods' and best-of-N's reward model: '' = the pipeline's
+                              # ({out}/rm_toy/ckpt_best.pt, or {out}/rm_toy's ensemble members)
+    reward_agg="mean",        # an ensemble's aggregation: 'mean' | 'min' | 'uwo'
+    uwo_lambda=1.0,
 )
 
 # method -> (script and fixed arguments, the betas of the small and the full budget)
@@ -62,16 +69,36 @@ RL = ("ppo", "grpo", "rloo")
 
 
 def points(cfg, methods):
-    """[(method, beta, seed, run_dir)] of the sweep."""
+    """[(method, beta, seed, run_dir)] of the sweep. A point's directory is keyed by everything
+    that defines it (point_key): a point of another budget, or one trained from an SFT policy,
+    reward model or data that have changed since, is another directory, never taken for this one."""
     grid = []
     for m in methods:
         betas = METHODS[m][1] if cfg.budget != "full" else METHODS[m][2]
         betas = betas[:2] if cfg.budget == "mini" else betas
         for seed in range(cfg.seed, cfg.seed + SEEDS[cfg.budget]):
             for b in betas:
-                grid.append((m, b, seed, os.path.join(stage_path(cfg.out), "frontier",
-                                                      f"{m}_beta{b}_s{seed}")))
+                name = f"{m}_beta{b}_s{seed}_{cfg.budget}_{point_key(cfg, m, b, seed)}"
+                grid.append((m, b, seed, os.path.join(stage_path(cfg.out), "frontier", name)))
     return grid
+
+
+_file_hashes = {}
+
+
+def point_key(cfg, method, beta, seed):
+    """8 hex digits of a SHA-256 of a point's command (script, method, beta, seed, the budget's
+    arguments) and of the bytes of every input file it names."""
+    import run
+    h = hashlib.sha256()
+    for arg in point_command(cfg, method, beta, seed):
+        h.update(arg.encode() + b"\0")
+        path = os.path.join(ROOT, arg.split("=", 1)[-1])
+        if arg.startswith("--") and os.path.isfile(path):
+            if path not in _file_hashes:
+                _file_hashes[path] = run.sha256_of(path)
+            h.update(_file_hashes[path].encode())
+    return h.hexdigest()[:8]
 
 
 def finished(run_dir):
@@ -86,14 +113,22 @@ def finished(run_dir):
 def run_args(cfg, method, beta, seed, run_dir):
     """The command of one point: the method's script at this beta, from the pipeline's SFT
     policy, on the pipeline's data, resumed if it was started before."""
+    resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
+    return point_command(cfg, method, beta, seed) + [f"--out_dir={run_dir}"] + (
+        ["--resume=True"] if resume else ["--overwrite=True"])
+
+
+def point_command(cfg, method, beta, seed):
+    """run_args without the out_dir and the resume flag: what defines the point."""
     out, data = stage_path(cfg.out), stage_path(cfg.data_dir)
     sft = f"{out}/sft_toy/ckpt_best.pt"
-    cmd = METHODS[method][0] + [f"--out_dir={run_dir}", f"--init_from={sft}", f"--beta={beta}",
-                                f"--seed={seed}"]
+    cmd = METHODS[method][0] + [f"--init_from={sft}", f"--beta={beta}", f"--seed={seed}"]
     if method in RL:
-        cmd += [f"--reward_model={out}/rm_toy/ckpt_best.pt",
+        cmd += [f"--reward_model={reward_model(cfg)}", f"--reward_agg={cfg.reward_agg}",
+                f"--uwo_lambda={cfg.uwo_lambda}",
                 f"--train_prompts={data}/prompts_train.jsonl",
-                f"--val_prompts={data}/prompts_eval.jsonl"]
+                f"--val_prompts={data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl",
+                f"--demo_val_data={data}/sft_val.jsonl"]
     elif method == "kto":
         cmd += [f"--train_data={data}/onpolicy_unpaired.jsonl",
                 f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
@@ -101,8 +136,16 @@ def run_args(cfg, method, beta, seed, run_dir):
         cmd += [f"--train_data={data}/onpolicy_train.jsonl", f"--val_data={data}/onpolicy_val.jsonl"]
     if cfg.budget == "mini":
         cmd += MINI["rl" if method in RL else "pairs"]
-    resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
-    return cmd + (["--resume=True"] if resume else ["--overwrite=True"])
+    return cmd
+
+
+def reward_model(cfg):
+    """The reward model the points use: cfg.reward_model, or the pipeline's (one checkpoint, or
+    the directory of an ensemble's members)."""
+    if cfg.reward_model:
+        return cfg.reward_model
+    rm = os.path.join(stage_path(cfg.out), "rm_toy")
+    return rm if os.path.isdir(os.path.join(rm, "member0")) else os.path.join(rm, "ckpt_best.pt")
 
 
 def gao_fit(d, r, form):
@@ -134,8 +177,8 @@ def main(argv=None):
     config.require(methods and all(m in METHODS or m == "bon" for m in methods),
                    f"methods={cfg.methods!r}: a comma-separated list of {', '.join(METHODS)}, bon")
     out = stage_path(cfg.out)
-    for path in (f"{out}/sft_toy/ckpt_best.pt", f"{out}/rm_toy/ckpt_best.pt"):
-        config.require(os.path.isfile(path), f"{path} does not exist: run python pipeline.py first")
+    for path in (f"{out}/sft_toy/ckpt_best.pt", *reward_model(cfg).split(",")):
+        config.require(os.path.exists(path), f"{path} does not exist: run python pipeline.py first")
     grid = points(cfg, [m for m in methods if m != "bon"])
     todo = [p for p in grid if not finished(p[3])]
     cost = sum(EST_SECONDS[m] for m, *_ in todo) / cfg.jobs + 60 + 0.5 * BON_N[cfg.budget]
@@ -152,8 +195,10 @@ def main(argv=None):
                                           for m, b, s, d in grid])
     bon = BON_N[cfg.budget] if "bon" in methods else 0
     run_stages({"eval": ([], ["eval.py", f"--policies={policies}", "--baseline=",
-                              f"--reward_model={out}/rm_toy/ckpt_best.pt", f"--reference={sft}",
-                              f"--prompts={data}/prompts_eval.jsonl", "--pairs=",
+                              f"--reward_model={reward_model(cfg)}", f"--reward_agg={cfg.reward_agg}",
+                              f"--uwo_lambda={cfg.uwo_lambda}", f"--reference={sft}",
+                              f"--prompts={data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl", "--pairs=",
+                              f"--demo_val_data={data}/sft_val.jsonl",
                               f"--out_dir={eval_dir}", f"--seed={cfg.seed}", f"--bon_sweep={bon}"]
                   + (["--eval_examples=8", "--max_new_tokens=16"] if cfg.budget == "mini" else []))},
                1, os.path.join(out, "frontier", "logs"))

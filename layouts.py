@@ -56,12 +56,20 @@ def collate_pairs(pairs, pad_id):
     """
     One batch for a single forward over chosen and rejected answers: a dict with idx,
     attention_mask, loss_mask (2B, T), rows 0..B-1 the chosen answers and B..2B-1 the rejected
-    ones in the same order, and margin (B,) float.
+    ones in the same order, margin (B,) float, and both answers' lengths (answer_lengths).
     """
     rows = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     idx, attn, loss = loader.collate(rows, pad_id)  # (2B, T) each
     margin = torch.tensor([p["margin"] for p in pairs], dtype=torch.float)
-    return dict(idx=idx, attention_mask=attn, loss_mask=loss, margin=margin)
+    return dict(idx=idx, attention_mask=attn, loss_mask=loss, margin=margin,
+                **answer_lengths(pairs))
+
+
+def answer_lengths(pairs):
+    """chosen_len, rejected_len (B,) long: each answer's tokens, its EOS included (R-DPO's
+    |y_w| and |y_l|)."""
+    return {f"{side}_len": torch.tensor([sum(p[side][1]) for p in pairs], dtype=torch.long)
+            for side in ("chosen", "rejected")}
 
 
 def row_scores(model, batch, autocast=None):
@@ -116,7 +124,8 @@ def collate_rankings(pairs, pad_id):
     idx, attn, _ = loader.collate(rows, pad_id)
     return dict(idx=idx, attention_mask=attn, chosen_row=torch.tensor(sides[0]),
                 rejected_row=torch.tensor(sides[1]),
-                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
+                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float),
+                **answer_lengths(pairs))
 
 
 def ranking_scores(model, batch, autocast=None):
@@ -257,4 +266,5 @@ def collate_shared_prompt(pairs, pad_id, by_record=False):
                 last_rows=long(last_rows), last_pos=long(last_pos),
                 chosen=long([first[c] for c, _ in pair_answers]),
                 rejected=long([first[r] for _, r in pair_answers]),
-                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float))
+                margin=torch.tensor([p["margin"] for p in pairs], dtype=torch.float),
+                **answer_lengths(pairs))

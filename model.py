@@ -491,3 +491,28 @@ class ScalarModel(nn.Module):
             with autocast or nullcontext():
                 out.append(self.score(idx.to(device), attn.to(device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+
+class ScalarEnsemble(nn.Module):
+    """
+    Several reward models read as one (Coste et al. 2023): member_scores gives each member's
+    score (K, B), score their aggregate (B,) by `aggregate`, a function (K, B) -> (B,) such as
+    train_reward_model.aggregate_rewards. The members share one vocabulary and block_size
+    (config is the first member's); each is centred on the same reference answers.
+    """
+
+    def __init__(self, members, aggregate):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.aggregate = aggregate
+        self.config = members[0].config
+
+    @torch.no_grad()
+    def member_scores(self, idx, attention_mask, batch_size=None):
+        """(K, B) float: every member's ScalarModel.score of the same ids."""
+        return torch.stack([m.score(idx, attention_mask, batch_size) for m in self.members])
+
+    @torch.no_grad()
+    def score(self, idx, attention_mask, batch_size=None):
+        """(B,) float: the members' scores, aggregated."""
+        return self.aggregate(self.member_scores(idx, attention_mask, batch_size))

@@ -19,17 +19,24 @@ each on one thread (a model this small gains little from a second thread; two pr
 more), SFT and the evaluation, which run alone, on `jobs` threads; their output goes to
 {out}/logs/{stage}.txt, with a line of progress every so often. The results
 table is printed at the end and written to {out}/eval/results.md, the figures to {out}/plots/.
-Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced).
+Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced):
+before any stage starts, every stage's out_dir and data set is checked, and if one would refuse
+(a run there, a world of another seed, a labelling, a lock held by a running process) nothing
+runs. Ctrl-C or SIGTERM is passed on to the running stages, which save and stop; the pipeline
+waits for them and exits with status 1.
 """
 
 import importlib.util
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 import config
+import run
 
 DEFAULTS = dict(
     out="out",                # every stage writes to {out}/{stage}_toy
@@ -38,10 +45,15 @@ DEFAULTS = dict(
     rounds=1,                 # > 1: round r labels round r-1's PPO policy (rewards on all so far)
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
-                              # grpo_gold, or 'all' (about 1.6x the time)
+                              # grpo_gold, or 'all' (about 1.6x the time; with data='static' all
+                              # but kto, whose labelled answers come from label.py)
+    rm_members=1,             # reward models per round, seeded seed, seed+1, ... (an ensemble
+                              # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
+    reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
+    uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
-    overwrite=False,          # replace the stages' previous runs in {out}
+    overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
     plots=True,               # draw the figures
 )
 
@@ -75,23 +87,60 @@ def stage_path(path):
 def run_stages(stages, jobs, log_dir, alone=()):
     """
     Run {name: (names it needs, command)} as subprocesses, each once all it needs has finished,
-    at most `jobs` at a time, on one thread each; the stages in `alone` (those everything else
-    waits for) on `jobs` threads. The thread counts are fixed by the stage, not by the timing,
+    at most `jobs` at a time, on one thread each; a stage in `alone` runs by itself, on `jobs`
+    threads. The thread counts are fixed by the stage, not by the timing,
     so a run repeats bit for bit. A stage that fails stops the pipeline (the others are stopped
     too) with the end of its log. Returns {name: seconds}.
     """
     os.makedirs(log_dir, exist_ok=True)
     todo, running, done, last_note = dict(stages), {}, {}, time.time()
+    stop = []  # the signals received: each is passed on to the running stages
+
+    def forward(signum, frame):
+        stop.append(signal.Signals(signum).name)
+        print(f"\n{stop[-1]} received: passing it on to {', '.join(running) or 'no stage'} and "
+              f"waiting for them to save and stop", flush=True)
+        for proc, _, _ in running.values():
+            proc.send_signal(signum)
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _stage_process_setup():
+    """In a stage's process, before it runs: if the pipeline dies (even by SIGKILL), the kernel
+    sends the stage SIGTERM, so it saves and stops instead of training on as an orphan (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone):
     while todo or running:
+        if stop and not running:
+            raise config.UserError(f"pipeline: stopped by {stop[0]}; the stages that ran saved "
+                                   f"their checkpoints ({', '.join(done) or 'none finished'} "
+                                   f"finished); start again with --overwrite=True to redo them")
         for name, (needs, cmd) in list(todo.items()):
-            if len(running) < jobs and all(n in done for n in needs):
+            # a stage in `alone` runs on `jobs` threads: it starts on an idle machine, and
+            # nothing starts beside it (two of them side by side would oversubscribe the cores)
+            free = not running if name in alone else not set(running) & set(alone)
+            if not stop and free and len(running) < jobs and all(n in done for n in needs):
                 print(f"\n$ python {' '.join(cmd)}\n  [{name}: started, log {log_dir}/{name}.txt]",
                       flush=True)
                 log = open(os.path.join(log_dir, f"{name}.txt"), "w")
                 threads = str(jobs if name in alone else 1)
                 env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+                # its own session: a Ctrl-C at the terminal reaches the pipeline alone, which
+                # passes it on once (a second one would interrupt a stage without its save)
                 proc = subprocess.Popen([sys.executable, "-u"] + cmd, cwd=ROOT, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, preexec_fn=_stage_process_setup)
                 running[name] = (proc, log, time.time())
                 del todo[name]
         time.sleep(0.5)
@@ -100,13 +149,18 @@ def run_stages(stages, jobs, log_dir, alone=()):
                 continue
             log.close()
             del running[name]
-            if proc.returncode != 0:
-                for other, _, _ in running.values():
+            if proc.returncode != 0 and not stop:
+                for other, _, _ in running.values():  # they save and stop; wait for them
                     other.terminate()
+                for other, _, _ in running.values():
+                    other.wait()
                 with open(os.path.join(log_dir, f"{name}.txt")) as f:
                     tail = f.read()[-3000:]
                 sys.exit(f"{tail}\npipeline: stage {name} failed (exit code {proc.returncode}); "
                          f"its log: {log_dir}/{name}.txt")
+            if stop:  # stopped by the signal we passed on (it saved, exit 0) or killed
+                print(f"  [{name}: stopped, exit code {proc.returncode}]", flush=True)
+                continue
             done[name] = time.time() - t0
             print(f"  [{name}: done in {done[name]:.0f}s]", flush=True)
         if running and time.time() - last_note > 30:  # what a person waiting wants to know
@@ -123,11 +177,11 @@ def last_step(log_dir, name):
     return f"step {steps[-1]}" if steps else "starting"
 
 
-def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
+def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out):
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
-    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    rm = reward_model_args(cfg, d, stages[f"ppo{last}"][0])
     # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
     eval_dir = os.path.join(out, "eval")
     for name in set(OPTIONAL) - methods:
@@ -138,8 +192,9 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
     pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
     sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
     stages["eval"] = (list(stages), [
-        "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
-        f"--prompts={data}/prompts_eval.jsonl", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        "eval.py", f"--policies={policies}", *rm, f"--reference={sft}",
+        f"--prompts={held_out}", f"--pairs={pairs}", f"--out_dir={eval_dir}",
+        f"--demo_val_data={data}/sft_val.jsonl",
         f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
     if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
         print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
@@ -147,6 +202,16 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra):
         stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
                                       f"--out_dir={out}/plots"])
     return eval_dir
+
+
+def reward_model_args(cfg, d, members):
+    """The arguments that name the reward model: one checkpoint, or the members' and how their
+    scores combine."""
+    spec = ",".join(f"{d(m)}/ckpt_best.pt" for m in members)
+    if len(members) == 1:
+        return [f"--reward_model={spec}"]
+    return [f"--reward_model={spec}", f"--reward_agg={cfg.reward_agg}",
+            f"--uwo_lambda={cfg.uwo_lambda}"]
 
 
 def build_stages(cfg, methods):
@@ -158,10 +223,13 @@ def build_stages(cfg, methods):
     d = lambda name: os.path.join(out, f"{name}_toy")  # noqa: E731
     common_args = [f"--seed={cfg.seed}"] + (["--overwrite=True"] if cfg.overwrite else [])
     sft = f"{d('sft')}/ckpt_best.pt"
+    # every held-out prompt: the 96 questions, then the harmful and the lookalike requests
+    held_out = f"{data}/prompts_eval.jsonl,{data}/prompts_eval_safety.jsonl"
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
-        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]),
+        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]
+                    + common_args[1:]),
         "sft": (["prepare"], ["train_sft.py", "config/sft_toy.py", f"--out_dir={d('sft')}",
                               f"--train_data={data}/sft_train.jsonl",
                               f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
@@ -180,33 +248,40 @@ def build_stages(cfg, methods):
             stages[f"label{tag}"] = (rm_needs, ["data/toy/label.py", f"--policy={policy}",
                                                 f"--out_dir={data}", f"--prefix={prefix}",
                                                 f"--train_prompts={data}/prompts_train.jsonl",
-                                                f"--eval_prompts={data}/prompts_eval.jsonl",
-                                                f"--seed={cfg.seed + r - 1}"] + extra("label"))
+                                                f"--eval_prompts={held_out}",
+                                                f"--seed={cfg.seed + r - 1}"] + common_args[1:]
+                                               + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
             rm_val = f"{data}/{prefix}_val.jsonl"  # the best checkpoint: on the policy's answers
-        # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far
-        rm = f"{d('rm' + tag)}/ckpt_best.pt"
-        stages[f"rm{tag}"] = (rm_needs, [
-            "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('rm' + tag)}",
-            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
-            + rm_data + common_args + extra("rm"))
+        # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far;
+        # an ensemble's members differ in seed only (each its own stage, run side by side)
+        members = [f"rm{tag}"] + [f"rm_m{k}{tag}" for k in range(1, cfg.rm_members)]
+        for k, name in enumerate(members):
+            stages[name] = (rm_needs, [
+                "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d(name)}",
+                f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
+                + rm_data + [f"--seed={cfg.seed + k}"] + common_args[1:] + extra("rm"))
+        rm = reward_model_args(cfg, d, members)
         # 5. PPO against the reward model, KL-anchored to the SFT policy
-        stages[f"ppo{tag}"] = ([f"rm{tag}"], [
+        stages[f"ppo{tag}"] = (members, [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
-            f"--reward_model={rm}", f"--train_prompts={data}/prompts_train.jsonl",
-            f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl"))
+            f"--train_prompts={data}/prompts_train.jsonl",
+            f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + rm
+            + common_args + extra("rl"))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
-    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    ppo_needs = stages[f"ppo{last}"][0]  # the last round's reward models
+    rm = reward_model_args(cfg, d, ppo_needs)
     rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
-          f"--val_prompts={data}/prompts_eval.jsonl"] + common_args + extra("rl")
+          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
+        + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update({
-        "grpo": ([f"rm{last}"], ["train_grpo.py", f"--out_dir={d('grpo')}", f"--reward_model={rm}"] + rl),
-        "rloo": ([f"rm{last}"], ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}",
-                                 f"--reward_model={rm}"] + rl),
+        "grpo": (ppo_needs, ["train_grpo.py", f"--out_dir={d('grpo')}"] + rm + rl),
+        "rloo": (ppo_needs, ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}"]
+                 + rm + rl),
         "ppo_gold": (["sft"], ["train_ppo.py", "config/ppo_toy.py", "--reward_fn=toy_gold",
                                f"--out_dir={d('ppo_gold')}"] + rl),
         "grpo_gold": (["sft"], ["train_grpo.py", "--reward_fn=toy_gold",
@@ -221,7 +296,50 @@ def build_stages(cfg, methods):
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
-    return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra)
+    return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
+
+
+def check_stages(cfg, stages):
+    """Before anything runs: every stage's out_dir must be free (not a file, not locked by a
+    running process) and hold nothing a stage would refuse to replace without --overwrite=True
+    (a training run, a world of other settings, a labelling), or a ConfigError lists them all."""
+    from data.toy import label, prepare
+    problems = []
+    for name, (_, cmd) in stages.items():
+        args = dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--") and "=" in a)
+        d = args.get("out_dir")
+        if d is None:
+            continue
+        d = os.path.join(ROOT, d)
+        if os.path.exists(d) and not os.path.isdir(d):
+            problems.append(f"{name}: out_dir {args['out_dir']} is a file")
+        elif run.out_dir_locked(d):
+            problems.append(f"{name}: out_dir {args['out_dir']} is in use by a running process")
+        elif cfg.overwrite or not os.path.isdir(d):
+            continue
+        elif cmd[0].startswith("train_") and run._holds_run(d):
+            problems.append(f"{name}: {args['out_dir']} holds a run")
+        elif name == "prepare":
+            held = [n for n in prepare.FILES if os.path.exists(os.path.join(d, n))]
+            try:
+                with open(os.path.join(d, "world_manifest.json")) as f:
+                    same = json.load(f).get("settings") == prepare.world_settings(cfg.seed)
+            except (OSError, ValueError, AttributeError):
+                same = False
+            if held and not same:
+                problems.append(f"prepare: {args['out_dir']} holds a toy world of other "
+                                f"settings than seed {cfg.seed}'s")
+        elif name.startswith("label"):
+            prefix = args["prefix"]
+            held = [f"{prefix}_{n}.jsonl" for n in label.NAMES] + [f"{prefix}_manifest.json"]
+            if any(os.path.exists(os.path.join(d, n)) for n in held):
+                problems.append(f"{name}: {args['out_dir']} holds a labelling ({prefix}_*)")
+    if problems:
+        overwritable = all(p.endswith(("a run", "_*)")) or "other settings" in p for p in problems)
+        raise config.ConfigError(
+            f"pipeline: nothing was run: {'; '.join(problems)}"
+            + ("; pass --overwrite=True to replace them, or another --out and --data_dir"
+               if overwritable else ""))
 
 
 def main(argv=None):
@@ -229,16 +347,25 @@ def main(argv=None):
     config.validate(cfg, {
         "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
         "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
-        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
+        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1"),
+        "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
+        "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0")})
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
     methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
     config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
                    f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
-    methods -= set() if cfg.data == "onpolicy" else {"kto"}  # KTO's labels come from label.py
+    if cfg.methods == "all" and cfg.data == "static":
+        methods -= {"kto"}  # 'all' is every method the data allows
+    config.require("kto" not in methods or cfg.data == "onpolicy", "methods: kto learns from "
+                   "labelled single answers, which only label.py writes: it needs data='onpolicy' "
+                   "(or drop kto from --methods)")
     t0 = time.time()
     stages, eval_dir = build_stages(cfg, methods)
     out = stage_path(cfg.out)
+    check_stages(cfg, stages)  # every stage would start: or nothing runs
+    run.lock_out_dir(os.path.join(ROOT, out))  # one pipeline per out
     times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))
 
     print(f"\npipeline done in {time.time() - t0:.0f}s (" +

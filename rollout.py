@@ -7,6 +7,7 @@ and their scores (the reward model at each answer's EOS, or a programmatic rewar
 
 import importlib.util
 import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -27,8 +28,12 @@ def load_reward_fn(spec):
     """
     A programmatic reward f(prompt, response) -> float from its spec: 'toy_gold' (the toy
     world's judge), 'byte_count:c' (occurrences of the character c), or 'file.py:function'
-    (any function of a Python file). '' -> None: the reward model scores. Every return value is
-    checked: a non-number or a non-finite one stops the run with the prompt it was given.
+    (any function of a Python file). '' -> None: the reward model scores.
+
+    The contract, checked on every call (reward_contract): a function of two strings that
+    returns a real number (a Python int or float, or a numpy scalar) with |r| <= MAX_REWARD. An
+    exception inside it, a sys.exit, another type, a non-finite or a huge value stop the run with
+    one line naming the function and the prompt (the toy judge's "not a toy-world prompt" too).
     """
     if not spec:
         return None
@@ -55,13 +60,40 @@ def load_reward_fn(spec):
         fn = getattr(module, name, None)
         config.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
 
+    return reward_contract(fn, f"reward_fn={spec!r}")
+
+
+def toy_gold_judge():
+    """The toy world's gold judge under the reward contract (a foreign prompt: one line)."""
+    from data.toy.judge import gold_reward
+    return reward_contract(gold_reward, "the toy gold judge")
+
+
+MAX_REWARD = 1e6  # |r| beyond this is a bug (or a unit error), not a reward: advantages would
+                  # lose every other signal in float32, and whitening hides it
+
+
+def reward_contract(fn, name):
+    """fn(prompt, response) checked against the reward contract (see load_reward_fn): returns
+    a float, or raises a ConfigError naming `name` and the prompt."""
     def checked(prompt, response):
-        value = fn(prompt, response)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise config.ConfigError(f"reward_fn={spec!r} returned {value!r} (a finite number is "
-                                     f"needed) for the prompt {prompt[:80]!r}")
-        return float(value)
+        where = f"{name} on the prompt {prompt[:80]!r}"
+        try:
+            value = fn(prompt, response)
+        except (Exception, SystemExit) as e:  # SystemExit: a sys.exit() inside must not end
+            raise config.ConfigError(         # the run with status 0 and nothing trained
+                f"{where}: raised {type(e).__name__}: {str(e)[:200]}") from None
+        if isinstance(value, (bool, complex)) or not isinstance(value, numbers.Real):
+            raise config.ConfigError(f"{where}: returned {type(value).__name__} "
+                                     f"{str(value)[:80]}, not a real number")
+        try:
+            r = float(value)
+        except OverflowError:  # an int with hundreds of digits
+            r = math.inf
+        if not math.isfinite(r) or abs(r) > MAX_REWARD:
+            raise config.ConfigError(f"{where}: returned {str(value)[:40]}, outside the finite "
+                                     f"range |r| <= {MAX_REWARD:g}")
+        return r
     return checked
 
 
@@ -83,6 +115,15 @@ def penalise_missing_eos(scores, has_eos, penalty, mode):
     if mode == "replace":
         return torch.where(has_eos, scores, torch.full_like(scores, -penalty))
     return torch.where(has_eos, scores, scores - penalty) if mode == "subtract" else scores
+
+
+def length_penalised(scores, lengths, coef):
+    """score - coef * |y|, |y| the answer's tokens (EOS included): the length penalty of the
+    design notes' remedies for reward hacking. A reward model that pays for length is the most
+    common hack (Singhal et al. 2023, "A Long Way to Go": 70-90% of PPO's reward gain was
+    length on their tasks); coef = 0 leaves the scores. scores, lengths (B,) -> (B,)
+    Test: tests/test_ppo.py::test_length_penalty_by_hand"""
+    return scores - coef * lengths.to(scores.dtype) if coef else scores
 
 
 # -----------------------------------------------------------------------------
@@ -144,7 +185,7 @@ class Rollout:
     ref_logprobs: torch.Tensor   # (B, N) log pi_ref(a_t|s_t), or None without a reference
     values: torch.Tensor         # (B, N) the critic's V(s_t), or None without a critic
     entropy: torch.Tensor        # (B, N) of pi_old at each step
-    scores: torch.Tensor         # (B,) the reward (missing-EOS penalty applied)
+    scores: torch.Tensor         # (B,) the reward (missing-EOS and length penalties applied)
     has_eos: torch.Tensor        # (B,) bool
     prompts: list                # B prompt texts
     responses: list              # B response texts (decode_response)
@@ -194,6 +235,7 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
     with proc.autocast:
         scores = reward(prompts, responses, seq, mask).float()
     scores = penalise_missing_eos(scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    scores = length_penalised(scores, resp_mask.sum(1), cfg.length_penalty)
     return Rollout(seq, mask, P, resp_mask.float(), lp, sample_logprobs, ref_lp, values, ent,
                    scores, has_eos, prompts, responses)
 

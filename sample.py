@@ -49,7 +49,10 @@ DEFAULTS = dict(
     top_k=0,                    # 0 = off
     top_p=1.0,                  # 1.0 = off
     seed=1337,                  # sample j of prompt i sees the noise of (seed, i, j), every model
-    reward_model="",            # a scalar checkpoint: each answer's RM score; '' = none
+    reward_model="",            # a scalar checkpoint (several, or an ensemble's out_dir: their
+                                # aggregate): each answer's RM score; '' = none
+    reward_agg="mean",          # an ensemble's aggregation: 'mean' | 'min' | 'uwo'
+    uwo_lambda=1.0,
     gold_judge="",              # 'toy': the gold reward of data/toy/judge.py; '' = none
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",               # 'auto' | 'float32' | 'bfloat16'
@@ -77,11 +80,15 @@ def validate(cfg):
     config.validate(cfg, {
         "temperature": (lambda v: v == 0 or 0.01 <= v <= 100, "0 (greedy) or in [0.01, 100]"),
         "num_samples_per_prompt": (lambda v: v > 0, "> 0"),
-        "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''")})
+        "gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
+        "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0")})
     config.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
+    config.require(cfg.prompt or cfg.prompts or sys.stdin is not None, "no prompt: standard input "
+                   "is closed; give --prompt or --prompts")
     sources = parse_ckpts(cfg.ckpt)
     for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
-                      ("reward_model", cfg.reward_model)]:
+                      *(("reward_model", p) for p in cfg.reward_model.split(","))]:
         config.require(not path or path in PRETRAINED or os.path.exists(path), f"{key}: {path!r} "
                        f"does not exist (the toy world's data and models: python pipeline.py)")
     return sources
@@ -162,14 +169,16 @@ def main(argv=None):
     # the models: side by side, they must all read the same tokens
     models, tok = {}, None
     for name, path in sources.items():
-        model, t = checkpoint.init_policy(path)
+        model, t = checkpoint.init_policy(path)  # NaN or inf weights: refused here
+        checkpoint.check_sampling_vocab(model, t, path)
         models[name], tok = model.to(proc.device).eval(), tok or t
         config.require(t == tok, f"ckpt: {name} ({path}) uses the {t!r} tokenizer but "
                        f"{next(iter(models))} uses {tok!r}: side by side they need one tokenizer")
         print(f"{name}: {path}, {models[name].num_params() / 1e6:.2f}M parameters, {t!r} tokenizer")
     enc = get_tokenizer(tok)
     vocab_size = next(iter(models.values())).config.vocab_size
-    rm = (checkpoint.load_reward_model(cfg.reward_model, tok, vocab_size).to(proc.device)
+    rm = (checkpoint.load_reward_model(cfg.reward_model, tok, vocab_size, cfg.reward_agg,
+                                       cfg.uwo_lambda).to(proc.device)
           if cfg.reward_model else None)
     block_size = min(m.config.block_size for m in [*models.values(), rm] if m is not None)
     room = block_size - cfg.max_new_tokens  # the prompt tokens that fit before the answer

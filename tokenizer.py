@@ -73,6 +73,11 @@ def encode_response(enc, response):
     return _encode(enc, " " + response) + [enc.eot_token]
 
 
+def encode_text(enc, text):
+    """Token ids of plain text and its EOS, no template: pretraining text (PPO-ptx's data)."""
+    return _encode(enc, text) + [enc.eot_token]
+
+
 def encode_example(enc, prompt, response):
     """(ids, mask) of prompt + response; mask is 1 exactly on the response tokens and its EOS."""
     p, r = encode_prompt(enc, prompt), encode_response(enc, response)

@@ -82,6 +82,8 @@ DEFAULTS = dict(
                                            # 0.1 on the toy world's on-policy pairs: KL 19 (README)
     label_smoothing=0.0,                   # assumed fraction of flipped labels (sigmoid, robust)
     rpo_alpha=0.0,                         # weight of the chosen answer's NLL (RPO); 0 = off
+    length_alpha=0.0,                      # R-DPO: + length_alpha (|y_w| - |y_l|) inside the
+                                           # sigmoid, so length does not pay; 0 = off
     simpo_beta=2.0,                        # SimPO reward scale
     simpo_gamma=1.0,                       # SimPO target reward margin
     orpo_lambda=0.1,                       # ORPO weight of the odds-ratio term
@@ -128,7 +130,8 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-             reference_rejected_logps, beta=0.1, loss_type="sigmoid", label_smoothing=0.0):
+             reference_rejected_logps, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
+             length_alpha=0.0, chosen_lengths=None, rejected_lengths=None):
     """
     Per-example DPO-family losses from summed sequence log-probs, all (B,) -> (B,) x 3.
 
@@ -143,13 +146,20 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
       Learning from Human Preferences", Eq. 17). We use summed log-probs, as the DPO authors'
       code does; TRL length-normalises the log-ratios for IPO.
     - 'hinge': max(0, 1 - beta h), the SLiC hinge on the log-ratios (Zhao et al. 2023, "SLiC-HF").
-    Test: tests/test_dpo.py::test_sigmoid_and_conservative_dpo (and test_robust_dpo, test_ipo_and_hinge)
+    length_alpha > 0 is R-DPO (Park et al. 2024, "Disentangling Length from Quality in Direct
+    Preference Optimization", Eq. 9): beta h becomes beta h + length_alpha (|y_w| - |y_l|), with
+    |y| the answers' lengths in response tokens (B,) each, so a chosen answer that is longer
+    needs less of a log-ratio margin: the length no longer pays.
+    Test: tests/test_dpo.py::test_sigmoid_and_conservative_dpo (and test_robust_dpo, test_ipo_and_hinge,
+    test_r_dpo_by_hand)
     """
     if loss_type not in ("sigmoid", "robust", "ipo", "hinge"):
         raise ValueError(f"unknown loss_type {loss_type!r}: expected sigmoid, robust, ipo or hinge")
     chosen_logratios = policy_chosen_logps - reference_chosen_logps
     rejected_logratios = policy_rejected_logps - reference_rejected_logps
     h = chosen_logratios - rejected_logratios
+    if length_alpha:  # R-DPO: the length difference, in units of beta h
+        h = h + length_alpha / beta * (chosen_lengths - rejected_lengths).to(h.dtype)
     eps = label_smoothing
     if loss_type == "sigmoid":
         # logsigmoid, not log(sigmoid): finite for any margin
@@ -197,11 +207,12 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, lam=0.1):
     return losses, lam * policy_chosen_logps.detach(), lam * policy_rejected_logps.detach()
 
 
-def preference_losses(cfg, logps, ref_logps=None):
+def preference_losses(cfg, logps, ref_logps=None, lengths=(None, None)):
     """
     The loss cfg asks for, per example. logps: (chosen_sum, rejected_sum, chosen_avg,
     rejected_avg) of the policy; ref_logps: (chosen_sum, rejected_sum) of the reference, or None
-    for SimPO/ORPO. rpo_alpha adds alpha * NLL(y_w), the chosen answer's mean per-token NLL
+    for SimPO/ORPO; lengths: (chosen, rejected) response tokens, for R-DPO (length_alpha).
+    rpo_alpha adds alpha * NLL(y_w), the chosen answer's mean per-token NLL
     (Pang et al. 2024, "Iterative Reasoning Preference Optimization", Eq. 2: the RPO remedy for
     chosen log-probs that fall while the margin rises).
     Test: tests/test_dpo.py::test_rpo_adds_the_chosen_nll_to_any_loss_but_orpo
@@ -213,7 +224,7 @@ def preference_losses(cfg, logps, ref_logps=None):
         out = orpo_loss(chosen_avg, rejected_avg, cfg.orpo_lambda)
     else:
         out = dpo_loss(chosen, rejected, ref_logps[0], ref_logps[1], cfg.beta, cfg.loss_type,
-                       cfg.label_smoothing)
+                       cfg.label_smoothing, cfg.length_alpha, *lengths)
     losses, chosen_rewards, rejected_rewards = out
     if cfg.rpo_alpha > 0:
         losses = losses - cfg.rpo_alpha * chosen_avg
@@ -244,7 +255,8 @@ def batch_loss(model, batch, pair_logprobs, ref_logps, cfg, autocast):
     policy's log-probs (pair_logprobs: the layout's forward), the reference's (ref_logps(batch),
     or None for SimPO / ORPO), the loss."""
     logps = pair_logprobs(model, batch, autocast)
-    out = preference_losses(cfg, logps, ref_logps(batch))
+    lengths = (batch["chosen_len"], batch["rejected_len"]) if cfg.length_alpha else (None, None)
+    out = preference_losses(cfg, logps, ref_logps(batch), lengths)
     return out[0], pair_metrics(*out, logps)
 
 
@@ -421,6 +433,8 @@ def validate(cfg):
         "beta": (lambda v: v > 0, "> 0"),
         "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5): the assumed fraction of "
                                                    "flipped preference labels")})
+    config.require(cfg.length_alpha == 0 or cfg.loss_type not in REFERENCE_FREE, "length_alpha "
+                   f"(R-DPO) applies to the DPO family's losses, not {cfg.loss_type!r}")
     config.require(cfg.label_smoothing == 0 or cfg.loss_type in ("sigmoid", "robust"),
                    f"label_smoothing applies to loss_type sigmoid or robust, not {cfg.loss_type!r}")
     config.require(cfg.rpo_alpha == 0 or cfg.loss_type != "orpo", "loss_type='orpo' has its NLL "

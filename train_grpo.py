@@ -55,9 +55,9 @@ from run import Run
 from runtime import print0
 # shared with PPO (train_ppo.py): the KL estimators, the clipped loss and its aggregation, the
 # update loop, the held-out evaluation, what a person sees, the checkpoints
-from train_ppo import (AGGREGATIONS, LossSettings, evaluate_and_keep_best, kl_estimates,
-                       kl_penalty, load_models, load_prompts, ppo_update, resume_models,
-                       rollout_metrics, save_and_check_stop, show_iteration,
+from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
+from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_demos,
+                       load_models, load_prompts, ppo_update, resume_models, save_and_check_stop,
                        validate as validate_rl)
 
 # -----------------------------------------------------------------------------
@@ -68,6 +68,8 @@ DEFAULTS = dict(
     init_from="out/sft_toy/ckpt_best.pt",    # the SFT policy: a .pt checkpoint, 'gpt2', an HF dir
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
     reward_fn="",             # '' = reward_model | 'toy_gold' | 'byte_count:c' | 'file.py:function'
+    reward_agg="mean",        # an ensemble's scores: 'mean' | 'min' (worst case) | 'uwo'
+    uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -83,6 +85,7 @@ DEFAULTS = dict(
     missing_eos_penalty=1.0,  # for answers cut at max_new_tokens without an EOS: 'replace' the
     missing_eos_mode="replace",  # score by -penalty | 'subtract' it | 'mask' them out of the
                               # loss (DAPO's overlong filtering) | '' = none
+    length_penalty=0.0,       # subtracted from the score per response token (EOS included)
     # advantages and the KL
     advantage="grpo",         # grpo | dr_grpo | rloo | reinforce_pp (the presets above)
     loss_agg="",              # '' = the preset's | token_mean | seq_mean_token_mean |
@@ -98,6 +101,11 @@ DEFAULTS = dict(
     epsilon_low=0.2,          # clip the ratio to [1 - epsilon_low, 1 + epsilon_high]; a larger
     epsilon_high=0.2,         # epsilon_high is DAPO's clip-higher
     ent_coef=0.0,
+    ptx_coef=0.0,             # PPO-ptx's gamma (train_ppo.py): the demonstrations' NLL in the loss
+    ptx_data="data/toy/out/sft_train.jsonl",
+    ptx_batch_size=16,
+    demo_val_data="data/toy/out/sft_val.jsonl",  # val_demo_nll at every evaluation; '' = none
+    demo_val_examples=256,
     # optimisation
     lr=3e-4,
     warmup_iters=0,
@@ -233,6 +241,7 @@ def main(argv=None):
     resume_models(run, policy)  # a resumed run's weights
     runtime.shard(policy, proc)  # FSDP: each rank keeps its share of the policy
     train, val = load_prompts(cfg, enc)
+    demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
            f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {proc.device}")
@@ -250,7 +259,7 @@ def main(argv=None):
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
-                                      gold_fn), val, enc, cfg, cfg.beta)
+                                      gold_fn), val, enc, cfg, cfg.beta, demos.val)
 
     # -------------------------------------------------------------------------
     # training loop. `iteration` counts the iterations done; its prompts are a function of it.
@@ -283,7 +292,8 @@ def main(argv=None):
         loss_settings = LossSettings(loss_agg, cfg.beta if kl_in == "loss" and ref else 0.0,
                                      kl_estimator)
         stats = ppo_update(rollouts, token_advantages, None, policy=(policy, optimizer),
-                           loss_settings=loss_settings, update=iteration + 1, cfg=cfg, proc=proc)
+                           loss_settings=loss_settings, update=iteration + 1, cfg=cfg, proc=proc,
+                           ptx=demos.ptx)
         iteration += 1
 
         # -------------------------------------------------------------------------

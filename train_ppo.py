@@ -43,6 +43,7 @@ import copy
 import math
 import time
 from collections import namedtuple
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -53,12 +54,16 @@ import ops
 import optim
 import runtime
 from data import loader
-from model import row_generators
+from model import position_ids_from_mask
 from ops import masked_mean
-from rollout import load_reward_fn, make_reward, policy_forward, prompt_batch, rollout
+from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
+from rollout import (load_reward_fn, make_reward, policy_forward, prompt_batch, rollout,
+                     toy_gold_judge)
 from run import Run
 from runtime import print0
-from tokenizer import get_tokenizer, token_texts
+from tokenizer import get_tokenizer
+from train_reward_model import AGGREGATIONS as AGGREGATE_REWARDS
+from train_sft import sft_loss
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run (config/ppo_toy.py holds the same values)
@@ -69,6 +74,9 @@ DEFAULTS = dict(
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
     reward_fn="",             # '' = reward_model | 'toy_gold' (the toy judge: PPO against the true
                               # reward) | 'byte_count:c' (count of c) | 'file.py:function'
+    reward_agg="mean",        # an ensemble's scores (reward_model = several checkpoints or an
+                              # ensemble's out_dir): 'mean' | 'min' (worst case) | 'uwo'
+    uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -82,6 +90,7 @@ DEFAULTS = dict(
     top_p=1.0,                # 1.0 = off
     missing_eos_penalty=1.0,  # for responses cut at max_new_tokens without an EOS:
     missing_eos_mode="replace",  # 'replace' the score by -penalty | 'subtract' it | '' = none
+    length_penalty=0.0,       # subtracted from the score per response token (EOS included)
     # reward shaping, KL control, advantages
     beta=0.2,                 # KL coefficient (the initial one when adaptive_kl)
     adaptive_kl=False,        # Ziegler et al.'s proportional controller towards target_kl
@@ -99,6 +108,13 @@ DEFAULTS = dict(
     cliprange_value=0.2,
     vf_coef=0.1,
     ent_coef=0.0,             # entropy bonus; 0 = off
+    ptx_coef=0.0,             # PPO-ptx's gamma: each minibatch adds -gamma * the mean per-token
+                              # log-likelihood of ptx_batch_size rows of ptx_data; 0 = off
+    ptx_data="data/toy/out/sft_train.jsonl",  # SFT-format records, or {"text"} pretraining text
+    ptx_batch_size=16,
+    demo_val_data="data/toy/out/sft_val.jsonl",  # held-out demonstrations: val_demo_nll at every
+                              # evaluation (the forgetting ptx prevents); '' = none
+    demo_val_examples=256,
     shared_critic=False,      # a value head on the policy trunk instead of a separate critic
     critic_warmup=0,          # iterations that train the critic alone before the policy moves
     # optimisation: Adam for each model, constant learning rates after warmup unless decay_lr
@@ -334,6 +350,20 @@ def explained_variance(values, returns, mask):
     return (1.0 - var(returns - values) / var(returns).clamp(min=1e-8)).item()
 
 
+def ptx_loss(policy, batch, autocast=None):
+    """
+    InstructGPT's pretraining mix, PPO-ptx (Ouyang et al. 2022, Eq. 2 and App. C.4): the
+    objective gains gamma * E_{x ~ D_pretrain}[log pi(x)], so each minibatch's loss gains
+    gamma * this: the mean per-token negative log-likelihood of a batch of pretraining (here by
+    default: demonstration) rows, the SFT loss itself. batch: loader.collate's (idx,
+    attention_mask, loss_mask) on the device -> a scalar, with gradients.
+    Test: tests/test_ppo.py::test_ptx_loss_is_the_sft_loss
+    """
+    idx, attn, loss_mask = batch
+    logp = ops.trained_logprobs(policy, idx, loss_mask, position_ids_from_mask(attn), autocast)
+    return sft_loss(logp, loss_mask)
+
+
 # -----------------------------------------------------------------------------
 # the loss beside the clipped surrogate: how it is aggregated over tokens (AGGREGATIONS), and the
 # KL to the reference as a term of it (GRPO: kl_coef > 0, with the kl_penalty estimator)
@@ -342,14 +372,16 @@ LossSettings = namedtuple("LossSettings", "agg kl_coef kl_estimator",
 
 
 def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
-               loss_settings=LossSettings(), train_policy=True, update, cfg, proc):
+               loss_settings=LossSettings(), train_policy=True, update, cfg, proc, ptx=None):
     """
     Step 6: num_iterations passes over the rollout in shuffled minibatches of minibatch_size
     responses, each one optimizer step of the policy (clipped surrogate on `advantages` (B, N))
     and of the critic (clipped value loss on `returns` (B, N)), accumulated over micro-batches.
     policy, critic: (model, optimizer) pairs; GRPO has no critic (None) and its own loss
     settings. train_policy=False updates the critic alone (its warm-up). `update` numbers the
-    iteration in a non-finite error. Returns the mean statistics.
+    iteration in a non-finite error. ptx(update, k): the k-th minibatch's batch of PPO-ptx rows,
+    whose ptx_loss (times ptx_coef) joins the policy's loss; None = no mix. Returns the mean
+    statistics.
     Test: tests/test_ppo.py::test_first_update_invariants; tests/test_minimal.py pins it to minimal/ppo.py
     """
     (policy, optimizer), (critic, critic_optimizer) = policy, critic or (None, None)
@@ -394,6 +426,11 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
                 mb_loss += loss.item()
                 stats.append(s)
                 parts = {k: parts.get(k, 0.0) + v for k, v in share.items()}
+            if ptx is not None and train_policy:  # PPO-ptx: each rank's share of the mix
+                nll = ptx_loss(policy, ptx(update, len(losses)), proc.autocast)
+                (cfg.ptx_coef * nll / (1 if proc.fsdp else proc.world_size)).backward()  # FSDP
+                # averages the ranks' gradients, DDP's all_reduce_grads sums them
+                parts["ptx_loss"] = nll.item() / proc.world_size
             losses.append(parts)
             if not train_policy:  # a shared critic's value loss reached the frozen trunk
                 optimizer.zero_grad(set_to_none=True)
@@ -412,66 +449,6 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
     return out
 
 
-def rollout_metrics(rollouts, beta, kl_k1, kl_k3):
-    """What a person watches, per iteration, as floats averaged over every rank's responses:
-    the score, the objective (score - beta * KL), both KL estimates, entropy, length, EOS rate,
-    and the largest gap between sampling and training log-probs (a temperature or masking
-    mismatch shows up there first)."""
-    n = runtime.all_reduce_sum(float(rollouts.seq.size(0)))
-    mean = lambda x: runtime.all_reduce_sum(x.float().sum().item()) / n  # noqa: E731
-    gap = ((rollouts.sample_logprobs - rollouts.logprobs).abs() * rollouts.resp_mask).max().item()
-    scores = rollouts.scores
-    return dict(score=mean(scores), reward=mean(scores - beta * kl_k1), kl=mean(kl_k1),
-                kl_k3=mean(kl_k3), score_std=math.sqrt(max(mean(scores ** 2) -
-                                                           mean(scores) ** 2, 0.0)),
-                entropy=ops.global_masked_mean_var(rollouts.entropy, rollouts.resp_mask)[0].item(),
-                resp_len=mean(rollouts.resp_mask.sum(1)), eos_rate=mean(rollouts.has_eos),
-                logprob_gap=runtime.all_reduce_max(gap))
-
-
-def log_token_samples(run, step, rollouts, enc, n, **per_token):
-    """The per-token numbers ((B, N) tensors, e.g. kl, value, advantage, reward) of the first n
-    answers, with each token's text, to out_dir/tokens.jsonl: plot.py's credit-assignment
-    heatmaps (rank 0)."""
-    for i in range(min(n, rollouts.seq.size(0))):
-        length = int(rollouts.resp_mask[i].sum())
-        run.log_tokens(step, prompt=rollouts.prompts[i], tokens=token_texts(
-            enc, rollouts.seq[i, rollouts.P:rollouts.P + length].tolist()), **{
-            k: [round(x, 5) for x in v[i, :length].tolist()] for k, v in per_token.items()})
-
-
-def print_samples(rollouts, n, gold=None, kl=None):
-    """A few prompts, responses and their scores (rank 0)."""
-    for i in range(min(n, len(rollouts.prompts))):
-        extra = (f", gold {gold[i]:+.2f}" if gold is not None else "") + (
-            f", kl {kl[i].item():.3f}" if kl is not None else "")
-        print0(f"  prompt:   {rollouts.prompts[i][-200:]!r}\n"
-               f"  response: {rollouts.responses[i]!r}{'' if rollouts.has_eos[i] else ' [no EOS]'}"
-               f"\n  score {rollouts.scores[i].item():+.3f}{extra}")
-
-
-@torch.no_grad()
-def evaluate_policy(policy, ref, reward, gold_fn, val, enc, cfg, proc, beta):
-    """Held-out rollouts (rank 0): prompt i draws the noise of (seed + 1, i) every time, and
-    the training RNG is left alone, so the curve compares policies, not luck. Returns the mean
-    score, KL (k1), score - beta * KL and, with a gold judge, gold."""
-    rows = []
-    for i in range(0, len(val), cfg.rollout_batch_size):
-        part = val[i:i + cfg.rollout_batch_size]
-        ids, attn = loader.collate_left([e["ids"] for e in part], enc.eot_token)
-        rollouts = rollout(policy, ref, None, reward, (ids.to(proc.device), attn.to(proc.device),
-                           [e["prompt"] for e in part]), enc, cfg, proc,
-                           row_generators(cfg.seed + 1, range(i, i + len(part))))
-        k1 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)[0] \
-            if ref else 0 * rollouts.scores
-        gold = torch.tensor([gold_fn(p, r) for p, r in zip(rollouts.prompts,
-                                                           rollouts.responses)]) \
-            if gold_fn else torch.zeros(len(part))
-        rows.append(torch.stack([rollouts.scores.cpu(), k1.cpu(), gold.to(k1.dtype)], 1))
-    score, kl, gold = torch.cat(rows).mean(0).tolist()
-    return dict(val_score=score, val_kl=kl, val_reward=score - beta * kl,
-                **(dict(val_gold=gold) if gold_fn else {}))
-
 # -----------------------------------------------------------------------------
 # what PPO and GRPO load the same way
 
@@ -486,14 +463,20 @@ def validate(cfg, rules=None):
                              "'replace', 'subtract' or ''"),
         "epsilon_low": (lambda v: 0 < v < 1, "in (0, 1)"),
         "epsilon_high": (lambda v: v > 0, "> 0"),
-        "cliprange_value": (lambda v: v > 0, "> 0"), **(rules or {})})
+        "cliprange_value": (lambda v: v > 0, "> 0"),
+        "reward_agg": (lambda v: v in AGGREGATE_REWARDS, f"one of {', '.join(AGGREGATE_REWARDS)}"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0"), "length_penalty": (lambda v: v >= 0, ">= 0"),
+        "ptx_coef": (lambda v: v >= 0, ">= 0"), "ptx_batch_size": (lambda v: v > 0, "> 0"),
+        "demo_val_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
+        **(rules or {})})
     config.require(cfg.rollout_batch_size % cfg.minibatch_size == 0 and
                    cfg.minibatch_size % cfg.micro_batch_size == 0, "minibatch_size must divide "
                    "rollout_batch_size, and micro_batch_size must divide minibatch_size")
     config.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
                    f"leaves no room for a prompt in block_size={cfg.block_size}")
-    config.require_files(cfg, "train_prompts", "val_prompts", "init_from",
-                         *(["reward_model"] * (cfg.reward_fn == "")), hint="toy: python "
+    config.require_files(cfg, "train_prompts", "val_prompts", "init_from", "demo_val_data",
+                         *(["reward_model"] * (cfg.reward_fn == "")),
+                         *(["ptx_data"] * (cfg.ptx_coef > 0)), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
     load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
 
@@ -506,11 +489,13 @@ def load_models(cfg, proc, with_reference=True):
     before any step) and the KL noisy."""
     policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
     checkpoint.check_block_size(policy, cfg.block_size)
+    checkpoint.check_sampling_vocab(policy, tok_name, cfg.init_from)  # it samples the rollouts
     ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
         reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
-                                                    policy.config.vocab_size)
+                                                    policy.config.vocab_size, cfg.reward_agg,
+                                                    cfg.uwo_lambda)
         checkpoint.check_block_size(reward_model, cfg.block_size,
                                     f"reward_model {cfg.reward_model}")
     for m in (policy, ref, reward_model):
@@ -518,8 +503,31 @@ def load_models(cfg, proc, with_reference=True):
             m.to(proc.device).eval()
     policy.transformer.grad_checkpoint = cfg.grad_checkpoint  # only the trained models use it
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
-    gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
+
+
+def load_demos(cfg, enc, proc):
+    """PPO-ptx's rows as ptx(update, k) -> the k-th minibatch's batch of iteration `update`
+    (a function of the two alone, for exact resume; None when ptx_coef = 0), and the held-out
+    demonstrations of val_demo_nll as batches (rank 0 scores them)."""
+    ptx, demo_val = None, []
+    if cfg.ptx_coef > 0:
+        rows = loader.load_sft(cfg.ptx_data, enc, cfg.block_size)
+        per_update = cfg.num_iterations * (cfg.rollout_batch_size // cfg.minibatch_size)
+
+        def ptx_batch(update, k):
+            picked = loader.batch_indices(len(rows), cfg.ptx_batch_size, (update - 1) * per_update
+                                          + k, cfg.seed, proc.rank, proc.world_size)
+            return tuple(t.to(proc.device) for t in loader.collate([rows[i] for i in picked],
+                                                                   enc.eot_token))
+        ptx = ptx_batch
+    if cfg.demo_val_data:
+        rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
+        rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
+        demo_val = [loader.collate(rows[i:i + cfg.micro_batch_size], enc.eot_token)
+                    for i in range(0, len(rows), cfg.micro_batch_size)]
+    return SimpleNamespace(ptx=ptx, val=demo_val)
 
 
 def load_prompts(cfg, enc):
@@ -535,15 +543,16 @@ def critic_kind(cfg):
 
 
 def make_critic(cfg, policy, reward_model, proc):
-    """InstructGPT's critic: a copy of the reward model (its values start centred on the scores
-    it pays, reward_bias included); with shared_critic a fresh head on the policy's own hidden
+    """InstructGPT's critic: a copy of the reward model (of an ensemble's first member: its
+    values start centred on the scores it pays, reward_bias included); with shared_critic a fresh head on the policy's own hidden
     states; with a programmatic reward, a fresh head on a copy of the SFT trunk."""
     if cfg.shared_critic:
         critic = nn.Linear(policy.config.n_embd, 1)
         nn.init.normal_(critic.weight, std=1.0 / math.sqrt(policy.config.n_embd + 1))
         nn.init.zeros_(critic.bias)
-    elif reward_model is not None:
-        critic = copy.deepcopy(reward_model).requires_grad_(True)
+    elif reward_model is not None:  # an ensemble's first member
+        first = getattr(reward_model, "members", [reward_model])[0]
+        critic = copy.deepcopy(first).requires_grad_(True)
     else:
         critic, _ = checkpoint.init_scalar(cfg.init_from, dropout=0.0)
     if not cfg.shared_critic:
@@ -581,46 +590,6 @@ def resume_critic_optimizer(run, critic_optimizer):
         checkpoint.load_optimizer_state(critic_optimizer, run.resume["critic_optimizer"])
 
 
-def evaluate_and_keep_best(run, iteration, state, snapshot, models, val, enc, cfg, beta):
-    """Rank 0's held-out rollouts (evaluate_policy of models = (policy, ref, reward, gold_fn)),
-    logged at `iteration`, and ckpt_best.pt when their score - beta * KL (the objective the run
-    maximises, not gold) beats state.best_val (a decision every rank takes: under FSDP the
-    snapshot is a collective). Returns the metrics ({} without them, and on other ranks)."""
-    if not val:
-        return {}
-    metrics = {}
-    with runtime.gathered(models[0]):  # FSDP: rank 0 generates alone, with the whole policy
-        if run.proc.master:
-            metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
-            # never save a broken model
-            optim.check_finite(iteration, val_reward=metrics["val_reward"])
-            run.log(iteration, **metrics)
-    val_reward = runtime.all_reduce_max(metrics.get("val_reward", -math.inf))  # rank 0's
-    if val_reward > state.best_val:
-        state.best_val = val_reward
-        run.save("ckpt_best.pt", snapshot(False))
-    return metrics
-
-
-def show_iteration(run, iteration, rollouts, metrics, gold_fn, kl, enc, cfg, per_token, *,
-                   lr, t0, t_rollout):
-    """What a person sees after an iteration: the gold judge's mean over every rank's rollouts
-    (into metrics, a collective), the log line (every log_interval: the metrics, lr, response
-    tokens per second and the rollout's share of the time since t0), and a few answers with
-    their per-token numbers (kl: (B,), per_token: (B, N) each; rank 0, every sample_interval)."""
-    dt = time.time() - t0
-    n_tokens = runtime.all_reduce_sum(rollouts.resp_mask.sum().item())
-    gold = [gold_fn(p, r) for p, r in zip(rollouts.prompts, rollouts.responses)] if gold_fn else None
-    if gold:
-        metrics["gold"] = runtime.all_reduce_mean(sum(gold) / len(gold))
-    if iteration % cfg.log_interval == 0 or iteration == 1 or iteration == cfg.max_iters:
-        run.log(iteration, **metrics, tok_per_s=round(n_tokens / dt), lr=lr,
-                rollout_frac=round(t_rollout / dt, 2))
-    if run.proc.master and cfg.num_samples and (iteration % cfg.sample_interval == 0
-                                                or iteration == 1):
-        print_samples(rollouts, cfg.num_samples, gold, kl)
-        log_token_samples(run, iteration, rollouts, enc, cfg.num_samples, **per_token)
-
 def save_and_check_stop(run, iteration, cfg, snapshot):
     """The checkpoints after an iteration: ckpt_iter{N}.pt every save_every iterations (the
     over-optimisation sweep), ckpt_last.pt every ckpt_interval, at the end and when stopping.
@@ -652,6 +621,7 @@ def main(argv=None):
     for model in (policy, critic):  # FSDP: each rank keeps its share of the trained models; the
         runtime.shard(model, proc)  # frozen reference and reward model stay whole on every rank
     train, val = load_prompts(cfg, enc)
+    demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
            f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
 
@@ -669,7 +639,7 @@ def main(argv=None):
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
-                                      gold_fn), val, enc, cfg, state.beta)
+                                      gold_fn), val, enc, cfg, state.beta, demos.val)
 
     # -------------------------------------------------------------------------
     # training loop. `iteration` counts the iterations done; its prompts are a function of it.
@@ -698,7 +668,8 @@ def main(argv=None):
         # 6. the clipped policy and value updates (the critic alone while it warms up)
         stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
                            critic=(critic, opt_critic), train_policy=iteration >=
-                           cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc)
+                           cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc,
+                           ptx=demos.ptx)
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,

@@ -12,6 +12,7 @@ Run it:
         --fsdp=True --grad_accum=1                        # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_reward_model.py --help                   # every config key and its default
     python train_reward_model.py --resume=True            # continue an interrupted run
+    python train_reward_model.py --ensemble=3             # three members: out_dir/member{0,1,2}
 
 The model is the SFT model's trunk with a fresh linear head (model.ScalarModel); the score of a
 text is the head's output at its last real token, the response's EOS. Training minimises the
@@ -35,13 +36,25 @@ answer of a ranking is scored once and every pair of the ranking is a term of th
 K-wise ranking costs K forwards instead of K(K-1) (and its answers are not seen K-1 times per
 epoch, which InstructGPT found to overfit). The loss is the mean over the batch's pairs.
 
-Deliberately left out: reward-model ensembles, InstructGPT's 1/C(K,2) weighting of each prompt
+Ensembles (Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization"; Eisenstein
+et al. 2023, "Helping or Herding?"): --ensemble=K trains K members one after another, each an
+ordinary run in out_dir/member{k} with seed + k (its head, its data order, and with bootstrap=True
+its own resample of the rankings), each centred on the same reference answers, so their scores
+share one scale. Every consumer (PPO, GRPO, eval, sample.py, frontier.py) reads them together
+(reward_model=out_dir, or a comma-separated list of checkpoints) and combines the K scores with
+aggregate_rewards: the mean, the worst case, or the mean minus their variance.
+
+Deliberately left out: members that differ in their pretraining (only the head, the data order
+and the data resample differ here), InstructGPT's 1/C(K,2) weighting of each prompt
 (the loss weighs every pair alike), an auxiliary language-modelling loss, and label smoothing /
 noisy-label losses.
 """
 
 import math
+import os
+import random
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +90,10 @@ DEFAULTS = dict(
     # the loss
     use_margin=False,                      # subtract each pair's "margin" field inside the sigmoid
     center_coef=0.0,                       # lambda of the centering term lambda*(r_c + r_r)^2
+    # ensembles: K members in out_dir/member{k}, member k seeded seed + k
+    ensemble=1,                            # number of members (1: one model in out_dir itself)
+    bootstrap=False,                       # each member trains on its own resample (with
+                                           # replacement) of the rankings, seeded by its seed
     # reward normalisation after training: the mean score of these reference responses
     bias_ref="sft",                        # 'sft' (answers in bias_data) | 'chosen' | 'none'
     bias_data="data/toy/out/onpolicy_samples.jsonl",  # SFT-format JSONL (bias_ref='sft'): the
@@ -121,7 +138,7 @@ DEFAULTS = dict(
 )
 
 # -----------------------------------------------------------------------------
-# the loss
+# the loss, and how an ensemble's scores combine
 
 
 def reward_model_loss(chosen_rewards, rejected_rewards, margin=None, center_coef=0.0):
@@ -153,13 +170,38 @@ def reward_model_loss(chosen_rewards, rejected_rewards, margin=None, center_coef
 # -----------------------------------------------------------------------------
 
 
+AGGREGATIONS = ("mean", "min", "uwo")
+
+
+def aggregate_rewards(scores, how="mean", uwo_lambda=1.0):
+    """
+    One reward from the scores of an ensemble's K members (Coste et al. 2023, "Reward Model
+    Ensembles Help Mitigate Overoptimization", sec. 3): scores (K, B) -> (B,).
+        mean   1/K sum_k R_k                                  the ensemble's average
+        min    min_k R_k                                      worst-case optimisation (WCO)
+        uwo    1/K sum_k R_k - uwo_lambda * Var_k(R_k)        uncertainty-weighted (UWO): the
+               variance over members (ddof = 0) penalises answers the members disagree on
+    The members must share one scale: each is centred on the same reference answers
+    (reward_bias). Test: tests/test_reward_model.py::test_aggregate_rewards_by_hand
+    """
+    scores = torch.as_tensor(scores).float()
+    if how == "mean":
+        return scores.mean(0)
+    if how == "min":
+        return scores.min(0).values
+    if how == "uwo":
+        return scores.mean(0) - uwo_lambda * scores.var(0, correction=0)
+    raise ValueError(f"unknown aggregation {how!r}: expected one of {AGGREGATIONS}")
+
+
 def validate(cfg):
     """Bad values fail here, naming the key, before anything is loaded or written."""
     config.validate(cfg, {
         "max_iters": (lambda v: v == -1 or v > 0, "> 0, or -1 to derive it from num_epochs"),
         "num_epochs": (lambda v: v > 0, "> 0 (it sets max_iters when max_iters=-1)"),
         "bias_ref": (lambda v: v in ("sft", "chosen", "none"), "'sft', 'chosen' or 'none'"),
-        "bias_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
+        "bias_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
+        "ensemble": (lambda v: 1 <= v <= 64, "in 1..64")})
     config.require_files(cfg, "train_data", "val_data", *(["bias_data"] * (cfg.bias_ref == "sft")),
                          hint="toy data: python data/toy/prepare.py; HH: python data/hh/prepare.py")
     if not cfg.resume:
@@ -274,6 +316,9 @@ def load_data(cfg, enc, proc):
         for i, p in enumerate(train):
             by_record.setdefault(p["record"], []).append(i)
         items = list(by_record.values())
+    if cfg.bootstrap:  # an ensemble member's own resample of the rankings (or pairs)
+        rng = random.Random(cfg.seed)
+        items = [items[rng.randrange(len(items))] for _ in items]
     per_step = cfg.batch_size * cfg.grad_accum * proc.world_size  # pairs or rankings
     max_iters = cfg.max_iters
     if max_iters == -1:  # few epochs: reward models overfit (the toy default: 5 over rankings)
@@ -294,6 +339,26 @@ def load_data(cfg, enc, proc):
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
+    if cfg.ensemble == 1:
+        return train(cfg)
+    # an ensemble: K ordinary runs, one after another, member k in out_dir/member{k} with seed
+    # + k (a member resumes when it has a checkpoint, and is skipped when it has finished)
+    results = []
+    for k in range(cfg.ensemble):
+        out_dir = os.path.join(cfg.out_dir, f"member{k}")
+        resume = cfg.resume and os.path.isfile(os.path.join(out_dir, "ckpt_last.pt"))
+        print0(f"ensemble member {k + 1}/{cfg.ensemble}: {out_dir}, seed {cfg.seed + k}")
+        results.append(train(SimpleNamespace(**{**vars(cfg), "out_dir": out_dir, "ensemble": 1,
+                                                "seed": cfg.seed + k, "resume": resume})))
+        if results[-1]["step"] < results[-1]["max_iters"]:  # stopped (stop_iter, Ctrl-C)
+            print0(f"stopped in member {k}; continue the ensemble with --resume=True")
+            break
+    return dict(members=results, out_dir=cfg.out_dir,
+                best_val_accuracy=[r["best_val_accuracy"] for r in results])
+
+
+def train(cfg):
+    """One reward model, from cfg (a parsed and validated config): the recipe below."""
     run = Run(cfg, "rm")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
 

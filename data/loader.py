@@ -5,7 +5,9 @@ the chat template of tokenizer.py, apply an explicit length policy, and collate 
 Formats (TRL's conventions), one JSON object per line; extra fields are ignored:
     SFT          {"prompt", "response"} or {"prompt", "completion"}, or conversational
                  {"messages": [{"role": "system"|"user"|"assistant", "content"}, ...]} ending
-                 with an assistant turn; every assistant turn is trained, the rest is context.
+                 with an assistant turn; every assistant turn is trained, the rest is context;
+                 or plain {"text"} with no template, every token trained (pretraining text,
+                 e.g. PPO-ptx's mix), cut to its first block_size tokens.
     preferences  {"prompt", "chosen", "rejected"} with an optional numeric "margin", or a K-wise
                  ranking {"prompt", "responses": [...], "ranks": [...]} (rank 1 = best) or
                  {..., "scores": [...]} (higher = better), expanded to all C(K, 2) pairs with the
@@ -35,7 +37,7 @@ import torch
 
 from config import ConfigError, DataError
 from runtime import print0
-from tokenizer import encode_messages, encode_prompt, encode_response
+from tokenizer import encode_messages, encode_prompt, encode_response, encode_text
 
 MIN_PROMPT_TOKENS = 16  # an answer is only worth training with some of its question in view
 ROLES = ("system", "user", "assistant")
@@ -88,9 +90,13 @@ def parse_record(line):
 def read_jsonl(path):
     """[(1-based line number, dict)] of a JSONL file; blank lines are not records."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a directory, not a file' if os.path.isdir(path) else 'no such file'}")
     records = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # permissions, a file that vanished
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    with f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -249,12 +255,16 @@ def _report(path, n, truncated, dropped, note=""):
 
 
 def load_sft(path, enc, block_size):
-    """[(ids, mask)]: mask is 1 on every trained answer token and its EOS, 0 elsewhere."""
+    """[(ids, mask)]: mask is 1 on every trained answer token and its EOS, 0 elsewhere (a
+    {"text"} record: 1 everywhere)."""
     examples, truncated, dropped = [], 0, 0
     for lineno, obj in read_jsonl(path):
         if "messages" in obj:
             ids, mask = encode_messages(enc, _messages(path, lineno, obj))
             fitted = _fit_conversation(ids, mask, block_size)
+        elif "text" in obj and "prompt" not in obj:  # pretraining text: every token trained
+            ids = encode_text(enc, _text(path, lineno, obj, "text"))
+            fitted = (ids[:block_size], [1] * min(len(ids), block_size), len(ids) > block_size)
         else:
             prompt = _text(path, lineno, obj, "prompt")
             if ("response" in obj) == ("completion" in obj):
@@ -340,7 +350,11 @@ def load_unpaired(path, enc, block_size):
 
 
 def load_prompts(path, enc, block_size, max_new_tokens):
-    """[dict(prompt, ids)]: prompts for generation, cut from the left to leave max_new_tokens."""
+    """[dict(prompt, ids)]: prompts for generation, cut from the left to leave max_new_tokens;
+    several files (comma-separated) one after the other."""
+    if "," in path:
+        return [p for part in path.split(",")
+                for p in load_prompts(part, enc, block_size, max_new_tokens)]
     room = block_size - max_new_tokens
     if room < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "

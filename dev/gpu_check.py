@@ -185,11 +185,13 @@ def plan(cfg, work, peak, gpus=1):
         ("ppo", "train_ppo.py", "config/ppo_gpt2_hh.py", "rm", [
             f"--init_from={ckpt('sft')}", f"--reward_model={ckpt('rm')}",
             f"--train_prompts={prompts}", f"--val_prompts={prompts}", f"--max_iters={cfg.rl_iters}",
+            f"--demo_val_data={sft}",
             "--eval_examples=64", "--save_every=0", *short_eval(cfg.rl_iters)]),
         # no config/grpo_gpt2_hh.py: PPO's HH settings where GRPO has the key
         ("grpo", "train_grpo.py", None, "rm", [
             f"--init_from={ckpt('sft')}", f"--reward_model={ckpt('rm')}", "--gold_judge=",
             f"--train_prompts={prompts}", f"--val_prompts={prompts}", "--block_size=512",
+            f"--demo_val_data={sft}",
             "--rollout_batch_size=64", "--group_size=4", "--max_new_tokens=53",
             "--temperature=0.7", "--minibatch_size=64", "--micro_batch_size=8", "--lr=3e-6",
             f"--max_iters={cfg.rl_iters}", "--eval_examples=64", "--save_every=0",

@@ -209,7 +209,8 @@ SFT = dict(n_layer=1, n_head=2, n_embd=32, block_size=48, max_iters=300, batch_s
 COMMON = dict(device="cpu", dtype="float32", block_size=48)
 PAIRS = dict(COMMON, beta=BETA, eval_interval=10**6, eval_examples=32, num_samples=0,
              log_interval=100, ckpt_interval=10**6, warmup_iters=10, min_lr=1e-5)
-ONLINE = dict(COMMON, reward_fn=REWARD_FN, gold_judge="", val_prompts="", max_new_tokens=3,
+ONLINE = dict(COMMON, reward_fn=REWARD_FN, gold_judge="", val_prompts="", demo_val_data="",
+              max_new_tokens=3,
               temperature=1.0, top_k=0, top_p=1.0, missing_eos_mode="", beta=BETA,
               rollout_batch_size=64, decay_lr=True, log_interval=20, sample_interval=10**6,
               num_samples=0, ckpt_interval=10**6, save_every=0, eval_interval=10**6)

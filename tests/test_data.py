@@ -195,6 +195,18 @@ def test_sft_single_turn_mask_is_exactly_the_response(tmp_path, capsys):
 
 
 @pytest.mark.unit
+def test_plain_text_records_train_every_token_without_a_template(tmp_path):
+    # pretraining text for PPO-ptx: no chat template, every token and the EOS trained, cut to
+    # its first block_size tokens
+    path = write(tmp_path, [{"text": "Cows say moo."}, {"text": "x" * 50}])
+    (ids0, mask0), (ids1, mask1) = loader.load_sft(path, ENC, 20)
+    assert ids0 == list("Cows say moo.".encode()) + [EOT] and mask0 == [1] * len(ids0)
+    assert ids1 == [ord("x")] * 20 and mask1 == [1] * 20
+    with pytest.raises(DataError, match="text"):
+        loader.load_sft(write(tmp_path, [{"text": 7}], "bad.jsonl"), ENC, 20)
+
+
+@pytest.mark.unit
 def test_sft_multi_turn_trains_every_assistant_turn(tmp_path):
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Hi"},

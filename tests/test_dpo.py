@@ -100,6 +100,19 @@ def test_ipo_and_hinge():
 
 
 @pytest.mark.unit
+def test_r_dpo_by_hand():
+    # h = [1.5, 0.5]; R-DPO: -log sigma(beta h + alpha (|y_w| - |y_l|)), lengths in tokens
+    losses, cr, rr = train_dpo.dpo_loss(t(PC), t(PR), t(RC), t(RR), beta=0.5, length_alpha=0.1,
+                                        chosen_lengths=torch.tensor([10, 4]),
+                                        rejected_lengths=torch.tensor([6, 8]))
+    want = [-log_sigmoid(0.5 * 1.5 + 0.1 * 4), -log_sigmoid(0.5 * 0.5 + 0.1 * -4)]
+    assert losses.tolist() == pytest.approx(want, abs=1e-12)
+    assert cr.tolist() == pytest.approx([0.25, 0.0])  # the implicit rewards do not change
+    plain, _, _ = train_dpo.dpo_loss(t(PC), t(PR), t(RC), t(RR), beta=0.5)
+    assert plain.tolist() == pytest.approx([-log_sigmoid(0.75), -log_sigmoid(0.25)], abs=1e-12)
+
+
+@pytest.mark.unit
 def test_simpo():
     # length-averaged log-probs
     losses, cr, rr = train_dpo.simpo_loss(t([-0.5, -1.0]), t([-0.8, -0.6]), beta=2.0, gamma=1.0)

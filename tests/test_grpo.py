@@ -113,7 +113,7 @@ from test_ppo import ppo_args, world  # noqa: E402,F401  (the fixture)
 def grpo_args(world, out, **kw):
     args = dict(init_from=str(world / "sft.pt"), reward_model=str(world / "rm.pt"),
                 train_prompts=str(world / "train.jsonl"), val_prompts=str(world / "val.jsonl"),
-                out_dir=str(out), gold_judge="", block_size=96, group_size=4,
+                out_dir=str(out), gold_judge="", demo_val_data="", block_size=96, group_size=4,
                 rollout_batch_size=16, minibatch_size=16, micro_batch_size=8, max_new_tokens=12,
                 max_iters=2, eval_interval=100, eval_examples=8, sample_interval=100,
                 num_samples=1, ckpt_interval=100, device="cpu", dtype="float32")

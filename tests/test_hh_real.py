@@ -349,6 +349,7 @@ def test_every_stage_on_real_records(gpt2, converted, tmp_path):
     # both on the same micro-batches), the ratio 1 to float precision (RLHF_DETAILS item 17)
     rl = [f"--init_from={sft}", f"--reward_model={rm}", "--gold_judge=", *SYSTEM,
           f"--train_prompts={data['prompts_train']}", f"--val_prompts={data['prompts_val']}",
+          f"--demo_val_data={data['sft_val']}",
           "--max_new_tokens=16", "--eval_examples=4", "--num_samples=1", "--sample_interval=100",
           "--missing_eos_mode="]  # a tiny model rarely ends within 16 tokens: score them all
     stage("train_ppo.py", *rl, f"--out_dir={out['ppo']}", "--rollout_batch_size=8",
@@ -387,7 +388,8 @@ def test_every_stage_on_real_records(gpt2, converted, tmp_path):
                          f"dpo:{out['dpo']}/ckpt_last.pt", f"grpo:{out['grpo']}/ckpt_last.pt"])
     stage("eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
           "--baseline=sft", "--gold_judge=", f"--prompts={data['prompts_val']}",
-          f"--pairs={data['prefs_val']}", "--eval_examples=8", "--max_new_tokens=16",
+          f"--pairs={data['prefs_val']}", f"--demo_val_data={data['sft_val']}",
+          "--eval_examples=8", "--max_new_tokens=16",
           "--batch_size=8", f"--out_dir={out['eval']}", *SYSTEM, timings=timings)
     with open(os.path.join(out["eval"], "results.json")) as f:
         results = json.load(f)

@@ -206,7 +206,7 @@ def test_gold_unpaired_labels_beat_the_median():
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     _, policy = tiny_policy(tmp_path)
-    with pytest.raises(config.ConfigError, match="'k' must be >= 2"):
+    with pytest.raises(config.ConfigError, match="'k' must be in 2..1024"):
         label.main([f"--policy={policy}", "--k=1"])
     with pytest.raises(config.ConfigError, match="policy="):
         label.main([f"--policy={tmp_path / 'missing.pt'}"])
@@ -225,7 +225,7 @@ def test_a_validation_slice_of_other_prompts_leaves_the_training_labels_alone(tm
         out = tmp_path / f"val{n_val}"
         label.main([f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=",
                     f"--out_dir={out}", "--k=4", "--max_prompts=12", f"--num_val_prompts={n_val}"])
-        files[n_val] = {n: (out / n).read_bytes() for n in os.listdir(out)}
+        files[n_val] = {n: (out / n).read_bytes() for n in os.listdir(out) if n.endswith(".jsonl")}
     assert "onpolicy_val.jsonl" not in files[0] and "onpolicy_val.jsonl" in files[6]
     assert all(files[6][n] == b for n, b in files[0].items())  # training labels unchanged
     train_prompts = {json.loads(l)["prompt"] for l in files[6]["onpolicy_train.jsonl"].splitlines()}
@@ -260,8 +260,9 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
     monkeypatch.setattr(label, "sample_answers", safety_sampler)
     args = [f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=", "--k=3"]
     label.main(args + [f"--out_dir={tmp_path / 'mixed'}"])
-    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == [
-        "onpolicy_samples.jsonl", "onpolicy_train.jsonl", "onpolicy_unpaired.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir() if not p.name.startswith(".")) == [
+        "onpolicy_manifest.json", "onpolicy_samples.jsonl", "onpolicy_train.jsonl",
+        "onpolicy_unpaired.jsonl"]
     label.main(args + [f"--out_dir={tmp_path / 'sep'}", "--kinds=separate"])
     assert "kinds: 3 helpful rankings (non-harmful prompts), 2 harmless rankings" in capsys.readouterr().out
     out = tmp_path / "sep"

@@ -54,7 +54,8 @@ def test_minimal_ppo_is_train_ppo_first_iteration(world, tmp_path):
                  num_iterations=2, max_iters=1, lr=1e-3, seed=7)
     full = train_ppo.main([
         f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'rm.pt'}",
-        f"--train_prompts={world / 'prompts_train.jsonl'}", "--val_prompts=", "--gold_judge=toy",
+        f"--train_prompts={world / 'prompts_train.jsonl'}", "--val_prompts=", "--demo_val_data=",
+        "--gold_judge=toy",
         "--micro_batch_size=4", f"--critic_lr={shape['lr']}", "--num_samples=0", "--save_every=0",
         f"--out_dir={tmp_path / 'ppo'}", "--device=cpu", "--dtype=float32",
         *[f"--{k}={v}" for k, v in shape.items()]])

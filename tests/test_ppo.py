@@ -20,7 +20,7 @@ import rollout
 import runtime
 import train_ppo
 from model import GPT, GPTConfig, ScalarModel
-from tokenizer import encode_prompt, get_tokenizer
+from tokenizer import encode_example, encode_prompt, encode_text, get_tokenizer
 from train_ppo import compute_gae, kl_shaped_rewards, whiten
 
 # -----------------------------------------------------------------------------
@@ -136,6 +136,29 @@ def test_penalise_missing_eos_by_hand():
 
 
 @pytest.mark.unit
+def test_length_penalty_by_hand():
+    scores, lengths = torch.tensor([1.0, 1.0, -2.0]), torch.tensor([4, 10, 0])
+    assert rollout.length_penalised(scores, lengths, 0.1).tolist() == pytest.approx([0.6, 0.0, -2.0])
+    assert torch.equal(rollout.length_penalised(scores, lengths, 0.0), scores)
+
+
+@pytest.mark.unit
+def test_ptx_loss_is_the_sft_loss():
+    # the mean NLL of the trained tokens: by hand from the full log-softmax
+    from data import loader
+    torch.manual_seed(0)
+    enc = get_tokenizer("byte")
+    model = GPT(tiny_config())
+    rows = [encode_example(enc, "What is 2 plus 2?", "4"), (encode_text(enc, "free text"), None)]
+    rows[1] = (rows[1][0], [1] * len(rows[1][0]))  # pretraining text: every token
+    idx, attn, lm = loader.collate(rows, enc.eot_token)
+    got = train_ppo.ptx_loss(model, (idx, attn, lm))
+    logp = torch.log_softmax(model(idx).float(), -1)[:, :-1].gather(-1, idx[:, 1:, None])[..., 0]
+    m = lm[:, 1:].float()
+    assert got.item() == pytest.approx(-(logp * m).sum().item() / m.sum().item(), abs=1e-5)
+
+
+@pytest.mark.unit
 def test_entropy_from_logits():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
     torch.testing.assert_close(ops.entropy_from_logits(logits), torch.tensor([[math.log(4), 0.0]]))
@@ -210,7 +233,8 @@ def world(tmp_path_factory):
 def ppo_args(world, out, **kw):
     args = dict(init_from=str(world / "sft.pt"), reward_model=str(world / "rm.pt"),
                 train_prompts=str(world / "train.jsonl"), val_prompts=str(world / "val.jsonl"),
-                out_dir=str(out), gold_judge="", block_size=96, rollout_batch_size=16,
+                out_dir=str(out), gold_judge="", demo_val_data="", block_size=96,
+                rollout_batch_size=16,
                 minibatch_size=8, micro_batch_size=4, max_new_tokens=12, max_iters=3,
                 eval_interval=100, eval_examples=16, sample_interval=100, num_samples=1,
                 ckpt_interval=100, device="cpu", dtype="float32")
@@ -299,3 +323,26 @@ def test_bad_config_is_rejected_before_training(world, tmp_path):
         train_ppo.main(ppo_args(world, tmp_path, reward_fn="bytecount:e"))
     with pytest.raises(config.ConfigError, match="minibatch_size"):
         train_ppo.main(ppo_args(world, tmp_path, minibatch_size=5))
+
+
+def test_ptx_and_the_demonstrations_nll(world, tmp_path):
+    # PPO-ptx's term is logged per minibatch, and the held-out demonstrations' NLL at every
+    # evaluation: the first one is the SFT policy's own (its value by hand)
+    from data.toy.prepare import write_jsonl
+    demos = write_jsonl(tmp_path / "demos.jsonl", [
+        dict(prompt=f"What color is {x}?", response=f"It is {y}.")
+        for x, y in (("a crow", "black"), ("a lime", "green"), ("a swan", "white"))])
+    args = dict(demo_val_data=demos, ptx_data=demos, ptx_batch_size=2, eval_interval=2,
+                max_iters=2)
+    out = train_ppo.main(ppo_args(world, tmp_path / "ptx", ptx_coef=1.0, **args))
+    plain = train_ppo.main(ppo_args(world, tmp_path / "plain", **args))
+    assert out["ptx_loss"] > 0 and "ptx_loss" not in plain
+    log = [json.loads(l) for l in open(tmp_path / "ptx" / "log.jsonl")]
+    nll = [r["val_demo_nll"] for r in log if "val_demo_nll" in r]
+    assert len(nll) == 2  # before training and at iteration 2
+    cfg = config.parse_config(train_ppo.DEFAULTS, ppo_args(world, tmp_path / "x", **args))
+    proc = runtime.init_runtime(cfg)
+    policy, *_, enc = train_ppo.load_models(cfg, proc)
+    sft_nll = train_ppo.ptx_loss(policy, tuple(train_ppo.load_demos(cfg, enc, proc).val[0]))
+    assert nll[0] == pytest.approx(sft_nll.item(), abs=1e-5)
+    assert out["val_demo_nll"] != nll[0]  # the policy moved

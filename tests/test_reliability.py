@@ -131,10 +131,12 @@ def ppo_args(w):
     # adaptive KL: the coefficient is state that a resumed run must pick up
     return [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
             f"--train_prompts={w / 'prompts_train.jsonl'}",
-            f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=toy", "--block_size=96",
+            f"--val_prompts={w / 'prompts_eval.jsonl'}", f"--demo_val_data={w / 'sft_val.jsonl'}",
+            "--gold_judge=toy", "--block_size=96",
             "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
             "--max_new_tokens=12", "--num_iterations=2", "--max_iters=12", "--adaptive_kl=True",
             "--kl_horizon=50", "--target_kl=0.5", "--lr=1e-3", "--critic_lr=1e-3",
+            "--ptx_coef=0.5", f"--ptx_data={w / 'sft_train.jsonl'}", "--ptx_batch_size=4",
             "--eval_interval=4", "--eval_examples=8", "--sample_interval=100", "--num_samples=0",
             "--ckpt_interval=2", "--save_every=0", "--log_interval=1", "--device=cpu",
             "--dtype=float32"]
@@ -144,7 +146,8 @@ def grpo_args(w):
     # RLOO on groups of 4: no critic, the KL in the reward; samples logged to tokens.jsonl
     return [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
             f"--train_prompts={w / 'prompts_train.jsonl'}",
-            f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=toy", "--block_size=96",
+            f"--val_prompts={w / 'prompts_eval.jsonl'}", f"--demo_val_data={w / 'sft_val.jsonl'}",
+            "--gold_judge=toy", "--block_size=96",
             "--advantage=rloo", "--group_size=4", "--rollout_batch_size=8", "--minibatch_size=4",
             "--micro_batch_size=4", "--max_new_tokens=12", "--num_iterations=2",
             "--max_iters=12", "--lr=1e-3", "--eval_interval=4", "--eval_examples=8",
@@ -489,7 +492,8 @@ def base_args(stage, w):
                 "--max_iters=1", "--eval_examples=8", "--device=cpu", "--dtype=float32"]
     rl = [f"--init_from={w / 'sft.pt'}", f"--reward_model={w / 'rm.pt'}",
           f"--train_prompts={w / 'prompts_train.jsonl'}",
-          f"--val_prompts={w / 'prompts_eval.jsonl'}", "--gold_judge=", "--block_size=96",
+          f"--val_prompts={w / 'prompts_eval.jsonl'}", "--demo_val_data=", "--gold_judge=",
+          "--block_size=96",
           "--rollout_batch_size=8", "--minibatch_size=4", "--micro_batch_size=4",
           "--max_new_tokens=12", "--num_iterations=1", "--max_iters=1", "--eval_examples=8",
           "--num_samples=0", "--device=cpu", "--dtype=float32"]

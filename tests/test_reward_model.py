@@ -347,3 +347,55 @@ def test_a_step_is_the_mean_over_its_pairs_however_it_is_split(tmp_path):
         assert two[k] == pytest.approx(one[k], abs=1e-6), k
     for n in g1:
         torch.testing.assert_close(g2[n], g1[n], atol=1e-6, rtol=0, msg=n)
+
+
+@pytest.mark.unit
+def test_aggregate_rewards_by_hand():
+    # three members' scores of two answers
+    s = torch.tensor([[1.0, -2.0], [3.0, 0.0], [2.0, 2.0]])
+    agg = train_reward_model.aggregate_rewards
+    assert agg(s, "mean").tolist() == pytest.approx([2.0, 0.0])
+    assert agg(s, "min").tolist() == pytest.approx([1.0, -2.0])
+    # variance with ddof = 0: [(1 + 1 + 0) / 3, (4 + 0 + 4) / 3]
+    assert agg(s, "uwo", uwo_lambda=0.5).tolist() == pytest.approx([2.0 - 0.5 * 2 / 3,
+                                                                    0.0 - 0.5 * 8 / 3])
+    assert agg(s[:1], "uwo").tolist() == pytest.approx([1.0, -2.0])  # one member: no spread
+    with pytest.raises(ValueError, match="aggregation"):
+        agg(s, "max")
+
+
+@pytest.mark.slow
+def test_an_ensemble_trains_its_members_and_reads_as_one(small_prefs, tmp_path):
+    prefs, sft, _ = small_prefs
+    args = TINY + [f"--train_data={prefs}", f"--val_data={prefs}", f"--bias_data={sft}",
+                   "--batch_size=2", "--num_epochs=2", "--warmup_iters=0", "--eval_interval=100"]
+    out = tmp_path / "ens"
+    res = train_reward_model.main(args + [f"--out_dir={out}", "--ensemble=2", "--bootstrap=True"])
+    assert len(res["members"]) == 2 and sorted(os.listdir(out)) == ["member0", "member1"]
+    one = train_reward_model.main(args + [f"--out_dir={tmp_path / 'one'}", "--seed=1338",
+                                          "--bootstrap=True"])
+    a = checkpoint.load_checkpoint(str(out / "member1" / "ckpt_last.pt"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "one" / "ckpt_last.pt"))
+    assert a["config"]["seed"] == 1338  # member k is the run of seed + k, nothing else
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    m0 = checkpoint.load_checkpoint(str(out / "member0" / "ckpt_last.pt"))["model"]
+    assert not torch.equal(m0["head.weight"], a["model"]["head.weight"])  # members differ
+    # consumers read the directory (or a list of files) as one model of aggregated scores
+    from model import ScalarEnsemble
+    enc = get_tokenizer("byte")
+    idx, mask = (torch.tensor([x]) for x in encode_example(enc, "What does a cow say?", "Moo."))
+    members = [checkpoint.load_reward_model(str(out / f"member{k}" / "ckpt_best.pt"), "byte")
+               for k in (0, 1)]
+    each = torch.stack([m.score(idx, mask) for m in members])  # (2, 1)
+    for how in ("mean", "min", "uwo"):
+        ens = checkpoint.load_reward_model(str(out), "byte", agg=how, uwo_lambda=0.5)
+        listed = checkpoint.load_reward_model(",".join(
+            str(out / f"member{k}" / "ckpt_best.pt") for k in (0, 1)), "byte", agg=how,
+            uwo_lambda=0.5)
+        assert isinstance(ens, ScalarEnsemble) and len(ens.members) == 2
+        want = train_reward_model.aggregate_rewards(each, how, 0.5)
+        assert ens.score(idx, mask).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+        assert listed.score(idx, mask).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    with pytest.raises(config.CheckpointError, match="member"):
+        checkpoint.load_reward_model(str(tmp_path), "byte")  # a directory without members

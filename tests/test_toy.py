@@ -134,16 +134,17 @@ def read(out, name):
 
 
 def test_generator_writes_the_documented_files(toy_dir):
-    sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))}
+    sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))
+             if name.endswith(".jsonl")}
     assert sizes == {"prefs_train.jsonl": 8000, "prefs_val.jsonl": 400, "prefs_test.jsonl": 1000,
                      "prompts_eval.jsonl": 96, "prompts_eval_safety.jsonl": 40,
-                     "prompts_train.jsonl": 1000, "sft_train.jsonl": 5000, "sft_val.jsonl": 400}
+                     "prompts_train.jsonl": 2000, "sft_train.jsonl": 5000, "sft_val.jsonl": 400}
 
 
 def test_generator_is_deterministic_per_seed(toy_dir, tmp_path):
     prepare.prepare(str(tmp_path / "same"), seed=1337)
     prepare.prepare(str(tmp_path / "other"), seed=1338)
-    for name in os.listdir(toy_dir):
+    for name in (n for n in os.listdir(toy_dir) if n.endswith(".jsonl")):
         with open(toy_dir / name, "rb") as f:
             want = f.read()
         assert (tmp_path / "same" / name).read_bytes() == want, name
@@ -226,7 +227,7 @@ def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_
     share = 0.5
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", f"--contrast_share={share}"])
     assert prepare.CONTRAST_SHARE != share
-    for name in os.listdir(toy_dir):  # every other file is drawn from its own stream
+    for name in prepare.FILES:  # every other file is drawn from its own stream
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "prefs_train.jsonl"), name
     with_contrast, mixed = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
@@ -254,7 +255,7 @@ def test_the_held_out_split_is_pinned(toy_dir):
 
 def test_extra_phrasings_re_ask_a_share_of_the_demonstrations_only(toy_dir, tmp_path):
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--sft_extra_share=0"])
-    for name in os.listdir(toy_dir):  # drawn from their own stream: every other file is the same
+    for name in prepare.FILES:  # drawn from their own stream: every other file is the same
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "sft_train.jsonl"), name
     plain, rephrased = read(tmp_path, "sft_train.jsonl"), read(toy_dir, "sft_train.jsonl")
@@ -449,7 +450,7 @@ def test_safety_demonstrations_land_in_their_bands(toy_dir):
 
 def test_every_file_holds_its_share_of_safety_prompts(toy_dir):
     for name, n in [("sft_train", 5000), ("sft_val", 400), ("prefs_train", 8000), ("prefs_val", 400),
-                    ("prefs_test", 1000), ("prompts_train", 1000), ("prompts_eval", 0)]:
+                    ("prefs_test", 1000), ("prompts_train", 2000), ("prompts_eval", 0)]:
         rows = read(toy_dir, f"{name}.jsonl")
         families = Counter(parse_prompt(r["prompt"])[0] for r in rows)
         half = round(prepare.SAFETY_SHARE * n) // 2  # 0.2: 500 harmful and 500 lookalike of 5000
@@ -486,7 +487,7 @@ def test_held_out_safety_prompts_never_reach_training(toy_dir):
 
 def test_refusal_share_is_exact_and_nested(toy_dir, tmp_path):
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--refusal_share=0.3"])
-    for name in os.listdir(toy_dir):  # drawn from their own stream: only the demonstrations change
+    for name in prepare.FILES:  # drawn from their own stream: only the demonstrations change
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name not in ("sft_train.jsonl", "sft_val.jsonl")), name
     for name, n_harmful in [("sft_train.jsonl", 500), ("sft_val.jsonl", 40)]:
@@ -501,8 +502,8 @@ def test_refusal_share_is_exact_and_nested(toy_dir, tmp_path):
         assert refused[prepare.REFUSAL_SHARE] <= refused[0.3]  # a dose sweep adds refusals
 
 
-# sha256 of the seven files of seed 1337 as written before the safety families existed (default
-# keys): safety_share=0 must write them byte for byte
+# sha256 of the seven files of seed 1337 as written before the safety families and the RL
+# prompts' second thousand and phrasings existed: those keys at 0 must write them byte for byte
 BENIGN_WORLD_SHA256 = {
     "prefs_test.jsonl": "4d78a2620b873e367e2c1f6dbffa71e50e03595aaa04b0a8b5a96072f3868794",
     "prefs_train.jsonl": "4ecd046e03f44ce664bd105411f4a3ff910df07867b092db8fb5d58552a34ec1",
@@ -516,9 +517,36 @@ BENIGN_WORLD_SHA256 = {
 
 def test_safety_share_zero_writes_the_benign_world_byte_for_byte(toy_dir, tmp_path):
     import hashlib
-    prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--safety_share=0"])
+    prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--safety_share=0", "--prompts_more=0",
+                  "--prompts_extra_share=0"])
     for name, digest in BENIGN_WORLD_SHA256.items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest, name
     # the held-out prompts of both worlds are the same files, whatever the share
     for name in ("prompts_eval.jsonl", "prompts_eval_safety.jsonl"):
         assert (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes(), name
+
+
+def test_more_rl_prompts_and_their_training_only_phrasings(toy_dir, tmp_path):
+    # the second thousand comes from a stream of its own, and half of all are re-phrased: the
+    # first thousand's questions stay, every other file is the same
+    prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--prompts_more=0",
+                  "--prompts_extra_share=0"])
+    names = [n for n in os.listdir(toy_dir) if not n.endswith("_manifest.json")]  # the settings
+    assert "prompts_eval_safety.jsonl" in names
+    for name in names:
+        same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
+        assert same == (name != "prompts_train.jsonl"), name
+    plain, rows = read(tmp_path, "prompts_train.jsonl"), read(toy_dir, "prompts_train.jsonl")
+    assert len(plain) == prepare.N_PROMPTS_TRAIN
+    assert len(rows) == prepare.N_PROMPTS_TRAIN + prepare.PROMPTS_MORE
+    extra = {prepare.question(f, t, x) for f, ts in prepare.EXTRA_TEMPLATES.items() for t in ts
+             for x in prepare.subjects(f)}
+    benign = [r for r in rows if r["family"] in prepare.FAMILIES]
+    share = sum(r["prompt"] in extra for r in benign) / len(benign)
+    assert abs(share - prepare.PROMPTS_EXTRA_SHARE) < 0.05
+    for a, b in zip(plain, rows):  # the same question, in another phrasing or as it was
+        if b["family"] == a["family"] and b["family"] in prepare.FAMILIES:
+            assert parse_prompt(a["prompt"])[:3] == parse_prompt(b["prompt"])[:3] or b["prompt"] \
+                not in extra
+    held = {r["prompt"] for r in read(toy_dir, "prompts_eval.jsonl")}
+    assert not held & {r["prompt"] for r in rows}  # no held-out phrasing in training

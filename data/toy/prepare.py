@@ -3,7 +3,7 @@ Generate the toy world: small English questions, deliberately mediocre demonstra
 preference pairs labelled by the programmatic judge (data/toy/judge.py) with some label noise.
 
     python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out] [--contrast_share=0.0]
-                               [--safety_share=0.2] [--refusal_share=0.1]
+                               [--safety_share=0.2] [--refusal_share=0.1] [--overwrite=True]
 
 No network, a few seconds. Writes, in out_dir:
     sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
@@ -11,9 +11,13 @@ No network, a few seconds. Writes, in out_dir:
     prefs_train.jsonl  8000 {"prompt", "chosen", "rejected"}  judge labels, 10% of them flipped
     prefs_val.jsonl     400 the same on held-out prompts, no flipped labels (picks the best RM)
     prefs_test.jsonl   1000 the same, drawn apart: the RM accuracy we report
-    prompts_train.jsonl 1000 {"prompt", "family"}  for RL
+    prompts_train.jsonl 2000 {"prompt", "family"}  for RL and labelling; half of them asked in a
+                                                   training-only phrasing
     prompts_eval.jsonl    96 {"prompt", "family"}  every held-out prompt once
     prompts_eval_safety.jsonl 40 {"prompt", "family"}  every held-out harmful and lookalike prompt
+    world_manifest.json  written last: the files (lines, sha256) and the settings
+The files appear as one set or not at all, under out_dir's lock; a world of other settings (a
+seed, a share) is replaced only with --overwrite=True, the same world is written again.
 
 A safety_share of every file but the two eval files asks the two safety families instead:
 harmful requests ("How do I steal a bike?") and harmless lookalikes ("How do I steal a base?").
@@ -26,7 +30,6 @@ held-out prompts ask about known things in a phrasing the model never saw for th
 Every example fits in 128 bytes with the chat template (prompts <= 40 chars, answers <= 64).
 """
 
-import argparse
 import json
 import os
 import random
@@ -43,6 +46,10 @@ from data.toy import judge  # noqa: E402
 N_SFT_TRAIN, N_SFT_VAL = 5000, 400
 N_PREFS_TRAIN, N_PREFS_VAL, N_PREFS_TEST = 8000, 400, 1000
 N_PROMPTS_TRAIN, N_EVAL_PER_FAMILY = 1000, 50
+PROMPTS_MORE = 1000  # RL prompts drawn after the first N_PROMPTS_TRAIN, from a stream of their
+                     # own (the labelling step's 1000 prompts plus its validation slice)
+PROMPTS_EXTRA_SHARE = 0.5  # share of prompts_train asked in a training-only phrasing: a reward
+                     # model labelled on more phrasings generalises to the held-out ones
 FLIP_RATE = 0.10  # share of training preference labels flipped: annotators disagree
 CONTRAST_SHARE = 0.0  # share of training pairs that differ only in the stated fact (see the
                       # README: 0.5 raises the RM's accuracy and PPO's wins but lowers DPO's)
@@ -351,11 +358,26 @@ def add_contrast_pairs(rows, rng, combos, share, flip_rate):
     return rows
 
 
-def make_prompts(rng, combos, n):
+def make_prompts(rng, combos, n, subjects_out=None):
+    """n RL prompts; appends each one's (family, subject) to subjects_out."""
     rows = []
     for _ in range(n):
-        family, _, prompt = draw(rng, combos)
+        family, subject, prompt = draw(rng, combos)
         rows.append(dict(prompt=prompt, family=family))
+        if subjects_out is not None:
+            subjects_out.append((family, subject))
+    return rows
+
+
+def rephrase_prompts(rows, subjects_of, rng, share):
+    """Ask a share of the RL prompts, at random rows, in a training-only phrasing
+    (EXTRA_TEMPLATES): the same question, which the judge parses alike."""
+    for i in sorted(rng.sample(range(len(rows)), round(share * len(rows)))):
+        family, subject = subjects_of[i]
+        prompt = question(family, rng.choice(EXTRA_TEMPLATES[family]), subject)
+        if judge.parse_prompt(prompt)[:3] != judge.parse_prompt(rows[i]["prompt"])[:3]:
+            raise RuntimeError(f"toy world bug: {prompt!r} is not {rows[i]['prompt']!r} re-phrased")
+        rows[i] = dict(rows[i], prompt=prompt)
     return rows
 
 
@@ -471,19 +493,55 @@ def write_jsonl(path, rows):
 
 
 def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
-            refusal_share=None):
-    """Write the eight files into out_dir; returns {file name: number of lines}."""
+            refusal_share=None, prompts_more=None, prompts_extra_share=None, overwrite=False):
+    """Write the eight files into out_dir, as one set (run.DataSet: out_dir locked, the files
+    staged and swapped in whole, world_manifest.json last); a world of other settings already
+    there is replaced only with overwrite=True. Returns {file name: number of lines}."""
+    import run  # the plumbing: imported here, so the generator itself needs no torch
+    settings = world_settings(seed, contrast_share, sft_extra_share, safety_share, refusal_share,
+                              prompts_more, prompts_extra_share)
+    with run.DataSet(out_dir, "world", FILES, "a toy world", settings, overwrite=overwrite) as out:
+        files = make_world(seed, contrast_share, sft_extra_share, safety_share, refusal_share,
+                           prompts_more, prompts_extra_share)
+        for name, rows in files.items():
+            with out.writing(name) as path:
+                write_jsonl(path, rows)
+        out.commit()
+    return {name: len(rows) for name, rows in files.items()}
+
+
+def world_settings(seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
+                   refusal_share=None, prompts_more=None, prompts_extra_share=None):
+    """What a world is made of (its manifest's settings): the seed and the shares."""
+    return dict(seed=seed, contrast_share=CONTRAST_SHARE if contrast_share is None else contrast_share,
+                sft_extra_share=SFT_EXTRA_SHARE if sft_extra_share is None else sft_extra_share,
+                safety_share=SAFETY_SHARE if safety_share is None else safety_share,
+                refusal_share=REFUSAL_SHARE if refusal_share is None else refusal_share,
+                prompts_more=PROMPTS_MORE if prompts_more is None else prompts_more,
+                prompts_extra_share=PROMPTS_EXTRA_SHARE if prompts_extra_share is None
+                else prompts_extra_share)
+
+
+# the files of a world, in the order they are made
+FILES = ("sft_train.jsonl", "sft_val.jsonl", "prefs_train.jsonl", "prefs_val.jsonl",
+         "prompts_train.jsonl", "prompts_eval.jsonl", "prefs_test.jsonl",
+         "prompts_eval_safety.jsonl")
+
+
+def make_world(seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
+               refusal_share=None, prompts_more=None, prompts_extra_share=None):
+    """{file name: rows} of the world of these settings (nothing written)."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
     train = {f: tr for f, (tr, _) in splits.items()}
     held = {f: ho for f, (_, ho) in splits.items()}
-    sft_subjects = []
+    sft_subjects, prompt_subjects = [], []
     files = {
         "sft_train.jsonl": make_sft(rng, train, N_SFT_TRAIN, sft_subjects),
         "sft_val.jsonl": make_sft(rng, held, N_SFT_VAL),
         "prefs_train.jsonl": make_prefs(rng, train, N_PREFS_TRAIN, FLIP_RATE),
         "prefs_val.jsonl": make_prefs(rng, held, N_PREFS_VAL, 0.0),
-        "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN),
+        "prompts_train.jsonl": make_prompts(rng, train, N_PROMPTS_TRAIN, prompt_subjects),
         "prompts_eval.jsonl": make_eval_prompts(rng, held, N_EVAL_PER_FAMILY),
     }
     # drawn from their own streams, so every other file is the same with or without them
@@ -492,41 +550,51 @@ def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safet
     # the reward model's best checkpoint is picked on prefs_val: its accuracy there is biased up,
     # so the accuracy we report comes from pairs no choice was made on
     files["prefs_test.jsonl"] = make_prefs(random.Random(seed + 2), held, N_PREFS_TEST, 0.0)
+    # more RL prompts, and training-only phrasings of a share of them: streams of their own
+    more = PROMPTS_MORE if prompts_more is None else prompts_more
+    files["prompts_train.jsonl"] += make_prompts(random.Random(f"{seed}:prompts:more"), train,
+                                                 more, prompt_subjects)
+    share = PROMPTS_EXTRA_SHARE if prompts_extra_share is None else prompts_extra_share
+    rephrase_prompts(files["prompts_train.jsonl"], prompt_subjects,
+                     random.Random(f"{seed}:prompts:rephrase"), share)
     add_safety(files, seed, SAFETY_SHARE if safety_share is None else safety_share,
                REFUSAL_SHARE if refusal_share is None else refusal_share, extra)
     # last: a contrast pair replaces whatever row was drawn at its position, safety rows included
     share = CONTRAST_SHARE if contrast_share is None else contrast_share
     add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, share, FLIP_RATE)
-    os.makedirs(out_dir, exist_ok=True)
-    for name, rows in files.items():
-        write_jsonl(os.path.join(out_dir, name), rows)
-    return {name: len(rows) for name, rows in files.items()}
+    return files
+
+
+DEFAULTS = dict(
+    seed=1337,
+    out_dir=os.path.join("data", "toy", "out"),
+    contrast_share=CONTRAST_SHARE,    # share of training pairs that differ only in the stated fact
+    sft_extra_share=SFT_EXTRA_SHARE,  # share of sft_train questions asked in a training-only phrasing
+    safety_share=SAFETY_SHARE,        # share of harmful and lookalike prompts (half each) in every
+                                      # file but the eval prompts; 0 writes the benign world of before
+    refusal_share=REFUSAL_SHARE,      # share of the harmful demonstrations that refuse
+    prompts_more=PROMPTS_MORE,        # RL prompts beyond the first 1000, from a stream of their own
+    prompts_extra_share=PROMPTS_EXTRA_SHARE,  # share of prompts_train in a training-only phrasing
+    overwrite=False,                  # replace a world of other settings in out_dir
+)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--out_dir", default=os.path.join("data", "toy", "out"))
-    parser.add_argument("--contrast_share", type=float, default=CONTRAST_SHARE,
-                        help="share of training pairs that differ only in the stated fact")
-    parser.add_argument("--sft_extra_share", type=float, default=SFT_EXTRA_SHARE,
-                        help="share of sft_train questions asked in a training-only phrasing")
-    parser.add_argument("--safety_share", type=float, default=SAFETY_SHARE,
-                        help="share of harmful and lookalike prompts (half each) in every file "
-                             "but the eval prompts; 0 writes the benign world of before")
-    parser.add_argument("--refusal_share", type=float, default=REFUSAL_SHARE,
-                        help="share of the harmful demonstrations that refuse (the rest comply)")
-    args = parser.parse_args(argv)
-    for key in ("contrast_share", "sft_extra_share", "safety_share", "refusal_share"):
-        if not 0.0 <= getattr(args, key) <= 1.0:
-            parser.error(f"--{key}={getattr(args, key)} must be in [0, 1]")
+    import config
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    config.validate(cfg, {**{key: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]") for key in (
+        "contrast_share", "sft_extra_share", "safety_share", "refusal_share",
+        "prompts_extra_share")}, "prompts_more": (lambda v: 0 <= v <= 10**6, "in [0, 1000000]")})
     t0 = time.time()
-    counts = prepare(args.out_dir, args.seed, args.contrast_share, args.sft_extra_share,
-                     args.safety_share, args.refusal_share)
+    counts = prepare(cfg.out_dir, cfg.seed, cfg.contrast_share, cfg.sft_extra_share,
+                     cfg.safety_share, cfg.refusal_share, cfg.prompts_more,
+                     cfg.prompts_extra_share, cfg.overwrite)
     for name, n in counts.items():
-        print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
-    print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
+        print(f"wrote {n:5d} lines to {os.path.join(cfg.out_dir, name)}")
+    print(f"done in {time.time() - t0:.1f}s (seed {cfg.seed}); {cfg.out_dir}/world_manifest.json "
+          f"names the set")
 
 
 if __name__ == "__main__":
-    main()
+    import config
+    config.cli(main)
