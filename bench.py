@@ -88,9 +88,7 @@ quiet one, with the thread count you mean (OMP_NUM_THREADS).
 """
 
 import copy
-import ctypes
 import datetime
-import gc
 import json
 import os
 import platform
@@ -162,49 +160,6 @@ def timed(fn, proc):
     out = fn()
     sync(proc)
     return out, time.perf_counter() - t0
-
-
-def rss_mb(field):
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process in MB, from /proc; falls
-    back to getrusage's lifetime peak where /proc is missing (macOS), and to 0 on Windows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
-
-
-def start_memory(proc):
-    """Reset the peak-memory counter; returns the baseline that peak_memory_mb subtracts."""
-    gc.collect()
-    if proc.device_type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        return 0.0
-    try:  # hand the freed memory of earlier stages back to the OS (glibc), or reusing it later
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # would not show up as growth
-    except (OSError, AttributeError):
-        pass
-    try:  # '5' resets the kernel's VmHWM to the current RSS (Linux >= 4.0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return rss_mb("VmRSS")
-
-
-def peak_memory_mb(proc, base):
-    if proc.device_type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return max(rss_mb("VmHWM") - base, 0.0)
 
 
 def state_mb(models, optimizers):
@@ -470,24 +425,23 @@ TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
 def bench_training(stage, size, cfg, proc, gen):
     """Time a training stage's step variants side by side; its rows (the models, the DPO
     reference included, are resident in every row's peak memory)."""
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     s = TRAINING[stage](size, cfg, proc, gen)
     times = measure(s.steps, cfg, proc)
-    return training_rows(size, times, s, cfg, peak_memory_mb(proc, base),
+    return training_rows(size, times, s, cfg, runtime.peak_memory_mb(proc, base),
                          state_mb(s.models, s.optimizers))
 
 
 def bench_ppo(size, cfg, proc, gen):
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
     # the four models of train_ppo.py: the critic starts as a copy of the reward model
-    policy = build(GPT, size, T, proc).eval()
-    ref = copy.deepcopy(policy).requires_grad_(False)
+    policy = build(GPT, size, T, proc, cfg.grad_checkpoint).eval()  # (the reference: no grad,
+    ref = copy.deepcopy(policy).requires_grad_(False)                # so never recomputed)
     reward_model = build(ScalarModel, size, T, proc).eval().requires_grad_(False)
     critic = copy.deepcopy(reward_model).requires_grad_(True)
-    for model in (policy, critic):  # the trained ones
-        model.transformer.grad_checkpoint = cfg.grad_checkpoint
+    critic.transformer.grad_checkpoint = cfg.grad_checkpoint  # the trained ones
     config = policy.config
     opt_policy = optimizer_for(policy, proc, train_ppo.DEFAULTS)
     opt_critic = optimizer_for(critic, proc, {**train_ppo.DEFAULTS,
@@ -556,7 +510,7 @@ def bench_ppo(size, cfg, proc, gen):
         iteration(i, False)
     for i in range(cfg.warmup, cfg.warmup + cfg.steps):
         iteration(i, True)
-    return ppo_rows(size, times, flops, tokens, prompts, cfg, peak_memory_mb(proc, base),
+    return ppo_rows(size, times, flops, tokens, prompts, cfg, runtime.peak_memory_mb(proc, base),
                     state_mb([policy, ref, reward_model, critic], [opt_policy, opt_critic]))
 
 
@@ -591,7 +545,7 @@ def computed_positions(prompt_mask, N, micro):
 
 
 def bench_grpo(size, cfg, proc, gen):
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
     policy = build(GPT, size, T, proc, cfg.grad_checkpoint).eval()
@@ -618,7 +572,7 @@ def bench_grpo(size, cfg, proc, gen):
                              update=1, cfg=grpo_cfg, proc=proc)
 
     seconds = measure(dict(grpo_iter=iteration), cfg, proc)["grpo_iter"]
-    return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(proc, base), None,
+    return [row(size, "grpo_iter", B * N, seconds, None, cfg, runtime.peak_memory_mb(proc, base), None,
                 state_mb([policy, ref, reward_model], [optimizer]))]
 
 

@@ -4,6 +4,7 @@ and read back with weights_only=True; the model a checkpoint (or 'scratch', a GP
 Face directory) holds; and a small content-keyed cache for anything a run computes once.
 """
 
+import glob
 import hashlib
 import os
 import pickle
@@ -14,7 +15,7 @@ from dataclasses import asdict
 import torch
 
 from config import HUB, CheckpointError, ConfigError, FileError, NonFiniteError, require
-from runtime import is_sharded, print0, unwrap
+from runtime import broadcast_parameters, is_sharded, print0, shard, unwrap
 
 # -----------------------------------------------------------------------------
 # checkpoints: one dict per file, written atomically and read back with weights_only=True
@@ -412,3 +413,61 @@ def read_cache(path, key, what, depends_on, check=None, device="cpu"):
                 return cache
     print0(f"note: {path}: {problem}; recomputing {what}")
     return None
+
+# -----------------------------------------------------------------------------
+# the snapshots a run kept (eval.py's over-optimisation sweep)
+
+
+def sweep_checkpoints(run_dirs):
+    """[(run, iteration, path)] of every ckpt_iter{N}.pt in each run dir, by iteration; a run
+    without any contributes its ckpt_last.pt (its iteration read from the checkpoint)."""
+    found = []
+    for d in [d.strip() for d in run_dirs.split(",") if d.strip()]:
+        run = os.path.normpath(d)
+        its = sorted((int(re.search(r"ckpt_iter(\d+)\.pt$", p).group(1)), p)
+                     for p in glob.glob(os.path.join(d, "ckpt_iter*.pt"))
+                     if re.search(r"ckpt_iter(\d+)\.pt$", p))
+        if not its:
+            last = os.path.join(d, "ckpt_last.pt")
+            if not os.path.isfile(last):
+                raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
+            print0(f"sweep: no ckpt_iter*.pt in {d} (train with --save_every=N to keep them); "
+                   f"using ckpt_last.pt")
+            its = [(int(load_checkpoint(last).get("step", 0)), last)]
+        found += [(run, iteration, p) for iteration, p in its]
+    return found
+
+
+# -----------------------------------------------------------------------------
+# PPO's and GRPO's trained models on resume (their scripts build them before the optimizers)
+
+
+def resume_models(run, policy, critic=None):
+    """A resumed run's weights, the policy's and the critic's, loaded before the models are
+    sharded (FSDP) and their optimizers built; run.restore then restores the policy's optimizer,
+    the RNG and the loop state, and resume_critic_optimizer the critic's optimizer."""
+    if run.resume is None:
+        return
+    if critic is not None:
+        require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
+    policy.load_state_dict(run.resume["model"])
+    if critic is not None:
+        critic.load_state_dict(run.resume["critic"])
+
+
+def resume_and_shard(run, policy, critic=None):
+    """The trained models, before their optimizers are built: a resumed run's weights
+    (resume_models), then every rank on rank 0's weights (DDP: a fresh value head is drawn from
+    each rank's own seed) and, under FSDP, each model sharded, each rank keeping its share. The
+    frozen reference and reward model stay whole on every rank. A collective."""
+    resume_models(run, policy, critic)
+    models = [m for m in (policy, critic) if m is not None]
+    broadcast_parameters(*models)
+    for model in models:
+        shard(model, run.proc)
+
+
+def resume_critic_optimizer(run, critic_optimizer):
+    """A resumed run's critic optimizer (sharded or not: load_optimizer_state)."""
+    if run.resume is not None:
+        load_optimizer_state(critic_optimizer, run.resume["critic_optimizer"])

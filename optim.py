@@ -58,6 +58,15 @@ def set_lr(optimizer, lr):
         g["lr"] = lr
 
 
+def set_rl_lr(iteration, cfg, *optimizers):
+    """rl_lr_scale of cfg's schedule at `iteration`, applied to each (optimizer, its peak lr);
+    returns the scale."""
+    scale = rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
+    for optimizer, lr in optimizers:
+        set_lr(optimizer, lr * scale)
+    return scale
+
+
 def check_finite(update, **quantities):
     """Stop the run, naming the update (numbered as the log numbers it: the first is 1) and the
     quantity, when a loss or gradient is NaN or inf."""

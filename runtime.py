@@ -4,7 +4,10 @@ the all-reduce helpers that make every rank take the same decisions, and the wra
 step calls through (torch.compile, DDP, FSDP) and how to see past them.
 """
 
+import ctypes
+import gc
 import os
+import platform
 import sys
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
@@ -44,7 +47,6 @@ def keep_freed_cpu_memory():
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**30) and
@@ -242,3 +244,52 @@ def gathered(*models):
         for m in from_fsdp:  # blocks free their weights after each forward again; roots do not
             m.set_reshard_after_forward(id(m) not in roots)
             m.reshard()
+
+
+# -----------------------------------------------------------------------------
+# peak memory of a stretch of work (bench.py): the GPU's allocator, or the process's resident set
+
+
+def rss_mb(field):
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process in MB, from /proc; falls
+    back to getrusage's lifetime peak where /proc is missing (macOS), and to 0 on Windows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+def start_memory(proc):
+    """Reset the peak-memory counter; returns the baseline that peak_memory_mb subtracts."""
+    gc.collect()
+    if proc.device_type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return 0.0
+    try:  # hand the freed memory of earlier stages back to the OS (glibc), or reusing it later
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # would not show up as growth
+    except (OSError, AttributeError):
+        pass
+    try:  # '5' resets the kernel's VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return rss_mb("VmRSS")
+
+
+def peak_memory_mb(proc, base):
+    """MB at the peak since start_memory: CUDA's max_memory_allocated, or on a CPU the process's
+    peak resident set above the baseline start_memory returned."""
+    if proc.device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return max(rss_mb("VmHWM") - base, 0.0)

@@ -57,7 +57,7 @@ from runtime import print0
 # update loop, the held-out evaluation, what a person sees, the checkpoints
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
 from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_demos,
-                       load_models, load_prompts, ppo_update, resume_models, save_and_check_stop,
+                       load_models, load_prompts, ppo_update, save_and_check_stop,
                        validate as validate_rl)
 
 # -----------------------------------------------------------------------------
@@ -238,8 +238,7 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
     policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
-    resume_models(run, policy)  # a resumed run's weights
-    runtime.shard(policy, proc)  # FSDP: each rank keeps its share of the policy
+    checkpoint.resume_and_shard(run, policy)  # rank 0's weights everywhere; FSDP shards
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
@@ -254,8 +253,7 @@ def main(argv=None):
 
     def snapshot(with_state):
         return checkpoint.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, iteration,
-                                          optimizer if with_state else None,
-                                          best_val=state.best_val)
+                                          optimizer if with_state else None, best_val=state.best_val)
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -266,8 +264,7 @@ def main(argv=None):
     metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
     while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
-        optim.set_lr(optimizer, cfg.lr * lr_scale)
+        lr_scale = optim.set_rl_lr(iteration, cfg, (optimizer, cfg.lr))
         # 1. rollout: group_size answers to each prompt, consecutive rows
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size,
                                     iteration, cfg.seed, proc.rank, proc.world_size)
@@ -283,8 +280,7 @@ def main(argv=None):
             if kl_in == "reward" and ref else rollouts.scores
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
-        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO); the
-            # metrics still see it as it was written
+        if cfg.missing_eos_mode == "mask":  # a cut answer teaches nothing (DAPO); metrics see it
             rollouts = dataclasses.replace(rollouts, loss_mask=rollouts.resp_mask
                                            * rollouts.has_eos[:, None])
         token_advantages = advantages[:, None] * rollouts.resp_mask  # (B, N)

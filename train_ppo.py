@@ -571,25 +571,6 @@ def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, 
                                       opt_policy, **extra)
 
 
-def resume_models(run, policy, critic=None):
-    """A resumed run's weights, the policy's and the critic's, loaded before the models are
-    sharded (FSDP) and their optimizers built; run.restore then restores the policy's optimizer,
-    the RNG and the loop state, and resume_critic_optimizer the critic's optimizer."""
-    if run.resume is None:
-        return
-    if critic is not None:
-        checkpoint.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
-    policy.load_state_dict(run.resume["model"])
-    if critic is not None:
-        critic.load_state_dict(run.resume["critic"])
-
-
-def resume_critic_optimizer(run, critic_optimizer):
-    """A resumed run's critic optimizer (sharded or not: checkpoint.load_optimizer_state)."""
-    if run.resume is not None:
-        checkpoint.load_optimizer_state(critic_optimizer, run.resume["critic_optimizer"])
-
-
 def save_and_check_stop(run, iteration, cfg, snapshot):
     """The checkpoints after an iteration: ckpt_iter{N}.pt every save_every iterations (the
     over-optimisation sweep), ckpt_last.pt every ckpt_interval, at the end and when stopping.
@@ -616,10 +597,7 @@ def main(argv=None):
     # models: policy, reference, reward model (or function), critic; data: prompts only
     policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc)
     critic = make_critic(cfg, policy, reward_model, proc)
-    resume_models(run, policy, critic)  # a resumed run's weights
-    runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
-    for model in (policy, critic):  # FSDP: each rank keeps its share of the trained models; the
-        runtime.shard(model, proc)  # frozen reference and reward model stay whole on every rank
+    checkpoint.resume_and_shard(run, policy, critic)  # rank 0's weights everywhere; FSDP
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
@@ -631,7 +609,7 @@ def main(argv=None):
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
     state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
     iteration = state.step  # iterations done
-    resume_critic_optimizer(run, opt_critic)
+    checkpoint.resume_critic_optimizer(run, opt_critic)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
@@ -646,9 +624,7 @@ def main(argv=None):
     metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
     while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
-        optim.set_lr(opt_policy, cfg.lr * lr_scale)
-        optim.set_lr(opt_critic, cfg.critic_lr * lr_scale)
+        lr_scale = optim.set_rl_lr(iteration, cfg, (opt_policy, cfg.lr), (opt_critic, cfg.critic_lr))
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
                                     proc.rank, proc.world_size)
@@ -666,10 +642,9 @@ def main(argv=None):
                                           cfg.lam)
         advantages = whiten(advantages, rollouts.resp_mask)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
-        stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
-                           critic=(critic, opt_critic), train_policy=iteration >=
-                           cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc,
-                           ptx=demos.ptx)
+        stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy), critic=(
+            critic, opt_critic), train_policy=iteration >= cfg.critic_warmup,
+            update=iteration + 1, cfg=cfg, proc=proc, ptx=demos.ptx)
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,

@@ -372,8 +372,7 @@ def train(cfg):
     val_layout = layouts.score_layout(cfg.share_prompt)
 
     # -------------------------------------------------------------------------
-    # optimizer, and the loop state a resumed run picks up (a checkpoint that holds reward_bias
-    # is a finished run)
+    # optimizer, and the loop state a resumed run picks up (one with reward_bias has finished)
     optimizer = optim.make_optimizer(model, cfg, proc)
     state = run.restore(optimizer, best=(-1.0, 0.0), train_metrics={}, val_metrics={})
     step, state.best = state.step, tuple(state.best)
