@@ -160,7 +160,8 @@ def test_rollout_and_update_run_micro_batches_of_similar_lengths_without_their_p
     policy.hidden_states = lambda s, m: widths.append(s.size(1)) or forward(s, m)
     cfg = SimpleNamespace(micro_batch_size=2, minibatch_size=6, num_iterations=1,
                           max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
-                          missing_eos_penalty=1.0, missing_eos_mode="", epsilon_low=0.2,
+                          missing_eos_penalty=1.0, missing_eos_mode="", length_penalty=0.0,
+                          epsilon_low=0.2,
                           epsilon_high=0.2, ent_coef=0.0, grad_clip=1.0)
     proc = SimpleNamespace(autocast=nullcontext(), device="cpu", world_size=1, fsdp=False)
     enc = SimpleNamespace(eot_token=256, decode=lambda ids: "")
