@@ -50,7 +50,8 @@ tokens) and stage it runs `warmup` untimed steps, then `steps` timed ones, and p
     grpo_iter       one train_grpo.py iteration: batch_size answers (batch_size / 4 prompts x 4),
                     their group advantages, one on-policy update of the policy (no critic)
 batch_size counts sequences (sft), pairs (rm, dpo: 2 x batch_size rows of block_size tokens) and
-prompts (ppo: prompt_len tokens each, gen_tokens new tokens per response). Every PPO response
+prompts (ppo: prompt_len tokens each, gen_tokens new tokens per response; one minibatch of them
+per pass, in micro-batches of micro_batch_size rows of similar prompt lengths). Every PPO response
 runs to gen_tokens (the end-of-text id lies outside the random vocabulary, as with a fixed
 response length), so rows of equal sizes do equal work from run to run.
 
@@ -61,9 +62,13 @@ s/step (seconds per optimizer step; per generate() call, per scoring pass, per i
 those rows); peak MB (CUDA: torch.cuda.max_memory_allocated over the stage, weights included;
 CPU: the process's peak resident set size (VmHWM, reset through /proc/self/clear_refs on Linux)
 above its size before the stage's models were built, once glibc has handed back the memory of
-earlier stages); TFLOP/s achieved and MFU = TFLOP/s /
-peak_flops (only when peak_flops is given); pad (the share of the padded batch positions that is
-padding: 0 on random ids). The JSON rows also hold step_s, the seconds of every timed step.
+earlier stages); act MB (the peak above state_mb: every model's weights, the trained ones'
+gradients and AdamW state, counted from the tensors; what is left is activations, logits and
+the allocator's slack, the part --grad_checkpoint=True shrinks); TFLOP/s achieved and MFU =
+TFLOP/s / peak_flops (only when peak_flops is given); pad (the share of the padded batch
+positions that is padding: 0 on random ids; ppo: of the positions its micro-batches compute,
+each without its padding columns). The JSON rows also hold step_s, the seconds of every timed
+step, and state_mb.
 
 Model FLOPs, PaLM appendix B (Chowdhury et al. 2022), as nanoGPT's estimate_mfu: a forward costs
 per token 2 FLOPs per matmul weight, 2 * (12 * L * d^2 + d * V) with the LM head (d^2 terms: qkv
@@ -83,9 +88,7 @@ quiet one, with the thread count you mean (OMP_NUM_THREADS).
 """
 
 import copy
-import ctypes
 import datetime
-import gc
 import json
 import os
 import platform
@@ -114,7 +117,8 @@ from model import GPT, GPTConfig, ScalarModel, sample_next
 # -----------------------------------------------------------------------------
 # default config: the CPU comparison (dev/bench_trl.py runs Hugging Face TRL at the same sizes)
 DEFAULTS = dict(
-    sizes="tiny,gpt2",          # comma-separated: micro (the tests) | tiny | gpt2 (124M)
+    sizes="tiny,gpt2",          # comma-separated: micro (the tests) | tiny | gpt2 (124M) |
+                                # gpt2-medium (355M) | gpt2-large (774M) | gpt2-xl (1.56B)
     stages="sft,rm,dpo,ppo",    # comma-separated: sft | rm | dpo | ppo
     batch_size=4,               # sequences (sft), pairs (rm, dpo) or prompts (ppo) per step
     block_size=256,             # tokens per training row (sft, rm, dpo)
@@ -126,6 +130,10 @@ DEFAULTS = dict(
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",               # 'auto' (bf16 on a GPU that has it) | 'float32' | 'bfloat16'
     compile=False,              # torch.compile the trained model (sft, rm, dpo) as the scripts do
+    grad_checkpoint=False,      # the scripts' key: recompute each block of the trained models in
+                                # the backward (less activation memory, ~1/3 more compute)
+    micro_batch_size=0,         # ppo, grpo: rows per scoring and update forward (0 = batch_size);
+                                # rows of similar prompt lengths, each without its padding columns
     peak_flops=0.0,             # device peak FLOP/s for MFU: 989e12 = H100 SXM bf16; 0 = no MFU
     data="",                    # '' random ids | 'hh' (data/hh/out/prefs_train.jsonl) | a prefs JSONL
     length_buckets=True,        # with data: batch rows of similar lengths, as the HH recipes do
@@ -154,47 +162,21 @@ def timed(fn, proc):
     return out, time.perf_counter() - t0
 
 
-def rss_mb(field):
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process in MB, from /proc; falls
-    back to getrusage's lifetime peak where /proc is missing (macOS), and to 0 on Windows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import resource  # Unix only
-    except ImportError:
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
-
-
-def start_memory(proc):
-    """Reset the peak-memory counter; returns the baseline that peak_memory_mb subtracts."""
-    gc.collect()
-    if proc.device_type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        return 0.0
-    try:  # hand the freed memory of earlier stages back to the OS (glibc), or reusing it later
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # would not show up as growth
-    except (OSError, AttributeError):
-        pass
-    try:  # '5' resets the kernel's VmHWM to the current RSS (Linux >= 4.0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return rss_mb("VmRSS")
-
-
-def peak_memory_mb(proc, base):
-    if proc.device_type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return max(rss_mb("VmHWM") - base, 0.0)
+def state_mb(models, optimizers):
+    """MB of what a step holds besides its activations: every model's weights, the gradients of
+    the trained ones and the optimizers' state (AdamW: two tensors per weight), counted from the
+    tensors themselves. A stage's peak minus this is its activation memory (act MB): the part
+    that gradient checkpointing shrinks."""
+    seen, total = set(), 0
+    for model in models:
+        for p in model.parameters():
+            if id(p) not in seen:  # a tied weight counts once
+                seen.add(id(p))
+                total += p.numel() * p.element_size() * (2 if p.requires_grad else 1)
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            total += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+    return total / 2**20
 
 
 def measure(steps, cfg, proc):
@@ -218,15 +200,17 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-def row(size, stage, tokens, seconds, flops, cfg, peak_mb, padding=None):
+def row(size, stage, tokens, seconds, flops, cfg, peak_mb, padding=None, state=None):
     """One result. seconds: the timed steps' seconds (a list; its mean is s/step); tokens and
     flops: real tokens through the model and model FLOPs per step (means over the timed steps);
-    padding: the share of the batches' positions that is padding."""
+    padding: the share of the batches' positions that is padding; state: state_mb of the stage
+    (act_mb is the peak above it)."""
     step_s, seconds = list(seconds), mean(seconds)
     achieved = flops / seconds if flops else None
     mfu = achieved / cfg.peak_flops if achieved and cfg.peak_flops > 0 else None
+    act = max(peak_mb - state, 0.0) if peak_mb is not None and state is not None else None
     return dict(size=size, stage=stage, tokens=tokens, s_per_step=seconds,
-                tokens_per_s=tokens / seconds, peak_mem_mb=peak_mb,
+                tokens_per_s=tokens / seconds, peak_mem_mb=peak_mb, state_mb=state, act_mb=act,
                 tflops=achieved / 1e12 if achieved else None, mfu=mfu, padding=padding,
                 step_s=step_s)
 
@@ -261,10 +245,13 @@ def on_full_logits(step):
     return run
 
 
-def build(cls, size, T, proc):
-    """A randomly initialised GPT or ScalarModel of a named size on the device."""
+def build(cls, size, T, proc, grad_checkpoint=False):
+    """A randomly initialised GPT or ScalarModel of a named size on the device (grad_checkpoint:
+    the scripts' key, for a model that trains)."""
     config = GPTConfig(block_size=T, dropout=0.0, **SIZES[size])
-    return cls(config).to(proc.device)
+    model = cls(config).to(proc.device)
+    model.transformer.grad_checkpoint = grad_checkpoint
+    return model
 
 
 def optimizer_for(model, proc, defaults):
@@ -309,9 +296,10 @@ def variant_batches(kind, size, cfg, gen, proc):
     return out
 
 
-def training_rows(size, times, stage, cfg, peak):
+def training_rows(size, times, stage, cfg, peak, state=None):
     """The rows of a training stage's timed variants: times {row name: [seconds]}, stage the
-    namespace of *_steps (batches, flops and tokens per row name and batch)."""
+    namespace of *_steps (batches, flops and tokens per row name and batch); peak and state: the
+    stage's peak_memory_mb and state_mb."""
     rows = []
     for name, seconds in times.items():
         timed_b = timed_batches(stage.batches[name], cfg)
@@ -320,14 +308,14 @@ def training_rows(size, times, stage, cfg, peak):
         ran = timed_batches(getattr(stage, "layouts", {}).get(name) or stage.batches[name], cfg)
         rows.append(row(size, name, mean([int(m.sum()) for m in masks]), seconds,
                         mean([stage.flops(name, b) for b in timed_b]), cfg, peak,
-                        padding_share([real_positions(b) for b in ran])))
+                        padding_share([real_positions(b) for b in ran]), state))
     return rows
 
 
 def sft_steps(size, cfg, proc, gen):
     """train_sft.py's step on its own functions, one micro-batch: a namespace of steps {row name:
     step(i)}, their batches {row name: [batch]} and flops(row name, batch)."""
-    model = build(GPT, size, cfg.block_size, proc)
+    model = build(GPT, size, cfg.block_size, proc, cfg.grad_checkpoint)
     optimizer = optimizer_for(model, proc, train_sft.DEFAULTS)
     wrapped = runtime.maybe_compile(model, cfg.compile)
     batches = {("sft_" + v if v else "sft"): b  # [(idx, attn, loss_mask)] each
@@ -343,14 +331,14 @@ def sft_steps(size, cfg, proc, gen):
     if "full_logits" in cfg.variant_list:
         steps["sft_full_logits"] = on_full_logits(steps["sft"])
         batches["sft_full_logits"] = batches["sft"]
-    return SimpleNamespace(steps=steps, batches=batches,
+    return SimpleNamespace(steps=steps, batches=batches, models=[model], optimizers=[optimizer],
                            flops=lambda name, b: 3 * batch_flops(model.config, b[1], b[2]))
 
 
 def rm_steps(size, cfg, proc, gen):
     """train_reward_model.py's step (chosen and rejected rows in one forward), as sft_steps; the
     reward model has no LM head, so no full_logits variant."""
-    model = build(ScalarModel, size, cfg.block_size, proc)
+    model = build(ScalarModel, size, cfg.block_size, proc, cfg.grad_checkpoint)
     optimizer = optimizer_for(model, proc, train_reward_model.DEFAULTS)
     wrapped = runtime.maybe_compile(model, cfg.compile)
     by_variant = variant_batches("pairs", size, cfg, gen, proc)
@@ -369,7 +357,8 @@ def rm_steps(size, cfg, proc, gen):
     # tokens and FLOPs are counted on the pairs as separate rows: the same job for every variant
     batches = {("rm_" + v if v else "rm"): by_variant["" if v == "shared_prompt" else v]
                for v in by_variant}
-    return SimpleNamespace(steps=steps, batches=batches, flops=lambda name, b: 3 * batch_flops(
+    return SimpleNamespace(steps=steps, batches=batches, models=[model], optimizers=[optimizer],
+                           flops=lambda name, b: 3 * batch_flops(
         model.config, b["attention_mask"]), layouts={"rm_shared_prompt": by_variant.get(
             "shared_prompt")})
 
@@ -377,7 +366,7 @@ def rm_steps(size, cfg, proc, gen):
 def dpo_steps(size, cfg, proc, gen):
     """train_dpo.py's step on its own functions, as sft_steps: dpo (the reference's forward every
     step), dpo_cached_ref (precompute_ref_logps: looked up), and the variants (live reference)."""
-    model = build(GPT, size, cfg.block_size, proc)
+    model = build(GPT, size, cfg.block_size, proc, cfg.grad_checkpoint)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = optimizer_for(model, proc, train_dpo.DEFAULTS)
     wrapped = runtime.maybe_compile(model, cfg.compile)
@@ -426,7 +415,8 @@ def dpo_steps(size, cfg, proc, gen):
         return passes * batch_flops(model.config, b["attention_mask"], b["loss_mask"])
     shared_batches = dict.fromkeys(("dpo_shared_prompt", "dpo_cached_ref_shared_prompt"),
                                    by_variant.get("shared_prompt"))
-    return SimpleNamespace(steps=steps, batches=batches, flops=flops, layouts=shared_batches)
+    return SimpleNamespace(steps=steps, batches=batches, flops=flops, layouts=shared_batches,
+                           models=[model, ref], optimizers=[optimizer])
 
 
 TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
@@ -435,30 +425,34 @@ TRAINING = dict(sft=sft_steps, rm=rm_steps, dpo=dpo_steps)
 def bench_training(stage, size, cfg, proc, gen):
     """Time a training stage's step variants side by side; its rows (the models, the DPO
     reference included, are resident in every row's peak memory)."""
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     s = TRAINING[stage](size, cfg, proc, gen)
     times = measure(s.steps, cfg, proc)
-    return training_rows(size, times, s, cfg, peak_memory_mb(proc, base))
+    return training_rows(size, times, s, cfg, runtime.peak_memory_mb(proc, base),
+                         state_mb(s.models, s.optimizers))
 
 
 def bench_ppo(size, cfg, proc, gen):
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
     # the four models of train_ppo.py: the critic starts as a copy of the reward model
-    policy = build(GPT, size, T, proc).eval()
-    ref = copy.deepcopy(policy).requires_grad_(False)
+    policy = build(GPT, size, T, proc, cfg.grad_checkpoint).eval()  # (the reference: no grad,
+    ref = copy.deepcopy(policy).requires_grad_(False)                # so never recomputed)
     reward_model = build(ScalarModel, size, T, proc).eval().requires_grad_(False)
     critic = copy.deepcopy(reward_model).requires_grad_(True)
+    critic.transformer.grad_checkpoint = cfg.grad_checkpoint  # the trained ones
     config = policy.config
     opt_policy = optimizer_for(policy, proc, train_ppo.DEFAULTS)
     opt_critic = optimizer_for(critic, proc, {**train_ppo.DEFAULTS,
                                             "lr": train_ppo.DEFAULTS["critic_lr"]})
     # one minibatch per pass, as TRL's PPO with num_mini_batches=1; no EOS penalty (none ends)
+    micro = cfg.micro_batch_size or B
     ppo_cfg = SimpleNamespace(**{**train_ppo.DEFAULTS, "rollout_batch_size": B,
-                                 "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
-                                 "num_iterations": cfg.num_iterations, "missing_eos_mode": ""})
-    reward = rollout.make_reward(reward_model, None, B)
+                                 "minibatch_size": B, "micro_batch_size": micro,
+                                 "max_new_tokens": N, "num_iterations": cfg.num_iterations,
+                                 "missing_eos_mode": ""})
+    reward = rollout.make_reward(reward_model, None, micro)
     # rollout() reads eot_token and decodes texts: an end-of-text id outside the vocabulary is
     # never sampled, and the stand-in decoder joins ids (no tokenizer needed)
     enc = SimpleNamespace(eot_token=config.vocab_size, decode=lambda ids: " ".join(map(str, ids)))
@@ -476,7 +470,7 @@ def bench_ppo(size, cfg, proc, gen):
 
     times = dict(gen=[], nocache=[], score=[], update=[])
     flops = dict(score=[], update=[])
-    tokens = dict(score=[])
+    tokens = dict(score=[], computed=[])
 
     def update(rollouts):  # steps 4-6 of train_ppo.main: its own functions
         rewards = train_ppo.kl_shaped_rewards(rollouts.scores, rollouts.logprobs,
@@ -510,47 +504,60 @@ def bench_ppo(size, cfg, proc, gen):
             flops["score"].append(2 * policy_fwd + 2 * trunk)
             flops["update"].append(cfg.num_iterations * 3 * (policy_fwd + trunk))
             tokens["score"].append(int(mask.sum()))
+            tokens["computed"].append(computed_positions(attn, N, micro))
 
     for i in range(cfg.warmup):
         iteration(i, False)
     for i in range(cfg.warmup, cfg.warmup + cfg.steps):
         iteration(i, True)
-    return ppo_rows(size, times, flops, tokens, prompts, cfg, peak_memory_mb(proc, base))
+    return ppo_rows(size, times, flops, tokens, prompts, cfg, runtime.peak_memory_mb(proc, base),
+                    state_mb([policy, ref, reward_model, critic], [opt_policy, opt_critic]))
 
 
-def ppo_rows(size, times, flops, tokens, prompts, cfg, peak):
+def ppo_rows(size, times, flops, tokens, prompts, cfg, peak, state=None):
     """bench_ppo's rows: generation (with and without the KV cache), scoring, the update and the
     whole iteration, from the seconds, FLOPs and tokens of the timed iterations."""
     B, N = cfg.batch_size, cfg.gen_tokens
     t = {k: mean(v) for k, v in times.items()}
     score_tokens = mean(tokens["score"])
-    padding = padding_share([a for _, a in timed_batches(prompts, cfg)])  # of the prompts
-    rows = [row(size, "ppo_gen", B * N, times["gen"], None, cfg, peak),
-            row(size, "ppo_gen_nocache", B * N, times["nocache"], None, cfg, peak),
+    # of the positions the scoring and update forwards compute: micro-batches of rows sorted by
+    # prompt length, each without its padding columns (rollout.policy_forward)
+    padding = 1 - score_tokens / mean(tokens["computed"])
+    rows = [row(size, "ppo_gen", B * N, times["gen"], None, cfg, peak, None, state),
+            row(size, "ppo_gen_nocache", B * N, times["nocache"], None, cfg, peak, None, state),
             row(size, "ppo_score", score_tokens, times["score"], mean(flops["score"]), cfg, peak,
-                padding),
+                padding, state),
             row(size, "ppo_update", cfg.num_iterations * score_tokens, times["update"],
-                mean(flops["update"]), cfg, peak, padding)]
+                mean(flops["update"]), cfg, peak, padding, state)]
     # per optimizer step, like the others
     rows[-1]["s_per_step"] = t["update"] / cfg.num_iterations
     iterations = [g + s + u for g, s, u in zip(times["gen"], times["score"], times["update"])]
-    rows.append(row(size, "ppo_iter", B * N, iterations, None, cfg, peak))
+    rows.append(row(size, "ppo_iter", B * N, iterations, None, cfg, peak, None, state))
     return rows
 
 
+def computed_positions(prompt_mask, N, micro):
+    """Positions a rollout's forwards compute for left-padded prompts (B, P) and answers of N
+    tokens: micro-batches of rows sorted by prompt length, each as wide as its longest prompt
+    plus N (rollout.policy_forward drops the rest)."""
+    lengths = prompt_mask.sum(1).sort().values
+    return sum(len(part) * (int(part.max()) + N) for part in lengths.split(micro))
+
+
 def bench_grpo(size, cfg, proc, gen):
-    base = start_memory(proc)
+    base = runtime.start_memory(proc)
     B, N = cfg.batch_size, cfg.gen_tokens
     T = cfg.block_size if cfg.data else cfg.prompt_len + N
-    policy = build(GPT, size, T, proc).eval()
+    policy = build(GPT, size, T, proc, cfg.grad_checkpoint).eval()
     ref = copy.deepcopy(policy).requires_grad_(False)
     reward_model = build(ScalarModel, size, T, proc).eval().requires_grad_(False)
     optimizer = optimizer_for(policy, proc, train_grpo.DEFAULTS)
+    micro = cfg.micro_batch_size or B
     grpo_cfg = SimpleNamespace(**{**train_grpo.DEFAULTS, "rollout_batch_size": B,
-                                  "minibatch_size": B, "micro_batch_size": B, "max_new_tokens": N,
-                                  "missing_eos_mode": ""})
+                                  "minibatch_size": B, "micro_batch_size": micro,
+                                  "max_new_tokens": N, "missing_eos_mode": ""})
     baseline, scale, loss_agg, _, kl_estimator = train_grpo.settings(grpo_cfg)
-    reward = rollout.make_reward(reward_model, None, B)
+    reward = rollout.make_reward(reward_model, None, micro)
     enc = SimpleNamespace(eot_token=policy.config.vocab_size, decode=lambda ids: "")
     prompts = stage_batches("groups", size, cfg, gen, proc)  # k answers to each prompt, in a row
 
@@ -565,7 +572,8 @@ def bench_grpo(size, cfg, proc, gen):
                              update=1, cfg=grpo_cfg, proc=proc)
 
     seconds = measure(dict(grpo_iter=iteration), cfg, proc)["grpo_iter"]
-    return [row(size, "grpo_iter", B * N, seconds, None, cfg, peak_memory_mb(proc, base))]
+    return [row(size, "grpo_iter", B * N, seconds, None, cfg, runtime.peak_memory_mb(proc, base), None,
+                state_mb([policy, ref, reward_model], [optimizer]))]
 
 
 # -----------------------------------------------------------------------------
@@ -588,13 +596,13 @@ def format_table(rows):
     """The rows as an aligned text table; '-' where a number does not apply."""
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
-    lines = [f"{'size':<6} {'stage':<28} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
-             f"{'TFLOP/s':>8} {'MFU':>6} {'pad':>6}"]
+    lines = [f"{'size':<11} {'stage':<28} {'tokens/s':>11} {'s/step':>9} {'peak MB':>9} "
+             f"{'act MB':>8} {'TFLOP/s':>8} {'MFU':>6} {'pad':>6}"]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['stage']:<28} {fmt(r['tokens_per_s'], '11.1f')} "
+        lines.append(f"{r['size']:<11} {r['stage']:<28} {fmt(r['tokens_per_s'], '11.1f')} "
                      f"{fmt(r['s_per_step'], '9.4f')} {fmt(r['peak_mem_mb'], '9.1f')} "
-                     f"{fmt(r['tflops'], '8.3f')} {fmt(r['mfu'], '6.1%')} "
-                     f"{fmt(r.get('padding'), '6.1%')}")
+                     f"{fmt(r.get('act_mb'), '8.1f')} {fmt(r['tflops'], '8.3f')} "
+                     f"{fmt(r['mfu'], '6.1%')} {fmt(r.get('padding'), '6.1%')}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ and read back with weights_only=True; the model a checkpoint (or 'scratch', a GP
 Face directory) holds; and a small content-keyed cache for anything a run computes once.
 """
 
+import glob
 import hashlib
 import os
 import pickle
@@ -14,7 +15,7 @@ from dataclasses import asdict
 import torch
 
 from config import HUB, CheckpointError, ConfigError, FileError, NonFiniteError, require
-from runtime import print0, unwrap
+from runtime import broadcast_parameters, is_sharded, print0, shard, unwrap
 
 # -----------------------------------------------------------------------------
 # checkpoints: one dict per file, written atomically and read back with weights_only=True
@@ -108,15 +109,91 @@ def load_checkpoint(path, expect_kind=None, expect_tokenizer=None, expect_stage=
 
 
 def make_checkpoint(model, kind, stage, tokenizer, cfg, step, optimizer=None, **extra):
-    """The checkpoint dict: weights, architecture, provenance, and what resuming needs."""
+    """The checkpoint dict: weights, architecture, provenance, and what resuming needs. A
+    collective under FSDP (model_state): every rank calls it, rank 0 gets the whole dict."""
     m = unwrap(model)
-    ckpt = {"model": m.state_dict(), "model_args": asdict(m.config), "kind": kind,
+    ckpt = {"model": model_state(m), "model_args": asdict(m.config), "kind": kind,
             "stage": stage, "tokenizer": tokenizer, "config": dict(vars(cfg)), "step": step,
             "rng": rng_state()}
     if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
+        ckpt["optimizer"] = optimizer_state(optimizer)
     ckpt.update(extra)
     return ckpt
+
+# -----------------------------------------------------------------------------
+# sharded models (FSDP, runtime.shard) are saved whole: a checkpoint is the same file whether
+# one process or many wrote it, and either can load it
+
+
+def _gather_whole(state):
+    """A state dict with FSDP's DTensor shards, as the whole tensors on the CPU, on rank 0; {} on
+    the other ranks. A collective: every rank calls it."""
+    import torch.distributed as dist
+    master, memo = dist.get_rank() == 0, {}
+
+    def whole(x):
+        if isinstance(x, dict):
+            return {k: whole(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [whole(v) for v in x]
+        if _is_shard(x):
+            if id(x) not in memo:  # every rank gathers the same tensors in the same order
+                full = x.full_tensor()
+                memo[id(x)] = full.cpu() if master else None
+            return memo[id(x)]
+        return x.cpu() if torch.is_tensor(x) and master else x
+    out = whole(state)
+    return out if master else {}
+
+
+def _is_shard(x):
+    return torch.is_tensor(x) and hasattr(x, "device_mesh")  # a DTensor
+
+
+def model_state(model):
+    """model.state_dict(); for a sharded model the whole weights, gathered on rank 0 (the keys
+    and tied tensors of the plain model; {} on the other ranks). A collective under FSDP."""
+    state = model.state_dict()
+    if not is_sharded(model):
+        return state
+    state = _gather_whole(state)
+    # one weight under two names (GPT's tied wte and lm_head) stays one tensor, as in a plain
+    # state dict (torch.save then writes it once)
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in state:
+            state[name] = state[first.setdefault(id(p), name)]
+    return state
+
+
+def optimizer_state(optimizer):
+    """optimizer.state_dict(), in the one-process format whatever wrote it: for the parameters of
+    a sharded model its state tensors (AdamW's exp_avg, exp_avg_sq) whole, gathered on rank 0 ({}
+    elsewhere), keyed by parameter number as always. A collective under FSDP."""
+    state = optimizer.state_dict()
+    sharded = any(_is_shard(t) for s in state["state"].values() for t in s.values())
+    return _gather_whole(state) if sharded else state
+
+
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict of a checkpoint's optimizer state (one-process format, whoever
+    wrote it): for the parameters of a sharded model each rank takes its own share of each state
+    tensor, cut as the parameter is (DTensor placements), so a run resumes sharded or not from
+    either kind of checkpoint."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(_is_shard(p) for p in params):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    def shard_like(p, t):  # a whole state tensor of parameter p -> this rank's share of it
+        if not (_is_shard(p) and torch.is_tensor(t) and t.shape == p.shape and t.dim() > 0):
+            return t  # AdamW's step count and the hyperparameters: as they are
+        return distribute_tensor(t.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+    optimizer.load_state_dict({
+        "state": {i: {k: shard_like(params[i], v) for k, v in s.items()}
+                  for i, s in state["state"].items()},
+        "param_groups": state["param_groups"]})
 
 
 def check_finite_weights(ckpt, step, name):
@@ -336,3 +413,61 @@ def read_cache(path, key, what, depends_on, check=None, device="cpu"):
                 return cache
     print0(f"note: {path}: {problem}; recomputing {what}")
     return None
+
+# -----------------------------------------------------------------------------
+# the snapshots a run kept (eval.py's over-optimisation sweep)
+
+
+def sweep_checkpoints(run_dirs):
+    """[(run, iteration, path)] of every ckpt_iter{N}.pt in each run dir, by iteration; a run
+    without any contributes its ckpt_last.pt (its iteration read from the checkpoint)."""
+    found = []
+    for d in [d.strip() for d in run_dirs.split(",") if d.strip()]:
+        run = os.path.normpath(d)
+        its = sorted((int(re.search(r"ckpt_iter(\d+)\.pt$", p).group(1)), p)
+                     for p in glob.glob(os.path.join(d, "ckpt_iter*.pt"))
+                     if re.search(r"ckpt_iter(\d+)\.pt$", p))
+        if not its:
+            last = os.path.join(d, "ckpt_last.pt")
+            if not os.path.isfile(last):
+                raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
+            print0(f"sweep: no ckpt_iter*.pt in {d} (train with --save_every=N to keep them); "
+                   f"using ckpt_last.pt")
+            its = [(int(load_checkpoint(last).get("step", 0)), last)]
+        found += [(run, iteration, p) for iteration, p in its]
+    return found
+
+
+# -----------------------------------------------------------------------------
+# PPO's and GRPO's trained models on resume (their scripts build them before the optimizers)
+
+
+def resume_models(run, policy, critic=None):
+    """A resumed run's weights, the policy's and the critic's, loaded before the models are
+    sharded (FSDP) and their optimizers built; run.restore then restores the policy's optimizer,
+    the RNG and the loop state, and resume_critic_optimizer the critic's optimizer."""
+    if run.resume is None:
+        return
+    if critic is not None:
+        require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
+    policy.load_state_dict(run.resume["model"])
+    if critic is not None:
+        critic.load_state_dict(run.resume["critic"])
+
+
+def resume_and_shard(run, policy, critic=None):
+    """The trained models, before their optimizers are built: a resumed run's weights
+    (resume_models), then every rank on rank 0's weights (DDP: a fresh value head is drawn from
+    each rank's own seed) and, under FSDP, each model sharded, each rank keeping its share. The
+    frozen reference and reward model stay whole on every rank. A collective."""
+    resume_models(run, policy, critic)
+    models = [m for m in (policy, critic) if m is not None]
+    broadcast_parameters(*models)
+    for model in models:
+        shard(model, run.proc)
+
+
+def resume_critic_optimizer(run, critic_optimizer):
+    """A resumed run's critic optimizer (sharded or not: load_optimizer_state)."""
+    if run.resume is not None:
+        load_optimizer_state(critic_optimizer, run.resume["critic_optimizer"])

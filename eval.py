@@ -53,8 +53,6 @@ Deliberately left out: greedy decoding, pairwise judging by a language model, an
 length-controlled win rates.
 """
 
-import glob
-import json
 import math
 import os
 import re
@@ -73,8 +71,8 @@ from config import ConfigError
 from best_of_n import (best_of_n, best_of_n_kl, best_of_n_kl_bound,  # noqa: F401
                        best_of_n_kl_plugin, pick_best_of_n)
 from data import loader
-from eval_report import (examples_table, fmt, json_safe, results_table, safety_table,
-                         signals_table, write_json)
+from eval_report import (examples_table, fmt, json_safe, report_sweep, results_table,
+                         safety_table, signals_table, write_json, write_samples)
 from model import row_generators
 from rl_report import demo_nll
 from rollout import policy_forward, reward_contract
@@ -455,26 +453,6 @@ def parse_policies(spec):
     return out
 
 
-def sweep_checkpoints(run_dirs):
-    """[(run, iteration, path)] of every ckpt_iter{N}.pt in each run dir, by iteration; a run
-    without any contributes its ckpt_last.pt (its iteration read from the checkpoint)."""
-    found = []
-    for d in [d.strip() for d in run_dirs.split(",") if d.strip()]:
-        run = os.path.normpath(d)
-        its = sorted((int(re.search(r"ckpt_iter(\d+)\.pt$", p).group(1)), p)
-                     for p in glob.glob(os.path.join(d, "ckpt_iter*.pt"))
-                     if re.search(r"ckpt_iter(\d+)\.pt$", p))
-        if not its:
-            last = os.path.join(d, "ckpt_last.pt")
-            if not os.path.isfile(last):
-                raise ConfigError(f"sweep: {d} holds no ckpt_iter*.pt and no ckpt_last.pt")
-            print0(f"sweep: no ckpt_iter*.pt in {d} (train with --save_every=N to keep them); "
-                   f"using ckpt_last.pt")
-            its = [(int(checkpoint.load_checkpoint(last).get("step", 0)), last)]
-        found += [(run, iteration, p) for iteration, p in its]
-    return found
-
-
 # -----------------------------------------------------------------------------
 
 
@@ -567,15 +545,7 @@ def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
                rm_accuracies={p: dict(accuracy=a, stderr=se, n_pairs=n, members=[
                    dict(accuracy=ma, stderr=ms) for ma, ms in members[p]])
                    for p, (a, se, n) in rm_acc.items()})
-    with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
-        for name, m in results.items():
-            s = m["samples"]
-            for r in range(len(s["response"])):
-                f.write(json.dumps(json_safe(dict(
-                    policy=name, prompt=prompts[r // k]["prompt"], sample=r % k,
-                    response=s["response"][r], gold=s["gold"][r] if s["gold"] else None,
-                    rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
-                    length=s["length"][r], eos=s["eos"][r]))) + "\n")
+    write_samples(os.path.join(cfg.out_dir, "samples.jsonl"), results, prompts, k)
     out["policies"] = {name: {**{key: v for key, v in m.items() if key != "samples"},
                               "rm_accuracy": first[0], "rm_accuracy_stderr": first[1]}
                        for name, m in results.items()}
@@ -586,26 +556,6 @@ def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
             examples_table(results, prompts, cfg.num_examples, k), ""]
 
 
-def report_sweep(cfg, res, points):
-    """The over-optimisation sweep's points as overoptimization.json's lists, and its markdown
-    table. res: eval_policies' results of the reference and each snapshot; points: their
-    [(run, iteration, path)]."""
-    fields = dict(kl="kl", kl_stderr="kl_stderr", gold="gold_reward",
-                  gold_stderr="gold_reward_stderr", rm="rm_score", rm_stderr="rm_score_stderr")
-    pairs = list(zip(points, res.values()))
-    sweep = dict(run=[p[0] for p, _ in pairs], iter=[p[1] for p, _ in pairs],
-                 checkpoint=[p[2] for p, _ in pairs],
-                 **{key: [m[field] for _, m in pairs] for key, field in fields.items()})
-    sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
-    md = ["## Over-optimisation sweep: gold reward and RM score against KL", "",
-          "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
-    md += [f"| {name} | {iteration} | {fmt(m['kl'], m['kl_stderr'])} | "
-           f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
-           f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
-           for (name, m), (_, iteration, _) in zip(res.items(), points)]
-    return sweep, md
-
-
 # what an evaluation writes: a re-evaluation replaces the whole set (nothing of an earlier run,
 # e.g. its overoptimization.json, stays beside the new table)
 EVAL_FILES = ("results.md", "results.json", "samples.jsonl", "overoptimization.json")
@@ -614,7 +564,7 @@ EVAL_FILES = ("results.md", "results.json", "samples.jsonl", "overoptimization.j
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     policies = validate(cfg)
-    ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iteration, path)]
+    ckpts = checkpoint.sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iteration, path)]
     # the files are written to out_dir/.staging-eval under out_dir's lock, and replace the
     # previous evaluation's only when every one is written (run.DataSet)
     with run.DataSet(cfg.out_dir, "eval", EVAL_FILES, "an evaluation", {}, overwrite=True) as ds:

@@ -1,6 +1,7 @@
 """
 The results of eval.py as text: the markdown tables of results.md (a policy per row, a few
-answers side by side) and strict JSON (NaN and inf as null) for results.json.
+answers side by side, the over-optimisation sweep), samples.jsonl, and strict JSON (NaN and inf
+as null) for results.json and overoptimization.json.
 """
 
 import json
@@ -99,3 +100,36 @@ def json_safe(x):
 def write_json(path, obj):
     with open(path, "w") as f:
         json.dump(json_safe(obj), f, indent=1)
+
+
+def write_samples(path, results, prompts, k):
+    """Every answer of every policy as one JSON line (k answers to each prompt, in order)."""
+    with open(path, "w") as f:
+        for name, m in results.items():
+            s = m["samples"]
+            for r in range(len(s["response"])):
+                f.write(json.dumps(json_safe(dict(
+                    policy=name, prompt=prompts[r // k]["prompt"], sample=r % k,
+                    response=s["response"][r], gold=s["gold"][r] if s["gold"] else None,
+                    rm=s["rm"][r] if s["rm"] else None, kl=s["kl"][r] if s["kl"] else None,
+                    length=s["length"][r], eos=s["eos"][r]))) + "\n")
+
+
+def report_sweep(cfg, res, points):
+    """The over-optimisation sweep's points as overoptimization.json's lists, and its markdown
+    table. res: eval_policies' results of the reference and each snapshot; points: their
+    [(run, iteration, path)]."""
+    fields = dict(kl="kl", kl_stderr="kl_stderr", gold="gold_reward",
+                  gold_stderr="gold_reward_stderr", rm="rm_score", rm_stderr="rm_score_stderr")
+    pairs = list(zip(points, res.values()))
+    sweep = dict(run=[p[0] for p, _ in pairs], iter=[p[1] for p, _ in pairs],
+                 checkpoint=[p[2] for p, _ in pairs],
+                 **{key: [m[field] for _, m in pairs] for key, field in fields.items()})
+    sweep.update(reference=cfg.reference, reward_model=cfg.reward_model or None)
+    md = ["## Over-optimisation sweep: gold reward and RM score against KL", "",
+          "| checkpoint | iter | KL | gold reward | RM score |", "|---|---|---|---|---|"]
+    md += [f"| {name} | {iteration} | {fmt(m['kl'], m['kl_stderr'])} | "
+           f"{fmt(m['gold_reward'], m['gold_reward_stderr'])} | "
+           f"{fmt(m['rm_score'], m['rm_score_stderr'])} |"
+           for (name, m), (_, iteration, _) in zip(res.items(), points)]
+    return sweep, md

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.nn.utils.rnn import pad_sequence
 
 
@@ -164,6 +165,10 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        # gradient checkpointing (a training setting, not the architecture): keep only each
+        # block's input for the backward and recompute the block's inside there, one block at a
+        # time; set by the scripts' grad_checkpoint key
+        self.grad_checkpoint = False
         # GPT-2 init: N(0, 0.02) everywhere; the residual projections get 1/sqrt(2 * n_layer)
         # more, since each block adds two of them to the residual stream
         for name, p in self.named_parameters():
@@ -207,8 +212,16 @@ class Transformer(nn.Module):
             # with a cache, attention_mask covers all past + new keys (B, past + T)
             attn_mask = attention_mask_4d(attention_mask, T)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        # only where a backward will follow: never in generation (cache) or no-grad forwards.
+        # Activation memory per block falls from ~20 (B, T, C) tensors to the block's input, for
+        # one more forward of each block in the backward; the recompute replays dropout's RNG
+        checkpointed = self.grad_checkpoint and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, cache, i)
+            if checkpointed:
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask, None, i,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
@@ -447,15 +460,22 @@ class ScalarModel(nn.Module):
         Scores (B,) float of token ids the caller already has, e.g. PPO's prompt + sampled
         response, so the reward model sees exactly the ids the policy produced. idx,
         attention_mask (B, T), left or right padding; the score is read at each row's last
-        mask == 1 token and reward_bias is subtracted; batch_size rows per forward (None: all).
-        Runs in eval mode (no dropout), then restores the model's mode.
+        mask == 1 token and reward_bias is subtracted; batch_size rows per forward (None: all),
+        rows of similar lengths together, each forward without the columns that are padding in
+        all of its rows (the same scores, for fewer positions: a PPO rollout's rows are padded to
+        its longest prompt and its longest answer). Runs in eval mode (no dropout), then restores
+        the model's mode.
         """
         was_training = self.training
         self.eval()
         B = idx.size(0)
-        step = batch_size or max(B, 1)
-        out = torch.cat([self(idx[i:i + step], attention_mask[i:i + step]).float()
-                         for i in range(0, B, step)]) if B else idx.new_zeros(0, dtype=torch.float)
+        order = attention_mask.sum(1).argsort(stable=True)  # (B,)
+        out = idx.new_zeros(B, dtype=torch.float)
+        for rows in order.split(batch_size or max(B, 1)):
+            real = attention_mask[rows].any(0).nonzero()  # columns with a real token
+            lo, hi = torch.stack([real.min(), real.max() + 1]).tolist() if len(real) else \
+                (0, idx.size(1))
+            out[rows] = self(idx[rows, lo:hi], attention_mask[rows, lo:hi]).float()
         self.train(was_training)
         return out
 

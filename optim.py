@@ -58,6 +58,15 @@ def set_lr(optimizer, lr):
         g["lr"] = lr
 
 
+def set_rl_lr(iteration, cfg, *optimizers):
+    """rl_lr_scale of cfg's schedule at `iteration`, applied to each (optimizer, its peak lr);
+    returns the scale."""
+    scale = rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
+    for optimizer, lr in optimizers:
+        set_lr(optimizer, lr * scale)
+    return scale
+
+
 def check_finite(update, **quantities):
     """Stop the run, naming the update (numbered as the log numbers it: the first is 1) and the
     quantity, when a loss or gradient is NaN or inf."""
@@ -73,6 +82,7 @@ def optimizer_step(model, optimizer, grad_clip, loss, *, update):
     loss or norm (naming `update`, the number of this update: the first is 1), step, zero the
     gradients. Returns the norm as a float."""
     norm = torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip or math.inf)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: the global norm
     check_finite(update, loss=float(loss), grad_norm=norm.item())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -111,17 +111,23 @@ def evaluate_and_keep_best(run, iteration, state, snapshot, models, val, enc, cf
     """Rank 0's held-out rollouts (evaluate_policy of models = (policy, ref, reward, gold_fn)),
     and the policy's NLL of held-out demonstrations (demo_val batches: val_demo_nll, the
     forgetting PPO-ptx counters), logged at `iteration`, and ckpt_best.pt when the rollouts'
-    score - beta * KL (the objective the run maximises, not gold) beats state.best_val.
-    Returns the metrics ({} without them)."""
-    if not val or not run.proc.master:
+    score - beta * KL (the objective the run maximises, not gold) beats state.best_val (a
+    decision every rank takes: under FSDP the snapshot is a collective). Returns the metrics ({}
+    without them, and on other ranks)."""
+    if not val:
         return {}
-    metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
-    if demo_val:
-        metrics["val_demo_nll"] = demo_nll(models[0], demo_val, run.proc)
-    optim.check_finite(iteration, val_reward=metrics["val_reward"])  # never save a broken model
-    run.log(iteration, **metrics)
-    if metrics["val_reward"] > state.best_val:
-        state.best_val = metrics["val_reward"]
+    metrics = {}
+    with runtime.gathered(models[0]):  # FSDP: rank 0 generates alone, with the whole policy
+        if run.proc.master:
+            metrics = evaluate_policy(*models, val, enc, cfg, run.proc, beta)
+            if demo_val:
+                metrics["val_demo_nll"] = demo_nll(models[0], demo_val, run.proc)
+            # never save a broken model
+            optim.check_finite(iteration, val_reward=metrics["val_reward"])
+            run.log(iteration, **metrics)
+    val_reward = runtime.all_reduce_max(metrics.get("val_reward", -math.inf))  # rank 0's
+    if val_reward > state.best_val:
+        state.best_val = val_reward
         run.save("ckpt_best.pt", snapshot(False))
     return metrics
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import config
 import ops
@@ -129,26 +130,46 @@ def length_penalised(scores, lengths, coef):
 # forwards and the rollout
 
 
+def trim_padding(seq, mask, P):
+    """
+    The columns of a batch of left-padded prompts (P columns) and right-padded answers that hold
+    a real token in at least one row: the left columns that are padding in every row and the
+    columns after every answer's end go. seq, mask (B, P + N) -> seq, mask (B, P' + n), P', n:
+    every prompt still ends in column P' - 1, and n is the longest answer. Positions come from the
+    mask and pads are never attended to, so each row's numbers are those of the untrimmed batch;
+    only the shapes of the matmuls change, and with them the last bits of float sums.
+    Test: tests/test_scale.py::test_trim_padding_by_hand
+    """
+    first_real = mask[:, :P].any(0).int().argmax()  # every prompt ends at P - 1: one exists
+    longest = mask[:, P:].sum(1).max()  # answers' masks are 1 up to their end, then 0
+    first, n = torch.stack([first_real, longest.to(first_real.dtype)]).tolist()  # one sync
+    return seq[:, first:P + n], mask[:, first:P + n], P - first, n
+
+
 def policy_forward(policy, seq, mask, P, temperature, critic=None, entropy=False):
     """
     One forward of prompt + response, seq and mask (B, P + N) with the prompts left-padded to P
     columns. Every prompt ends in column P - 1, so the hidden state in column P - 1 + t has seen the
     prompt and the response tokens < t: its logits predict response token t (the LM head runs on
-    those N columns only), and it is the state s_t the critic values. Returns logprobs (B, N) of
-    the response tokens under logits / T, the entropy (B, N) of that distribution (or None), and
-    values (B, N) (None without a critic). critic: a ScalarModel (separate critic) or an
-    nn.Linear value head on this policy's trunk.
+    those N columns only), and it is the state s_t the critic values. The columns that are padding
+    in every row are dropped first (trim_padding): a rollout's prompts are padded to its longest,
+    and on real prompts most positions would be padding. Returns logprobs (B, N) of the response
+    tokens under logits / T, the entropy (B, N) of that distribution (or None), and values (B, N)
+    (None without a critic), 0 after each batch's longest answer. critic: a ScalarModel (separate
+    critic) or an nn.Linear value head on this policy's trunk.
     Test: tests/test_ppo.py::test_training_logprobs_equal_sampling_logprobs
     """
-    h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, N, C): the states before each token
-    logits = policy.lm_head(h).float() / temperature  # (B, N, V); no logits for the prompt
-    logprobs = ops.logprobs_of(logits, seq[:, P:])  # (B, N)
+    N = seq.size(1) - P
+    seq, mask, P, n = trim_padding(seq, mask, P)  # (B, P' + n)
+    h = policy.hidden_states(seq, mask)[:, P - 1:-1]  # (B, n, C): the states before each token
+    logits = policy.lm_head(h).float() / temperature  # (B, n, V); no logits for the prompt
+    logprobs = ops.logprobs_of(logits, seq[:, P:])  # (B, n)
     ent = ops.entropy_from_logits(logits) if entropy else None
     if isinstance(critic, nn.Linear):
         values = critic(h).squeeze(-1).float()
     else:
         values = critic.values(seq, mask)[:, P - 1:-1].float() if critic is not None else None
-    return logprobs, ent, values
+    return tuple(None if x is None else F.pad(x, (0, N - n)) for x in (logprobs, ent, values))
 
 
 @dataclass
@@ -176,8 +197,10 @@ class Rollout:
 def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
     """
     Steps 1-3 and the critic's values for one batch (ids, mask, texts) of left-padded prompts
-    (B, P). The forwards run in micro-batches like the update's, so at the first update (policy ==
-    reference == old policy) the KL is exactly 0 and the ratio exactly 1. Returns a Rollout.
+    (B, P). The forwards run in micro-batches of micro_batch_size rows of similar prompt lengths,
+    policy and reference on the same ones, so at the first iteration (policy == reference) the KL
+    is exactly 0; the update's micro-batches hold other rows, so its first ratio is 1 to float
+    precision (RLHF_DETAILS item 17), not bitwise. Returns a Rollout.
     """
     prompt_ids, prompt_mask, prompts = batch
     P, mbs = prompt_ids.size(1), cfg.micro_batch_size
@@ -189,9 +212,12 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
             generator=generator)
     seq = torch.cat([prompt_ids, tokens], 1)  # (B, P + N)
     mask = torch.cat([prompt_mask, resp_mask], 1)  # (B, P + N); 0 on the pads after an EOS
+    # micro-batches of rows of similar prompt lengths, so that each drops most of its padding
+    # (policy_forward); the results go back to the rows' own order
+    order = prompt_mask.sum(1).argsort(stable=True)  # (B,)
     parts = []
-    for i in range(0, seq.size(0), mbs):
-        s, m = seq[i:i + mbs], mask[i:i + mbs]
+    for rows in order.split(mbs):
+        s, m = seq[rows], mask[rows]
         with proc.autocast:
             lp, ent, values = policy_forward(policy, s, m, P, cfg.temperature, critic, True)
             # frozen models need no autograd record at all; their inference tensors are only
@@ -199,7 +225,9 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
             with torch.inference_mode():
                 ref_lp = policy_forward(ref, s, m, P, cfg.temperature)[0] if ref else None
         parts.append((lp, ent, values, ref_lp))
-    lp, ent, values, ref_lp = (torch.cat(x) if x[0] is not None else None for x in zip(*parts))
+    back = order.argsort()  # sorted position of each row
+    lp, ent, values, ref_lp = (torch.cat(x)[back] if x[0] is not None else None
+                               for x in zip(*parts))
     # one device-to-host copy for the whole batch, not two small ones (and a sync) per row
     responses = [decode_response(enc, [t for t, keep in zip(row, row_mask) if keep])
                  for row, row_mask in zip(tokens.tolist(), resp_mask.tolist())]

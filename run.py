@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import torch.distributed as dist
 
-from checkpoint import (check_finite_weights, load_checkpoint, model_from_checkpoint,
-                        require_keys, save_checkpoint, set_rng_state)
+from checkpoint import (check_finite_weights, load_checkpoint, load_optimizer_state,
+                        model_from_checkpoint, require_keys, save_checkpoint, set_rng_state)
 from config import ConfigError, UserError, os_error
 from runtime import all_reduce_max, init_runtime, print0
 
@@ -85,13 +85,15 @@ def swap_in(out_dir, staging=".staging", belongs=_not_hidden):
 
 
 # the config keys a resumed run may change: how long it runs, how it reports, where and how fast
-# it computes. Every other key defines the run (its loss, data, model, optimizer, seed ...), and a
+# it computes (grad_checkpoint recomputes the same gradients; fsdp shards the same model, and its
+# checkpoints are the one-process format). Every other key defines the run (its loss, data, model, optimizer, seed ...), and a
 # --resume=True that changes one is refused: it would continue these weights as another run.
 RESUME_MAY_CHANGE = {
     "resume", "overwrite", "out_dir", "max_iters", "stop_iter", "log_interval", "eval_interval",
     "ckpt_interval", "save_every", "sample_interval", "num_samples", "sample_tokens",
     "sample_temperature", "device", "dtype", "compile", "micro_batch_size",
-    "precompute_ref_logps", "gold_judge", "demo_val_data", "demo_val_examples"}
+    "precompute_ref_logps", "gold_judge", "demo_val_data", "demo_val_examples",
+    "grad_checkpoint", "fsdp"}
 
 
 def _same_path(a, b):
@@ -385,7 +387,7 @@ class Run:
         if self.resume is None:
             return SimpleNamespace(step=0, **state)
         require_keys(self.resume, self.resume_path, *state)
-        optimizer.load_state_dict(self.resume["optimizer"])
+        load_optimizer_state(optimizer, self.resume["optimizer"])  # sharded (FSDP) or not
         set_rng_state(self.resume["rng"])
         print0(f"resumed from {self.resume_path} at step {self.resume['step']}")
         return SimpleNamespace(step=self.resume["step"], **{k: self.resume[k] for k in state})

@@ -7,6 +7,8 @@ policy and learning from pairs (prompt, chosen, rejected) with no reward model a
     python train_dpo.py config/dpo_gpt2_hh.py             # one GPU, GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_hh.py \
         --grad_accum=1                                    # 8 GPUs, the same 64 pairs per step
+    torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_xl_hh.py \
+        --fsdp=True --grad_accum=1                        # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_dpo.py --loss_type=simpo                 # reference-free: SimPO or ORPO
     python train_dpo.py --help                            # every config key and its default
 
@@ -111,6 +113,10 @@ DEFAULTS = dict(
     device="auto",                         # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",                          # 'auto' (bf16 on a GPU that has it) | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more
+                                           # compute, a fraction of the activation memory
+    fsdp=False,                            # under torchrun: shard the trained model, its grads and
+                                           # AdamW state over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this iteration
@@ -278,10 +284,11 @@ def evaluate(model, batches, loss_fn, names):
     hold different numbers of batches."""
     model.eval()
     sums, n = dict.fromkeys(names, 0.0), 0
-    for batch in batches:
-        for k, v in loss_fn(model, batch)[1].items():
-            sums[k] += v * len(batch["rows"])
-        n += len(batch["rows"])
+    with runtime.gathered(model):  # FSDP: no all-gather in a loop of uneven length
+        for batch in batches:
+            for k, v in loss_fn(model, batch)[1].items():
+                sums[k] += v * len(batch["rows"])
+            n += len(batch["rows"])
     model.train()
     n = runtime.all_reduce_mean(float(n))
     return {f"val_{k}": runtime.all_reduce_mean(v) / max(n, 1) for k, v in sums.items()}
@@ -454,6 +461,7 @@ def load_models(cfg, run, with_reference=True):
                        f"tokenizer, the policy {tok_name!r}")
         checkpoint.check_block_size(ref_model, cfg.block_size, f"the reference {ref_from}")
         ref_model.to(proc.device).eval().requires_grad_(False)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint  # the reference never needs it
     return model.to(proc.device), ref_model, get_tokenizer(tok_name)
 
 
@@ -479,6 +487,8 @@ def main(argv=None):
     # models (the policy and its frozen reference), data, and the batch layout (layouts.py)
     model, ref_model, enc = load_models(cfg, run, cfg.loss_type not in REFERENCE_FREE)
     train, val, lengths = load_data(cfg, enc)
+    runtime.shard(model, proc, cfg.compile)  # FSDP: each rank keeps its share of the policy; the
+    # frozen reference stays whole on every rank (no gradients, no AdamW state: a quarter of it)
     layout = layouts.logprob_layout(cfg.share_prompt)
     # the reference's log-probs: none (SimPO, ORPO), live, or once, cached (and it is freed)
     cache = precompute_reference(cfg, run, ref_model, layout, train, val, enc) \
@@ -506,9 +516,10 @@ def main(argv=None):
 
     def evaluate_held_out():
         batches = held_out_batches(get_batch, len(val), cfg, proc)
-        if proc.master and ref_model is not None and cfg.num_samples:  # plot.py's heatmaps
-            log_token_ratios(run, step, model, ref_model, to_device(layouts.collate_pairs(
-                val[:cfg.num_samples], enc.eot_token), proc), enc, proc.autocast)
+        with runtime.gathered(model):  # FSDP: rank 0 runs the policy alone here
+            if proc.master and ref_model is not None and cfg.num_samples:  # plot.py's heatmaps
+                log_token_ratios(run, step, model, ref_model, to_device(layouts.collate_pairs(
+                    val[:cfg.num_samples], enc.eot_token), proc), enc, proc.autocast)
         return evaluate_and_keep_best(run, step, state, snapshot,
                                       evaluate(model, batches, loss_fn, METRICS))
 

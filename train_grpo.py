@@ -12,6 +12,7 @@ Run it:
     python train_grpo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
     torchrun --standalone --nproc_per_node=8 train_grpo.py --rollout_batch_size=8 \
         --minibatch_size=8 --micro_batch_size=8    # 8 GPUs: the toy's 64 answers per iteration
+                                                   # (--fsdp=True: the policy sharded)
     python train_grpo.py --help                    # every config key and its default
 
 One iteration, and where it differs from PPO:
@@ -56,7 +57,7 @@ from runtime import print0
 # update loop, the held-out evaluation, what a person sees, the checkpoints
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
 from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_demos,
-                       load_models, load_prompts, ppo_update, resume_models, save_and_check_stop,
+                       load_models, load_prompts, ppo_update, save_and_check_stop,
                        validate as validate_rl)
 
 # -----------------------------------------------------------------------------
@@ -95,7 +96,7 @@ DEFAULTS = dict(
     # the update (train_ppo.ppo_update without a critic)
     num_iterations=1,         # passes over each batch (GRPO's mu); 1 = on-policy, ratio 1
     minibatch_size=64,        # answers per optimizer step: the whole batch, so that with
-                              # num_iterations=1 every step is on-policy (ratio exactly 1)
+                              # num_iterations=1 every step is on-policy (ratio 1 to float precision)
     micro_batch_size=16,      # answers per forward/backward
     epsilon_low=0.2,          # clip the ratio to [1 - epsilon_low, 1 + epsilon_high]; a larger
     epsilon_high=0.2,         # epsilon_high is DAPO's clip-higher
@@ -127,6 +128,10 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     dtype="auto",
+    grad_checkpoint=False,    # recompute each block of the policy in the backward: less
+                              # activation memory, ~1/3 more update compute (docs/SCALE.md)
+    fsdp=False,               # under torchrun: shard the policy (weights, gradients, AdamW state)
+                              # over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,
@@ -233,6 +238,7 @@ def main(argv=None):
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
     policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
+    checkpoint.resume_and_shard(run, policy)  # rank 0's weights everywhere; FSDP shards
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
@@ -244,12 +250,10 @@ def main(argv=None):
     optimizer = optim.make_optimizer(policy, cfg, proc)
     state = run.restore(optimizer, best_val=-math.inf)
     iteration = state.step  # iterations done
-    resume_models(run, policy)
 
     def snapshot(with_state):
         return checkpoint.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, iteration,
-                                          optimizer if with_state else None,
-                                          best_val=state.best_val)
+                                          optimizer if with_state else None, best_val=state.best_val)
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -260,13 +264,13 @@ def main(argv=None):
     metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
     while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
-        optim.set_lr(optimizer, cfg.lr * lr_scale)
+        lr_scale = optim.set_rl_lr(iteration, cfg, (optimizer, cfg.lr))
         # 1. rollout: group_size answers to each prompt, consecutive rows
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size // cfg.group_size,
                                     iteration, cfg.seed, proc.rank, proc.world_size)
-        rollouts = rollout(policy, ref, None, reward, prompt_batch(train, rows, enc, proc,
-                                                                   cfg.group_size), enc, cfg, proc)
+        batch = prompt_batch(train, rows, enc, proc, cfg.group_size)
+        with runtime.gathered(policy):  # FSDP: answers of any length, no all-gather
+            rollouts = rollout(policy, ref, None, reward, batch, enc, cfg, proc)
         t_rollout = time.time() - t0
         # 2. the sequence reward; RLOO and REINFORCE++ pay the KL here (kl_estimator, summed)
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask) \
@@ -276,8 +280,7 @@ def main(argv=None):
             if kl_in == "reward" and ref else rollouts.scores
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
-        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO); the
-            # metrics still see it as it was written
+        if cfg.missing_eos_mode == "mask":  # a cut answer teaches nothing (DAPO); metrics see it
             rollouts = dataclasses.replace(rollouts, loss_mask=rollouts.resp_mask
                                            * rollouts.has_eos[:, None])
         token_advantages = advantages[:, None] * rollouts.resp_mask  # (B, N)

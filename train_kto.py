@@ -9,6 +9,7 @@ KL(pi || pi_ref) on mismatched pairs (each prompt with another prompt's answer).
     python data/toy/prepare.py && python train_sft.py && python data/toy/label.py  # world, SFT, labels
     python train_kto.py config/kto_toy.py             # CPU toy, a few minutes
     torchrun --standalone --nproc_per_node=8 train_kto.py config/kto_toy.py --batch_size=2
+                                                      # (--fsdp=True: the policy sharded)
     python train_kto.py --help                        # every config key and its default
 
 One step:
@@ -88,6 +89,10 @@ DEFAULTS = dict(
     device="auto",                         # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",                          # 'auto' (bf16 on a GPU that has it) | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more
+                                           # compute, a fraction of the activation memory
+    fsdp=False,                            # under torchrun: shard the trained model, its grads and
+                                           # AdamW state over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this iteration
@@ -223,6 +228,7 @@ def main(argv=None):
     # models (the policy and its frozen reference) and data (single answers and their labels)
     model, ref_model, enc = load_models(cfg, run)
     train, val, lengths = load_data(cfg, enc)
+    runtime.shard(model, proc, cfg.compile)  # FSDP: the policy sharded, the reference whole
     # the reference's log-probs of a batch's answers and mismatched pairs: one no-grad forward
     ref_logps = reference_fn(ref_model, None, layouts.pair_logprobs, proc)
 
@@ -244,10 +250,12 @@ def main(argv=None):
 
     def evaluate_held_out():
         batches = held_out_batches(get_batch, len(val), cfg, proc)
-        if proc.master and cfg.num_samples:  # plot.py's heatmaps
-            batch = get_batch("val", range(min(cfg.num_samples, len(val))))
-            log_token_ratios(run, step, model, ref_model, batch, enc, proc.autocast, rows=[
-                {"desirable" if d else "undesirable": b} for b, d in enumerate(batch["desirable"])])
+        with runtime.gathered(model):  # FSDP: rank 0 runs the policy alone here
+            if proc.master and cfg.num_samples:  # plot.py's heatmaps
+                batch = get_batch("val", range(min(cfg.num_samples, len(val))))
+                log_token_ratios(run, step, model, ref_model, batch, enc, proc.autocast, rows=[
+                    {"desirable" if d else "undesirable": b}
+                    for b, d in enumerate(batch["desirable"])])
         loss_fn = partial(batch_loss, ref_logps=ref_logps, cfg=cfg, autocast=proc.autocast,
                           reduce_kl=False)  # ranks may hold different numbers of batches
         return evaluate_and_keep_best(run, step, state, snapshot,

@@ -10,6 +10,8 @@ Run it:
     python train_ppo.py config/ppo_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH prompts
     torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_hh.py \
         --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # 8 GPUs, same batches
+    torchrun --standalone --nproc_per_node=8 train_ppo.py config/ppo_gpt2_xl_hh.py --fsdp=True \
+        --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # GPT-2 XL, FSDP
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
     python train_ppo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
     python train_ppo.py --help                    # every config key and its default
@@ -138,6 +140,10 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     dtype="auto",             # 'auto' | 'float32' | 'bfloat16'
+    grad_checkpoint=False,    # recompute each block in the backward (policy and critic): less
+                              # activation memory, ~1/3 more update compute (docs/SCALE.md)
+    fsdp=False,               # under torchrun: shard the policy and the critic (weights, gradients,
+                              # AdamW state) over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,             # stop with a checkpoint after this many iterations (-1: max_iters)
@@ -382,12 +388,16 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
     loss_agg, kl_coef, kl_estimator = loss_settings
     B, stats, losses = rollouts.seq.size(0), [], []
     loss_mask = rollouts.resp_mask if rollouts.loss_mask is None else rollouts.loss_mask  # (B, N)
+    prompt_len = rollouts.mask[:, :rollouts.P].sum(1)  # (B,)
     for _ in range(cfg.num_iterations):
         for rows in torch.randperm(B).to(proc.device).split(cfg.minibatch_size):
             # over every rank's rows; Dr. GRPO's constant is rows x max_new_tokens
             total = loss_normalizer(loss_mask[rows], loss_agg, cfg.max_new_tokens)
             n_tokens = loss_normalizer(loss_mask[rows], "token_mean")
             mb_loss, parts = 0.0, {}  # parts: this rank's shares of the minibatch's losses
+            # micro-batches of similar prompt lengths, each without its padding columns
+            # (policy_forward); their losses sum to the minibatch's in any order
+            rows = rows[prompt_len[rows].argsort(stable=True)]
             for mb in rows.split(cfg.micro_batch_size):
                 m = loss_mask[mb]
                 with proc.autocast:
@@ -411,21 +421,22 @@ def ppo_update(rollouts, advantages, returns, *, policy, critic=None,
                     vf_loss, s["vclipfrac"] = ppo_value_loss(
                         values, rollouts.values[mb], returns[mb], m, cfg.cliprange_value, n_tokens)
                     loss, share["vf_loss"] = loss + cfg.vf_coef * vf_loss, vf_loss.item()
-                if loss.requires_grad:
-                    loss.backward()
+                if loss.requires_grad:  # FSDP averages the ranks' gradients: the global loss
+                    (loss * (proc.world_size if proc.fsdp else 1)).backward()  # is their sum
                 mb_loss += loss.item()
                 stats.append(s)
                 parts = {k: parts.get(k, 0.0) + v for k, v in share.items()}
             if ptx is not None and train_policy:  # PPO-ptx: each rank's share of the mix
                 nll = ptx_loss(policy, ptx(update, len(losses)), proc.autocast)
-                (cfg.ptx_coef * nll / proc.world_size).backward()
+                (cfg.ptx_coef * nll / (1 if proc.fsdp else proc.world_size)).backward()  # FSDP
+                # averages the ranks' gradients, DDP's all_reduce_grads sums them
                 parts["ptx_loss"] = nll.item() / proc.world_size
             losses.append(parts)
             if not train_policy:  # a shared critic's value loss reached the frozen trunk
                 optimizer.zero_grad(set_to_none=True)
             for model, opt in ((policy, optimizer), (critic, critic_optimizer)):
                 if model is not None and (train_policy or model is critic):
-                    runtime.all_reduce_grads(model)
+                    runtime.all_reduce_grads(model, average=proc.fsdp)  # unsharded ones
                     optim.optimizer_step(model, opt, cfg.grad_clip, mb_loss, update=update)
     # the ratio statistics: every rank has as many micro-batches, so the mean over ranks is the
     # mean over all of them; the losses: each micro-batch holds its share of its minibatch's
@@ -490,6 +501,7 @@ def load_models(cfg, proc, with_reference=True):
     for m in (policy, ref, reward_model):
         if m is not None:
             m.to(proc.device).eval()
+    policy.transformer.grad_checkpoint = cfg.grad_checkpoint  # only the trained models use it
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
     gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
@@ -543,31 +555,20 @@ def make_critic(cfg, policy, reward_model, proc):
         critic = copy.deepcopy(first).requires_grad_(True)
     else:
         critic, _ = checkpoint.init_scalar(cfg.init_from, dropout=0.0)
+    if not cfg.shared_critic:
+        critic.transformer.grad_checkpoint = cfg.grad_checkpoint
     return critic.to(proc.device).eval()
 
 
 
 def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state):
     """The checkpoint of both models (the critic beside the policy's weights), the loop state
-    (beta, best_val) and, when given, both optimizers' states."""
-    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val)
+    (beta, best_val) and, when given, both optimizers' states. A collective under FSDP."""
+    extra = dict(critic=checkpoint.model_state(critic), beta=state.beta, best_val=state.best_val)
     if opt_critic is not None:
-        extra["critic_optimizer"] = opt_critic.state_dict()
+        extra["critic_optimizer"] = checkpoint.optimizer_state(opt_critic)
     return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
                                       opt_policy, **extra)
-
-
-def resume_models(run, policy, critic=None, critic_optimizer=None):
-    """A resumed run's weights: the policy's, and the critic's and its optimizer's (run.restore
-    has already restored the policy's optimizer, the RNG and the loop state)."""
-    if run.resume is None:
-        return
-    if critic is not None:
-        checkpoint.require_keys(run.resume, run.resume_path, "critic", "critic_optimizer")
-    policy.load_state_dict(run.resume["model"])
-    if critic is not None:
-        critic.load_state_dict(run.resume["critic"])
-        critic_optimizer.load_state_dict(run.resume["critic_optimizer"])
 
 
 def save_and_check_stop(run, iteration, cfg, snapshot):
@@ -596,7 +597,7 @@ def main(argv=None):
     # models: policy, reference, reward model (or function), critic; data: prompts only
     policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc)
     critic = make_critic(cfg, policy, reward_model, proc)
-    runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
+    checkpoint.resume_and_shard(run, policy, critic)  # rank 0's weights everywhere; FSDP
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
@@ -608,7 +609,7 @@ def main(argv=None):
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
     state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
     iteration = state.step  # iterations done
-    resume_models(run, policy, critic, opt_critic)
+    checkpoint.resume_critic_optimizer(run, opt_critic)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
@@ -623,14 +624,13 @@ def main(argv=None):
     metrics, val_metrics = {}, evaluate() if iteration == 0 else {}
     while iteration < cfg.max_iters:
         t0 = time.time()
-        lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
-        optim.set_lr(opt_policy, cfg.lr * lr_scale)
-        optim.set_lr(opt_critic, cfg.critic_lr * lr_scale)
+        lr_scale = optim.set_rl_lr(iteration, cfg, (opt_policy, cfg.lr), (opt_critic, cfg.critic_lr))
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
                                     proc.rank, proc.world_size)
-        rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc), enc,
-                           cfg, proc)
+        with runtime.gathered(policy, critic):  # FSDP: answers of any length, no all-gather
+            rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc),
+                               enc, cfg, proc)
         t_rollout = time.time() - t0
         # 4. per-token rewards: -beta * KL on every token, the score on the last one
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)
@@ -642,10 +642,9 @@ def main(argv=None):
                                           cfg.lam)
         advantages = whiten(advantages, rollouts.resp_mask)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
-        stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
-                           critic=(critic, opt_critic), train_policy=iteration >=
-                           cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc,
-                           ptx=demos.ptx)
+        stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy), critic=(
+            critic, opt_critic), train_policy=iteration >= cfg.critic_warmup,
+            update=iteration + 1, cfg=cfg, proc=proc, ptx=demos.ptx)
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,

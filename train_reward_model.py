@@ -8,6 +8,8 @@ Run it:
     python train_reward_model.py config/rm_gpt2_hh.py     # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_hh.py \
         --batch_size=8 --grad_accum=1                     # 8 GPUs, the same 64 pairs per step
+    torchrun --standalone --nproc_per_node=8 train_reward_model.py config/rm_gpt2_xl_hh.py \
+        --fsdp=True --grad_accum=1                        # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_reward_model.py --help                   # every config key and its default
     python train_reward_model.py --resume=True            # continue an interrupted run
     python train_reward_model.py --ensemble=3             # three members: out_dir/member{0,1,2}
@@ -44,11 +46,10 @@ aggregate_rewards: the mean, the worst case, or the mean minus their variance.
 
 Deliberately left out: members that differ in their pretraining (only the head, the data order
 and the data resample differ here), InstructGPT's 1/C(K,2) weighting of each prompt
-(the loss weighs every pair alike), an auxiliary language-modelling loss, label smoothing /
-noisy-label losses, and gradient checkpointing.
+(the loss weighs every pair alike), an auxiliary language-modelling loss, and label smoothing /
+noisy-label losses.
 """
 
-import copy
 import math
 import os
 import random
@@ -127,6 +128,10 @@ DEFAULTS = dict(
     device="auto",                         # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",                          # 'auto' | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,                 # recompute each block in the backward: ~1/3 more
+                                           # compute, a fraction of the activation memory
+    fsdp=False,                            # under torchrun: shard the trained model, its grads and
+                                           # AdamW state over the processes (FSDP, docs/SCALE.md)
     resume=False,
     overwrite=False,
     stop_iter=-1,                          # stop with a checkpoint after this step (-1: max_iters)
@@ -235,17 +240,18 @@ def evaluate(model, val, layout, cfg, proc, pad_id):
     over every rank's share of the pairs, laid out by layout (collate, forward)."""
     model.eval()
     s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
-    for start in range(proc.rank * cfg.batch_size, len(val), cfg.batch_size * proc.world_size):
-        batch = to_device(layout.collate(val[start:start + cfg.batch_size], pad_id), proc)
-        rc, rr = layout.forward(model, batch, proc.autocast)
-        _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
-                                 cfg.center_coef)
-        n = rc.numel()
-        for key, v in (("n", 1), ("correct", m["accuracy"]), ("margin", m["margin"]),
-                       ("loss", m["loss"])):
-            s[key] += v * n
-        s["r"] += (rc.sum() + rr.sum()).item()
-        s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
+    with runtime.gathered(model):  # FSDP: ranks may hold different numbers of batches
+        for start in range(proc.rank * cfg.batch_size, len(val), cfg.batch_size * proc.world_size):
+            batch = to_device(layout.collate(val[start:start + cfg.batch_size], pad_id), proc)
+            rc, rr = layout.forward(model, batch, proc.autocast)
+            _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
+                                     cfg.center_coef)
+            n = rc.numel()
+            for key, v in (("n", 1), ("correct", m["accuracy"]), ("margin", m["margin"]),
+                           ("loss", m["loss"])):
+                s[key] += v * n
+            s["r"] += (rc.sum() + rr.sum()).item()
+            s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
     model.train()
     s = {k: runtime.all_reduce_mean(v) for k, v in s.items()}  # sums / world_size: ratios hold
     n = max(s["n"], 1e-9)
@@ -284,6 +290,7 @@ def load_model(cfg, run):
     model.reward_bias.zero_()  # training sees raw scores
     checkpoint.check_block_size(model, cfg.block_size)
     model.to(run.proc.device)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint
     print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
            f"tokenizer '{tok_name}', from {run.resume_path or cfg.init_from}, device "
            f"{run.proc.device}")
@@ -359,13 +366,13 @@ def train(cfg):
     # model: a new scalar head on the SFT trunk, or the run we resume; then the data
     model, enc = load_model(cfg, run)
     train, val, items, max_iters, ref_rows, lengths = load_data(cfg, enc, proc)
+    runtime.shard(model, proc, cfg.compile)  # FSDP: each rank keeps its share of the weights
     # the batch layouts: training batches as cfg says, held-out pairs one by one (layouts.py)
     collate, pair_scores = layouts.score_layout(cfg.share_prompt, cfg.group_rankings)
     val_layout = layouts.score_layout(cfg.share_prompt)
 
     # -------------------------------------------------------------------------
-    # optimizer, and the loop state a resumed run picks up (a checkpoint that holds reward_bias
-    # is a finished run)
+    # optimizer, and the loop state a resumed run picks up (one with reward_bias has finished)
     optimizer = optim.make_optimizer(model, cfg, proc)
     state = run.restore(optimizer, best=(-1.0, 0.0), train_metrics={}, val_metrics={})
     step, state.best = state.step, tuple(state.best)
@@ -417,10 +424,12 @@ def train(cfg):
     # scores PPO sees are centred on "as good as the SFT answers", for the final weights and for
     # the best ones (ckpt_best.pt may hold an earlier step), each with its own mean. ckpt_last.pt
     # is written last: until it holds reward_bias, a resumed run redoes this step.
-    if step == max_iters and reward_bias is None and proc.master:
-        reward_bias = set_reward_bias(model, ref_rows, cfg, enc, proc, "final")
-        normalise_best(run, model, ref_rows, cfg, enc, proc, step, reward_bias)
-        run.save("ckpt_last.pt", snapshot(reward_bias=reward_bias))
+    if step == max_iters and reward_bias is None:
+        with runtime.gathered(model):  # rank 0 scores; under FSDP with the whole weights
+            if proc.master:
+                reward_bias = set_reward_bias(model, ref_rows, cfg, enc, proc, "final")
+                normalise_best(run, model, ref_rows, cfg, enc, proc, step, reward_bias)
+        run.save("ckpt_last.pt", snapshot(reward_bias=reward_bias))  # every rank: FSDP gathers
 
     print0(f"done in {time.time() - t_start:.0f}s: step {step}, held-out accuracy "
            f"{state.val_metrics.get('val_accuracy', math.nan):.4f} (best {state.best[0]:.4f})")
@@ -450,9 +459,9 @@ def normalise_best(run, model, ref_rows, cfg, enc, proc, step, reward_bias):
     the final weights, else the mean score of the references under the best weights."""
     best = checkpoint.load_checkpoint(run.path("ckpt_best.pt"), expect_kind="scalar")
     best["reward_bias"] = reward_bias
-    if best["best_step"] != step:
-        best_model = copy.deepcopy(model)
-        best_model.load_state_dict(best["model"])
+    if best["best_step"] != step:  # a plain model of the best weights, however the run trains
+        best_model = checkpoint.model_from_checkpoint(ScalarModel, best, run.path("ckpt_best.pt"))
+        best_model.to(proc.device)
         best["reward_bias"] = set_reward_bias(best_model, ref_rows, cfg, enc, proc,
                                               f"best, step {best['best_step']}")
     best["model"]["reward_bias"].fill_(best["reward_bias"])

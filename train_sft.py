@@ -11,6 +11,8 @@ Run it:
     python train_sft.py config/sft_gpt2_hh.py            # one GPU: GPT-2 124M on Anthropic HH
     torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_hh.py \
         --batch_size=8 --grad_accum=1                    # 8 GPUs, the same 64 rows per step
+    torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_xl_hh.py \
+        --fsdp=True --grad_accum=1                       # GPT-2 XL sharded over 8 GPUs (FSDP)
     python train_sft.py --help                           # every config key and its default
     python train_sft.py --out_dir=out/sft_toy --resume=True   # continue an interrupted run
 
@@ -85,6 +87,10 @@ DEFAULTS = dict(
     device="auto",              # 'auto' | 'cpu' | 'cuda' | 'mps'
     dtype="auto",               # 'auto' (bf16 on a GPU that has it, else fp32) | 'float32' | 'bfloat16'
     compile=False,
+    grad_checkpoint=False,      # recompute each block in the backward: ~1/3 more compute, a
+                                # fraction of the activation memory (docs/SCALE.md)
+    fsdp=False,                 # under torchrun: shard the model, its gradients and AdamW state
+                                # over the processes (FSDP, docs/SCALE.md), not copy them (DDP)
     resume=False,
     overwrite=False,
     stop_iter=-1,               # stop with a checkpoint after this many steps (-1: run to max_iters)
@@ -146,13 +152,14 @@ def estimate_val_loss(model, batches, proc):
     """Token-weighted mean SFT loss over held-out batches (this rank's share, then averaged)."""
     model.eval()
     total, count = 0.0, 0.0
-    for idx, attn, loss_mask in batches:
-        idx, attn, loss_mask = idx.to(proc.device), attn.to(proc.device), loss_mask.to(proc.device)
-        logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
-                                       proc.autocast)
-        n = loss_mask[:, 1:].sum().item()
-        total += sft_loss(logp, loss_mask).item() * n
-        count += n
+    with runtime.gathered(model):  # FSDP: ranks may hold different numbers of batches
+        for idx, attn, loss_mask in batches:
+            idx, attn, loss_mask = (t.to(proc.device) for t in (idx, attn, loss_mask))
+            logp = ops.trained_logprobs(model, idx, loss_mask, position_ids_from_mask(attn),
+                                        proc.autocast)
+            n = loss_mask[:, 1:].sum().item()
+            total += sft_loss(logp, loss_mask).item() * n
+            count += n
     model.train()
     # averaging the sums over ranks keeps the result a mean over every rank's tokens
     return runtime.all_reduce_mean(total) / max(runtime.all_reduce_mean(count), 1.0)
@@ -198,6 +205,7 @@ def load_model(cfg, run):
         cfg.init_from, cfg.tokenizer, model_args, cfg.dropout), cfg.dropout)
     checkpoint.check_block_size(model, cfg.block_size)
     model.to(run.proc.device)
+    model.transformer.grad_checkpoint = cfg.grad_checkpoint
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.config.n_layer} layers, "
            f"n_embd {model.config.n_embd}, tokenizer '{tok_name}', from "
            f"{run.resume_path or cfg.init_from}, device {run.proc.device}, dtype {run.proc.dtype}")
@@ -255,6 +263,7 @@ def main(argv=None):
     # then the data
     model, enc = load_model(cfg, run)
     train, val_batches, lengths, samples, max_new = load_data(cfg, enc, model, proc)
+    runtime.shard(model, proc, cfg.compile)  # FSDP: each rank keeps its share of the weights
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
@@ -271,8 +280,9 @@ def main(argv=None):
 
     def evaluate():
         evaluate_and_keep_best(run, model, val_batches, step, state, snapshot)
-        if proc.master and samples:
-            print_samples(model, enc, samples, max_new, cfg, proc.device)
+        with runtime.gathered(model):  # FSDP: rank 0 generates alone
+            if proc.master and samples:
+                print_samples(model, enc, samples, max_new, cfg, proc.device)
 
     # -------------------------------------------------------------------------
     # training loop. `step` counts optimizer updates done; the batch of each step is a function

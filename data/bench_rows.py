@@ -21,6 +21,10 @@ SIZES = dict(
     micro=dict(n_layer=1, n_head=2, n_embd=32, vocab_size=257),
     tiny=dict(n_layer=4, n_head=4, n_embd=128, vocab_size=257),
     gpt2=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257),
+    # GPT-2 medium (355M), large (774M) and XL (1.56B): the configs of docs/SCALE.md
+    **{"gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257),
+       "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257),
+       "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257)},
 )
 HH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hh", "out")
 GROUP = 4  # grpo: answers per prompt
@@ -230,5 +234,6 @@ def checked_shapes(cfg):
     positive = (lambda v: v > 0, "> 0")
     config.validate(cfg, {"prompt_len": positive, "gen_tokens": positive, "steps": positive,
                           "warmup": (lambda v: v >= 0, ">= 0"),
+                          "micro_batch_size": (lambda v: v >= 0, ">= 0 (0: batch_size)"),
                           "peak_flops": (lambda v: v >= 0, ">= 0")})
     return sizes, stages

@@ -2,7 +2,7 @@
 The first GPU run: turns the HH configs' ESTIMATES into measurements. A development tool, like
 dev/bench_trl.py: nothing in nanoRLHF imports it.
 
-Run it on a machine with one CUDA GPU (10 minutes in all, by design):
+Run it on a machine with one CUDA GPU or more (13 minutes in all, by design):
     python dev/gpu_check.py --out=out/gpu_check.json          # H100 / H200: peak 989 TFLOP/s
     python dev/gpu_check.py --peak_flops=312e12 ...           # any other GPU: its bf16 peak
     python dev/gpu_check.py --dry_run=True                    # the commands only, no GPU needed
@@ -14,7 +14,15 @@ What it runs, one after the other, each as its own process:
      <shared>/gpt2_bpe (TIKTOKEN_CACHE_DIR), into a scratch directory;
   2. bench.py at GPT-2 124M, bf16, --compile=True, 16 x 1024 tokens, sft and dpo: the setting of
      the README's target of at least 45% MFU;
-  3. each HH recipe for a few hundred steps (--max_iters): train_sft.py config/sft_gpt2_hh.py,
+  3. bench.py's sft at GPT-2 medium (355M), 8 x 1024 tokens, without and with gradient
+     checkpointing: peak memory and seconds per step of each (docs/SCALE.md);
+  4. bench.py's ppo on the converted HH prompts, as config/ppo_gpt2_hh.py batches them (64
+     prompts, 128 new tokens, 4 epochs): in micro-batches of 8 rows of similar prompt lengths,
+     each without its padding columns, and as one micro-batch of 64 (every row padded to the
+     longest prompt), for the speed of the trimmed update;
+  5. with two GPUs or more: train_sft.py under torchrun with fsdp=True over all of them, GPT-2
+     medium's shape with gradient checkpointing, 30 steps (skipped on one GPU);
+  6. each HH recipe for a few hundred steps (--max_iters): train_sft.py config/sft_gpt2_hh.py,
      then train_reward_model.py config/rm_gpt2_hh.py and train_dpo.py config/dpo_gpt2_hh.py from
      that SFT checkpoint, train_ppo.py config/ppo_gpt2_hh.py from it and the reward model, and
      train_grpo.py with PPO's HH settings (there is no GRPO HH config). SFT starts from random
@@ -57,7 +65,7 @@ DEFAULTS = dict(
     max_iters=200,              # optimizer steps of the SFT, RM and DPO recipes
     rl_iters=20,                # iterations of the PPO and GRPO recipes
     bench_steps=10,             # timed steps per bench.py stage (after 3 warm-up steps)
-    budget_s=570.0,             # every phase must start and end within this many seconds
+    budget_s=780.0,             # every phase must start and end within this many seconds
     dry_run=False,              # print the commands and stop (no GPU needed)
     smoke=False,                # the plan on the CPU: tiny model, 2 steps a phase (no GPU needed)
 )
@@ -65,11 +73,13 @@ PEAK_BF16 = (("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312
              ("L40S", 362e12), ("A10G", 70e12))  # dense bf16 tensor-core peaks
 HH_FILE = os.path.join("hh-rlhf", "harmless-base-test.jsonl.gz")
 # the wrapper a training script runs under: its peak GPU memory is written to a JSON file
-PEAK_WRAPPER = ("import json, runpy, sys, torch; sys.path.insert(0, '.'); out = sys.argv[1]; "
+# (under torchrun rank 0's)
+PEAK_WRAPPER = ("import json, os, runpy, sys, torch; sys.path.insert(0, '.'); out = sys.argv[1]; "
                 "sys.argv = sys.argv[2:]\n"
                 "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-                "finally:\n    json.dump(dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20 "
-                "if torch.cuda.is_available() else None), open(out, 'w'))\n")
+                "finally:\n    os.environ.get('RANK', '0') == '0' and json.dump(dict(peak_mb="
+                "torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else "
+                "None), open(out, 'w'))\n")
 
 # -----------------------------------------------------------------------------
 # the plan: every phase's command, as data (the dry run prints it, the tests check it)
@@ -80,11 +90,13 @@ def peak_for(name):
     return next((p for key, p in PEAK_BF16 if key in name), 0.0)
 
 
-def plan(cfg, work, peak):
+def plan(cfg, work, peak, gpus=1):
     """
     [dict(name, kind, cmd, after, budget_s, ...)] in order: kind 'prepare', 'bench' (out: the
-    bench JSON) or 'recipe' (script, config argv, out_dir, stage); after names the recipe whose
-    checkpoint it starts from. Paths are under work; python is this interpreter.
+    bench JSON), 'fsdp' (nproc processes under torchrun, out_dir; run when nproc >= 2: gpus, the
+    GPUs present, or two CPU processes in the smoke test) or 'recipe' (script, config argv,
+    out_dir, stage); after names the recipe whose checkpoint it starts from. Paths are under
+    work; python is this interpreter.
     """
     py, hh = sys.executable, os.path.join(work, "hh")
     prefs, sft, prompts = (os.path.join(hh, f"{k}_test.jsonl") for k in ("prefs", "sft", "prompts"))
@@ -96,15 +108,59 @@ def plan(cfg, work, peak):
     shape = ["--sizes=micro", "--batch_size=2", "--block_size=32", "--compile=False"] if cfg.smoke \
         else ["--sizes=gpt2", "--batch_size=16", "--block_size=1024", "--compile=True"]
     hh_file = cfg.hh_file or os.path.join(cfg.shared, HH_FILE)
+    tiny_sft = ["--n_layer=1", "--n_head=1", "--n_embd=32", "--batch_size=2", "--grad_accum=1",
+                "--eval_examples=4", "--num_samples=1", "--sample_tokens=4", "--warmup_iters=1"]
     phases = [dict(name="prepare", kind="prepare", budget_s=45, cmd=[
         py, "data/hh/prepare.py", f"--input={hh_file}", f"--out_dir={hh}"])]
     out = os.path.join(work, "bench_target.json")
     phases.append(dict(name="bench sft,dpo 16x1024", kind="bench", out=out, budget_s=130, cmd=[
         py, "bench.py", "--stages=sft,dpo", *shape, *device, f"--peak_flops={peak:g}", *steps,
         f"--out={out}"]))
+    # gradient checkpointing at GPT-2 medium: peak memory and seconds per step, off and on
+    medium = ["--sizes=micro", "--batch_size=2", "--block_size=32"] if cfg.smoke else \
+        ["--sizes=gpt2-medium", "--batch_size=8", "--block_size=1024"]
+    short = steps if cfg.smoke else ["--steps=3", "--warmup=2"]
+    for on in (False, True):
+        out = os.path.join(work, f"bench_medium_ckpt_{on}.json")
+        phases.append(dict(name=f"bench sft medium ckpt={on}", kind="bench", out=out,
+                           budget_s=70, cmd=[py, "bench.py", "--stages=sft", *medium, *device,
+                                             f"--grad_checkpoint={on}", f"--peak_flops={peak:g}",
+                                             *short, f"--out={out}"]))
+    # PPO on real HH prompts (the converted test split), as the HH recipe batches them: micro-
+    # batches of 8 rows of similar prompt lengths, each without its padding columns, and the
+    # whole rollout as one micro-batch (every row padded to the longest prompt) for comparison
+    ppo_shape = ["--sizes=micro", "--batch_size=4", "--gen_tokens=4", "--block_size=64"] \
+        if cfg.smoke else ["--sizes=gpt2", "--batch_size=64", "--gen_tokens=128",
+                           "--block_size=512"]
+    for micro in ((2, 4) if cfg.smoke else (8, 64)):
+        out = os.path.join(work, f"bench_ppo_hh_micro{micro}.json")
+        phases.append(dict(name=f"bench ppo hh micro={micro}", kind="bench", out=out,
+                           budget_s=100, cmd=[py, "bench.py", "--stages=ppo", f"--data={prefs}",
+                                              *ppo_shape, f"--micro_batch_size={micro}",
+                                              *device, *(steps if cfg.smoke else
+                                                         ["--steps=2", "--warmup=1"]),
+                                              f"--out={out}"]))
+    # FSDP over every GPU present (two CPU processes in the smoke test): SFT of GPT-2 medium's
+    # shape with gradient checkpointing, a few steps; skipped on one GPU
+    nproc = 2 if cfg.smoke else gpus
+    fsdp_dir, fsdp_shape = os.path.join(work, "fsdp_sft"), tiny_sft if cfg.smoke else [
+        "--n_layer=24", "--n_head=16", "--n_embd=1024", "--batch_size=8", "--grad_accum=1"]
+    phases.append(dict(name=f"fsdp sft x{nproc}", kind="fsdp", nproc=nproc, out_dir=fsdp_dir,
+                       peak_file=os.path.join(work, "peak_fsdp.json"), budget_s=120, cmd=[
+                           py, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", os.path.join(work, "peak_wrapper.py"),
+                           os.path.join(work, "peak_fsdp.json"), "train_sft.py",
+                           os.path.join(ROOT, "config", "sft_gpt2_hh.py"), f"--train_data={sft}",
+                           f"--val_data={sft}", "--init_from=scratch", "--tokenizer=gpt2",
+                           *fsdp_shape, "--fsdp=True", "--grad_checkpoint=True",
+                           "--compile=False", f"--max_iters={min(cfg.max_iters, 30)}",
+                           "--warmup_iters=1", "--log_interval=1", "--eval_examples=16",
+                           "--num_samples=1", "--sample_tokens=8",
+                           f"--eval_interval={min(cfg.max_iters, 30)}",
+                           f"--ckpt_interval={min(cfg.max_iters, 30)}", f"--out_dir={fsdp_dir}",
+                           *device, "--overwrite=True"]))
     # the smoke test's tiny settings, appended to each recipe's (the last value of a key wins)
-    tiny = dict(sft=["--n_layer=1", "--n_head=1", "--n_embd=32", "--batch_size=2", "--grad_accum=1",
-                     "--eval_examples=4", "--num_samples=1", "--sample_tokens=4", "--warmup_iters=1"],
+    tiny = dict(sft=tiny_sft,
                 rm=["--batch_size=2", "--grad_accum=1", "--eval_examples=4", "--bias_examples=4",
                     "--warmup_iters=1"],
                 dpo=["--batch_size=2", "--grad_accum=1", "--eval_examples=4", "--warmup_iters=1"],
@@ -254,6 +310,20 @@ def recipe_result(phase, peak, skip=2):
     return out
 
 
+def fsdp_result(phase, skip=2):
+    """Seconds per step (the median logged ms_per_iter after the first `skip` steps), the steps
+    logged and rank 0's peak GPU memory of the FSDP run."""
+    records = read_log(phase["out_dir"])
+    out = dict(steps_logged=len(records), nproc=phase["nproc"])
+    timed = records[skip:] or records
+    if timed:
+        out["s_per_step"] = median([r["ms_per_iter"] / 1000 for r in timed])
+    if os.path.isfile(phase["peak_file"]):
+        with open(phase["peak_file"]) as f:
+            out["peak_mem_mb"] = json.load(f)["peak_mb"]
+    return out
+
+
 def bench_result(phase):
     """The rows of a bench.py JSON (size, stage, tokens/s, s/step, peak MB, MFU)."""
     with open(phase["out"]) as f:
@@ -307,7 +377,8 @@ def main(argv=None):
     work = cfg.work_dir or tempfile.mkdtemp(prefix="gpu_check_")
     if not cfg.dry_run:
         os.makedirs(work, exist_ok=True)
-    phases = plan(cfg, work, peak)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 8 if cfg.dry_run else 1
+    phases = plan(cfg, work, peak, gpus)
     if cfg.dry_run:
         for p in phases:
             print(f"# {p['name']}" + (f" (from {p['after']})" if p.get("after") else ""))
@@ -315,6 +386,8 @@ def main(argv=None):
             print(shlex.join(p["cmd"][:1] + p["cmd"][4:]) if p["kind"] == "recipe"
                   else shlex.join(p["cmd"]))
         return dict(phases=phases)
+    with open(os.path.join(work, "peak_wrapper.py"), "w") as f:  # the FSDP phase's, as a file
+        f.write(PEAK_WRAPPER)
     # the genuine GPT-2 BPE offline, for the runs and for counting their tokens here
     os.environ["TIKTOKEN_CACHE_DIR"] = os.path.join(cfg.shared, "gpt2_bpe")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -334,6 +407,8 @@ def main(argv=None):
         entry = dict(name=p["name"], kind=p["kind"], cmd=shlex.join(p["cmd"]))
         if p.get("after") and status.get(f"recipe {p['after']}") != "ok":
             entry["status"] = f"skipped (needs {p['after']})"
+        elif p["kind"] == "fsdp" and p["nproc"] < 2:
+            entry["status"] = "skipped (one GPU)"
         elif left < min(p["budget_s"], 40):
             entry["status"] = "skipped (out of time)"
         else:
@@ -355,6 +430,8 @@ def main(argv=None):
                     entry["rows"] = bench_result(p)
                 elif p["kind"] == "recipe":
                     entry["result"] = recipe_result(p, peak)
+                elif p["kind"] == "fsdp":
+                    entry["result"] = fsdp_result(p)
             except Exception as e:  # a result that cannot be read must not lose the others
                 entry["read_error"] = repr(e)
         status[p["name"]] = entry["status"]

@@ -315,12 +315,23 @@ def gpu_check():
 def test_gpu_check_plans_bench_and_every_hh_recipe(tmp_path, capsys):
     out = gpu_check().main(["--dry_run=True", f"--work_dir={tmp_path}", "--peak_flops=989e12"])
     phases = {p["name"]: p for p in out["phases"]}
-    assert list(phases) == ["prepare", "bench sft,dpo 16x1024", "recipe sft", "recipe rm",
+    assert list(phases) == ["prepare", "bench sft,dpo 16x1024", "bench sft medium ckpt=False",
+                            "bench sft medium ckpt=True", "bench ppo hh micro=8",
+                            "bench ppo hh micro=64", "fsdp sft x8", "recipe sft", "recipe rm",
                             "recipe dpo", "recipe ppo", "recipe grpo"]
     target = phases["bench sft,dpo 16x1024"]["cmd"]
     for arg in ("--sizes=gpt2", "--compile=True", "--dtype=bfloat16", "--peak_flops=9.89e+14",
                 "--batch_size=16", "--block_size=1024", "--device=cuda"):
         assert arg in target
+    # gradient checkpointing at GPT-2 medium, off and on; PPO on the converted HH prompts; FSDP
+    # over the 8 GPUs a dry run assumes without any
+    for on in (False, True):
+        cmd = phases[f"bench sft medium ckpt={on}"]["cmd"]
+        assert "--sizes=gpt2-medium" in cmd and f"--grad_checkpoint={on}" in cmd
+    prefs = os.path.join(str(tmp_path), "hh", "prefs_test.jsonl")
+    assert f"--data={prefs}" in phases["bench ppo hh micro=8"]["cmd"]
+    fsdp = phases["fsdp sft x8"]["cmd"]
+    assert "--nproc_per_node=8" in fsdp and "--fsdp=True" in fsdp and "train_sft.py" in fsdp
     for stage, config in (("sft", "sft"), ("rm", "rm"), ("dpo", "dpo"), ("ppo", "ppo")):
         argv = phases[f"recipe {stage}"]["argv"]
         assert argv[0].endswith(os.path.join("config", f"{config}_gpt2_hh.py"))
@@ -349,6 +360,11 @@ def test_gpu_check_recipe_keys_are_the_scripts_keys(tmp_path):
             if p["kind"] == "recipe":
                 cfg = parse_config(scripts[p["stage"]].DEFAULTS, p["argv"])
                 assert cfg.out_dir == p["out_dir"]
+            elif p["kind"] == "fsdp":  # the arguments after the script under torchrun
+                cfg = parse_config(train_sft.DEFAULTS, p["cmd"][p["cmd"].index("train_sft.py") + 1:])
+                assert cfg.out_dir == p["out_dir"] and cfg.fsdp
+            elif p["kind"] == "bench":
+                parse_config(bench.DEFAULTS, p["cmd"][p["cmd"].index("bench.py") + 1:])
         assert any("--device=cpu" in p["cmd"] for p in out["phases"]) == smoke
 
 
@@ -392,6 +408,13 @@ def test_gpu_check_smoke_runs_every_phase_on_the_cpu(tmp_path):
         assert r["s_per_step"] > 0 and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1, (stage, r)
     for stage in ("ppo", "grpo"):
         assert phases[f"recipe {stage}"]["result"]["steps_logged"] >= 2
+    for on in (False, True):
+        assert [r["stage"] for r in phases[f"bench sft medium ckpt={on}"]["rows"]] == ["sft"]
+    for micro in (2, 4):
+        rows = {r["stage"]: r for r in phases[f"bench ppo hh micro={micro}"]["rows"]}
+        assert rows["ppo_iter"]["s_per_step"] > 0
+    fsdp = phases["fsdp sft x2"]["result"]  # two CPU processes in the smoke test
+    assert fsdp["steps_logged"] == 2 and fsdp["s_per_step"] > 0
     assert json.load(open(out_file))["phases"][0]["name"] == "prepare"
 
 

@@ -1,7 +1,7 @@
 """
 GRPO and its family: the group baselines, the KL estimators and the loss aggregations pinned to
 hand-computed numbers (and their micro-batch and DDP splits to the whole batch), the on-policy
-ratio of exactly 1, no reference model at beta = 0, programmatic rewards from a file, a short
+ratio of 1 to float precision, no reference model at beta = 0, programmatic rewards from a file, a short
 run that raises a reward, and exact resume.
 """
 
@@ -121,10 +121,13 @@ def grpo_args(world, out, **kw):
     return [f"--{k}={v}" for k, v in args.items()]
 
 
-def test_on_policy_ratio_is_exactly_one_and_beta_zero_builds_no_reference(world, tmp_path,
-                                                                           monkeypatch):
+def test_on_policy_ratio_is_one_and_beta_zero_builds_no_reference(world, tmp_path, monkeypatch):
+    # one pass over the whole batch: every micro-batch is the first minibatch's, so its ratio is
+    # 1 to float precision (fp32: within 1e-5; the update's micro-batches hold other rows, at
+    # other trimmed widths, than the rollout's), approx_kl and clipfrac 0 (RLHF_DETAILS item 17)
     out = train_grpo.main(grpo_args(world, tmp_path / "a", max_iters=1, gold_judge="toy"))
-    assert out["ratio_mean"] == 1.0 and out["ratio_var"] == 0.0 and out["clipfrac"] == 0.0
+    assert out["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and out["ratio_var"] <= 1e-10
+    assert out["clipfrac"] == 0.0 and out["approx_kl"] <= 1e-10
     assert out["kl"] == pytest.approx(0.0, abs=1e-6) and math.isfinite(out["val_gold"])
     loaded = []
     load = train_grpo.load_models

@@ -188,6 +188,46 @@ def test_padded_backward_is_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("kind", ["gpt", "scalar"])
+def test_grad_checkpoint_gives_the_plain_gradients(kind):
+    # gradient checkpointing recomputes each block in the backward: the same gradients (fp32,
+    # <= 1e-6) with no mask, a left-padded 2-D mask, and a shared-prompt 4-D mask with positions;
+    # with dropout too (the recompute replays the RNG), and never in no-grad forwards
+    torch.manual_seed(0)
+    cls = GPT if kind == "gpt" else ScalarModel
+    plain = cls(tiny_config(dropout=0.1)).train()
+    ckpt = cls(tiny_config(dropout=0.1)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.transformer.grad_checkpoint = True
+    idx, mask = left_padded_batch([10, 4, 7], 10)
+    segments = torch.tensor([[0] * 4 + [1] * 3 + [2] * 3] * 3)
+    shared = (layouts.shared_prompt_mask(segments),
+              torch.cat([torch.arange(7), torch.arange(4, 7)])[None].expand(3, -1))
+    for inputs in ((), (mask,), shared):
+        grads = []
+        for model in (plain, ckpt):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same dropout masks in both models
+            out = model.values(idx, *inputs) if kind == "scalar" else model(idx, *inputs)
+            (out.float() * torch.linspace(-1, 1, out.size(-1))).sum().backward()
+            grads.append({n: p.grad for n, p in model.named_parameters()})
+        for name, g in grads[0].items():
+            torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=0, msg=name)
+    # no recompute where nothing is differentiated: generation and no-grad forwards
+    calls = []
+    ckpt.eval()
+    orig = torch.utils.checkpoint.checkpoint
+    torch.utils.checkpoint.checkpoint = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        with torch.no_grad():
+            ckpt.transformer(idx, mask)
+        if kind == "gpt":
+            ckpt.generate(idx[:1, -4:], max_new_tokens=3)
+    finally:
+        torch.utils.checkpoint.checkpoint = orig
+    assert calls == []
+
+
 @pytest.mark.unit
 def test_attention_mask_4d_by_hand():
     m = M.attention_mask_4d(torch.tensor([[0, 1, 1]]), 3)[0, 0].long()

@@ -349,7 +349,7 @@ def test_resume_may_change_how_long_and_how_it_reports(world, stopped_dpo):
     args, out, _ = stopped_dpo
     rel = [a.replace(str(world), os.path.relpath(world)) for a in args]  # the same files
     res = train_dpo.main(rel + ["--resume=True", "--max_iters=6", "--log_interval=2",
-                                "--eval_interval=3"])
+                                "--eval_interval=3", "--grad_checkpoint=True"])  # same gradients
     assert res["step"] == 6
 
 # -----------------------------------------------------------------------------
