@@ -38,7 +38,9 @@ DEFAULTS = dict(
     rounds=1,                 # > 1: round r labels round r-1's PPO policy (rewards on all so far)
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
-                              # grpo_gold, or 'all' (about 1.6x the time)
+                              # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
+                              # or 'all'
+    cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out}
@@ -63,7 +65,9 @@ MINI = {
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
-OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold")  # the stages `methods` picks
+OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",  # the stages `methods` picks
+            "ppo_gate", "ppo_safe")
+SAFETY = ("ppo_gate", "ppo_safe")  # helpful and harmless: label --kinds=separate, and more models
 
 
 def stage_path(path):
@@ -150,6 +154,38 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     return eval_dir
 
 
+def add_safety_stages(cfg, stages, methods, data, d, sft, rl, common_args, extra):
+    """The stages of ppo_gate and ppo_safe on round 1's labels, split by kind (label.py
+    --kinds=separate): a helpful reward model (the helpful rankings), Llama 2's safety reward
+    model (the harmless rankings and 10% helpful ones: onpolicy_safety_train.jsonl), Safe
+    RLHF's cost model (the harmless rankings reversed, centred on the SFT policy's answers to
+    harmful requests), each from the SFT trunk with the reward model's recipe, then PPO."""
+    rm = ["train_reward_model.py", "config/rm_toy.py", f"--init_from={sft}"] + common_args \
+        + extra("rm")
+    # the harmless rankings are a tenth of all (~50 prompts): 20 epochs, about half the steps
+    # of the helpful model's 5 epochs
+    models = dict(rm_helpful=("helpful_train", "helpful_val", "samples", []),
+                  rm_safety=("safety_train", "harmless_val", "samples", ["--num_epochs=20"]),
+                  cost=("harmless_train", "harmless_val", "harmless_samples",
+                        ["--reverse=True", "--num_epochs=20"]))
+    needs = dict(ppo_gate=["rm_helpful", "rm_safety"], ppo_safe=["rm_helpful", "cost"])
+    for name in {m for method in methods & set(SAFETY) for m in needs[method]}:
+        train, val, bias, more = models[name]
+        val = train if cfg.scale == "mini" else val  # the miniature's validation prompts hold
+        # (almost) no harmful request: it validates on its training rankings
+        stages[name] = (["label"], rm + [f"--out_dir={d(name)}",
+                        f"--train_data={data}/onpolicy_{train}.jsonl",
+                        f"--val_data={data}/onpolicy_{val}.jsonl",
+                        f"--bias_data={data}/onpolicy_{bias}.jsonl"] + more)
+    ppo = ["train_ppo.py", "config/ppo_toy.py", f"--reward_model={d('rm_helpful')}/ckpt_best.pt"]
+    stages["ppo_gate"] = (needs["ppo_gate"], ppo + [
+        f"--out_dir={d('ppo_gate')}", f"--safety_model={d('rm_safety')}/ckpt_best.pt",
+        "--reward_gate=llama2"] + rl)
+    stages["ppo_safe"] = (needs["ppo_safe"], ppo + [
+        f"--out_dir={d('ppo_safe')}", f"--cost_model={d('cost')}/ckpt_best.pt",
+        f"--cost_budget={cfg.cost_budget}"] + rl)
+
+
 def build_stages(cfg, methods):
     """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
     and the evaluation's out dir: each command exactly as you would run it by hand."""
@@ -184,7 +220,8 @@ def build_stages(cfg, methods):
                                                 f"--out_dir={data}", f"--prefix={prefix}",
                                                 f"--train_prompts={data}/prompts_train.jsonl",
                                                 f"--eval_prompts={held_out}",
-                                                f"--seed={cfg.seed + r - 1}"] + extra("label"))
+                                                f"--seed={cfg.seed + r - 1}"] + extra("label")
+                                     + ["--kinds=separate"] * bool(methods & set(SAFETY)))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
@@ -221,6 +258,9 @@ def build_stages(cfg, methods):
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
+    # 7b. helpful and harmless: Llama 2's two reward models and their gate; Safe RLHF's cost
+    if methods & set(SAFETY):
+        add_safety_stages(cfg, stages, methods, data, d, sft, rl, common_args, extra)
     if "kto" in methods:
         stages["kto"] = (stages["rm"][0], [
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
@@ -240,7 +280,8 @@ def main(argv=None):
     methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
     config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
                    f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
-    methods -= set() if cfg.data == "onpolicy" else {"kto"}  # KTO's labels come from label.py
+    # KTO's labels and the safety methods' rankings by kind come from label.py
+    methods -= set() if cfg.data == "onpolicy" else {"kto", *SAFETY}
     t0 = time.time()
     stages, eval_dir = build_stages(cfg, methods)
     out = stage_path(cfg.out)

@@ -48,6 +48,7 @@ import config
 import ops
 import optim
 import runtime
+import safety
 from data import loader
 from rollout import prompt_batch, rollout
 from run import Run
@@ -69,6 +70,9 @@ DEFAULTS = dict(
     reward_fn="",             # '' = reward_model | 'toy_gold' | 'byte_count:c' | 'file.py:function'
     reward_agg="mean",        # an ensemble's scores: 'mean' | 'min' (worst case) | 'uwo'
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
+    reward_gate="",           # 'llama2': Llama 2's gate of reward_model (helpful) and safety_model
+    safety_model="",          # (safety.py; the group baseline stands for the whitening)
+    gate_threshold=0.15,
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -226,14 +230,19 @@ def validate(cfg):
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
+    safety.validate(cfg)
     run = Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
     baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
 
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
-    policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
+    policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc,
+                                                                  with_reference=cfg.beta > 0)
     train, val = load_prompts(cfg, enc)
+    reward, gate_stats = safety.gated_reward(cfg, reward_model, train + val, enc.name, policy.
+                                             config.vocab_size, proc.device) \
+        if cfg.reward_gate else (reward, {})
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
@@ -293,7 +302,8 @@ def main(argv=None):
         # what a person sees, evaluations and checkpoints
         metrics = dict(rollout_metrics(rollouts, cfg.beta if ref else 0.0, kl_k1, kl_k3),
                        **stats, no_signal=runtime.all_reduce_mean(
-                           no_signal_share(scores, cfg.group_size)))
+                           no_signal_share(scores, cfg.group_size)),
+                       **safety.harm_metrics(cfg, gate_stats, rollouts, gold_fn))
         kl_tokens = dict(kl=kl_penalty(rollouts.logprobs, rollouts.ref_logprobs)) if ref else {}
         show_iteration(run, iteration, rollouts, metrics, gold_fn, kl_k1 if ref else None, enc,
                        cfg, dict(advantage=token_advantages, **kl_tokens), lr=cfg.lr * lr_scale,

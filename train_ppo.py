@@ -12,6 +12,7 @@ Run it:
         --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # 8 GPUs, same batches
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
     python train_ppo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
+    python train_ppo.py --reward_gate=llama2 --safety_model=...  # helpful and harmless: safety.py
     python train_ppo.py --help                    # every config key and its default
 
 Four models: the policy (from the SFT checkpoint), a frozen reference copy of it, the frozen reward
@@ -51,6 +52,7 @@ import config
 import ops
 import optim
 import runtime
+import safety
 from data import loader
 from model import position_ids_from_mask
 from ops import masked_mean
@@ -74,6 +76,15 @@ DEFAULTS = dict(
     reward_agg="mean",        # an ensemble's scores (reward_model = several checkpoints or an
                               # ensemble's out_dir): 'mean' | 'min' (worst case) | 'uwo'
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
+    # helpful and harmless (safety.py): Llama 2's gate of two reward models, Safe RLHF's cost
+    reward_gate="",           # 'llama2': reward_model is the helpful RM, gated with safety_model
+    safety_model="",          # Llama 2's safety RM: a scalar checkpoint (or an ensemble spec)
+    gate_threshold=0.15,      # the safety RM's score is taken where sigmoid(it) < this
+    cost_model="",            # Safe RLHF's cost model (higher = more harmful); '' = off
+    cost_scope="unsafe",      # the cost on the prompts tagged harmful only (0 elsewhere) | 'all'
+    cost_budget=0.0,          # d: E[cost] <= d, in the cost model's units (0 = the SFT's mean)
+    lambda_init=1.0,          # the Lagrange multiplier's start, learned in log space
+    lambda_lr=1.0,            # log lambda += lambda_lr * (mean cost - d), every iteration
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -545,10 +556,10 @@ def make_critic(cfg, policy, reward_model, proc):
 
 
 
-def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state):
+def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state, **more):
     """The checkpoint of both models (the critic beside the policy's weights), the loop state
-    (beta, best_val) and, when given, both optimizers' states."""
-    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val)
+    (beta, best_val), when given both optimizers' states, and `more` (Safe RLHF's state)."""
+    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val, **more)
     if opt_critic is not None:
         extra["critic_optimizer"] = opt_critic.state_dict()
     return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
@@ -587,6 +598,7 @@ def save_and_check_stop(run, iteration, cfg, snapshot):
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
+    safety.validate(cfg)
     run = Run(cfg, "ppo")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
 
@@ -597,6 +609,11 @@ def main(argv=None):
     runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
+    # helpful and harmless (safety.py): Llama 2's gated pair of reward models, Safe RLHF's cost
+    reward, gate_stats = safety.gated_reward(cfg, reward_model, train + val, enc.name, policy.
+                                             config.vocab_size, proc.device) \
+        if cfg.reward_gate else (reward, {})
+    cost = safety.load_cost(cfg, enc.name, policy.config.vocab_size, proc, train + val)  # or None
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
            f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
 
@@ -604,13 +621,16 @@ def main(argv=None):
     # optimizers, and the loop state a resumed run picks up
     opt_policy = optim.make_optimizer(policy, cfg, proc)
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
-    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
+    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf,
+                        **({"log_lambda": math.log(cfg.lambda_init)} if cost else {}))
     iteration = state.step  # iterations done
     resume_models(run, policy, critic, opt_critic)
+    safety.resume_cost(run, cost)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
-                              opt_critic if with_state else None, enc, cfg, iteration, state)
+                              opt_critic if with_state else None, enc, cfg, iteration, state,
+                              **safety.cost_state(cost, state, with_state))
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -624,26 +644,46 @@ def main(argv=None):
         lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
         optim.set_lr(opt_policy, cfg.lr * lr_scale)
         optim.set_lr(opt_critic, cfg.critic_lr * lr_scale)
+        if cost:
+            optim.set_lr(cost.optimizer, cfg.critic_lr * lr_scale)
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
                                     proc.rank, proc.world_size)
         rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc), enc,
                            cfg, proc)
+        costs, cost_values = safety.cost_rollout(cost, rollouts, cfg, proc) if cost else (0, 0)
         t_rollout = time.time() - t0
-        # 4. per-token rewards: -beta * KL on every token, the score on the last one
+        # 4. per-token rewards: -beta * KL on every token, the score on the last one (Llama 2's
+        # gated score whitened over the batch first)
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)
-        rewards = kl_shaped_rewards(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs,
+        scores = whiten(rollouts.scores, torch.ones_like(rollouts.scores)) if cfg.reward_gate \
+            else rollouts.scores
+        rewards = kl_shaped_rewards(scores, rollouts.logprobs, rollouts.ref_logprobs,
                                     rollouts.resp_mask, state.beta)
         rewards = whiten(rewards, rollouts.resp_mask, False) if cfg.whiten_rewards else rewards
         # 5. advantages and returns; advantages whitened over every rank's valid tokens
         advantages, returns = compute_gae(rewards, rollouts.values, rollouts.resp_mask, cfg.gamma,
                                           cfg.lam)
+        if cost:  # Safe RLHF: the cost's GAE (+beta * KL on its side), lambda's step, A_r and A_c
+            cost_adv, cost_returns = compute_gae(kl_shaped_rewards(
+                costs, rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask, -state.beta),
+                cost_values, rollouts.resp_mask, cfg.gamma, cfg.lam)
+            mean_cost = runtime.all_reduce_mean(costs.mean().item())
+            state.log_lambda = safety.lagrange_step(state.log_lambda, mean_cost, cfg.cost_budget,
+                                                    cfg.lambda_lr)
+            advantages = safety.safe_rlhf_advantages(advantages, cost_adv,
+                                                     math.exp(state.log_lambda))
         advantages = whiten(advantages, rollouts.resp_mask)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
         stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
                            critic=(critic, opt_critic), train_policy=iteration >=
                            cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc,
                            ptx=demos.ptx)
+        if cost:  # ... and the cost critic's
+            stats.update(safety.cost_critic_update(cost, rollouts, cost_values, cost_returns,
+                                                   cfg, proc, iteration + 1), cost=mean_cost,
+                         log_lambda=state.log_lambda, **{"lambda": math.exp(state.log_lambda)})
+        stats.update(safety.harm_metrics(cfg, gate_stats, rollouts, gold_fn))
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,
@@ -665,7 +705,8 @@ def main(argv=None):
             break
 
     run.finish()
-    return dict(metrics, **val_metrics, beta=state.beta, iters=iteration, out_dir=cfg.out_dir)
+    return dict(metrics, **val_metrics, beta=state.beta, iters=iteration, out_dir=cfg.out_dir,
+                **({"log_lambda": state.log_lambda} if cost else {}))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,15 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
     {prefix}_helpful_train.jsonl   the rankings of answers to non-harmful prompts (the four benign
                                    families and the harmless lookalikes)
     {prefix}_harmless_train.jsonl  the rankings of answers to harmful requests
-  Both are ranked by the one gold score (helpful and harmless together), like the mixed file.
+    {prefix}_helpful_val.jsonl, {prefix}_harmless_val.jsonl   the validation rankings, split alike
+    {prefix}_harmless_samples.jsonl  the samples of harmful requests (a cost model's bias_data:
+                                   its zero is the SFT policy's mean cost on them)
+    {prefix}_safety_train.jsonl    Llama 2's safety RM data: the harmless rankings and, drawn from
+                                   the helpful ones, as many more as make safety_mix of the file
+                                   (Llama 2 mixed safety and helpfulness data 90/10)
+  All are ranked by the one gold score (helpful and harmless together), like the mixed file; a
+  cost model (Safe RLHF) trains on the harmless rankings reversed (train_reward_model.py
+  --reverse=True).
 
 Deterministic for a seed: the sampling noise of sample j of prompt i comes from its own generator
 (model.row_generators), whatever the batch, and the annotators' noise of prompt i from its own
@@ -90,6 +98,7 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
+    safety_mix=0.1,               # the share of helpful rankings in {prefix}_safety_train.jsonl
 )
 
 # -----------------------------------------------------------------------------
@@ -159,6 +168,15 @@ def split_kinds(rankings):
     return ([r for r, h in zip(rankings, harmful) if not h],
             [r for r, h in zip(rankings, harmful) if h])
 
+
+def safety_mix(harmless, helpful, share, rng):
+    """The helpful rankings that join the harmless ones in Llama 2's safety RM data, so that
+    they make `share` of it (Touvron et al. 2023, sec. 3.2.2: safety data and helpfulness data
+    90/10): round(share / (1 - share) * len(harmless)) of them, drawn without replacement, at
+    most all. Test: tests/test_label.py::test_safety_mix_by_hand"""
+    k = min(round(share / (1 - share) * len(harmless)), len(helpful))
+    return rng.sample(helpful, k)
+
 # -----------------------------------------------------------------------------
 # sampling
 
@@ -208,7 +226,8 @@ def main(argv=None):
         "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
         "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
         "num_val_prompts": (lambda v: v >= 0, ">= 0"),
-        "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'")})
+        "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'"),
+        "safety_mix": (lambda v: 0 <= v < 1, "in [0, 1)")})
     config.require_files(cfg, "policy", "train_prompts", "eval_prompts",
                          hint="python data/toy/prepare.py, then python train_sft.py")
     torch.manual_seed(cfg.seed)
@@ -217,7 +236,8 @@ def main(argv=None):
     model.to(device).eval()
     enc = get_tokenizer(tok_name)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    kinds = ("helpful_train", "harmless_train") if cfg.kinds == "separate" else ()
+    kinds = ("helpful_train", "harmless_train", "helpful_val", "harmless_val", "harmless_samples",
+             "safety_train") if cfg.kinds == "separate" else ()
     path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
             for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples") + kinds}
     t0 = time.time()
@@ -244,6 +264,7 @@ def main(argv=None):
         raise config.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
                                f"one gold value (is the policy trained?)")
     write_jsonl(path["train"], rankings)
+    val = []
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
         print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
         val_answers = sample_answers(model, enc, val_prompts, cfg.k, cfg, 2, device)
@@ -261,8 +282,14 @@ def main(argv=None):
         helpful, harmless = split_kinds(rankings)
         write_jsonl(path["helpful_train"], helpful)
         write_jsonl(path["harmless_train"], harmless)
+        for name, rows in zip(("helpful_val", "harmless_val"), split_kinds(val)):
+            write_jsonl(path[name], rows)
+        write_jsonl(path["harmless_samples"], [
+            s for s in samples if judge.parse_prompt(s["prompt"])[0] == "harmful"])
+        mix = safety_mix(harmless, helpful, cfg.safety_mix, random.Random(f"{cfg.seed}:mix"))
+        write_jsonl(path["safety_train"], harmless + mix)
         print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
-              f"harmless rankings (harmful prompts)")
+              f"harmless rankings (harmful prompts); the safety mix adds {len(mix)} helpful ones")
 
     # how the labels came out: pairs, and how often the annotators ordered a pair against gold
     n_pairs = n_flipped = 0
