@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import torch
 
-from config import HUB, CheckpointError, ConfigError, NonFiniteError, require
+from config import HUB, CheckpointError, ConfigError, FileError, NonFiniteError, require
 from runtime import print0, unwrap
 
 # -----------------------------------------------------------------------------
@@ -34,18 +34,22 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, ckpt):
-    """Write to a temp file then rename: a crash mid-write leaves the previous file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write to a temp file then rename: a crash mid-write leaves the previous file intact. A
+    write the OS refuses (a full disk) is a FileError naming path."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:  # a full disk or a Ctrl-C mid-write: keep no half-written file around
+    except BaseException as e:  # a full disk or a Ctrl-C mid-write: keep no half-written file
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            kept = "; the previous file is kept" if os.path.exists(path) else ""
+            raise FileError(f"{path}: cannot write it ({e.strerror or e}){kept}") from None
         raise
 
 
@@ -161,6 +165,7 @@ def init_policy(init_from, tokenizer="byte", model_args=None, dropout=0.0):
         except (ValueError, RuntimeError, OSError, KeyError, TypeError) as e:  # a malformed HF
             # directory (config.json, safetensors), no network, ...
             raise CheckpointError(f"{init_from}: {type(e).__name__}: {str(e)[:400]}") from None
+        check_loaded_weights(model, init_from)
         return model, "byte" if model.config.vocab_size == 257 else "gpt2"
     raise ConfigError(f"init_from={init_from!r}: not 'scratch', a gpt2 name, an existing "
                       f"checkpoint file or a Hugging Face directory")
@@ -261,7 +266,28 @@ def model_from_checkpoint(cls, ckpt, path, dropout=0.0):
     except (TypeError, ValueError, RuntimeError, AssertionError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its model_args "
                               f"({type(e).__name__}: {str(e)[:300]})") from None
+    check_loaded_weights(model, path)
     return model
+
+
+def check_loaded_weights(model, path):
+    """Refuse a model whose weights hold a NaN or inf (every save refuses to write one, so the
+    file was damaged or made elsewhere): it would be evaluated, sampled or trained as if nothing
+    were wrong."""
+    for key, t in model.state_dict().items():
+        if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: weight {key} holds NaN or inf values: a damaged "
+                                  f"model, refused")
+
+
+def check_sampling_vocab(model, tokenizer, path):
+    """A policy that samples must not have more ids than its tokenizer can decode: a vocabulary
+    padded past the tokenizer's (300 ids for the 257 bytes) can draw an id with no text."""
+    n_vocab = unwrap(model).config.vocab_size
+    if n_vocab > TOKENIZER_VOCAB.get(tokenizer, n_vocab):
+        raise CheckpointError(f"{path}: vocab_size={n_vocab} is larger than the {tokenizer!r} "
+                              f"tokenizer's {TOKENIZER_VOCAB[tokenizer]} ids: it could sample ids "
+                              f"that decode to no text")
 
 
 def check_block_size(model, block_size, name="the model"):

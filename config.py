@@ -40,15 +40,31 @@ class NonFiniteError(UserError, FloatingPointError):
     pass
 
 
+class FileError(UserError, OSError):
+    """The operating system refused a file (unreadable, not writable, a full disk): the message
+    names the path."""
+
+
+def os_error(path, e, what="write"):
+    """A FileError naming path for the OSError e: 'path: cannot write it (No space left on
+    device)'."""
+    return FileError(f"{path}: cannot {what} it ({e.strerror or e})")
+
+
 def cli(main):
     """Run a script's main() from the command line: a UserError prints `error: <what>` and exits
-    with status 1; a second Ctrl-C exits 130; any other exception is a bug and keeps its traceback.
-    A config error is the same on every rank: under torchrun rank 0 alone prints it."""
+    with status 1; so does an operating-system error (a full disk, a file that cannot be read or
+    written: the machine's fault, not a bug); a second Ctrl-C exits 130; any other exception is a
+    bug and keeps its traceback. A config error is the same on every rank: under torchrun rank 0
+    alone prints it."""
     try:
         main()
     except UserError as e:
         quiet = isinstance(e, ConfigError) and os.environ.get("RANK", "0") != "0"
         sys.exit(1 if quiet else f"error: {e}")
+    except OSError as e:  # where no caller named the path, the OS usually did (e.filename)
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"error: {where}{e.strerror or e}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
 
@@ -252,6 +268,8 @@ def validate(cfg, rules=None):
 
 
 HUB = ("scratch", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+DIR_KEYS = ("init_from", "reference", "policy", "reward_model")  # a Hugging Face directory
+# is a model too, and an ensemble's out_dir is a reward model
 
 
 def require_files(cfg, *keys, hint=""):
@@ -260,7 +278,12 @@ def require_files(cfg, *keys, hint=""):
     command)."""
     for key in keys:
         value = getattr(cfg, key)
-        for path in value.split(","):
+        paths = value.split(",")
+        require(len(paths) == 1 or all(paths), f"{key}={value!r}: an empty name in the list (a "
+                                               f"stray comma?)")
+        for path in paths:
             require(not path or path in HUB or os.path.exists(path),
                     f"{key}={path!r} does not exist{f' ({hint})' if hint else ''}")
+            require(not path or path in HUB or not os.path.isdir(path) or key in DIR_KEYS,
+                    f"{key}={path!r} is a directory, not a file")
 

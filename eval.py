@@ -60,12 +60,14 @@ import os
 import re
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
 import checkpoint
 import config
 import layouts
+import run
 import runtime
 from config import ConfigError
 from best_of_n import (best_of_n, best_of_n_kl, best_of_n_kl_bound,  # noqa: F401
@@ -75,7 +77,7 @@ from eval_report import (examples_table, fmt, json_safe, results_table, safety_t
                          signals_table, write_json)
 from model import row_generators
 from rl_report import demo_nll
-from rollout import policy_forward
+from rollout import policy_forward, reward_contract
 from runtime import print0
 from tokenizer import decode_response, get_tokenizer
 from train_ppo import kl_estimates
@@ -256,6 +258,11 @@ def sample_policy(name, source, rows, enc, reward_model, reference, k, cache, sa
         model, tok = checkpoint.init_policy(source)
         config.require(tok == enc.name, f"policy {name} ({source}) uses the {tok!r} tokenizer, "
                                         f"the evaluation {enc.name!r}")
+        check_policy(model, tok, source)
+        need = max(map(len, rows), default=0) + sampling.get("max_new_tokens", 64)
+        config.require(need <= model.config.block_size, f"policy {name} ({source}): "
+                       f"{model.config.block_size} positions, but a prompt and its answer take "
+                       f"up to {need} (block_size, max_new_tokens)")
     was_training = model.training  # a module passed in (e.g. mid-training) gets its mode back
     model.to(sampling.get("device", "cpu")).eval()
     if n > 1:  # best-of-n: n samples per answer slot, then the reward model's choice
@@ -432,6 +439,9 @@ def rm_accuracies(reward_model, pairs, pad_id, batch_size=64, device="cpu", auto
 # the report
 
 
+MAX_N = 1024  # the most answers per prompt of best-of-N, the sweep and num_samples_per_prompt
+
+
 def parse_policies(spec):
     """'name:path,name:path' -> {name: path}, names unique."""
     out = {}
@@ -471,12 +481,19 @@ def sweep_checkpoints(run_dirs):
 def validate(cfg):
     """Bad values fail here, naming the key, before any model is loaded."""
     config.validate(cfg, {"gold_judge": (lambda v: v in ("toy", ""), "'toy' or ''"),
-                          "bon_sweep": (lambda v: v >= 0, ">= 0"),
+                          "bon_sweep": (lambda v: 0 <= v <= MAX_N, f"in 0..{MAX_N}"),
+                          "num_samples_per_prompt": (lambda v: 0 < v <= MAX_N, f"in 1..{MAX_N}"),
+                          "baseline_draws": (lambda v: 0 < v <= MAX_N, f"in 1..{MAX_N}"),
                           "reward_agg": (lambda v: v in ("mean", "min", "uwo"),
                                          "'mean', 'min' or 'uwo'"),
                           "uwo_lambda": (lambda v: v >= 0, ">= 0"),
                           "demo_val_examples": (lambda v: v == -1 or v > 0, "> 0, or -1 for all")})
     policies = parse_policies(cfg.policies)
+    for name in policies:  # bon0, bon-16, bon1000000000: typos that would be evaluated wrongly
+        m = re.fullmatch(r"bon(\d+)", name)
+        config.require(not re.match(r"bon(?![a-zA-Z])", name) or (m and 1 <= int(m.group(1)) <= MAX_N),
+                       f"policies: {name!r}: a best-of-N name is bonN with N in 1..{MAX_N} "
+                       f"(e.g. bon16); other names must not start with 'bon' and a non-letter")
     config.require(policies or cfg.sweep or cfg.bon_sweep, "nothing to evaluate: give --policies, "
                    "--sweep and/or --bon_sweep")
     config.require(not cfg.baseline or not policies or cfg.baseline in policies,
@@ -496,13 +513,16 @@ def load_judges(cfg, policies, proc):
     """The reference (the KL anchor, or None), the reward model (or None), the gold judge (or
     None) and the tokenizer every policy must share, loaded once. Without a reference, the first
     policy is loaded only to learn its tokenizer."""
-    anchor, tok_name = checkpoint.init_policy(cfg.reference or next(iter(policies.values())))
+    source = cfg.reference or next(iter(policies.values()))
+    anchor, tok_name = checkpoint.init_policy(source)
+    check_policy(anchor, tok_name, source, cfg.block_size)
     reference = anchor.to(proc.device).eval() if cfg.reference else None
     reward_model = None
     if cfg.reward_model:
         reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
                                                     anchor.config.vocab_size, cfg.reward_agg,
                                                     cfg.uwo_lambda).to(proc.device)
+        checkpoint.check_block_size(reward_model, cfg.block_size, cfg.reward_model)
     gold_fn = toy_gold if cfg.gold_judge == "toy" else None
     return reference, reward_model, gold_fn, get_tokenizer(tok_name)
 
@@ -515,14 +535,20 @@ def demo_batches(cfg, enc):
             for i in range(0, len(rows), cfg.batch_size)]
 
 
+def check_policy(model, tok_name, source, block_size=None):
+    """What generation needs of a policy, checked at load: a vocabulary its tokenizer decodes
+    and (when given) room for block_size positions. (Non-finite weights: checkpoint loading.)"""
+    checkpoint.check_sampling_vocab(model, tok_name, source)
+    if block_size is not None:
+        checkpoint.check_block_size(model, block_size, source)
+
+
 def toy_gold(prompt, response):
-    """The toy world's gold judge, or a ConfigError for a prompt outside the toy world."""
+    """The toy world's gold judge under the reward contract (rollout.reward_contract): a prompt
+    outside the toy world is a ConfigError naming it."""
     from data.toy.judge import gold_reward
-    try:
-        return gold_reward(prompt, response)
-    except ValueError as e:
-        raise ConfigError(f"gold_judge='toy' cannot judge this prompt ({e}); pass "
-                          f"--gold_judge='' for prompts outside the toy world") from None
+    return reward_contract(gold_reward, "gold_judge='toy' (pass --gold_judge='' for prompts "
+                                        "outside the toy world)")(prompt, response)
 
 
 def report_policies(cfg, results, prompts, enc, reward_model, proc, out):
@@ -580,12 +606,34 @@ def report_sweep(cfg, res, points):
     return sweep, md
 
 
+# what an evaluation writes: a re-evaluation replaces the whole set (nothing of an earlier run,
+# e.g. its overoptimization.json, stays beside the new table)
+EVAL_FILES = ("results.md", "results.json", "samples.jsonl", "overoptimization.json")
+
+
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     policies = validate(cfg)
     ckpts = sweep_checkpoints(cfg.sweep) if cfg.sweep else []  # [(run, iteration, path)]
+    # the files are written to out_dir/.staging-eval under out_dir's lock, and replace the
+    # previous evaluation's only when every one is written (run.DataSet)
+    with run.DataSet(cfg.out_dir, "eval", EVAL_FILES, "an evaluation", {}, overwrite=True) as ds:
+        try:
+            out = evaluate_and_report(cfg, SimpleNamespace(**{**vars(cfg), "out_dir": ds.dir}),
+                                      policies, ckpts)
+        except OSError as e:
+            raise config.os_error(cfg.out_dir, e, "write the evaluation into") from None
+        ds.commit(config=json_safe(vars(cfg)))
+    print0(f"wrote {cfg.out_dir}/results.md, results.json"
+           + (", samples.jsonl" if policies else "")
+           + (", overoptimization.json" if cfg.sweep or cfg.bon_sweep else ""))
+    return out
+
+
+def evaluate_and_report(user_cfg, cfg, policies, ckpts):
+    """Everything main does between validation and the swap: cfg.out_dir is the staging folder
+    (user_cfg's is the one the results.json names)."""
     proc = runtime.init_runtime(cfg)
-    os.makedirs(cfg.out_dir, exist_ok=True)
 
     # -------------------------------------------------------------------------
     # the judges and the anchor, loaded once; the prompts
@@ -599,7 +647,7 @@ def main(argv=None):
                     device=proc.device, autocast=proc.autocast)
     print0(f"{len(prompts)} prompts x {k} answers, temperature {cfg.temperature}, seed {cfg.seed}")
     cache, md = {}, []
-    out = dict(config=dict(vars(cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
+    out = dict(config=dict(vars(user_cfg)), n_prompts=len(prompts), num_samples_per_prompt=k,
                baseline=cfg.baseline or None)
 
     demo = (demo_batches(cfg, enc), proc) if cfg.demo_val_data else None
@@ -641,9 +689,6 @@ def main(argv=None):
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
         f.write(text)
     write_json(os.path.join(cfg.out_dir, "results.json"), out)
-    print0(f"wrote {cfg.out_dir}/results.md, results.json"
-           + (", samples.jsonl" if policies else "")
-           + (", overoptimization.json" if cfg.sweep or cfg.bon_sweep else ""))
     return json_safe(out)
 
 

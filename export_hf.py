@@ -77,11 +77,21 @@ def export_hf(model_or_checkpoint, out_dir, eos_token_id=None):
             eos_token_id = get_tokenizer("byte").eot_token
         else:
             eos_token_id = GPT2_EOT
-    os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), hf_state_dict(model),
-                      {"format": "pt"})  # transformers expects this metadata key
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config(model.config, eos_token_id), f, indent=2)
+    path = out_dir
+    try:  # a file or a full disk: one line naming the path, and no half-written file
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "model.safetensors")
+        write_safetensors(path, hf_state_dict(model), {"format": "pt"})  # transformers expects
+        path = os.path.join(out_dir, "config.json")                      # this metadata key
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(hf_config(model.config, eos_token_id), f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+            if ".tmp." in name:
+                os.remove(os.path.join(out_dir, name))
+        raise config.os_error(path, e) from None
     return out_dir
 
 

@@ -8,8 +8,10 @@ trained at several strengths of its KL anchor, every result judged on the same h
 
 The knob of each method: beta for DPO, IPO, KTO and RPO (DPO + NLL), the KL coefficient beta for
 PPO, GRPO and RLOO, and N for best-of-N (no training: eval.py --bon_sweep). Each point is an
-ordinary run directory, {out}/frontier/{method}_beta{b}_s{seed}: a finished point is skipped when
-the command is run again, an unfinished one resumed, so Ctrl-C loses nothing. The runs start
+ordinary run directory, {out}/frontier/{method}_beta{b}_s{seed}_{budget}_{key}, the key a hash of
+its command and the bytes of its inputs (point_key): a finished point is skipped when the command
+is run again, an unfinished one resumed, so Ctrl-C loses nothing; a point of another budget, or
+of an SFT policy, reward model or data changed since, is another directory. The runs start
 from the pipeline's SFT policy, reward model and comparisons ({out}). Then eval.py judges every
 point (gold reward, RM score, KL to the SFT policy, with standard errors over prompts) and this
 script draws {out}/frontier/frontier.png:
@@ -20,6 +22,7 @@ script draws {out}/frontier/frontier.png:
          (d = sqrt(KL), R the gain over the SFT policy; Gao et al. 2022, eqs. 1-2).
 """
 
+import hashlib
 import json
 import math
 import os
@@ -27,7 +30,7 @@ import time
 
 import config
 import checkpoint
-from pipeline import run_stages, stage_path
+from pipeline import ROOT, run_stages, stage_path
 
 DEFAULTS = dict(
     out="out",                # the pipeline's runs: {out}/sft_toy, {out}/rm_toy, ...
@@ -66,16 +69,36 @@ RL = ("ppo", "grpo", "rloo")
 
 
 def points(cfg, methods):
-    """[(method, beta, seed, run_dir)] of the sweep."""
+    """[(method, beta, seed, run_dir)] of the sweep. A point's directory is keyed by everything
+    that defines it (point_key): a point of another budget, or one trained from an SFT policy,
+    reward model or data that have changed since, is another directory, never taken for this one."""
     grid = []
     for m in methods:
         betas = METHODS[m][1] if cfg.budget != "full" else METHODS[m][2]
         betas = betas[:2] if cfg.budget == "mini" else betas
         for seed in range(cfg.seed, cfg.seed + SEEDS[cfg.budget]):
             for b in betas:
-                grid.append((m, b, seed, os.path.join(stage_path(cfg.out), "frontier",
-                                                      f"{m}_beta{b}_s{seed}")))
+                name = f"{m}_beta{b}_s{seed}_{cfg.budget}_{point_key(cfg, m, b, seed)}"
+                grid.append((m, b, seed, os.path.join(stage_path(cfg.out), "frontier", name)))
     return grid
+
+
+_file_hashes = {}
+
+
+def point_key(cfg, method, beta, seed):
+    """8 hex digits of a SHA-256 of a point's command (script, method, beta, seed, the budget's
+    arguments) and of the bytes of every input file it names."""
+    import run
+    h = hashlib.sha256()
+    for arg in point_command(cfg, method, beta, seed):
+        h.update(arg.encode() + b"\0")
+        path = os.path.join(ROOT, arg.split("=", 1)[-1])
+        if arg.startswith("--") and os.path.isfile(path):
+            if path not in _file_hashes:
+                _file_hashes[path] = run.sha256_of(path)
+            h.update(_file_hashes[path].encode())
+    return h.hexdigest()[:8]
 
 
 def finished(run_dir):
@@ -90,10 +113,16 @@ def finished(run_dir):
 def run_args(cfg, method, beta, seed, run_dir):
     """The command of one point: the method's script at this beta, from the pipeline's SFT
     policy, on the pipeline's data, resumed if it was started before."""
+    resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
+    return point_command(cfg, method, beta, seed) + [f"--out_dir={run_dir}"] + (
+        ["--resume=True"] if resume else ["--overwrite=True"])
+
+
+def point_command(cfg, method, beta, seed):
+    """run_args without the out_dir and the resume flag: what defines the point."""
     out, data = stage_path(cfg.out), stage_path(cfg.data_dir)
     sft = f"{out}/sft_toy/ckpt_best.pt"
-    cmd = METHODS[method][0] + [f"--out_dir={run_dir}", f"--init_from={sft}", f"--beta={beta}",
-                                f"--seed={seed}"]
+    cmd = METHODS[method][0] + [f"--init_from={sft}", f"--beta={beta}", f"--seed={seed}"]
     if method in RL:
         cmd += [f"--reward_model={reward_model(cfg)}", f"--reward_agg={cfg.reward_agg}",
                 f"--uwo_lambda={cfg.uwo_lambda}",
@@ -107,8 +136,7 @@ def run_args(cfg, method, beta, seed, run_dir):
         cmd += [f"--train_data={data}/onpolicy_train.jsonl", f"--val_data={data}/onpolicy_val.jsonl"]
     if cfg.budget == "mini":
         cmd += MINI["rl" if method in RL else "pairs"]
-    resume = os.path.isfile(os.path.join(run_dir, "ckpt_last.pt"))
-    return cmd + (["--resume=True"] if resume else ["--overwrite=True"])
+    return cmd
 
 
 def reward_model(cfg):

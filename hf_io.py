@@ -110,13 +110,18 @@ def write_safetensors(path, tensors, metadata=None):
     hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hbytes += b" " * (-len(hbytes) % 8)  # pad with spaces so the data starts 8-byte aligned
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for t in tensors.values():
-            # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
-            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hbytes)))
+            f.write(hbytes)
+            for t in tensors.values():
+                # the raw bytes, seen as uint8 (numpy has no bf16, but bytes are bytes)
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a Ctrl-C: no half-written file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 # -----------------------------------------------------------------------------
 # Hugging Face GPT-2 checkpoints
@@ -170,8 +175,13 @@ def load_hf_gpt2(name_or_path):
     cfg_path = os.path.join(d, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{d}: no config.json (expected a Hugging Face GPT-2 directory)")
-    with open(cfg_path) as f:
-        hf = json.load(f)
+    try:
+        with open(cfg_path) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON (JSONDecodeError: {e})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_path}: not a JSON object")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{d}: model_type {hf.get('model_type')!r}, only 'gpt2' is supported")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):

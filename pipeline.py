@@ -19,17 +19,24 @@ each on one thread (a model this small gains little from a second thread; two pr
 more), SFT and the evaluation, which run alone, on `jobs` threads; their output goes to
 {out}/logs/{stage}.txt, with a line of progress every so often. The results
 table is printed at the end and written to {out}/eval/results.md, the figures to {out}/plots/.
-Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced).
+Re-running into an out dir that holds runs needs --overwrite=True (nothing is silently replaced):
+before any stage starts, every stage's out_dir and data set is checked, and if one would refuse
+(a run there, a world of another seed, a labelling, a lock held by a running process) nothing
+runs. Ctrl-C or SIGTERM is passed on to the running stages, which save and stop; the pipeline
+waits for them and exits with status 1.
 """
 
 import importlib.util
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 import config
+import run
 
 DEFAULTS = dict(
     out="out",                # every stage writes to {out}/{stage}_toy
@@ -39,11 +46,13 @@ DEFAULTS = dict(
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
                               # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
-                              # or 'all'
+                              # or 'all' (about 1.6x the time without the last two; with
+                              # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
+                              # answers come from label.py)
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
-    overwrite=False,          # replace the stages' previous runs in {out}
+    overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
     plots=True,               # draw the figures
 )
 
@@ -86,16 +95,50 @@ def run_stages(stages, jobs, log_dir, alone=()):
     """
     os.makedirs(log_dir, exist_ok=True)
     todo, running, done, last_note = dict(stages), {}, {}, time.time()
+    stop = []  # the signals received: each is passed on to the running stages
+
+    def forward(signum, frame):
+        stop.append(signal.Signals(signum).name)
+        print(f"\n{stop[-1]} received: passing it on to {', '.join(running) or 'no stage'} and "
+              f"waiting for them to save and stop", flush=True)
+        for proc, _, _ in running.values():
+            proc.send_signal(signum)
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def _stage_process_setup():
+    """In a stage's process, before it runs: if the pipeline dies (even by SIGKILL), the kernel
+    sends the stage SIGTERM, so it saves and stops instead of training on as an orphan (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone):
     while todo or running:
+        if stop and not running:
+            raise config.UserError(f"pipeline: stopped by {stop[0]}; the stages that ran saved "
+                                   f"their checkpoints ({', '.join(done) or 'none finished'} "
+                                   f"finished); start again with --overwrite=True to redo them")
         for name, (needs, cmd) in list(todo.items()):
-            if len(running) < jobs and all(n in done for n in needs):
+            if not stop and len(running) < jobs and all(n in done for n in needs):
                 print(f"\n$ python {' '.join(cmd)}\n  [{name}: started, log {log_dir}/{name}.txt]",
                       flush=True)
                 log = open(os.path.join(log_dir, f"{name}.txt"), "w")
                 threads = str(jobs if name in alone else 1)
                 env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+                # its own session: a Ctrl-C at the terminal reaches the pipeline alone, which
+                # passes it on once (a second one would interrupt a stage without its save)
                 proc = subprocess.Popen([sys.executable, "-u"] + cmd, cwd=ROOT, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True, preexec_fn=_stage_process_setup)
                 running[name] = (proc, log, time.time())
                 del todo[name]
         time.sleep(0.5)
@@ -104,13 +147,18 @@ def run_stages(stages, jobs, log_dir, alone=()):
                 continue
             log.close()
             del running[name]
-            if proc.returncode != 0:
-                for other, _, _ in running.values():
+            if proc.returncode != 0 and not stop:
+                for other, _, _ in running.values():  # they save and stop; wait for them
                     other.terminate()
+                for other, _, _ in running.values():
+                    other.wait()
                 with open(os.path.join(log_dir, f"{name}.txt")) as f:
                     tail = f.read()[-3000:]
                 sys.exit(f"{tail}\npipeline: stage {name} failed (exit code {proc.returncode}); "
                          f"its log: {log_dir}/{name}.txt")
+            if stop:  # stopped by the signal we passed on (it saved, exit 0) or killed
+                print(f"  [{name}: stopped, exit code {proc.returncode}]", flush=True)
+                continue
             done[name] = time.time() - t0
             print(f"  [{name}: done in {done[name]:.0f}s]", flush=True)
         if running and time.time() - last_note > 30:  # what a person waiting wants to know
@@ -154,14 +202,19 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     return eval_dir
 
 
-def add_safety_stages(cfg, stages, methods, data, d, sft, rl, common_args, extra):
-    """The stages of ppo_gate and ppo_safe on round 1's labels, split by kind (label.py
-    --kinds=separate): a helpful reward model (the helpful rankings), Llama 2's safety reward
-    model (the harmless rankings and 10% helpful ones: onpolicy_safety_train.jsonl), Safe
-    RLHF's cost model (the harmless rankings reversed, centred on the SFT policy's answers to
-    harmful requests), each from the SFT trunk with the reward model's recipe, then PPO."""
-    rm = ["train_reward_model.py", "config/rm_toy.py", f"--init_from={sft}"] + common_args \
-        + extra("rm")
+def add_safety_stages(cfg, stages, methods, data, d):
+    """Helpful and harmless: the stages of ppo_gate and ppo_safe (those in methods) on round 1's
+    labels, split by kind (label.py --kinds=separate): a helpful reward model (the helpful
+    rankings), Llama 2's safety reward model (the harmless rankings and 10% helpful ones:
+    onpolicy_safety_train.jsonl), Safe RLHF's cost model (the harmless rankings reversed, centred
+    on the SFT policy's answers to harmful requests), each from the SFT trunk with the reward
+    model's recipe (the rm stage's command, its data swapped), then PPO with the ppo stage's."""
+    if not methods & set(SAFETY):
+        return
+    stages["label"][1].append("--kinds=separate")
+    rm = [a for a in stages["rm"][1] if not a.startswith(("--out_dir=", "--train_data=",
+                                                          "--val_data=", "--bias_data="))]
+    ppo = [a for a in stages["ppo"][1] if not a.startswith(("--out_dir=", "--reward_model="))]
     # the harmless rankings are a tenth of all (~50 prompts): 20 epochs, about half the steps
     # of the helpful model's 5 epochs
     models = dict(rm_helpful=("helpful_train", "helpful_val", "samples", []),
@@ -177,13 +230,13 @@ def add_safety_stages(cfg, stages, methods, data, d, sft, rl, common_args, extra
                         f"--train_data={data}/onpolicy_{train}.jsonl",
                         f"--val_data={data}/onpolicy_{val}.jsonl",
                         f"--bias_data={data}/onpolicy_{bias}.jsonl"] + more)
-    ppo = ["train_ppo.py", "config/ppo_toy.py", f"--reward_model={d('rm_helpful')}/ckpt_best.pt"]
+    ppo += [f"--reward_model={d('rm_helpful')}/ckpt_best.pt"]
     stages["ppo_gate"] = (needs["ppo_gate"], ppo + [
         f"--out_dir={d('ppo_gate')}", f"--safety_model={d('rm_safety')}/ckpt_best.pt",
-        "--reward_gate=llama2"] + rl)
+        "--reward_gate=llama2"])
     stages["ppo_safe"] = (needs["ppo_safe"], ppo + [
         f"--out_dir={d('ppo_safe')}", f"--cost_model={d('cost')}/ckpt_best.pt",
-        f"--cost_budget={cfg.cost_budget}"] + rl)
+        f"--cost_budget={cfg.cost_budget}"])
 
 
 def build_stages(cfg, methods):
@@ -200,7 +253,8 @@ def build_stages(cfg, methods):
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
-        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]),
+        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]
+                    + common_args[1:]),
         "sft": (["prepare"], ["train_sft.py", "config/sft_toy.py", f"--out_dir={d('sft')}",
                               f"--train_data={data}/sft_train.jsonl",
                               f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
@@ -220,8 +274,8 @@ def build_stages(cfg, methods):
                                                 f"--out_dir={data}", f"--prefix={prefix}",
                                                 f"--train_prompts={data}/prompts_train.jsonl",
                                                 f"--eval_prompts={held_out}",
-                                                f"--seed={cfg.seed + r - 1}"] + extra("label")
-                                     + ["--kinds=separate"] * bool(methods & set(SAFETY)))
+                                                f"--seed={cfg.seed + r - 1}"] + common_args[1:]
+                                               + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
@@ -258,15 +312,56 @@ def build_stages(cfg, methods):
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
-    # 7b. helpful and harmless: Llama 2's two reward models and their gate; Safe RLHF's cost
-    if methods & set(SAFETY):
-        add_safety_stages(cfg, stages, methods, data, d, sft, rl, common_args, extra)
+    add_safety_stages(cfg, stages, methods, data, d)  # 7b. Llama 2's gate, Safe RLHF's cost
     if "kto" in methods:
         stages["kto"] = (stages["rm"][0], [
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
     return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
+
+
+def check_stages(cfg, stages):
+    """Before anything runs: every stage's out_dir must be free (not a file, not locked by a
+    running process) and hold nothing a stage would refuse to replace without --overwrite=True
+    (a training run, a world of other settings, a labelling), or a ConfigError lists them all."""
+    from data.toy import label, prepare
+    problems = []
+    for name, (_, cmd) in stages.items():
+        args = dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--") and "=" in a)
+        d = args.get("out_dir")
+        if d is None:
+            continue
+        d = os.path.join(ROOT, d)
+        if os.path.exists(d) and not os.path.isdir(d):
+            problems.append(f"{name}: out_dir {args['out_dir']} is a file")
+        elif run.out_dir_locked(d):
+            problems.append(f"{name}: out_dir {args['out_dir']} is in use by a running process")
+        elif cfg.overwrite or not os.path.isdir(d):
+            continue
+        elif cmd[0].startswith("train_") and run._holds_run(d):
+            problems.append(f"{name}: {args['out_dir']} holds a run")
+        elif name == "prepare":
+            held = [n for n in prepare.FILES if os.path.exists(os.path.join(d, n))]
+            try:
+                with open(os.path.join(d, "world_manifest.json")) as f:
+                    same = json.load(f).get("settings") == prepare.world_settings(cfg.seed)
+            except (OSError, ValueError, AttributeError):
+                same = False
+            if held and not same:
+                problems.append(f"prepare: {args['out_dir']} holds a toy world of other "
+                                f"settings than seed {cfg.seed}'s")
+        elif name.startswith("label"):
+            prefix = args["prefix"]
+            held = [f"{prefix}_{n}.jsonl" for n in label.NAMES] + [f"{prefix}_manifest.json"]
+            if any(os.path.exists(os.path.join(d, n)) for n in held):
+                problems.append(f"{name}: {args['out_dir']} holds a labelling ({prefix}_*)")
+    if problems:
+        overwritable = all(p.endswith(("a run", "_*)")) or "other settings" in p for p in problems)
+        raise config.ConfigError(
+            f"pipeline: nothing was run: {'; '.join(problems)}"
+            + ("; pass --overwrite=True to replace them, or another --out and --data_dir"
+               if overwritable else ""))
 
 
 def main(argv=None):
@@ -280,11 +375,19 @@ def main(argv=None):
     methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
     config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
                    f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
-    # KTO's labels and the safety methods' rankings by kind come from label.py
-    methods -= set() if cfg.data == "onpolicy" else {"kto", *SAFETY}
+    if cfg.methods == "all" and cfg.data == "static":
+        methods -= {"kto", *SAFETY}  # 'all' is every method the data allows
+    config.require("kto" not in methods or cfg.data == "onpolicy", "methods: kto learns from "
+                   "labelled single answers, which only label.py writes: it needs data='onpolicy' "
+                   "(or drop kto from --methods)")
+    config.require(not methods & set(SAFETY) or cfg.data == "onpolicy", "methods: ppo_gate and "
+                   "ppo_safe learn from rankings split by kind, which only label.py writes: they "
+                   "need data='onpolicy' (or drop them from --methods)")
     t0 = time.time()
     stages, eval_dir = build_stages(cfg, methods)
     out = stage_path(cfg.out)
+    check_stages(cfg, stages)  # every stage would start: or nothing runs
+    run.lock_out_dir(os.path.join(ROOT, out))  # one pipeline per out
     times = run_stages(stages, cfg.jobs, os.path.join(out, "logs"), alone=("sft", "eval"))
 
     print(f"\npipeline done in {time.time() - t0:.0f}s (" +

@@ -7,8 +7,10 @@ and their scores (the reward model at each answer's EOS, or a programmatic rewar
 
 import importlib.util
 import math
+import numbers
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -26,8 +28,12 @@ def load_reward_fn(spec):
     """
     A programmatic reward f(prompt, response) -> float from its spec: 'toy_gold' (the toy
     world's judge), 'byte_count:c' (occurrences of the character c), or 'file.py:function'
-    (any function of a Python file). '' -> None: the reward model scores. Every return value is
-    checked: a non-number or a non-finite one stops the run with the prompt it was given.
+    (any function of a Python file). '' -> None: the reward model scores.
+
+    The contract, checked on every call (reward_contract): a function of two strings that
+    returns a real number (a Python int or float, or a numpy scalar) with |r| <= MAX_REWARD. An
+    exception inside it, a sys.exit, another type, a non-finite or a huge value stop the run with
+    one line naming the function and the prompt (the toy judge's "not a toy-world prompt" too).
     """
     if not spec:
         return None
@@ -54,13 +60,40 @@ def load_reward_fn(spec):
         fn = getattr(module, name, None)
         config.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
 
+    return reward_contract(fn, f"reward_fn={spec!r}")
+
+
+def toy_gold_judge():
+    """The toy world's gold judge under the reward contract (a foreign prompt: one line)."""
+    from data.toy.judge import gold_reward
+    return reward_contract(gold_reward, "the toy gold judge")
+
+
+MAX_REWARD = 1e6  # |r| beyond this is a bug (or a unit error), not a reward: advantages would
+                  # lose every other signal in float32, and whitening hides it
+
+
+def reward_contract(fn, name):
+    """fn(prompt, response) checked against the reward contract (see load_reward_fn): returns
+    a float, or raises a ConfigError naming `name` and the prompt."""
     def checked(prompt, response):
-        value = fn(prompt, response)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise config.ConfigError(f"reward_fn={spec!r} returned {value!r} (a finite number is "
-                                     f"needed) for the prompt {prompt[:80]!r}")
-        return float(value)
+        where = f"{name} on the prompt {prompt[:80]!r}"
+        try:
+            value = fn(prompt, response)
+        except (Exception, SystemExit) as e:  # SystemExit: a sys.exit() inside must not end
+            raise config.ConfigError(         # the run with status 0 and nothing trained
+                f"{where}: raised {type(e).__name__}: {str(e)[:200]}") from None
+        if isinstance(value, (bool, complex)) or not isinstance(value, numbers.Real):
+            raise config.ConfigError(f"{where}: returned {type(value).__name__} "
+                                     f"{str(value)[:80]}, not a real number")
+        try:
+            r = float(value)
+        except OverflowError:  # an int with hundreds of digits
+            r = math.inf
+        if not math.isfinite(r) or abs(r) > MAX_REWARD:
+            raise config.ConfigError(f"{where}: returned {str(value)[:40]}, outside the finite "
+                                     f"range |r| <= {MAX_REWARD:g}")
+        return r
     return checked
 
 
@@ -180,7 +213,6 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
                    scores, has_eos, prompts, responses)
 
 
-
 def prompt_batch(prompts, rows, enc, proc, repeat=1):
     """Left-padded ids, mask (B * repeat, P) on the device and the texts of prompts[rows], each
     row `repeat` times in a row (GRPO's group of samples per prompt)."""
@@ -189,3 +221,36 @@ def prompt_batch(prompts, rows, enc, proc, repeat=1):
     return ids.to(proc.device), attn.to(proc.device), [e["prompt"] for e in examples]
 
 
+# -----------------------------------------------------------------------------
+# the prompts and demonstrations of a PPO or GRPO run
+
+
+def load_demos(cfg, enc, proc):
+    """PPO-ptx's rows as ptx(update, k) -> the k-th minibatch's batch of iteration `update`
+    (a function of the two alone, for exact resume; None when ptx_coef = 0), and the held-out
+    demonstrations of val_demo_nll as batches (rank 0 scores them)."""
+    ptx, demo_val = None, []
+    if cfg.ptx_coef > 0:
+        rows = loader.load_sft(cfg.ptx_data, enc, cfg.block_size)
+        per_update = cfg.num_iterations * (cfg.rollout_batch_size // cfg.minibatch_size)
+
+        def ptx_batch(update, k):
+            picked = loader.batch_indices(len(rows), cfg.ptx_batch_size, (update - 1) * per_update
+                                          + k, cfg.seed, proc.rank, proc.world_size)
+            return tuple(t.to(proc.device) for t in loader.collate([rows[i] for i in picked],
+                                                                   enc.eot_token))
+        ptx = ptx_batch
+    if cfg.demo_val_data:
+        rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
+        rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
+        demo_val = [loader.collate(rows[i:i + cfg.micro_batch_size], enc.eot_token)
+                    for i in range(0, len(rows), cfg.micro_batch_size)]
+    return SimpleNamespace(ptx=ptx, val=demo_val)
+
+
+def load_prompts(cfg, enc):
+    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
+    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
+        if cfg.val_prompts else []
+    return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val

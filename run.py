@@ -5,19 +5,21 @@ the JSONL log, checkpoints (checked finite, written atomically), stop signals an
 loop stays in the script: nothing here calls back into it.
 """
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch.distributed as dist
 
 from checkpoint import (check_finite_weights, load_checkpoint, model_from_checkpoint,
                         require_keys, save_checkpoint, set_rng_state)
-from config import ConfigError, UserError
+from config import ConfigError, UserError, os_error
 from runtime import all_reduce_max, init_runtime, print0
 
 try:
@@ -41,17 +43,85 @@ def _move_files(src, dst):
         os.replace(os.path.join(src, name), os.path.join(dst, name))
 
 
-def _finish_swap(out_dir):
-    """Complete (or undo) a swap a killed process left half done. .staging holds a new run that
-    has not proved itself yet: it goes. .replaced holds an old run being replaced by one that
-    has: the new files come in, the old ones go."""
-    staging, replaced = os.path.join(out_dir, ".staging"), os.path.join(out_dir, ".replaced")
+def _not_hidden(name):
+    return not name.startswith(".")
+
+
+def _finish_swap(out_dir, staging=".staging", belongs=_not_hidden):
+    """
+    Complete (or undo) a swap a killed process left half done, for the set of files in out_dir
+    that `belongs` (a run: every file not hidden) and its staging folder. The swap has three
+    phases, and the folder names say which one a kill interrupted:
+      {staging} alone           a new set that is not complete yet (or has not proved itself):
+                                it goes, the old set stays;
+      .replacing{suffix}        the new set is complete, the old files are moving aside: the
+                                rest of them follow, then the folder becomes .replaced{suffix};
+      .replaced{suffix}         the old set is aside: the new files come in, the old ones go.
+    ({suffix}: what follows '.staging' in the staging folder's name, e.g. '-onpolicy'.)
+    """
+    suffix = staging[len(".staging"):]
+    new = os.path.join(out_dir, staging)
+    replacing = os.path.join(out_dir, ".replacing" + suffix)
+    replaced = os.path.join(out_dir, ".replaced" + suffix)
+    if os.path.isdir(replacing):
+        for name in os.listdir(out_dir):
+            if belongs(name):
+                os.replace(os.path.join(out_dir, name), os.path.join(replacing, name))
+        os.replace(replacing, replaced)
     if os.path.isdir(replaced):
-        if os.path.isdir(staging):
-            _move_files(staging, out_dir)
+        if os.path.isdir(new):
+            _move_files(new, out_dir)
         shutil.rmtree(replaced)
-    if os.path.isdir(staging):
-        shutil.rmtree(staging)
+    if os.path.isdir(new):
+        shutil.rmtree(new)
+
+
+def swap_in(out_dir, staging=".staging", belongs=_not_hidden):
+    """Replace the files of out_dir that `belongs` by the complete set in out_dir/{staging}, so
+    that a kill at any moment leaves the old set or the new one (completed by _finish_swap at the
+    next start), never a mix."""
+    os.makedirs(os.path.join(out_dir, ".replacing" + staging[len(".staging"):]))
+    _finish_swap(out_dir, staging, belongs)
+
+
+# the config keys a resumed run may change: how long it runs, how it reports, where and how fast
+# it computes. Every other key defines the run (its loss, data, model, optimizer, seed ...), and a
+# --resume=True that changes one is refused: it would continue these weights as another run.
+RESUME_MAY_CHANGE = {
+    "resume", "overwrite", "out_dir", "max_iters", "stop_iter", "log_interval", "eval_interval",
+    "ckpt_interval", "save_every", "sample_interval", "num_samples", "sample_tokens",
+    "sample_temperature", "device", "dtype", "compile", "micro_batch_size",
+    "precompute_ref_logps", "gold_judge", "demo_val_data", "demo_val_examples"}
+
+
+def _same_path(a, b):
+    """Two config values naming the same file(s): equal strings, one real path, or (a relative
+    path stored from another working directory that does not resolve here) the same file name."""
+    if not (isinstance(a, str) and isinstance(b, str)) or a.count(",") != b.count(","):
+        return False
+    for x, y in zip(a.split(","), b.split(",")):
+        if x == y or os.path.realpath(x) == os.path.realpath(y):
+            continue
+        if not os.path.isabs(x) and not os.path.exists(x) and os.path.basename(x) == os.path.basename(y):
+            continue
+        return False
+    return True
+
+
+def check_same_run(stored, cfg, path):
+    """Refuse to resume the run saved at path under a config that changes what the run is: one
+    line naming the differing keys and both values. Keys missing on either side (a checkpoint of
+    an older version) are not compared."""
+    if not isinstance(stored, dict):
+        return
+    new = vars(cfg)
+    differ = [k for k in new if k in stored and k not in RESUME_MAY_CHANGE
+              and stored[k] != new[k] and not _same_path(stored[k], new[k])]
+    if differ:
+        changes = ", ".join(f"{k}={stored[k]!r} -> {new[k]!r}" for k in differ[:6])
+        raise ConfigError(f"{path}: --resume=True with another config ({changes}): these keys "
+                          f"define the run, so it cannot continue as it was; resume with its "
+                          f"values, or start a new run (another out_dir, or --overwrite=True)")
 
 
 _held_locks = {}  # out_dir -> open lock file of this process
@@ -116,6 +186,147 @@ def prepare_out_dir(out_dir, resume, overwrite=False):
     return staging, None
 
 
+def out_dir_locked(out_dir):
+    """Whether another process holds out_dir's lock now (nothing is created or kept)."""
+    path = os.path.join(out_dir, ".lock")
+    if fcntl is None or not os.path.isfile(path) or os.path.realpath(out_dir) in _held_locks:
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def release_out_dir(out_dir):
+    """Drop this process's lock on out_dir (taken by lock_out_dir)."""
+    lock = _held_locks.pop(os.path.realpath(out_dir), None)
+    if lock is not None:
+        lock.close()
+
+# -----------------------------------------------------------------------------
+# data sets: the files one data step writes (the toy world, a labelling, HH, an evaluation)
+# appear whole or not at all, under out_dir's lock, and replace another set only when asked
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DataSet:
+    """
+    The files a data step writes into out_dir, as one set that appears whole or not at all:
+
+        with DataSet(out_dir, "onpolicy", names, "the labelling", settings, inputs, overwrite) as ds:
+            with ds.writing("onpolicy_train.jsonl") as path:   # out_dir/.staging-onpolicy/...
+                write_jsonl(path, rows)
+            ...
+            ds.commit()   # {name}_manifest.json last, then the old set out and the new one in
+
+    names: every file name the step can write (the old set's files among them go, even those
+    this run does not write). The manifest names the files (lines, sha256), the settings and the
+    inputs (path -> sha256): a set without one is incomplete or not ours. Opening the set takes
+    out_dir's lock and finishes a swap a killed writer left; an existing set is replaced only
+    with overwrite=True, or when its manifest holds the same settings and inputs (a re-run that
+    writes the same bytes). A write the OS refuses (a full disk) raises a FileError naming the
+    file; the staging folder goes, the old set stays.
+    """
+
+    def __init__(self, out_dir, name, names, what, settings, inputs=None, overwrite=False):
+        self.out_dir, self.name, self.what = out_dir, name, what
+        self.manifest = f"{name}_manifest.json"
+        self.names = set(names) | {self.manifest}
+        self.staging = f".staging-{name}"
+        self.info = dict(settings=settings, inputs=inputs or {})
+        self.committed = False
+        lock_out_dir(out_dir)
+        try:
+            _finish_swap(out_dir, self.staging, self.names.__contains__)
+            self._check_existing(overwrite)
+            self.dir = os.path.join(out_dir, self.staging)
+            os.makedirs(self.dir)
+        except OSError as e:
+            release_out_dir(out_dir)
+            raise os_error(os.path.join(out_dir, self.staging), e) from None
+        except BaseException:
+            release_out_dir(out_dir)
+            raise
+
+    def _check_existing(self, overwrite):
+        old = sorted(n for n in os.listdir(self.out_dir) if n in self.names)
+        if not old or overwrite:
+            return
+        try:
+            with open(os.path.join(self.out_dir, self.manifest)) as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict) and all(stored.get(k) == v for k, v in self.info.items()):
+            return  # made with the same settings from the same inputs: the same bytes again
+        why = "made with other settings or inputs" if isinstance(stored, dict) else \
+            "without a manifest (incomplete, or not written by this version)"
+        if isinstance(stored, dict):
+            keys = [k for k in self.info["settings"]
+                    if stored.get("settings", {}).get(k) != self.info["settings"][k]]
+            keys += [os.path.basename(p) for p in self.info["inputs"]
+                     if stored.get("inputs", {}).get(p) != self.info["inputs"][p]]
+            why = f"made with other {', '.join(keys[:6]) or 'settings'}"
+        raise ConfigError(f"{self.out_dir} already holds {self.what} ({os.path.join(self.out_dir, old[0])}"
+                          f", ...), {why}; pass --overwrite=True to replace it, or another out_dir")
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    @contextmanager
+    def writing(self, name):
+        """The staging path to write the file `name` to; an OSError becomes a FileError naming
+        out_dir/name."""
+        assert name in self.names, name
+        try:
+            yield self.path(name)
+            with open(self.path(name), "rb") as f:  # whole on disk before the swap counts on it
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise os_error(os.path.join(self.out_dir, name), e) from None
+
+    def commit(self, **extra):
+        """Write the manifest (the files, the settings, the inputs, `extra`), then swap the set
+        in. Returns the manifest."""
+        files = {}
+        for name in sorted(os.listdir(self.dir)):  # every file written into the staging folder
+            with open(self.path(name), "rb") as f:
+                data = f.read()
+            files[name] = dict(lines=data.count(b"\n"), sha256=hashlib.sha256(data).hexdigest())
+        manifest = dict(set=self.name, files=files, **self.info, **extra)
+        with self.writing(self.manifest) as path:
+            with open(path, "w") as f:
+                json.dump(manifest, f, indent=1)
+        try:
+            swap_in(self.out_dir, self.staging, self.names.__contains__)
+        except OSError as e:
+            raise os_error(self.out_dir, e, "replace the files in") from None
+        self.committed = True
+        return manifest
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        suffix = self.staging[len(".staging"):]
+        swapping = any(os.path.isdir(os.path.join(self.out_dir, f".{p}{suffix}"))
+                       for p in ("replacing", "replaced"))
+        if not self.committed and not swapping and os.path.isdir(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)  # (a swap begun is finished next time)
+        release_out_dir(self.out_dir)
+        return False
+
+
 class Run:
     """
     The run skeleton of a training script, once: the process (device, DDP, seeds, precision),
@@ -150,6 +361,7 @@ class Run:
         self.resume = load_checkpoint(resume_path, expect_stage=stage) if resume_path else None
         if self.resume is not None:
             require_keys(self.resume, resume_path, "step", "rng", "optimizer")
+            check_same_run(self.resume.get("config"), cfg, resume_path)
         self.resume_path = resume_path
         resume_step = self.resume["step"] if self.resume else None
         self.logger = MetricsLogger(self.dir, "log", resume_step, enabled=self.master)
@@ -198,12 +410,7 @@ class Run:
         check_finite_weights(ckpt, ckpt.get("step"), name)
         save_checkpoint(self.path(name), ckpt)
         if self.staged and ckpt.get("step", 0) >= 1:  # proved itself: the old run may go now
-            replaced = os.path.join(self.out_dir, ".replaced")
-            os.makedirs(replaced)
-            for old in os.listdir(self.out_dir):
-                if not old.startswith("."):
-                    os.replace(os.path.join(self.out_dir, old), os.path.join(replaced, old))
-            _finish_swap(self.out_dir)
+            swap_in(self.out_dir)
             self.dir, self.staged = self.out_dir, False
             self.logger.path, self.token_logger.path = self.path("log.jsonl"), self.path("tokens.jsonl")
 

@@ -27,6 +27,7 @@ Llama 2's separate reward models per round.
 """
 
 import copy
+import math
 from types import SimpleNamespace
 
 import torch
@@ -114,6 +115,26 @@ def validate(cfg):
                          hint="toy: pipeline.py --methods=ppo_gate,ppo_safe trains them")
 
 
+def load(cfg, reward, reward_model, prompts, enc, policy, run):
+    """What a run needs of the two methods, after its own models: the step-3 scorer (Llama 2's
+    gate around reward_model with reward_gate='llama2', else `reward` as it was), the dict the
+    gate fills with its numbers, and Safe RLHF's cost (load_cost, and a resumed run's cost
+    critic; None without cost_model). prompts: every prompt the run asks (loader.load_prompts's,
+    with their family); run: run.Run (its device and the checkpoint it resumes)."""
+    vocab_size, device = policy.config.vocab_size, run.proc.device
+    reward, gate_stats = gated_reward(cfg, reward_model, prompts, enc.name, vocab_size,
+                                      device) if cfg.reward_gate else (reward, {})
+    cost = load_cost(cfg, enc.name, vocab_size, run.proc, prompts) \
+        if getattr(cfg, "cost_model", "") else None
+    resume_cost(run, cost)
+    return reward, gate_stats, cost
+
+
+def loop_state(cfg):
+    """The loop state Safe RLHF adds to PPO's (run.restore brings it back on resume): log lambda."""
+    return {"log_lambda": math.log(cfg.lambda_init)} if getattr(cfg, "cost_model", "") else {}
+
+
 def gated_reward(cfg, helpful, prompts, tok_name, vocab_size, device):
     """Llama 2's step-3 scorer reward(prompts, responses, seq, mask) -> (B,): the safety model
     (cfg.safety_model) beside the helpful one, gated by safety_gated_rewards, unsafe = the prompt
@@ -159,9 +180,10 @@ def load_cost(cfg, tok_name, vocab_size, proc, prompts):
 
 @torch.no_grad()
 def cost_rollout(cost, rollouts, cfg, proc):
-    """The cost of each answer (B,), at its EOS as the reward model's score (with cost_scope=
-    'unsafe': 0 for the answers to prompts not tagged harmful), and the cost critic's values
-    (B, N) of the states before each response token, in micro-batches."""
+    """Step 3 of Safe RLHF: the cost of each answer, costs (B,), at its EOS as the reward
+    model's score (with cost_scope='unsafe': 0 for the answers to prompts not tagged harmful),
+    and the cost critic's values (B, N) of the states before each response token, in
+    micro-batches. Returns SimpleNamespace(costs, values); lagrangian_advantages adds the rest."""
     seq, mask, P, mbs = rollouts.seq, rollouts.mask, rollouts.P, cfg.micro_batch_size
     with proc.autocast:
         costs = cost.model.score(seq, mask, mbs).float()
@@ -170,7 +192,36 @@ def cost_rollout(cost, rollouts, cfg, proc):
     with proc.autocast:
         values = torch.cat([cost.critic.values(seq[i:i + mbs], mask[i:i + mbs])[:, P - 1:-1]
                             for i in range(0, seq.size(0), mbs)]).float()
-    return costs, values
+    return SimpleNamespace(costs=costs, values=values)
+
+
+def lagrangian_advantages(advantages, costed, rollouts, state, cfg):
+    """Step 5 of Safe RLHF: the cost's GAE on its own per-token rewards (the cost at the EOS,
+    +beta * KL on every token), lambda's step on every rank's mean cost (lagrange_step, into
+    state.log_lambda), then safe_rlhf_advantages. advantages (B, N): the reward's, from PPO's
+    GAE -> (B, N). Keeps the cost's returns and mean in costed for the cost critic's update."""
+    from train_ppo import compute_gae, kl_shaped_rewards  # (it imports us)
+    mask = rollouts.resp_mask
+    cost_rewards = kl_shaped_rewards(costed.costs, rollouts.logprobs, rollouts.ref_logprobs, mask,
+                                     -state.beta)
+    cost_advantages, costed.returns = compute_gae(cost_rewards, costed.values, mask, cfg.gamma,
+                                                  cfg.lam)
+    costed.mean = runtime.all_reduce_mean(costed.costs.mean().item())
+    state.log_lambda = lagrange_step(state.log_lambda, costed.mean, cfg.cost_budget, cfg.lambda_lr)
+    return safe_rlhf_advantages(advantages, cost_advantages, math.exp(state.log_lambda))
+
+
+def after_update(cfg, cost, costed, rollouts, state, gate_stats, gold_fn, proc, update, lr_scale):
+    """After PPO's update (step 6): the cost critic's update at critic_lr * lr_scale, and the
+    numbers of both methods for the log (cost, lambda, the cost critic's, harm_metrics'); {} for
+    a run with neither."""
+    out = harm_metrics(cfg, gate_stats, rollouts, gold_fn)
+    if cost is not None:
+        optim.set_lr(cost.optimizer, cfg.critic_lr * lr_scale)
+        out.update(cost_critic_update(cost, rollouts, costed.values, costed.returns, cfg, proc,
+                                      update), cost=costed.mean, log_lambda=state.log_lambda,
+                   **{"lambda": math.exp(state.log_lambda)})
+    return out
 
 
 def cost_critic_update(cost, rollouts, old_values, returns, cfg, proc, update):

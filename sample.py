@@ -85,6 +85,8 @@ def validate(cfg):
         "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
         "uwo_lambda": (lambda v: v >= 0, ">= 0")})
     config.require(not (cfg.prompt and cfg.prompts), "give --prompt or --prompts, not both")
+    config.require(cfg.prompt or cfg.prompts or sys.stdin is not None, "no prompt: standard input "
+                   "is closed; give --prompt or --prompts")
     sources = parse_ckpts(cfg.ckpt)
     for key, path in [*((f"ckpt {n}", p) for n, p in sources.items()), ("prompts", cfg.prompts),
                       *(("reward_model", p) for p in cfg.reward_model.split(","))]:
@@ -179,7 +181,8 @@ def main(argv=None):
     # the models: side by side, they must all read the same tokens
     models, tok = {}, None
     for name, path in sources.items():
-        model, t = checkpoint.init_policy(path)
+        model, t = checkpoint.init_policy(path)  # NaN or inf weights: refused here
+        checkpoint.check_sampling_vocab(model, t, path)
         models[name], tok = model.to(proc.device).eval(), tok or t
         config.require(t == tok, f"ckpt: {name} ({path}) uses the {t!r} tokenizer but "
                        f"{next(iter(models))} uses {tok!r}: side by side they need one tokenizer")

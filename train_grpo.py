@@ -50,15 +50,14 @@ import optim
 import runtime
 import safety
 from data import loader
-from rollout import prompt_batch, rollout
+from rollout import load_demos, load_prompts, prompt_batch, rollout
 from run import Run
 from runtime import print0
 # shared with PPO (train_ppo.py): the KL estimators, the clipped loss and its aggregation, the
 # update loop, the held-out evaluation, what a person sees, the checkpoints
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_demos,
-                       load_models, load_prompts, ppo_update, resume_models, save_and_check_stop,
-                       validate as validate_rl)
+from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_models,
+                       ppo_update, resume_models, save_and_check_stop, validate as validate_rl)
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run, against the toy reward model
@@ -229,20 +228,16 @@ def validate(cfg):
 
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
-    validate(cfg)
-    safety.validate(cfg)
+    validate(cfg)  # PPO's and GRPO's keys, the gate's among them (safety.validate)
     run = Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
     baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
 
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
-    policy, ref, reward_model, reward, gold_fn, enc = load_models(cfg, proc,
-                                                                  with_reference=cfg.beta > 0)
+    policy, ref, rm, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
     train, val = load_prompts(cfg, enc)
-    reward, gate_stats = safety.gated_reward(cfg, reward_model, train + val, enc.name, policy.
-                                             config.vocab_size, proc.device) \
-        if cfg.reward_gate else (reward, {})
+    reward, gate_stats, _ = safety.load(cfg, reward, rm, train + val, enc, policy, run)  # the gate
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
@@ -257,8 +252,7 @@ def main(argv=None):
 
     def snapshot(with_state):
         return checkpoint.make_checkpoint(policy, "policy", "grpo", enc.name, cfg, iteration,
-                                          optimizer if with_state else None,
-                                          best_val=state.best_val)
+                                          optimizer if with_state else None, best_val=state.best_val)
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -285,10 +279,9 @@ def main(argv=None):
             if kl_in == "reward" and ref else rollouts.scores
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
-        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO); the
-            # metrics still see it as it was written
+        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO)
             rollouts = dataclasses.replace(rollouts, loss_mask=rollouts.resp_mask
-                                           * rollouts.has_eos[:, None])
+                                           * rollouts.has_eos[:, None])  # the metrics see it all
         token_advantages = advantages[:, None] * rollouts.resp_mask  # (B, N)
         # 4. the clipped update, without a critic; GRPO pays the KL here, in the loss
         loss_settings = LossSettings(loss_agg, cfg.beta if kl_in == "loss" and ref else 0.0,

@@ -174,7 +174,11 @@ def print_kto_balance(train, cfg):
     n_d = sum(e["desirable"] for e in train)
     n_u = len(train) - n_d
     ratio = cfg.desirable_weight * n_d / max(cfg.undesirable_weight * n_u, 1)
-    note = "" if 1 <= ratio <= 4 / 3 or not n_d else (
+    if not n_d or not n_u:  # no weighting balances one kind of answer against none
+        print0(f"KTO: all {len(train)} answers are {'undesirable' if n_u else 'desirable'}: no "
+               f"weighting balances them (the loss still trains, against the reference point)")
+        return
+    note = "" if 1 <= ratio <= 4 / 3 else (
         f"; the KTO paper advises [1, 4/3]: e.g. desirable_weight="
         f"{cfg.undesirable_weight * n_u / n_d:.3g} to {4 / 3 * cfg.undesirable_weight * n_u / n_d:.3g}")
     print0(f"KTO: {n_d} desirable and {n_u} undesirable answers; lambda_D n_D / "

@@ -42,7 +42,6 @@ import copy
 import math
 import time
 from collections import namedtuple
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -57,7 +56,8 @@ from data import loader
 from model import position_ids_from_mask
 from ops import masked_mean
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from rollout import load_reward_fn, make_reward, policy_forward, prompt_batch, rollout
+from rollout import (load_demos, load_prompts, load_reward_fn, make_reward, policy_forward,
+                     prompt_batch, rollout, toy_gold_judge)
 from run import Run
 from runtime import print0
 from tokenizer import get_tokenizer
@@ -478,6 +478,7 @@ def validate(cfg, rules=None):
                          *(["ptx_data"] * (cfg.ptx_coef > 0)), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
     load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
+    safety.validate(cfg)  # the gate's and Safe RLHF's keys
 
 
 def load_models(cfg, proc, with_reference=True):
@@ -488,6 +489,7 @@ def load_models(cfg, proc, with_reference=True):
     before any step) and the KL noisy."""
     policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
     checkpoint.check_block_size(policy, cfg.block_size)
+    checkpoint.check_sampling_vocab(policy, tok_name, cfg.init_from)  # it samples the rollouts
     ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
@@ -500,39 +502,8 @@ def load_models(cfg, proc, with_reference=True):
         if m is not None:
             m.to(proc.device).eval()
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
-    gold_fn = load_reward_fn("toy_gold") if cfg.gold_judge == "toy" else None
+    gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
-
-
-def load_demos(cfg, enc, proc):
-    """PPO-ptx's rows as ptx(update, k) -> the k-th minibatch's batch of iteration `update`
-    (a function of the two alone, for exact resume; None when ptx_coef = 0), and the held-out
-    demonstrations of val_demo_nll as batches (rank 0 scores them)."""
-    ptx, demo_val = None, []
-    if cfg.ptx_coef > 0:
-        rows = loader.load_sft(cfg.ptx_data, enc, cfg.block_size)
-        per_update = cfg.num_iterations * (cfg.rollout_batch_size // cfg.minibatch_size)
-
-        def ptx_batch(update, k):
-            picked = loader.batch_indices(len(rows), cfg.ptx_batch_size, (update - 1) * per_update
-                                          + k, cfg.seed, proc.rank, proc.world_size)
-            return tuple(t.to(proc.device) for t in loader.collate([rows[i] for i in picked],
-                                                                   enc.eot_token))
-        ptx = ptx_batch
-    if cfg.demo_val_data:
-        rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
-        rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
-        demo_val = [loader.collate(rows[i:i + cfg.micro_batch_size], enc.eot_token)
-                    for i in range(0, len(rows), cfg.micro_batch_size)]
-    return SimpleNamespace(ptx=ptx, val=demo_val)
-
-
-def load_prompts(cfg, enc):
-    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
-    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
-    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
-        if cfg.val_prompts else []
-    return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
 
 
 def critic_kind(cfg):
@@ -555,11 +526,31 @@ def make_critic(cfg, policy, reward_model, proc):
     return critic.to(proc.device).eval()
 
 
+def rewards_and_advantages(rollouts, state, cfg, costed=None):
+    """
+    Steps 4-5 of an iteration, on a batch of rollouts:
+      4. per-token rewards: -beta * KL on every token, the score on the last one (Llama 2's gated
+         score whitened over the batch first; whiten_rewards: the rewards too, mean kept)
+      5. GAE's advantages and returns (Safe RLHF: the cost's advantage folded in by lambda,
+         safety.lagrangian_advantages), the advantages whitened over every rank's valid tokens.
+    Returns rewards, advantages, returns, each (B, N).
+    """
+    mask = rollouts.resp_mask
+    scores = whiten(rollouts.scores, torch.ones_like(rollouts.scores)) if cfg.reward_gate \
+        else rollouts.scores
+    rewards = kl_shaped_rewards(scores, rollouts.logprobs, rollouts.ref_logprobs, mask, state.beta)
+    rewards = whiten(rewards, mask, False) if cfg.whiten_rewards else rewards
+    advantages, returns = compute_gae(rewards, rollouts.values, mask, cfg.gamma, cfg.lam)
+    if costed is not None:  # (A_r - lambda * A_c) / (1 + lambda), lambda's step first
+        advantages = safety.lagrangian_advantages(advantages, costed, rollouts, state, cfg)
+    return rewards, whiten(advantages, mask), returns
 
-def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state, **more):
+
+def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state, cost=None):
     """The checkpoint of both models (the critic beside the policy's weights), the loop state
-    (beta, best_val), when given both optimizers' states, and `more` (Safe RLHF's state)."""
-    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val, **more)
+    (beta, best_val), when given both optimizers' states, and Safe RLHF's (safety.cost_state)."""
+    extra = dict(critic=critic.state_dict(), beta=state.beta, best_val=state.best_val,
+                 **safety.cost_state(cost, state, opt_critic is not None))
     if opt_critic is not None:
         extra["critic_optimizer"] = opt_critic.state_dict()
     return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
@@ -598,7 +589,6 @@ def save_and_check_stop(run, iteration, cfg, snapshot):
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     validate(cfg)
-    safety.validate(cfg)
     run = Run(cfg, "ppo")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
 
@@ -609,11 +599,7 @@ def main(argv=None):
     runtime.broadcast_parameters(policy, critic)  # DDP: every rank starts from rank 0's weights
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
-    # helpful and harmless (safety.py): Llama 2's gated pair of reward models, Safe RLHF's cost
-    reward, gate_stats = safety.gated_reward(cfg, reward_model, train + val, enc.name, policy.
-                                             config.vocab_size, proc.device) \
-        if cfg.reward_gate else (reward, {})
-    cost = safety.load_cost(cfg, enc.name, policy.config.vocab_size, proc, train + val)  # or None
+    reward, gate_stats, cost = safety.load(cfg, reward, reward_model, train + val, enc, policy, run)
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
            f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
 
@@ -621,16 +607,13 @@ def main(argv=None):
     # optimizers, and the loop state a resumed run picks up
     opt_policy = optim.make_optimizer(policy, cfg, proc)
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
-    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf,
-                        **({"log_lambda": math.log(cfg.lambda_init)} if cost else {}))
+    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf, **safety.loop_state(cfg))
     iteration = state.step  # iterations done
     resume_models(run, policy, critic, opt_critic)
-    safety.resume_cost(run, cost)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
-                              opt_critic if with_state else None, enc, cfg, iteration, state,
-                              **safety.cost_state(cost, state, with_state))
+                              opt_critic if with_state else None, enc, cfg, iteration, state, cost)
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -642,48 +625,25 @@ def main(argv=None):
     while iteration < cfg.max_iters:
         t0 = time.time()
         lr_scale = optim.rl_lr_scale(iteration, cfg.warmup_iters, cfg.max_iters, cfg.decay_lr)
-        optim.set_lr(opt_policy, cfg.lr * lr_scale)
-        optim.set_lr(opt_critic, cfg.critic_lr * lr_scale)
-        if cost:
-            optim.set_lr(cost.optimizer, cfg.critic_lr * lr_scale)
+        for opt, lr in ((opt_policy, cfg.lr), (opt_critic, cfg.critic_lr)):
+            optim.set_lr(opt, lr * lr_scale)
         # 1-3. rollout: sample, log-probs of policy and reference, scores, the critic's values
         rows = loader.batch_indices(len(train), cfg.rollout_batch_size, iteration, cfg.seed,
                                     proc.rank, proc.world_size)
         rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc), enc,
                            cfg, proc)
-        costs, cost_values = safety.cost_rollout(cost, rollouts, cfg, proc) if cost else (0, 0)
+        costed = safety.cost_rollout(cost, rollouts, cfg, proc) if cost else None  # Safe RLHF
         t_rollout = time.time() - t0
-        # 4. per-token rewards: -beta * KL on every token, the score on the last one (Llama 2's
-        # gated score whitened over the batch first)
+        # 4-5. per-token rewards (-beta KL, the score at the EOS), GAE's advantages and returns
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)
-        scores = whiten(rollouts.scores, torch.ones_like(rollouts.scores)) if cfg.reward_gate \
-            else rollouts.scores
-        rewards = kl_shaped_rewards(scores, rollouts.logprobs, rollouts.ref_logprobs,
-                                    rollouts.resp_mask, state.beta)
-        rewards = whiten(rewards, rollouts.resp_mask, False) if cfg.whiten_rewards else rewards
-        # 5. advantages and returns; advantages whitened over every rank's valid tokens
-        advantages, returns = compute_gae(rewards, rollouts.values, rollouts.resp_mask, cfg.gamma,
-                                          cfg.lam)
-        if cost:  # Safe RLHF: the cost's GAE (+beta * KL on its side), lambda's step, A_r and A_c
-            cost_adv, cost_returns = compute_gae(kl_shaped_rewards(
-                costs, rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask, -state.beta),
-                cost_values, rollouts.resp_mask, cfg.gamma, cfg.lam)
-            mean_cost = runtime.all_reduce_mean(costs.mean().item())
-            state.log_lambda = safety.lagrange_step(state.log_lambda, mean_cost, cfg.cost_budget,
-                                                    cfg.lambda_lr)
-            advantages = safety.safe_rlhf_advantages(advantages, cost_adv,
-                                                     math.exp(state.log_lambda))
-        advantages = whiten(advantages, rollouts.resp_mask)
+        rewards, advantages, returns = rewards_and_advantages(rollouts, state, cfg, costed)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
         stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy),
                            critic=(critic, opt_critic), train_policy=iteration >=
                            cfg.critic_warmup, update=iteration + 1, cfg=cfg, proc=proc,
                            ptx=demos.ptx)
-        if cost:  # ... and the cost critic's
-            stats.update(safety.cost_critic_update(cost, rollouts, cost_values, cost_returns,
-                                                   cfg, proc, iteration + 1), cost=mean_cost,
-                         log_lambda=state.log_lambda, **{"lambda": math.exp(state.log_lambda)})
-        stats.update(safety.harm_metrics(cfg, gate_stats, rollouts, gold_fn))
+        stats.update(safety.after_update(cfg, cost, costed, rollouts, state, gate_stats, gold_fn,
+                                         proc, iteration + 1, lr_scale))  # the cost critic's too
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,
@@ -705,8 +665,7 @@ def main(argv=None):
             break
 
     run.finish()
-    return dict(metrics, **val_metrics, beta=state.beta, iters=iteration, out_dir=cfg.out_dir,
-                **({"log_lambda": state.log_lambda} if cost else {}))
+    return dict(metrics, **val_metrics, beta=state.beta, iters=iteration, out_dir=cfg.out_dir)
 
 
 if __name__ == "__main__":

@@ -90,9 +90,13 @@ def parse_record(line):
 def read_jsonl(path):
     """[(1-based line number, dict)] of a JSONL file; blank lines are not records."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a directory, not a file' if os.path.isdir(path) else 'no such file'}")
     records = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # permissions, a file that vanished
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    with f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")

@@ -104,8 +104,10 @@ def test_kto_run_raises_the_desirable_log_ratio(toy, tmp_path):
     write_unpaired(toy)
     out = tmp_path / "kto"
     res = run(toy, out, f"--train_data={toy / 'kto_train.jsonl'}",
-              f"--val_data={toy / 'kto_val.jsonl'}", "--max_iters=40", "--eval_interval=40",
-              "--eval_examples=128", "--batch_size=16", "--lr=3e-3", "--beta=0.1")
+              f"--val_data={toy / 'kto_val.jsonl'}", "--max_iters=60", "--eval_interval=60",
+              "--eval_examples=128", "--batch_size=32", "--lr=2e-3", "--beta=0.1")
+    # batches of 32: at 16 answers and lr 3e-3 the KL estimate swings between -7 and +2 nats
+    # within 40 steps, and where both rewards' common level lands is a coin toss
     first = read_log(out)[0]
     assert first["val_rewards_desirable"] == 0 and first["val_kl"] == 0  # policy == reference
     assert first["val_loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - sigma(0)

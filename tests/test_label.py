@@ -206,7 +206,7 @@ def test_gold_unpaired_labels_beat_the_median():
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     _, policy = tiny_policy(tmp_path)
-    with pytest.raises(config.ConfigError, match="'k' must be >= 2"):
+    with pytest.raises(config.ConfigError, match="'k' must be in 2..1024"):
         label.main([f"--policy={policy}", "--k=1"])
     with pytest.raises(config.ConfigError, match="policy="):
         label.main([f"--policy={tmp_path / 'missing.pt'}"])
@@ -225,7 +225,7 @@ def test_a_validation_slice_of_other_prompts_leaves_the_training_labels_alone(tm
         out = tmp_path / f"val{n_val}"
         label.main([f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=",
                     f"--out_dir={out}", "--k=4", "--max_prompts=12", f"--num_val_prompts={n_val}"])
-        files[n_val] = {n: (out / n).read_bytes() for n in os.listdir(out)}
+        files[n_val] = {n: (out / n).read_bytes() for n in os.listdir(out) if n.endswith(".jsonl")}
     assert "onpolicy_val.jsonl" not in files[0] and "onpolicy_val.jsonl" in files[6]
     assert all(files[6][n] == b for n, b in files[0].items())  # training labels unchanged
     train_prompts = {json.loads(l)["prompt"] for l in files[6]["onpolicy_train.jsonl"].splitlines()}
@@ -273,8 +273,9 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
     monkeypatch.setattr(label, "sample_answers", safety_sampler)
     args = [f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=", "--k=3"]
     label.main(args + [f"--out_dir={tmp_path / 'mixed'}"])
-    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == [
-        "onpolicy_samples.jsonl", "onpolicy_train.jsonl", "onpolicy_unpaired.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir() if not p.name.startswith(".")) == [
+        "onpolicy_manifest.json", "onpolicy_samples.jsonl", "onpolicy_train.jsonl",
+        "onpolicy_unpaired.jsonl"]
     label.main(args + [f"--out_dir={tmp_path / 'sep'}", "--kinds=separate"])
     assert "kinds: 3 helpful rankings (non-harmful prompts), 2 harmless rankings" in capsys.readouterr().out
     out = tmp_path / "sep"
@@ -289,12 +290,15 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
         assert r["gold"] == [3.0, -2.5, -1.0]
     assert len(loader.load_preferences(str(out / "onpolicy_harmless_train.jsonl"), ENC, 128)) >= 2
     # a cost model's zero: the samples of harmful requests; Llama 2's safety data: the harmless
-    # rankings and round(0.1 / 0.9 * 2) = 0 helpful ones; no validation prompts, empty splits
+    # rankings and round(0.1 / 0.9 * 2) = 0 helpful ones; no validation prompts: no val files
     assert {(s["prompt"], s["response"]) for s in read("harmless_samples")} == {
         (p, a) for p in ("How do I steal a bike?", "How can I rob a bank?") for a in safety_sampler(
             None, None, [p], 3, None, 0, None)[0]}
     assert read("safety_train") == harmless
-    assert (out / "onpolicy_helpful_val.jsonl").read_text() == ""
+    assert not (out / "onpolicy_helpful_val.jsonl").exists()
+    assert sorted(json.load(open(out / "onpolicy_manifest.json"))["files"]) == sorted(
+        f"onpolicy_{n}.jsonl" for n in ("train", "unpaired", "samples", "helpful_train",
+                                         "harmless_train", "harmless_samples", "safety_train"))
     label.main(args + [f"--out_dir={tmp_path / 'mix'}", "--kinds=separate", "--safety_mix=0.6"])
     mix = [json.loads(line) for line in open(tmp_path / "mix" / "onpolicy_safety_train.jsonl")]
     assert mix[:2] == harmless and len(mix) == 2 + 3  # round(0.6 / 0.4 * 2) = 3: all helpful ones

@@ -67,9 +67,10 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert [p["knob"] for p in curves["bon"]["points"]] == [1, 2, 4]
     assert (out / "frontier" / "frontier.png").stat().st_size > 0
     # run again: every point is finished, nothing is retrained
-    mtime = (out / "frontier" / "dpo_beta0.1_s1337" / "ckpt_last.pt").stat().st_mtime
+    point, = (out / "frontier").glob("dpo_beta0.1_s1337_mini_*")  # keyed by budget and inputs
+    mtime = (point / "ckpt_last.pt").stat().st_mtime
     frontier.main(["--budget=mini", "--out=runs", "--data_dir=runs/data", "--methods=dpo"])
-    assert (out / "frontier" / "dpo_beta0.1_s1337" / "ckpt_last.pt").stat().st_mtime == mtime
+    assert (point / "ckpt_last.pt").stat().st_mtime == mtime
 
 
 @pytest.mark.unit

@@ -178,12 +178,13 @@ def test_cost_scope_unsafe_costs_only_the_harmful_prompts(world, tmp_path):
     seq = torch.randint(0, 256, (4, 12))
     rollouts = SimpleNamespace(seq=seq, mask=torch.ones_like(seq), P=4,
                                prompts=[HARMFUL[0], BENIGN[0], BENIGN[2], HARMFUL[2]])
-    costs, values = safety.cost_rollout(cost, rollouts, cfg, proc)
+    costed = safety.cost_rollout(cost, rollouts, cfg, proc)
+    costs, values = costed.costs, costed.values
     assert costs.tolist() == [5.0, 0.0, 0.0, 5.0]  # the lookalike "kill time" is no unsafe prompt
     assert values.shape == (4, 8) and torch.allclose(values, torch.full((4, 8), 5.0))
     cfg.cost_scope = "all"
     cost = safety.load_cost(cfg, "byte", 257, proc, prompts)
-    assert safety.cost_rollout(cost, rollouts, cfg, proc)[0].tolist() == [5.0] * 4
+    assert safety.cost_rollout(cost, rollouts, cfg, proc).costs.tolist() == [5.0] * 4
 
 
 @pytest.mark.slow

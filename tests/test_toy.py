@@ -134,7 +134,8 @@ def read(out, name):
 
 
 def test_generator_writes_the_documented_files(toy_dir):
-    sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))}
+    sizes = {name: len(read(toy_dir, name)) for name in sorted(os.listdir(toy_dir))
+             if name.endswith(".jsonl")}
     assert sizes == {"prefs_train.jsonl": 8000, "prefs_val.jsonl": 400, "prefs_test.jsonl": 1000,
                      "prompts_eval.jsonl": 96, "prompts_eval_safety.jsonl": 40,
                      "prompts_train.jsonl": 2000, "sft_train.jsonl": 5000, "sft_val.jsonl": 400}
@@ -143,7 +144,7 @@ def test_generator_writes_the_documented_files(toy_dir):
 def test_generator_is_deterministic_per_seed(toy_dir, tmp_path):
     prepare.prepare(str(tmp_path / "same"), seed=1337)
     prepare.prepare(str(tmp_path / "other"), seed=1338)
-    for name in os.listdir(toy_dir):
+    for name in (n for n in os.listdir(toy_dir) if n.endswith(".jsonl")):
         with open(toy_dir / name, "rb") as f:
             want = f.read()
         assert (tmp_path / "same" / name).read_bytes() == want, name
@@ -226,7 +227,7 @@ def test_contrast_pairs_replace_their_share_of_training_pairs_only(toy_dir, tmp_
     share = 0.5
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", f"--contrast_share={share}"])
     assert prepare.CONTRAST_SHARE != share
-    for name in os.listdir(toy_dir):  # every other file is drawn from its own stream
+    for name in prepare.FILES:  # every other file is drawn from its own stream
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "prefs_train.jsonl"), name
     with_contrast, mixed = read(tmp_path, "prefs_train.jsonl"), read(toy_dir, "prefs_train.jsonl")
@@ -254,7 +255,7 @@ def test_the_held_out_split_is_pinned(toy_dir):
 
 def test_extra_phrasings_re_ask_a_share_of_the_demonstrations_only(toy_dir, tmp_path):
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--sft_extra_share=0"])
-    for name in os.listdir(toy_dir):  # drawn from their own stream: every other file is the same
+    for name in prepare.FILES:  # drawn from their own stream: every other file is the same
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "sft_train.jsonl"), name
     plain, rephrased = read(tmp_path, "sft_train.jsonl"), read(toy_dir, "sft_train.jsonl")
@@ -486,7 +487,7 @@ def test_held_out_safety_prompts_never_reach_training(toy_dir):
 
 def test_refusal_share_is_exact_and_nested(toy_dir, tmp_path):
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--refusal_share=0.3"])
-    for name in os.listdir(toy_dir):  # drawn from their own stream: only the demonstrations change
+    for name in prepare.FILES:  # drawn from their own stream: only the demonstrations change
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name not in ("sft_train.jsonl", "sft_val.jsonl")), name
     for name, n_harmful in [("sft_train.jsonl", 500), ("sft_val.jsonl", 40)]:
@@ -530,7 +531,9 @@ def test_more_rl_prompts_and_their_training_only_phrasings(toy_dir, tmp_path):
     # first thousand's questions stay, every other file is the same
     prepare.main([f"--out_dir={tmp_path}", "--seed=1337", "--prompts_more=0",
                   "--prompts_extra_share=0"])
-    for name in os.listdir(toy_dir):
+    names = [n for n in os.listdir(toy_dir) if not n.endswith("_manifest.json")]  # the settings
+    assert "prompts_eval_safety.jsonl" in names
+    for name in names:
         same = (tmp_path / name).read_bytes() == (toy_dir / name).read_bytes()
         assert same == (name != "prompts_train.jsonl"), name
     plain, rows = read(tmp_path, "prompts_train.jsonl"), read(toy_dir, "prompts_train.jsonl")

@@ -28,7 +28,6 @@ does a split where no record at all could be converted (the wrong file?). Nothin
 until every split has converted, and each output file appears whole or not at all.
 """
 
-import argparse
 import gzip
 import http.client
 import json
@@ -235,35 +234,51 @@ def write_jsonl(path, rows):
     os.replace(tmp, path)
 
 
-def convert(files, out_dir):
+# the files of a conversion: a new one replaces all of them (a split it lacks included)
+NAMES = [f"{kind}_{split}.jsonl" for kind in ("prefs", "sft", "prompts") for split in SPLITS]
+
+
+def convert(files, out_dir, overwrite=False):
     """Convert {split: [upstream paths]} into out_dir; returns {split: (kept, Counter of drops)}.
-    Every split is converted before anything is written, so a bad file leaves out_dir as it was."""
+    Every split is converted before anything is written, so a bad file leaves out_dir as it was;
+    the files are one set (run.DataSet: out_dir locked, staged, swapped in whole with
+    hh_manifest.json), which replaces a conversion of other files only with overwrite=True."""
+    import run  # the plumbing (its lock, staging and swap)
+    inputs = {p: run.sha256_of(p) for paths in files.values() for p in paths}
     converted = {}
     for split, paths in files.items():
         for path in paths:
             print(f"reading {path} ({split})")
         converted[split] = convert_split(paths)
-    os.makedirs(out_dir, exist_ok=True)
-    stats = {}
-    for split, (pairs, drops) in converted.items():
-        prompts = list(dict.fromkeys(p["prompt"] for p in pairs))  # distinct, in order
-        write_jsonl(os.path.join(out_dir, f"prefs_{split}.jsonl"), pairs)
-        write_jsonl(os.path.join(out_dir, f"sft_{split}.jsonl"),
-                    [dict(prompt=p["prompt"], response=p["chosen"]) for p in pairs])
-        write_jsonl(os.path.join(out_dir, f"prompts_{split}.jsonl"), [dict(prompt=p) for p in prompts])
-        print(f"{split}: {len(pairs)} pairs, {len(prompts)} distinct prompts from "
-              f"{len(files[split])} file(s); dropped {sum(drops.values())}: {format_drops(drops)}")
-        stats[split] = (len(pairs), drops)
+    with run.DataSet(out_dir, "hh", NAMES, "a conversion of HH-RLHF", dict(splits=sorted(files)),
+                     inputs, overwrite) as out:
+        stats = {}
+        for split, (pairs, drops) in converted.items():
+            prompts = list(dict.fromkeys(p["prompt"] for p in pairs))  # distinct, in order
+            for name, rows in ((f"prefs_{split}.jsonl", pairs),
+                               (f"sft_{split}.jsonl", [dict(prompt=p["prompt"], response=p["chosen"])
+                                                       for p in pairs]),
+                               (f"prompts_{split}.jsonl", [dict(prompt=p) for p in prompts])):
+                with out.writing(name) as path:
+                    write_jsonl(path, rows)
+            print(f"{split}: {len(pairs)} pairs, {len(prompts)} distinct prompts from "
+                  f"{len(files[split])} file(s); dropped {sum(drops.values())}: {format_drops(drops)}")
+            stats[split] = (len(pairs), drops)
+        out.commit()
     return stats
 
 
+DEFAULTS = dict(
+    input="",                            # a local copy (directory or file); '' = download
+    subsets=",".join(SUBSETS),           # comma-separated subset names
+    out_dir=os.path.join("data", "hh", "out"),
+    cache_dir=DEFAULT_CACHE,             # where downloads are kept
+    overwrite=False,                     # replace a conversion of other files in out_dir
+)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", default=None, help="a local copy (directory or file); no download")
-    parser.add_argument("--subsets", default=",".join(SUBSETS), help="comma-separated subset names")
-    parser.add_argument("--out_dir", default=os.path.join("data", "hh", "out"))
-    parser.add_argument("--cache_dir", default=DEFAULT_CACHE)
-    args = parser.parse_args(argv)
+    args = config.parse_config(DEFAULTS, argv, __doc__)
     subsets = [s for s in args.subsets.split(",") if s]
     if not subsets:
         raise ConfigError(f"--subsets={args.subsets!r}: name at least one, e.g. {','.join(SUBSETS)}")
@@ -271,8 +286,8 @@ def main(argv=None):
         files = local_files(args.input, subsets)
     else:
         files = {split: [download(s, split, args.cache_dir) for s in subsets] for split in SPLITS}
-    stats = convert(files, args.out_dir)
-    print(f"wrote {args.out_dir}/{{prefs,sft,prompts}}_{{{','.join(stats)}}}.jsonl")
+    stats = convert(files, args.out_dir, args.overwrite)
+    print(f"wrote {args.out_dir}/{{prefs,sft,prompts}}_{{{','.join(stats)}}}.jsonl and hh_manifest.json")
     return stats
 
 

@@ -52,6 +52,11 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
   All are ranked by the one gold score (helpful and harmless together), like the mixed file; a
   cost model (Safe RLHF) trains on the harmless rankings reversed (train_reward_model.py
   --reverse=True).
+    {prefix}_manifest.json   written last: the set's files (lines, sha256), settings and inputs.
+  The set appears whole or not at all (run.DataSet: out_dir locked, the files staged, then swapped
+  in), and replaces an earlier labelling with this prefix only with --overwrite=True (or when the
+  earlier one was made with the same settings and inputs). Every prompt is read and checked (a
+  toy-world question) before anything is sampled.
 
 Deterministic for a seed: the sampling noise of sample j of prompt i comes from its own generator
 (model.row_generators), whatever the batch, and the annotators' noise of prompt i from its own
@@ -63,6 +68,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -73,10 +79,12 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
+import run  # noqa: E402
 import runtime  # noqa: E402
 from data import loader  # noqa: E402
 from data.toy import judge  # noqa: E402
 from model import row_generators  # noqa: E402
+from rollout import toy_gold_judge  # noqa: E402
 from tokenizer import decode_response, get_tokenizer  # noqa: E402
 
 DEFAULTS = dict(
@@ -99,7 +107,11 @@ DEFAULTS = dict(
     device="auto",
     kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
     safety_mix=0.1,               # the share of helpful rankings in {prefix}_safety_train.jsonl
+    overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
+
+# the gold judge under the reward contract (rollout.reward_contract): one line, never a traceback
+GOLD = toy_gold_judge()
 
 # -----------------------------------------------------------------------------
 # the annotators: pure functions of (prompt's answers, gold values, rng)
@@ -129,7 +141,7 @@ def label_prompt(prompt, answers, tau, rng):
     than two distinct gold values), and the unpaired records. answers: the K sampled texts,
     duplicates allowed (each counts once in the ranking, every time in the median).
     """
-    golds = [judge.gold_reward(prompt, a) for a in answers]
+    golds = [GOLD(prompt, a) for a in answers]
     if len(set(golds)) < 2:
         return None, []
     u = utilities(golds, tau, rng)
@@ -146,7 +158,7 @@ def label_prompt(prompt, answers, tau, rng):
 def gold_pairs(prompt, answers):
     """Noise-free (chosen, rejected) records of distinct answers with different gold values."""
     distinct = list(dict.fromkeys(answers))
-    golds = [judge.gold_reward(prompt, a) for a in distinct]
+    golds = [GOLD(prompt, a) for a in distinct]
     return [dict(prompt=prompt, chosen=distinct[a], rejected=distinct[b])
             for a in range(len(distinct)) for b in range(len(distinct)) if golds[a] > golds[b]]
 
@@ -155,7 +167,7 @@ def gold_unpaired(prompt, answers):
     """Noise-free unpaired records of the distinct answers: desirable when the answer's gold
     value beats the median gold of all the prompt's samples (KTO's held-out set). A prompt whose
     answers share one gold value gives none."""
-    gold_of = {a: judge.gold_reward(prompt, a) for a in answers}  # each distinct answer once
+    gold_of = {a: GOLD(prompt, a) for a in answers}  # each distinct answer once
     golds = [gold_of[a] for a in answers]
     if len(set(golds)) < 2:
         return []
@@ -176,6 +188,7 @@ def safety_mix(harmless, helpful, share, rng):
     most all. Test: tests/test_label.py::test_safety_mix_by_hand"""
     k = min(round(share / (1 - share) * len(harmless)), len(helpful))
     return rng.sample(helpful, k)
+
 
 # -----------------------------------------------------------------------------
 # sampling
@@ -218,32 +231,103 @@ def write_jsonl(path, rows):
             f.write(json.dumps(r) + "\n")
 
 
-def main(argv=None):
-    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+def write_kinds(write, cfg, rankings, val, samples):
+    """--kinds=separate: the training and validation rankings split by the kind of prompt, the
+    samples of harmful requests, and Llama 2's safety mix (write(name, rows) puts each file in
+    the set). A file that would be empty (a few prompts, none harmful) is not written."""
+    helpful, harmless = split_kinds(rankings)
+    mix = safety_mix(harmless, helpful, cfg.safety_mix, random.Random(f"{cfg.seed}:mix"))
+    helpful_val, harmless_val = split_kinds(val)
+    files = dict(helpful_train=helpful, harmless_train=harmless, helpful_val=helpful_val,
+                 harmless_val=harmless_val, harmless_samples=[
+                     s for s in samples if judge.parse_prompt(s["prompt"])[0] == "harmful"],
+                 safety_train=harmless + mix)
+    for name, rows in files.items():
+        if rows:
+            write(name, rows)
+    print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
+          f"harmless rankings (harmful prompts); the safety mix adds {len(mix)} helpful ones"
+          + "".join(f"; no {name} rows, no file" for name, rows in files.items() if not rows))
+
+
+MAX_K = 1024  # answers per prompt: more is a typo, not a labelling budget
+# every file a labelling can write, {prefix}_{name}.jsonl: a new labelling replaces all of them
+NAMES = ("train", "val", "test", "unpaired", "unpaired_val", "samples", "helpful_train",
+         "harmless_train", "helpful_val", "harmless_val", "harmless_samples", "safety_train")
+
+
+def load_toy_prompts(path, enc, cfg):
+    """The prompts of a file (data.loader.load_prompts), each one the toy world's annotators can
+    judge, or a DataError naming the file and the prompt: checked before anything is sampled."""
+    prompts = loader.load_prompts(path, enc, cfg.block_size, cfg.max_new_tokens)
+    for i, p in enumerate(prompts, 1):
+        try:
+            judge.parse_prompt(p["prompt"])
+        except ValueError:
+            raise config.DataError(f"{path}: prompt {i} ({p['prompt'][:60]!r}) is not a toy-world "
+                                   f"prompt: the annotators (data/toy/judge.py) cannot judge its "
+                                   f"answers") from None
+    return prompts
+
+
+def validate(cfg):
+    """Bad values fail here, naming the key, before anything is loaded, sampled or written."""
     config.validate(cfg, {
         "tau": (lambda v: 0.01 <= v <= 1e6, "in [0.01, 1e6] (the annotators' noise temperature)"),
-        "k": (lambda v: v >= 2, ">= 2: a ranking needs two answers"),
-        "k_eval": (lambda v: v >= 2, ">= 2: a test pair needs two answers"),
+        "k": (lambda v: 2 <= v <= MAX_K, f"in 2..{MAX_K}: a ranking needs two answers"),
+        "k_eval": (lambda v: 2 <= v <= MAX_K, f"in 2..{MAX_K}: a test pair needs two answers"),
         "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
         "num_val_prompts": (lambda v: v >= 0, ">= 0"),
         "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'"),
         "safety_mix": (lambda v: 0 <= v < 1, "in [0, 1)")})
+    # a file name, never a path: '../x' or 'a/b' would write outside out_dir
+    config.require(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", cfg.prefix) and ".." not in cfg.prefix,
+                   f"config key 'prefix' must be a file-name prefix (letters, digits, '_', '-', "
+                   f"'.'; no path separator or '..'), got {cfg.prefix!r}")
     config.require_files(cfg, "policy", "train_prompts", "eval_prompts",
                          hint="python data/toy/prepare.py, then python train_sft.py")
+
+
+def main(argv=None):
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    validate(cfg)
+    names = [f"{cfg.prefix}_{name}.jsonl" for name in NAMES]
+    # what the labels depend on: a re-run with all of it the same writes the same bytes
+    settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")}
+    inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts,
+                                             *cfg.eval_prompts.split(",")] if p and os.path.isfile(p)}
+    # out_dir locked, an earlier labelling kept unless --overwrite=True; the files are written to
+    # out_dir/.staging-{prefix} and replace the earlier set only once every one is written
+    with run.DataSet(cfg.out_dir, cfg.prefix, names, f"a labelling (prefix {cfg.prefix!r})",
+                     settings, inputs, cfg.overwrite) as out:
+        label(cfg, out)
+
+
+def label(cfg, out):
+    """The labelling itself: the policy and every prompt loaded and checked, then the samples,
+    the annotators' labels and the files (written into the DataSet out, then committed)."""
     torch.manual_seed(cfg.seed)
     device = runtime.pick_device(cfg.device)
-    model, tok_name = checkpoint.init_policy(cfg.policy)
+    model, tok_name = checkpoint.init_policy(cfg.policy)  # NaN or inf weights: refused here
+    checkpoint.check_sampling_vocab(model, tok_name, cfg.policy)
+    checkpoint.check_block_size(model, cfg.block_size, cfg.policy)
     model.to(device).eval()
     enc = get_tokenizer(tok_name)
-    os.makedirs(cfg.out_dir, exist_ok=True)
     kinds = ("helpful_train", "harmless_train", "helpful_val", "harmless_val", "harmless_samples",
              "safety_train") if cfg.kinds == "separate" else ()
-    path = {name: os.path.join(cfg.out_dir, f"{cfg.prefix}_{name}.jsonl")
+    path = {name: f"{cfg.prefix}_{name}.jsonl"
             for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples") + kinds}
     t0 = time.time()
 
+    def write(name, rows):
+        with out.writing(path[name]) as p:
+            write_jsonl(p, rows)
+
+    # every prompt read and checked before anything is sampled
+    prompts = load_toy_prompts(cfg.train_prompts, enc, cfg)
+    held = load_toy_prompts(cfg.eval_prompts, enc, cfg) if cfg.eval_prompts else []
+
     # training prompts: K samples each, ranked by the noisy annotators
-    prompts = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
     n = len(prompts) if cfg.max_prompts < 0 else min(cfg.max_prompts, len(prompts))
     prompts, val_prompts = prompts[:n], prompts[n:n + cfg.num_val_prompts]
     print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
@@ -251,7 +335,7 @@ def main(argv=None):
     answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
     rankings, unpaired, samples, n_tied = [], [], [], 0
     for i, (p, ans) in enumerate(zip(prompts, answers)):
-        golds = [judge.gold_reward(p["prompt"], a) for a in ans]
+        golds = [GOLD(p["prompt"], a) for a in ans]
         samples += [dict(prompt=p["prompt"], response=a, gold=g) for a, g in zip(ans, golds)]
         ranking, rows = label_prompt(p["prompt"], ans, cfg.tau,
                                      random.Random(f"{cfg.seed}:label:{i}"))
@@ -263,7 +347,7 @@ def main(argv=None):
     if not rankings:
         raise config.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
                                f"one gold value (is the policy trained?)")
-    write_jsonl(path["train"], rankings)
+    write("train", rankings)
     val = []
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
         print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
@@ -275,21 +359,11 @@ def main(argv=None):
             raise config.DataError(f"{cfg.policy}: no comparison among the answers to the "
                                    f"{len(val_prompts)} validation prompts (num_val_prompts): "
                                    f"each prompt's answers share one gold value")
-        write_jsonl(path["val"], val)
-    write_jsonl(path["unpaired"], unpaired)
-    write_jsonl(path["samples"], samples)
+        write("val", val)
+    write("unpaired", unpaired)
+    write("samples", samples)
     if kinds:  # the same rankings, split by the kind of prompt
-        helpful, harmless = split_kinds(rankings)
-        write_jsonl(path["helpful_train"], helpful)
-        write_jsonl(path["harmless_train"], harmless)
-        for name, rows in zip(("helpful_val", "harmless_val"), split_kinds(val)):
-            write_jsonl(path[name], rows)
-        write_jsonl(path["harmless_samples"], [
-            s for s in samples if judge.parse_prompt(s["prompt"])[0] == "harmful"])
-        mix = safety_mix(harmless, helpful, cfg.safety_mix, random.Random(f"{cfg.seed}:mix"))
-        write_jsonl(path["safety_train"], harmless + mix)
-        print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
-              f"harmless rankings (harmful prompts); the safety mix adds {len(mix)} helpful ones")
+        write_kinds(write, cfg, rankings, val, samples)
 
     # how the labels came out: pairs, and how often the annotators ordered a pair against gold
     n_pairs = n_flipped = 0
@@ -307,19 +381,20 @@ def main(argv=None):
 
     # held-out prompts: noise-free pairs, the reward model's on-policy test set
     if cfg.eval_prompts:
-        held = loader.load_prompts(cfg.eval_prompts, enc, cfg.block_size, cfg.max_new_tokens)
         print(f"test pairs: {cfg.k_eval} answers to each of {len(held)} held-out prompts")
         held_answers = sample_answers(model, enc, held, cfg.k_eval, cfg, 1, device)
         test = [pair for p, ans in zip(held, held_answers) for pair in gold_pairs(p["prompt"], ans)]
-        write_jsonl(path["test"], test)
+        write("test", test)
         val = [row for p, ans in zip(held, held_answers) for row in gold_unpaired(p["prompt"], ans)]
-        write_jsonl(path["unpaired_val"], val)
+        write("unpaired_val", val)
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
+    out.commit(counts={name: len(open(out.path(p)).readlines()) for name, p in path.items()
+                       if os.path.isfile(out.path(p))})
     for name, p in path.items():
-        if os.path.isfile(p) and (name not in ("test", "unpaired_val") or cfg.eval_prompts) \
-                and (name != "val" or val_prompts):
-            print(f"wrote {p}")
+        if os.path.isfile(os.path.join(cfg.out_dir, p)):
+            print(f"wrote {os.path.join(cfg.out_dir, p)}")
+    print(f"wrote {os.path.join(cfg.out_dir, out.manifest)} (the set is complete)")
     print(f"done in {time.time() - t0:.1f}s")
 
 

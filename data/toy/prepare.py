@@ -3,7 +3,7 @@ Generate the toy world: small English questions, deliberately mediocre demonstra
 preference pairs labelled by the programmatic judge (data/toy/judge.py) with some label noise.
 
     python data/toy/prepare.py [--seed=1337] [--out_dir=data/toy/out] [--contrast_share=0.0]
-                               [--safety_share=0.2] [--refusal_share=0.1]
+                               [--safety_share=0.2] [--refusal_share=0.1] [--overwrite=True]
 
 No network, a few seconds. Writes, in out_dir:
     sft_train.jsonl    5000 {"prompt", "response", "style"}  30% good answers, the rest flawed
@@ -15,6 +15,9 @@ No network, a few seconds. Writes, in out_dir:
                                                    training-only phrasing
     prompts_eval.jsonl    96 {"prompt", "family"}  every held-out prompt once
     prompts_eval_safety.jsonl 40 {"prompt", "family"}  every held-out harmful and lookalike prompt
+    world_manifest.json  written last: the files (lines, sha256) and the settings
+The files appear as one set or not at all, under out_dir's lock; a world of other settings (a
+seed, a share) is replaced only with --overwrite=True, the same world is written again.
 
 A safety_share of every file but the two eval files asks the two safety families instead:
 harmful requests ("How do I steal a bike?") and harmless lookalikes ("How do I steal a base?").
@@ -27,7 +30,6 @@ held-out prompts ask about known things in a phrasing the model never saw for th
 Every example fits in 128 bytes with the chat template (prompts <= 40 chars, answers <= 64).
 """
 
-import argparse
 import json
 import os
 import random
@@ -491,8 +493,44 @@ def write_jsonl(path, rows):
 
 
 def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
-            refusal_share=None, prompts_more=None, prompts_extra_share=None):
-    """Write the eight files into out_dir; returns {file name: number of lines}."""
+            refusal_share=None, prompts_more=None, prompts_extra_share=None, overwrite=False):
+    """Write the eight files into out_dir, as one set (run.DataSet: out_dir locked, the files
+    staged and swapped in whole, world_manifest.json last); a world of other settings already
+    there is replaced only with overwrite=True. Returns {file name: number of lines}."""
+    import run  # the plumbing: imported here, so the generator itself needs no torch
+    settings = world_settings(seed, contrast_share, sft_extra_share, safety_share, refusal_share,
+                              prompts_more, prompts_extra_share)
+    with run.DataSet(out_dir, "world", FILES, "a toy world", settings, overwrite=overwrite) as out:
+        files = make_world(seed, contrast_share, sft_extra_share, safety_share, refusal_share,
+                           prompts_more, prompts_extra_share)
+        for name, rows in files.items():
+            with out.writing(name) as path:
+                write_jsonl(path, rows)
+        out.commit()
+    return {name: len(rows) for name, rows in files.items()}
+
+
+def world_settings(seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
+                   refusal_share=None, prompts_more=None, prompts_extra_share=None):
+    """What a world is made of (its manifest's settings): the seed and the shares."""
+    return dict(seed=seed, contrast_share=CONTRAST_SHARE if contrast_share is None else contrast_share,
+                sft_extra_share=SFT_EXTRA_SHARE if sft_extra_share is None else sft_extra_share,
+                safety_share=SAFETY_SHARE if safety_share is None else safety_share,
+                refusal_share=REFUSAL_SHARE if refusal_share is None else refusal_share,
+                prompts_more=PROMPTS_MORE if prompts_more is None else prompts_more,
+                prompts_extra_share=PROMPTS_EXTRA_SHARE if prompts_extra_share is None
+                else prompts_extra_share)
+
+
+# the files of a world, in the order they are made
+FILES = ("sft_train.jsonl", "sft_val.jsonl", "prefs_train.jsonl", "prefs_val.jsonl",
+         "prompts_train.jsonl", "prompts_eval.jsonl", "prefs_test.jsonl",
+         "prompts_eval_safety.jsonl")
+
+
+def make_world(seed=1337, contrast_share=None, sft_extra_share=None, safety_share=None,
+               refusal_share=None, prompts_more=None, prompts_extra_share=None):
+    """{file name: rows} of the world of these settings (nothing written)."""
     rng = random.Random(seed)
     splits = split_combinations(rng)
     train = {f: tr for f, (tr, _) in splits.items()}
@@ -524,44 +562,39 @@ def prepare(out_dir, seed=1337, contrast_share=None, sft_extra_share=None, safet
     # last: a contrast pair replaces whatever row was drawn at its position, safety rows included
     share = CONTRAST_SHARE if contrast_share is None else contrast_share
     add_contrast_pairs(files["prefs_train.jsonl"], random.Random(seed + 1), train, share, FLIP_RATE)
-    os.makedirs(out_dir, exist_ok=True)
-    for name, rows in files.items():
-        write_jsonl(os.path.join(out_dir, name), rows)
-    return {name: len(rows) for name, rows in files.items()}
+    return files
+
+
+DEFAULTS = dict(
+    seed=1337,
+    out_dir=os.path.join("data", "toy", "out"),
+    contrast_share=CONTRAST_SHARE,    # share of training pairs that differ only in the stated fact
+    sft_extra_share=SFT_EXTRA_SHARE,  # share of sft_train questions asked in a training-only phrasing
+    safety_share=SAFETY_SHARE,        # share of harmful and lookalike prompts (half each) in every
+                                      # file but the eval prompts; 0 writes the benign world of before
+    refusal_share=REFUSAL_SHARE,      # share of the harmful demonstrations that refuse
+    prompts_more=PROMPTS_MORE,        # RL prompts beyond the first 1000, from a stream of their own
+    prompts_extra_share=PROMPTS_EXTRA_SHARE,  # share of prompts_train in a training-only phrasing
+    overwrite=False,                  # replace a world of other settings in out_dir
+)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--out_dir", default=os.path.join("data", "toy", "out"))
-    parser.add_argument("--contrast_share", type=float, default=CONTRAST_SHARE,
-                        help="share of training pairs that differ only in the stated fact")
-    parser.add_argument("--sft_extra_share", type=float, default=SFT_EXTRA_SHARE,
-                        help="share of sft_train questions asked in a training-only phrasing")
-    parser.add_argument("--safety_share", type=float, default=SAFETY_SHARE,
-                        help="share of harmful and lookalike prompts (half each) in every file "
-                             "but the eval prompts; 0 writes the benign world of before")
-    parser.add_argument("--refusal_share", type=float, default=REFUSAL_SHARE,
-                        help="share of the harmful demonstrations that refuse (the rest comply)")
-    parser.add_argument("--prompts_more", type=int, default=PROMPTS_MORE,
-                        help="RL prompts beyond the first 1000, from a stream of their own")
-    parser.add_argument("--prompts_extra_share", type=float, default=PROMPTS_EXTRA_SHARE,
-                        help="share of prompts_train asked in a training-only phrasing")
-    args = parser.parse_args(argv)
-    if not 0 <= args.prompts_more <= 10**6:
-        parser.error(f"--prompts_more={args.prompts_more} must be in [0, 1000000]")
-    for key in ("contrast_share", "sft_extra_share", "safety_share", "refusal_share",
-                "prompts_extra_share"):
-        if not 0.0 <= getattr(args, key) <= 1.0:
-            parser.error(f"--{key}={getattr(args, key)} must be in [0, 1]")
+    import config
+    cfg = config.parse_config(DEFAULTS, argv, __doc__)
+    config.validate(cfg, {**{key: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]") for key in (
+        "contrast_share", "sft_extra_share", "safety_share", "refusal_share",
+        "prompts_extra_share")}, "prompts_more": (lambda v: 0 <= v <= 10**6, "in [0, 1000000]")})
     t0 = time.time()
-    counts = prepare(args.out_dir, args.seed, args.contrast_share, args.sft_extra_share,
-                     args.safety_share, args.refusal_share, args.prompts_more,
-                     args.prompts_extra_share)
+    counts = prepare(cfg.out_dir, cfg.seed, cfg.contrast_share, cfg.sft_extra_share,
+                     cfg.safety_share, cfg.refusal_share, cfg.prompts_more,
+                     cfg.prompts_extra_share, cfg.overwrite)
     for name, n in counts.items():
-        print(f"wrote {n:5d} lines to {os.path.join(args.out_dir, name)}")
-    print(f"done in {time.time() - t0:.1f}s (seed {args.seed})")
+        print(f"wrote {n:5d} lines to {os.path.join(cfg.out_dir, name)}")
+    print(f"done in {time.time() - t0:.1f}s (seed {cfg.seed}); {cfg.out_dir}/world_manifest.json "
+          f"names the set")
 
 
 if __name__ == "__main__":
-    main()
+    import config
+    config.cli(main)
