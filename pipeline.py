@@ -50,6 +50,10 @@ DEFAULTS = dict(
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
                               # answers come from label.py)
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
+    rm_members=1,             # reward models per round, seeded seed, seed+1, ... (an ensemble
+                              # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
+    reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
+    uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
@@ -88,8 +92,8 @@ def stage_path(path):
 def run_stages(stages, jobs, log_dir, alone=()):
     """
     Run {name: (names it needs, command)} as subprocesses, each once all it needs has finished,
-    at most `jobs` at a time, on one thread each; the stages in `alone` (those everything else
-    waits for) on `jobs` threads. The thread counts are fixed by the stage, not by the timing,
+    at most `jobs` at a time, on one thread each; a stage in `alone` runs by itself, on `jobs`
+    threads. The thread counts are fixed by the stage, not by the timing,
     so a run repeats bit for bit. A stage that fails stops the pipeline (the others are stopped
     too) with the end of its log. Returns {name: seconds}.
     """
@@ -128,7 +132,10 @@ def _run_stages(todo, running, done, last_note, stop, jobs, log_dir, alone):
                                    f"their checkpoints ({', '.join(done) or 'none finished'} "
                                    f"finished); start again with --overwrite=True to redo them")
         for name, (needs, cmd) in list(todo.items()):
-            if not stop and len(running) < jobs and all(n in done for n in needs):
+            # a stage in `alone` runs on `jobs` threads: it starts on an idle machine, and
+            # nothing starts beside it (two of them side by side would oversubscribe the cores)
+            free = not running if name in alone else not set(running) & set(alone)
+            if not stop and free and len(running) < jobs and all(n in done for n in needs):
                 print(f"\n$ python {' '.join(cmd)}\n  [{name}: started, log {log_dir}/{name}.txt]",
                       flush=True)
                 log = open(os.path.join(log_dir, f"{name}.txt"), "w")
@@ -179,7 +186,7 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
-    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    rm = reward_model_args(cfg, d, stages[f"ppo{last}"][0])
     # 8. evaluation on held-out prompts: gold judge, reward model, win rates, KL, best-of-N
     eval_dir = os.path.join(out, "eval")
     for name in set(OPTIONAL) - methods:
@@ -190,7 +197,7 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
     sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
     stages["eval"] = (list(stages), [
-        "eval.py", f"--policies={policies}", f"--reward_model={rm}", f"--reference={sft}",
+        "eval.py", f"--policies={policies}", *rm, f"--reference={sft}",
         f"--prompts={held_out}", f"--pairs={pairs}", f"--out_dir={eval_dir}",
         f"--demo_val_data={data}/sft_val.jsonl",
         f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
@@ -200,6 +207,16 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
         stages["plots"] = (["eval"], ["plot.py", f"--runs={out}", f"--eval_dir={eval_dir}",
                                       f"--out_dir={out}/plots"])
     return eval_dir
+
+
+def reward_model_args(cfg, d, members):
+    """The arguments that name the reward model: one checkpoint, or the members' and how their
+    scores combine."""
+    spec = ",".join(f"{d(m)}/ckpt_best.pt" for m in members)
+    if len(members) == 1:
+        return [f"--reward_model={spec}"]
+    return [f"--reward_model={spec}", f"--reward_agg={cfg.reward_agg}",
+            f"--uwo_lambda={cfg.uwo_lambda}"]
 
 
 def add_safety_stages(cfg, stages, methods, data, d):
@@ -214,7 +231,8 @@ def add_safety_stages(cfg, stages, methods, data, d):
     stages["label"][1].append("--kinds=separate")
     rm = [a for a in stages["rm"][1] if not a.startswith(("--out_dir=", "--train_data=",
                                                           "--val_data=", "--bias_data="))]
-    ppo = [a for a in stages["ppo"][1] if not a.startswith(("--out_dir=", "--reward_model="))]
+    ppo = [a for a in stages["ppo"][1] if not a.startswith(("--out_dir=", "--reward_model=",
+                                                            "--reward_agg=", "--uwo_lambda="))]
     # the harmless rankings are a tenth of all (~50 prompts): 20 epochs, about half the steps
     # of the helpful model's 5 epochs
     models = dict(rm_helpful=("helpful_train", "helpful_val", "samples", []),
@@ -280,29 +298,33 @@ def build_stages(cfg, methods):
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl"]  # the SFT policy's answers
             rm_val = f"{data}/{prefix}_val.jsonl"  # the best checkpoint: on the policy's answers
-        # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far
-        rm = f"{d('rm' + tag)}/ckpt_best.pt"
-        stages[f"rm{tag}"] = (rm_needs, [
-            "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('rm' + tag)}",
-            f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
-            + rm_data + common_args + extra("rm"))
+        # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far;
+        # an ensemble's members differ in seed only (each its own stage, run side by side)
+        members = [f"rm{tag}"] + [f"rm_m{k}{tag}" for k in range(1, cfg.rm_members)]
+        for k, name in enumerate(members):
+            stages[name] = (rm_needs, [
+                "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d(name)}",
+                f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
+                + rm_data + [f"--seed={cfg.seed + k}"] + common_args[1:] + extra("rm"))
+        rm = reward_model_args(cfg, d, members)
         # 5. PPO against the reward model, KL-anchored to the SFT policy
-        stages[f"ppo{tag}"] = ([f"rm{tag}"], [
+        stages[f"ppo{tag}"] = (members, [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
-            f"--reward_model={rm}", f"--train_prompts={data}/prompts_train.jsonl",
-            f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"]
+            f"--train_prompts={data}/prompts_train.jsonl",
+            f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + rm
             + common_args + extra("rl"))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
-    rm = f"{d('rm' + last)}/ckpt_best.pt"
+    ppo_needs = stages[f"ppo{last}"][0]  # the last round's reward models
+    rm = reward_model_args(cfg, d, ppo_needs)
     rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
           f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
         + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update({
-        "grpo": ([f"rm{last}"], ["train_grpo.py", f"--out_dir={d('grpo')}", f"--reward_model={rm}"] + rl),
-        "rloo": ([f"rm{last}"], ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}",
-                                 f"--reward_model={rm}"] + rl),
+        "grpo": (ppo_needs, ["train_grpo.py", f"--out_dir={d('grpo')}"] + rm + rl),
+        "rloo": (ppo_needs, ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}"]
+                 + rm + rl),
         "ppo_gold": (["sft"], ["train_ppo.py", "config/ppo_toy.py", "--reward_fn=toy_gold",
                                f"--out_dir={d('ppo_gold')}"] + rl),
         "grpo_gold": (["sft"], ["train_grpo.py", "--reward_fn=toy_gold",
@@ -369,7 +391,10 @@ def main(argv=None):
     config.validate(cfg, {
         "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
         "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
-        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1")})
+        "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1"),
+        "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
+        "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0")})
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
     methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}

@@ -17,7 +17,8 @@ For each seed, the pipeline's own stages (prepare, SFT, labelling, one reward mo
     the common yardstick of "RM score" and its members' disagreement;
   - the reward models' accuracy on the held-out on-policy pairs, one model and ensembles;
   - the over-optimisation curves with one reward model and with the ensemble: best-of-N to
-    N = 64 and PPO at beta = 0.02 (save_every=5), evaluated along their KL.
+    N = 64 and PPO at beta = 0.02 (save_every=5), evaluated along their KL (the first seed).
+--variants picks the remedies (--variants=uwo3,length), --members the largest ensemble.
 Every stage is an ordinary run (its command printed, its log in {out}/logs); a finished stage is
 skipped when the command runs again. The table (mean ± sd over the seeds, every seed listed in
 remedies.json) goes to {out}/remedies.md.
@@ -43,10 +44,12 @@ DEFAULTS = dict(
     jobs=2,                   # runs side by side, one thread each
     members=5,                # reward models per seed (the largest ensemble)
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
-    small_beta=0.05,          # the KL coefficient of 'uwo5_beta' (Coste et al.: UWO needs less KL)
+    variants="all",           # the VARIANTS to run beside 'none' (comma-separated), or 'all'
+    small_beta=0.05,          # the KL coefficient of 'uwo*_beta' (Coste et al.: UWO needs less KL)
     length_penalty=0.01,      # per response token, for 'length'
     ptx_coef=0.5,             # PPO-ptx's gamma, for 'ptx'
-    overopt=True,             # the over-optimisation curves (best-of-N and PPO at beta 0.02)
+    overopt=True,             # the over-optimisation curves (best-of-N and PPO at beta 0.02),
+                              # on the first seed
 )
 
 # variant -> (ensemble size, aggregation, extra train_ppo.py arguments); {key} from the config
@@ -54,7 +57,7 @@ VARIANTS = {
     "none": (1, "mean", []),
     "mean3": (3, "mean", []), "min3": (3, "min", []), "uwo3": (3, "uwo", []),
     "mean5": (5, "mean", []), "min5": (5, "min", []), "uwo5": (5, "uwo", []),
-    "uwo5_beta": (5, "uwo", ["--beta={small_beta}"]),
+    "uwo3_beta": (3, "uwo", ["--beta={small_beta}"]), "uwo5_beta": (5, "uwo", ["--beta={small_beta}"]),
     "length": (1, "mean", ["--length_penalty={length_penalty}"]),
     "ptx": (1, "mean", ["--ptx_coef={ptx_coef}", "--ptx_data={data}/sft_train.jsonl"]),
 }
@@ -76,11 +79,19 @@ def finished(run_dir, reward_model=False):
     return ckpt["step"] >= ckpt["config"]["max_iters"]
 
 
-def seed_stages(cfg, seed):
+def chosen(cfg):
+    """The variants this run measures beside 'none': those named, within the ensemble's size."""
+    names = [n for n in VARIANTS if n != "none"] if cfg.variants == "all" else \
+        [n for n in cfg.variants.split(",") if n]
+    return [n for n in names if VARIANTS[n][0] <= cfg.members]
+
+
+def seed_stages(cfg, seed, overopt=True):
     """{name: (needs, command)} of one seed, and where its files are (SimpleNamespace)."""
     run = os.path.join(stage_path(cfg.out), f"seed{seed}")
     base = SimpleNamespace(**{**pipeline.DEFAULTS, "out": run, "data_dir": os.path.join(run, "data"),
-                              "seed": seed, "scale": cfg.budget, "plots": False})
+                              "seed": seed, "scale": cfg.budget, "plots": False,
+                              "rm_members": 1})  # 'none': the one reward model
     stages, _ = pipeline.build_stages(base, {"dpo"})
     stages.pop("eval")
     data, d = stage_path(base.data_dir), lambda name: os.path.join(run, f"{name}_toy")  # noqa: E731
@@ -91,14 +102,13 @@ def seed_stages(cfg, seed):
         stages[f"rm{k}"] = (["label"], [a for a in rm_cmd if not a.startswith(("--out_dir=",
                             "--seed="))] + [f"--out_dir={run}/rm{k}", f"--seed={seed + k}"])
     ppo_cmd = [a for a in stages["ppo"][1] if not a.startswith(("--out_dir=", "--reward_model="))]
-    for name, (K, agg, extra) in VARIANTS.items():
-        if name == "none" or K > cfg.members:
-            continue  # 'none' is the pipeline's own PPO run
+    for name in chosen(cfg):  # 'none' is the pipeline's own PPO run
+        K, agg, extra = VARIANTS[name]
         stages[f"ppo_{name}"] = ([f"rm{k}" if k else "rm" for k in range(K)], ppo_cmd + [
             f"--out_dir={run}/ppo_{name}", f"--reward_model={','.join(members[:K])}",
             f"--reward_agg={agg}", f"--uwo_lambda={cfg.uwo_lambda}"]
             + [a.format(**vars(cfg), data=data) for a in extra])
-    if cfg.overopt:  # PPO with a weak anchor: one reward model, and the full ensemble (uwo)
+    if cfg.overopt and overopt:  # PPO with a weak anchor: one reward model, and the full ensemble (uwo)
         for name, rm, agg in (("overopt_one", members[0], "mean"),
                               ("overopt_ens", ",".join(members), "uwo")):
             stages[name] = (["rm"] + [f"rm{k}" for k in range(1, cfg.members)], ppo_cmd + [
@@ -131,13 +141,12 @@ def skip_finished(stages, seed, ran):
             for n, (needs, cmd) in stages.items() if n not in done}
 
 
-def evaluate_seed(cfg, seed, ran, times):
+def evaluate_seed(cfg, seed, ran, times, overopt=True):
     """eval.py on every policy of one seed (results.json), and its over-optimisation sweeps;
     returns {policy: metrics with 'seconds'}."""
     mini = cfg.budget == "mini"
     policies = {"sft": ran.sft, "bon16": ran.sft, "dpo": ran.dpo, "none": ran.ppo}
-    policies.update({n: f"{ran.run}/ppo_{n}/ckpt_last.pt" for n, (K, _, _) in VARIANTS.items()
-                     if n != "none" and K <= cfg.members})
+    policies.update({n: f"{ran.run}/ppo_{n}/ckpt_last.pt" for n in chosen(cfg)})
     held_out = f"{ran.data}/prompts_eval.jsonl,{ran.data}/prompts_eval_safety.jsonl"
     common = [f"--reference={ran.sft}", f"--prompts={held_out}", "--pairs=",
               f"--demo_val_data={ran.data}/sft_val.jsonl", f"--seed={seed}"]
@@ -145,7 +154,7 @@ def evaluate_seed(cfg, seed, ran, times):
     stages = {"eval": ([], ["eval.py", f"--out_dir={ran.run}/eval", f"--reward_model="
                             f"{','.join(ran.members)}", "--reward_agg=mean", "--policies=" +
                             ",".join(f"{n}:{p}" for n, p in policies.items())] + common)}
-    if cfg.overopt:  # best-of-N and PPO's snapshots, scored by the reward model they optimised
+    if cfg.overopt and overopt:  # best-of-N and PPO's snapshots, scored by the reward model they optimised
         for name, rm, agg in (("overopt_one", ran.members[0], "mean"),
                               ("overopt_ens", ",".join(ran.members), "uwo")):
             stages[name] = ([], ["eval.py", f"--out_dir={ran.run}/eval_{name}", "--policies=",
@@ -224,6 +233,8 @@ def main(argv=None):
                           "jobs": (lambda v: v >= 1, ">= 1"),
                           "members": (lambda v: v >= 2, ">= 2 (an ensemble)"),
                           "uwo_lambda": (lambda v: v >= 0, ">= 0")})
+    config.require(cfg.variants == "all" or set(cfg.variants.split(",")) <= set(VARIANTS),
+                   f"variants: a comma-separated list of {', '.join(VARIANTS)}, or 'all'")
     try:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     except ValueError:
@@ -232,13 +243,13 @@ def main(argv=None):
     t0 = time.time()
     stages, runs = {}, {}
     for seed in seeds:
-        s, ran = seed_stages(cfg, seed)
+        s, ran = seed_stages(cfg, seed, overopt=seed == seeds[0])
         stages.update(skip_finished(s, seed, ran))
         runs[seed] = ran
     print(f"remedies: {len(stages)} stages to run over {len(seeds)} seed(s)", flush=True)
     times = run_stages(stages, cfg.jobs, os.path.join(stage_path(cfg.out), "logs"),
                        alone=tuple(n for n in stages if n.endswith("_sft")))
-    results = {s: evaluate_seed(cfg, s, runs[s], times) for s in seeds}
+    results = {s: evaluate_seed(cfg, s, runs[s], times, overopt=s == seeds[0]) for s in seeds}
     accuracies = {s: rm_accuracies(cfg, runs[s]) for s in seeds}
     text = report(cfg, seeds, results, accuracies)
     print(f"\nremedies done in {time.time() - t0:.0f}s\n\n{text}")

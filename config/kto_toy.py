@@ -7,7 +7,7 @@ train_data = "data/toy/out/onpolicy_unpaired.jsonl"    # noisy labels: beats its
 val_data = "data/toy/out/onpolicy_unpaired_val.jsonl"  # held-out answers, noise-free labels
 block_size = 128
 
-beta = 0.5                    # 0.1: KL 30 nats, 54% wins (README)
+beta = 0.5                    # 0.1: KL 30 nats, 54% wins (docs/RESULTS.md)
 desirable_weight = 1.0        # label.py's split is about even: lambda_D n_D / (lambda_U n_U) ~ 1
 undesirable_weight = 1.0
 

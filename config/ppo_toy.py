@@ -16,7 +16,7 @@ temperature = 1.0
 missing_eos_penalty = 1.0
 missing_eos_mode = "replace"
 
-beta = 0.2                      # 0.05 lets PPO exploit the reward model: gold falls (README)
+beta = 0.2                      # 0.1 and 0.02 let PPO exploit the reward model: gold falls (docs/RESULTS.md)
 adaptive_kl = False
 gamma = 1.0
 lam = 0.95
@@ -28,7 +28,7 @@ epsilon_low = 0.2
 epsilon_high = 0.2
 cliprange_value = 0.2
 vf_coef = 0.1
-lr = 5e-5                       # 3e-4: approx_kl 0.12 per iteration, KL 4-7 nats in 10 (README)
+lr = 5e-5                       # 3e-4: approx_kl 0.12 per iteration, KL 4-7 nats in 10 (docs/RESULTS.md)
 critic_lr = 5e-5
 eps = 1e-5
 grad_clip = 1.0

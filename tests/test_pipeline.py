@@ -96,9 +96,43 @@ def test_frontier_curves_average_seeds_and_add_their_spread():
 
 
 def test_bad_config_is_rejected(tmp_path):
-    for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft"):
+    for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft",
+                "--rm_members=0", "--reward_agg=max"):
         with pytest.raises(config.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
+
+
+@pytest.mark.unit
+def test_an_ensemble_is_one_stage_per_member_and_every_consumer_gets_all_members():
+    from types import SimpleNamespace
+
+    def stages(**kw):
+        cfg = SimpleNamespace(**{**pipeline.DEFAULTS, **kw})
+        return pipeline.build_stages(cfg, {"grpo", "dpo", "kto"})[0]
+
+    def arg(cmd, key):
+        return [a.split("=", 1)[1] for a in cmd if a.startswith(f"--{key}=")]
+
+    one, ens = stages(), stages(rm_members=3, reward_agg="uwo", uwo_lambda=0.5)
+    assert set(ens) - set(one) == {"rm_m1", "rm_m2"}
+    for k, name in enumerate(("rm", "rm_m1", "rm_m2")):  # the same data, seeds 1337 + k
+        cmd = ens[name][1]
+        assert arg(cmd, "seed") == [str(1337 + k)] and arg(cmd, "out_dir") == [f"out/{name}_toy"]
+        assert [a for a in cmd if not a.startswith(("--seed=", "--out_dir="))] == \
+            [a for a in one["rm"][1] if not a.startswith(("--seed=", "--out_dir="))]
+    assert one["rm"][1] == ens["rm"][1]  # member 0 is the one reward model
+    members = ",".join(f"out/{m}_toy/ckpt_best.pt" for m in ("rm", "rm_m1", "rm_m2"))
+    for name in ("ppo", "grpo", "eval"):
+        needs, cmd = ens[name]
+        assert arg(cmd, "reward_model") == [members], name
+        assert arg(cmd, "reward_agg") == ["uwo"] and arg(cmd, "uwo_lambda") == ["0.5"], name
+        assert {"rm", "rm_m1", "rm_m2"} <= set(needs), name
+        assert arg(one[name][1], "reward_model") == ["out/rm_toy/ckpt_best.pt"], name
+        assert not arg(one[name][1], "reward_agg"), name
+    assert ens["dpo"][0] == ["label"]  # DPO does not wait for the reward models
+    two = stages(rounds=2, rm_members=2)
+    assert arg(two["ppo_r2"][1], "reward_model") == [
+        "out/rm_r2_toy/ckpt_best.pt,out/rm_m1_r2_toy/ckpt_best.pt"]
 
 
 @pytest.mark.slow
@@ -126,3 +160,26 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
         assert (out / f"{stage}_toy" / "ckpt_last.pt").exists(), stage
     res = json.loads((out / "eval" / "results.json").read_text())
     assert set(res["policies"]) == {"sft", "bon16", "ppo"}
+
+
+def test_a_stage_that_runs_alone_overlaps_no_other(tmp_path):
+    # two seeds' SFT stages (each on every thread) side by side would oversubscribe the cores.
+    # Each stage appends 'start' and 'end' to one file; the others wait (up to 20 s) until a
+    # second stage has started, so two of them running at once is seen without timing luck
+    code = ("import sys, time; name, log = sys.argv[1:]; f = open(log, 'a'); "
+            "f.write(f'start {name}\\n'); f.flush(); t = time.time()\n"
+            "while name not in 'ab' and time.time() - t < 20 and "
+            "sum(l.startswith('start') for l in open(log)) - "
+            "sum(l.startswith('end') for l in open(log)) < 2: time.sleep(0.05)\n"
+            "time.sleep(0.3); f.write(f'end {name}\\n')")
+    log = tmp_path / "events"
+    stages = {n: (["a"] if n == "d" else [], ["-c", code, n, str(log)]) for n in "abcde"}
+    pipeline.run_stages(stages, 2, str(tmp_path / "logs"), alone=("a", "b"))
+    events = log.read_text().split("\n")[:-1]
+    for x in "ab":  # nothing between its start and its end
+        assert events.index(f"end {x}") == events.index(f"start {x}") + 1, events
+    active, most = 0, 0
+    for e in events:
+        active += 1 if e.startswith("start") else -1
+        most = max(most, active)
+    assert most == 2 and len(events) == 10, events  # the others: two at a time

@@ -10,6 +10,7 @@ import os
 import pytest
 
 import checkpoint
+import config
 import remedies
 
 
@@ -42,3 +43,19 @@ def test_mini_remedies_run_every_variant_then_skip_them(tmp_path):
     before = {p: os.path.getmtime(p) for p in run.glob("*/ckpt_last.pt")}
     remedies.main(args)
     assert {p: os.path.getmtime(p) for p in run.glob("*/ckpt_last.pt")} == before
+
+
+@pytest.mark.unit
+def test_the_variants_run_are_those_named_within_the_ensembles_size():
+    from types import SimpleNamespace
+    cfg = lambda **kw: SimpleNamespace(**{**remedies.DEFAULTS, **kw})  # noqa: E731
+    assert remedies.chosen(cfg(members=3)) == [
+        "mean3", "min3", "uwo3", "uwo3_beta", "length", "ptx"]
+    assert remedies.chosen(cfg(members=5, variants="uwo5,length")) == ["uwo5", "length"]
+    assert remedies.chosen(cfg(members=3, variants="uwo5,length")) == ["length"]
+    stages, _ = remedies.seed_stages(cfg(members=3, variants="uwo3_beta"), 9, overopt=False)
+    assert {n for n in stages if "ppo_" in n or "overopt" in n} == {"s9_ppo_uwo3_beta"}
+    cmd = stages["s9_ppo_uwo3_beta"][1]
+    assert "--beta=0.05" in cmd and "--reward_agg=uwo" in cmd
+    with pytest.raises(config.ConfigError, match="variants"):
+        remedies.main(["--variants=uwo7"])
