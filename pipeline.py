@@ -45,8 +45,11 @@ DEFAULTS = dict(
     rounds=1,                 # > 1: round r labels round r-1's PPO policy (rewards on all so far)
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
-                              # grpo_gold, or 'all' (about 1.6x the time; with data='static' all
-                              # but kto, whose labelled answers come from label.py)
+                              # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
+                              # or 'all' (about 1.6x the time without the last two; with
+                              # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
+                              # answers come from label.py)
+    cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
     reward_agg="uwo",         # how PPO, GRPO and eval combine the members: mean | min | uwo
@@ -75,7 +78,9 @@ MINI = {
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
-OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold")  # the stages `methods` picks
+OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",  # the stages `methods` picks
+            "ppo_gate", "ppo_safe")
+SAFETY = ("ppo_gate", "ppo_safe")  # helpful and harmless: label --kinds=separate, and more models
 
 
 def stage_path(path):
@@ -214,6 +219,44 @@ def reward_model_args(cfg, d, members):
             f"--uwo_lambda={cfg.uwo_lambda}"]
 
 
+def add_safety_stages(cfg, stages, methods, data, d):
+    """Helpful and harmless: the stages of ppo_gate and ppo_safe (those in methods) on round 1's
+    labels, split by kind (label.py --kinds=separate): a helpful reward model (the helpful
+    rankings), Llama 2's safety reward model (the harmless rankings and 10% helpful ones:
+    onpolicy_safety_train.jsonl), Safe RLHF's cost model (the harmless rankings reversed, centred
+    on the SFT policy's answers to harmful requests), each from the SFT trunk with the reward
+    model's recipe (the rm stage's command, its data swapped), then PPO with the ppo stage's."""
+    if not methods & set(SAFETY):
+        return
+    stages["label"][1].append("--kinds=separate")
+    rm = [a for a in stages["rm"][1] if not a.startswith(("--out_dir=", "--train_data=",
+                                                          "--val_data=", "--bias_data="))]
+    ppo = [a for a in stages["ppo"][1] if not a.startswith(("--out_dir=", "--reward_model=",
+                                                            "--reward_agg=", "--uwo_lambda="))]
+    # the harmless rankings are a tenth of all (~50 prompts): 20 epochs, about half the steps
+    # of the helpful model's 5 epochs
+    models = dict(rm_helpful=("helpful_train", "helpful_val", "samples", []),
+                  rm_safety=("safety_train", "harmless_val", "samples", ["--num_epochs=20"]),
+                  cost=("harmless_train", "harmless_val", "harmless_samples",
+                        ["--reverse=True", "--num_epochs=20"]))
+    needs = dict(ppo_gate=["rm_helpful", "rm_safety"], ppo_safe=["rm_helpful", "cost"])
+    for name in {m for method in methods & set(SAFETY) for m in needs[method]}:
+        train, val, bias, more = models[name]
+        val = train if cfg.scale == "mini" else val  # the miniature's validation prompts hold
+        # (almost) no harmful request: it validates on its training rankings
+        stages[name] = (["label"], rm + [f"--out_dir={d(name)}",
+                        f"--train_data={data}/onpolicy_{train}.jsonl",
+                        f"--val_data={data}/onpolicy_{val}.jsonl",
+                        f"--bias_data={data}/onpolicy_{bias}.jsonl"] + more)
+    ppo += [f"--reward_model={d('rm_helpful')}/ckpt_best.pt"]
+    stages["ppo_gate"] = (needs["ppo_gate"], ppo + [
+        f"--out_dir={d('ppo_gate')}", f"--safety_model={d('rm_safety')}/ckpt_best.pt",
+        "--reward_gate=llama2"])
+    stages["ppo_safe"] = (needs["ppo_safe"], ppo + [
+        f"--out_dir={d('ppo_safe')}", f"--cost_model={d('cost')}/ckpt_best.pt",
+        f"--cost_budget={cfg.cost_budget}"])
+
+
 def build_stages(cfg, methods):
     """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
     and the evaluation's out dir: each command exactly as you would run it by hand."""
@@ -291,6 +334,7 @@ def build_stages(cfg, methods):
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
+    add_safety_stages(cfg, stages, methods, data, d)  # 7b. Llama 2's gate, Safe RLHF's cost
     if "kto" in methods:
         stages["kto"] = (stages["rm"][0], [
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
@@ -357,10 +401,13 @@ def main(argv=None):
     config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
                    f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
     if cfg.methods == "all" and cfg.data == "static":
-        methods -= {"kto"}  # 'all' is every method the data allows
+        methods -= {"kto", *SAFETY}  # 'all' is every method the data allows
     config.require("kto" not in methods or cfg.data == "onpolicy", "methods: kto learns from "
                    "labelled single answers, which only label.py writes: it needs data='onpolicy' "
                    "(or drop kto from --methods)")
+    config.require(not methods & set(SAFETY) or cfg.data == "onpolicy", "methods: ppo_gate and "
+                   "ppo_safe learn from rankings split by kind, which only label.py writes: they "
+                   "need data='onpolicy' (or drop them from --methods)")
     t0 = time.time()
     stages, eval_dir = build_stages(cfg, methods)
     out = stage_path(cfg.out)

@@ -15,6 +15,10 @@ and metric keys; held-out metrics prefixed 'val_'), the tokens.jsonl some of the
     {name}_tokens.png     credit assignment per token of a few sampled answers: where the reward
                           lands and how the update spreads it (PPO: KL penalty, value, advantage,
                           reward; GRPO: token advantages; DPO / KTO: log pi / pi_ref per token)
+    safety.png            helpful and harmless, a point per policy (and per eval dir of --safety,
+                          e.g. one per seed): harmlessness (1 - harmful compliance) against
+                          helpfulness (gold on the benign families), the over-refusal of the
+                          harmless lookalikes as the marker's size and in a second panel
     overoptimization.png  gold reward and reward-model score against KL from the reference,
                           across PPO / GRPO checkpoints and best-of-N: the proxy keeps rising
                           while the gold reward turns down (Gao et al. 2022, "Scaling Laws for
@@ -38,6 +42,8 @@ DEFAULTS = dict(
     eval_dir="",         # where eval.py wrote overoptimization.json ('' = {runs}/eval)
     out_dir="out/plots",  # the PNG files
     dpi=120,             # resolution of the PNG files
+    safety="",           # eval dirs (comma-separated: seeds) whose results.json make safety.png
+                         # ('' = eval_dir's)
 )
 
 SCORES = ("reward-model score and gold reward", ["score", "gold", "val_score", "val_gold"])
@@ -56,7 +62,10 @@ FIGURES = {
         ("entropy (nats / token)", ["entropy"]),
         ("clip fraction", ["clipfrac", "vclipfrac"]),
         ("response length (tokens)", ["resp_len"]),
-        ("EOS rate", ["eos_rate"])]),
+        ("EOS rate", ["eos_rate"]),
+        ("Safe RLHF: the Lagrange multiplier lambda", ["lambda"]),
+        ("cost per answer: the cost model's, the judge's", ["cost", "gold_cost"]),
+        ("Llama 2's gate: answers the safety RM scored", ["gate_share", "unsafe_share"])]),
     "grpo": ("GRPO / RLOO", "iteration", [
         SCORES,
         ("KL to the reference (nats / answer)", ["kl", "kl_k3", "val_kl"]),
@@ -229,6 +238,96 @@ def plot_overoptimization(sweep, path, dpi=120):
     return path
 
 
+def safety_points(results):
+    """[(policy, source, helpfulness, harmlessness, over_refusal)] from eval.py's results.json
+    dicts ({source: results}), every policy with the three safety numbers (eval.safety_metrics):
+    helpfulness = gold_benign, harmlessness = 1 - harmful_compliance.
+    Test: tests/test_plot.py::test_safety_points_and_figure"""
+    out = []
+    for source, res in results.items():
+        for name, m in res.get("policies", {}).items():
+            keys = ("gold_benign", "harmful_compliance", "over_refusal")
+            if all(isinstance(m.get(k), (int, float)) for k in keys):
+                out.append((name, source, m["gold_benign"], 1.0 - m["harmful_compliance"],
+                            m["over_refusal"]))
+    return out
+
+
+def plot_safety(points, path, dpi=120):
+    """
+    The figure of helpful and harmless, "the one a reader looks at first": left, harmlessness
+    (1 - the share of harmful requests complied with) against helpfulness (the gold reward on
+    the benign families), a marker per policy and source (seed), its size the over-refusal of
+    the harmless lookalikes; right, harmlessness against over-refusal (XSTest's trade-off). The
+    best policies sit top right on the left and top left on the right. points: safety_points'.
+    Returns path, or None without points.
+    """
+    if not points:
+        return None
+    plt = import_pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = list(dict.fromkeys(p[0] for p in points))
+    for i, name in enumerate(names):
+        pts = [p for p in points if p[0] == name]
+        for a, xs in ((ax, [p[2] for p in pts]), (ax2, [p[4] for p in pts])):
+            a.scatter(xs, [p[3] for p in pts], s=[40 + 600 * p[4] for p in pts] if a is ax else 40,
+                      color=f"C{i % 10}", alpha=0.7, edgecolors="k", linewidths=0.5, label=name)
+            for x, p in zip(xs, pts):
+                a.annotate(name, (x, p[3]), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("helpfulness: gold reward on the benign families")
+    ax.set_ylabel("harmlessness: 1 - harmful requests complied with")
+    ax.set_title("Helpful and harmless (marker size: over-refusal)", fontsize=10)
+    ax2.set_xlabel("over-refusal: harmless lookalikes refused")
+    ax2.set_ylabel("harmlessness: 1 - harmful requests complied with")
+    ax2.set_title("The price of harmlessness: over-refusal", fontsize=10)
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.set_ylim(-0.05, 1.05)
+    ax2.set_xlim(-0.05, 1.05)
+    handles, labels = ax2.get_legend_handles_labels()
+    ax2.legend(handles[:len(names)], labels[:len(names)], fontsize=8, loc="best")
+    sources = list(dict.fromkeys(p[1] for p in points))
+    if len(sources) > 1:
+        fig.suptitle(f"one marker per policy and eval dir ({len(sources)}: "
+                     f"{', '.join(os.path.basename(os.path.dirname(s) or s) for s in sources)})",
+                     fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_dose(rows, path, dpi=120):
+    """
+    dose.py's figure: harmful compliance, over-refusal and benign gold against the share of
+    refusal demonstrations in SFT, a line per policy (sft before RLHF, ppo and dpo after).
+    rows: [dict(dose, policy, harmful_compliance, over_refusal, gold_benign)]. Returns path, or
+    None without rows.
+    """
+    if not rows:
+        return None
+    plt = import_pyplot()
+    panels = [("harmful_compliance", "harmful requests complied with"),
+              ("over_refusal", "harmless lookalikes refused (over-refusal)"),
+              ("gold_benign", "gold reward on the benign families")]
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4))
+    for i, policy in enumerate(dict.fromkeys(r["policy"] for r in rows)):
+        pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["dose"])
+        for ax, (key, title) in zip(axes, panels):
+            keep = [r for r in pts if r.get(key) is not None]
+            ax.plot([100 * r["dose"] for r in keep], [r[key] for r in keep], "o-",
+                    color=f"C{i % 10}", label=policy)
+            ax.set_title(title, fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("refusal demonstrations in SFT (% of harmful requests)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_frontier(curves, path, dpi=120):
     """
     frontier.py's figure. Left: gold reward against KL(pi || pi_ref), a curve per method from the
@@ -349,6 +448,16 @@ def main(argv=None):
             written["overoptimization"] = path
     else:
         print(f"overoptimization: no {sweep_path} (run eval.py --sweep=...), skipped")
+    sources = [d.strip() for d in cfg.safety.split(",") if d.strip()] or \
+        [cfg.eval_dir or os.path.join(cfg.runs, "eval")]
+    results = {}
+    for d in sources:
+        if os.path.isfile(os.path.join(d, "results.json")):
+            with open(os.path.join(d, "results.json")) as f:
+                results[d] = json.load(f)
+    path = plot_safety(safety_points(results), os.path.join(cfg.out_dir, "safety.png"), cfg.dpi)
+    if path is not None:
+        written["safety"] = path
     for name, path in written.items():
         print(f"wrote {path}")
     return written

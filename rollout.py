@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -240,7 +241,6 @@ def rollout(policy, ref, critic, reward, batch, enc, cfg, proc, generator=None):
                    scores, has_eos, prompts, responses)
 
 
-
 def prompt_batch(prompts, rows, enc, proc, repeat=1):
     """Left-padded ids, mask (B * repeat, P) on the device and the texts of prompts[rows], each
     row `repeat` times in a row (GRPO's group of samples per prompt)."""
@@ -249,3 +249,36 @@ def prompt_batch(prompts, rows, enc, proc, repeat=1):
     return ids.to(proc.device), attn.to(proc.device), [e["prompt"] for e in examples]
 
 
+# -----------------------------------------------------------------------------
+# the prompts and demonstrations of a PPO or GRPO run
+
+
+def load_demos(cfg, enc, proc):
+    """PPO-ptx's rows as ptx(update, k) -> the k-th minibatch's batch of iteration `update`
+    (a function of the two alone, for exact resume; None when ptx_coef = 0), and the held-out
+    demonstrations of val_demo_nll as batches (rank 0 scores them)."""
+    ptx, demo_val = None, []
+    if cfg.ptx_coef > 0:
+        rows = loader.load_sft(cfg.ptx_data, enc, cfg.block_size)
+        per_update = cfg.num_iterations * (cfg.rollout_batch_size // cfg.minibatch_size)
+
+        def ptx_batch(update, k):
+            picked = loader.batch_indices(len(rows), cfg.ptx_batch_size, (update - 1) * per_update
+                                          + k, cfg.seed, proc.rank, proc.world_size)
+            return tuple(t.to(proc.device) for t in loader.collate([rows[i] for i in picked],
+                                                                   enc.eot_token))
+        ptx = ptx_batch
+    if cfg.demo_val_data:
+        rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
+        rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
+        demo_val = [loader.collate(rows[i:i + cfg.micro_batch_size], enc.eot_token)
+                    for i in range(0, len(rows), cfg.micro_batch_size)]
+    return SimpleNamespace(ptx=ptx, val=demo_val)
+
+
+def load_prompts(cfg, enc):
+    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
+    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
+        if cfg.val_prompts else []
+    return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val

@@ -1,6 +1,7 @@
 """
 Try a model by hand: answer prompts with one checkpoint, or several side by side, printing each
-answer as it is drawn, with its reward-model score and the toy world's gold score.
+answer as it is drawn, with its reward-model score and the toy world's gold score (and on its
+harmful and lookalike requests, whether the answer refused, complied or over-refused).
 
 Run it:
     python sample.py --prompt="What color is a banana?"     # the toy SFT policy (the default)
@@ -33,7 +34,7 @@ import config
 import runtime
 import checkpoint
 from data import loader
-from data.toy.judge import gold_reward
+from data.toy.judge import gold_cost, gold_reward, is_over_refusal, is_refusal
 from hf_io import PRETRAINED
 from model import KVCache, position_ids_from_mask, row_generators, sample_next
 from tokenizer import decode_response, encode_prompt, get_tokenizer
@@ -143,6 +144,17 @@ def stream_answer(model, ids, enc, cfg, generator, indent=0):
     return out, text
 
 
+def harm_verdict(prompt, answer):
+    """What the toy judge makes of an answer on the helpful-and-harmless axis: 'complied' (a
+    harmful request answered: gold_cost 1), 'refused' (a refusal phrase), 'over-refusal' (a
+    harmless lookalike refused), or ''. Raises ValueError for a prompt outside the toy world."""
+    if gold_cost(prompt, answer):
+        return "complied"
+    if is_over_refusal(prompt, answer):
+        return "over-refusal"
+    return "refused" if is_refusal(answer) else ""
+
+
 def read_prompts(cfg, enc, block_size, interactive):
     """The prompts: --prompt, the --prompts file (each line checked by the loader: a DataError
     names file:line), or stdin until EOF (a '> ' loop at a terminal, else one per line)."""
@@ -209,12 +221,13 @@ def main(argv=None):
                 rm_score = None if rm is None else rm.score(seq, torch.ones_like(seq)).item()
             try:
                 gold = gold_reward(text, answer) if cfg.gold_judge == "toy" else None
+                verdict = harm_verdict(text, answer) if cfg.gold_judge == "toy" else ""
             except ValueError:  # not a toy-world question: no gold score rather than a crash
-                gold = None
+                gold, verdict = None, ""
             notes = ", ".join(n for n in [
                 "empty" if not answer else "",
                 f"RM {rm_score:+.2f}" if rm_score is not None else "",
-                f"gold {gold:+.2f}" if gold is not None else "",
+                f"gold {gold:+.2f}" if gold is not None else "", verdict,
                 f"no EOS in {len(out)} tokens" if out[-1] != enc.eot_token else ""] if n)
             print(f"   ({notes})" if notes else "", flush=True)
             records.append(dict(prompt=text, name=name, sample=j, tokens=out, response=answer,

@@ -49,16 +49,16 @@ import config
 import ops
 import optim
 import runtime
+import safety
 from data import loader
-from rollout import prompt_batch, rollout
+from rollout import load_demos, load_prompts, prompt_batch, rollout
 from run import Run
 from runtime import print0
 # shared with PPO (train_ppo.py): the KL estimators, the clipped loss and its aggregation, the
 # update loop, the held-out evaluation, what a person sees, the checkpoints
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_demos,
-                       load_models, load_prompts, ppo_update, save_and_check_stop,
-                       validate as validate_rl)
+from train_ppo import (AGGREGATIONS, LossSettings, kl_estimates, kl_penalty, load_models,
+                       ppo_update, save_and_check_stop, validate as validate_rl)
 
 # -----------------------------------------------------------------------------
 # default config: the offline toy run, against the toy reward model
@@ -70,6 +70,9 @@ DEFAULTS = dict(
     reward_fn="",             # '' = reward_model | 'toy_gold' | 'byte_count:c' | 'file.py:function'
     reward_agg="mean",        # an ensemble's scores: 'mean' | 'min' (worst case) | 'uwo'
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
+    reward_gate="",           # 'llama2': Llama 2's gate of reward_model (helpful) and safety_model
+    safety_model="",          # (safety.py; the group baseline stands for the whitening)
+    gate_threshold=0.15,
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -230,16 +233,17 @@ def validate(cfg):
 
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
-    validate(cfg)
+    validate(cfg)  # PPO's and GRPO's keys, the gate's among them (safety.validate)
     run = Run(cfg, "grpo")  # device, DDP, seeds, out_dir and its lock, the resume point
     proc = run.proc
     baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
 
     # -------------------------------------------------------------------------
     # models: the policy, the reference (only when beta > 0), the reward; no critic
-    policy, ref, _, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
+    policy, ref, rm, reward, gold_fn, enc = load_models(cfg, proc, with_reference=cfg.beta > 0)
     checkpoint.resume_and_shard(run, policy)  # rank 0's weights everywhere; FSDP shards
     train, val = load_prompts(cfg, enc)
+    reward, gate_stats, _ = safety.load(cfg, reward, rm, train + val, enc, policy, run)  # the gate
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
     print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
            f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
@@ -280,9 +284,9 @@ def main(argv=None):
             if kl_in == "reward" and ref else rollouts.scores
         # 3. the group baseline instead of a critic: each answer's advantage on all its tokens
         advantages = group_advantages(scores, cfg.group_size, baseline, scale)  # (B,)
-        if cfg.missing_eos_mode == "mask":  # a cut answer teaches nothing (DAPO); metrics see it
+        if cfg.missing_eos_mode == "mask":  # an answer cut short teaches nothing (DAPO)
             rollouts = dataclasses.replace(rollouts, loss_mask=rollouts.resp_mask
-                                           * rollouts.has_eos[:, None])
+                                           * rollouts.has_eos[:, None])  # the metrics see it all
         token_advantages = advantages[:, None] * rollouts.resp_mask  # (B, N)
         # 4. the clipped update, without a critic; GRPO pays the KL here, in the loss
         loss_settings = LossSettings(loss_agg, cfg.beta if kl_in == "loss" and ref else 0.0,
@@ -296,7 +300,8 @@ def main(argv=None):
         # what a person sees, evaluations and checkpoints
         metrics = dict(rollout_metrics(rollouts, cfg.beta if ref else 0.0, kl_k1, kl_k3),
                        **stats, no_signal=runtime.all_reduce_mean(
-                           no_signal_share(scores, cfg.group_size)))
+                           no_signal_share(scores, cfg.group_size)),
+                       **safety.harm_metrics(cfg, gate_stats, rollouts, gold_fn))
         kl_tokens = dict(kl=kl_penalty(rollouts.logprobs, rollouts.ref_logprobs)) if ref else {}
         show_iteration(run, iteration, rollouts, metrics, gold_fn, kl_k1 if ref else None, enc,
                        cfg, dict(advantage=token_advantages, **kl_tokens), lr=cfg.lr * lr_scale,

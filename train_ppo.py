@@ -14,6 +14,7 @@ Run it:
         --rollout_batch_size=8 --minibatch_size=2 --micro_batch_size=2  # GPT-2 XL, FSDP
     python train_ppo.py --reward_fn=toy_gold      # PPO against the toy judge itself (a baseline)
     python train_ppo.py --reward_fn=my_reward.py:score   # any function(prompt, response) -> float
+    python train_ppo.py --reward_gate=llama2 --safety_model=...  # helpful and harmless: safety.py
     python train_ppo.py --help                    # every config key and its default
 
 Four models: the policy (from the SFT checkpoint), a frozen reference copy of it, the frozen reward
@@ -43,7 +44,6 @@ import copy
 import math
 import time
 from collections import namedtuple
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -53,12 +53,13 @@ import config
 import ops
 import optim
 import runtime
+import safety
 from data import loader
 from model import position_ids_from_mask
 from ops import masked_mean
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from rollout import (load_reward_fn, make_reward, policy_forward, prompt_batch, rollout,
-                     toy_gold_judge)
+from rollout import (load_demos, load_prompts, load_reward_fn, make_reward, policy_forward,
+                     prompt_batch, rollout, toy_gold_judge)
 from run import Run
 from runtime import print0
 from tokenizer import get_tokenizer
@@ -77,6 +78,15 @@ DEFAULTS = dict(
     reward_agg="mean",        # an ensemble's scores (reward_model = several checkpoints or an
                               # ensemble's out_dir): 'mean' | 'min' (worst case) | 'uwo'
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
+    # helpful and harmless (safety.py): Llama 2's gate of two reward models, Safe RLHF's cost
+    reward_gate="",           # 'llama2': reward_model is the helpful RM, gated with safety_model
+    safety_model="",          # Llama 2's safety RM: a scalar checkpoint (or an ensemble spec)
+    gate_threshold=0.15,      # the safety RM's score is taken where sigmoid(it) < this
+    cost_model="",            # Safe RLHF's cost model (higher = more harmful); '' = off
+    cost_scope="unsafe",      # the cost on the prompts tagged harmful only (0 elsewhere) | 'all'
+    cost_budget=0.0,          # d: E[cost] <= d, in the cost model's units (0 = the SFT's mean)
+    lambda_init=1.0,          # the Lagrange multiplier's start, learned in log space
+    lambda_lr=1.0,            # log lambda += lambda_lr * (mean cost - d), every iteration
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
@@ -479,6 +489,7 @@ def validate(cfg, rules=None):
                          *(["ptx_data"] * (cfg.ptx_coef > 0)), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
     load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
+    safety.validate(cfg)  # the gate's and Safe RLHF's keys
 
 
 def load_models(cfg, proc, with_reference=True):
@@ -507,37 +518,6 @@ def load_models(cfg, proc, with_reference=True):
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
 
 
-def load_demos(cfg, enc, proc):
-    """PPO-ptx's rows as ptx(update, k) -> the k-th minibatch's batch of iteration `update`
-    (a function of the two alone, for exact resume; None when ptx_coef = 0), and the held-out
-    demonstrations of val_demo_nll as batches (rank 0 scores them)."""
-    ptx, demo_val = None, []
-    if cfg.ptx_coef > 0:
-        rows = loader.load_sft(cfg.ptx_data, enc, cfg.block_size)
-        per_update = cfg.num_iterations * (cfg.rollout_batch_size // cfg.minibatch_size)
-
-        def ptx_batch(update, k):
-            picked = loader.batch_indices(len(rows), cfg.ptx_batch_size, (update - 1) * per_update
-                                          + k, cfg.seed, proc.rank, proc.world_size)
-            return tuple(t.to(proc.device) for t in loader.collate([rows[i] for i in picked],
-                                                                   enc.eot_token))
-        ptx = ptx_batch
-    if cfg.demo_val_data:
-        rows = loader.load_sft(cfg.demo_val_data, enc, cfg.block_size)
-        rows = rows[:cfg.demo_val_examples] if cfg.demo_val_examples > 0 else rows
-        demo_val = [loader.collate(rows[i:i + cfg.micro_batch_size], enc.eot_token)
-                    for i in range(0, len(rows), cfg.micro_batch_size)]
-    return SimpleNamespace(ptx=ptx, val=demo_val)
-
-
-def load_prompts(cfg, enc):
-    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
-    train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
-    val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
-        if cfg.val_prompts else []
-    return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val
-
-
 def critic_kind(cfg):
     return "a head on the policy" if cfg.shared_critic else "separate"
 
@@ -560,11 +540,32 @@ def make_critic(cfg, policy, reward_model, proc):
     return critic.to(proc.device).eval()
 
 
+def rewards_and_advantages(rollouts, state, cfg, costed=None):
+    """
+    Steps 4-5 of an iteration, on a batch of rollouts:
+      4. per-token rewards: -beta * KL on every token, the score on the last one (Llama 2's gated
+         score whitened over the batch first; whiten_rewards: the rewards too, mean kept)
+      5. GAE's advantages and returns (Safe RLHF: the cost's advantage folded in by lambda,
+         safety.lagrangian_advantages), the advantages whitened over every rank's valid tokens.
+    Returns rewards, advantages, returns, each (B, N).
+    """
+    mask = rollouts.resp_mask
+    scores = whiten(rollouts.scores, torch.ones_like(rollouts.scores)) if cfg.reward_gate \
+        else rollouts.scores
+    rewards = kl_shaped_rewards(scores, rollouts.logprobs, rollouts.ref_logprobs, mask, state.beta)
+    rewards = whiten(rewards, mask, False) if cfg.whiten_rewards else rewards
+    advantages, returns = compute_gae(rewards, rollouts.values, mask, cfg.gamma, cfg.lam)
+    if costed is not None:  # (A_r - lambda * A_c) / (1 + lambda), lambda's step first
+        advantages = safety.lagrangian_advantages(advantages, costed, rollouts, state, cfg)
+    return rewards, whiten(advantages, mask), returns
 
-def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state):
+
+def ppo_checkpoint(policy, critic, opt_policy, opt_critic, enc, cfg, iteration, state, cost=None):
     """The checkpoint of both models (the critic beside the policy's weights), the loop state
-    (beta, best_val) and, when given, both optimizers' states. A collective under FSDP."""
-    extra = dict(critic=checkpoint.model_state(critic), beta=state.beta, best_val=state.best_val)
+    (beta, best_val), when given both optimizers' states, and Safe RLHF's (safety.cost_state).
+    A collective under FSDP."""
+    extra = dict(critic=checkpoint.model_state(critic), beta=state.beta, best_val=state.best_val,
+                 **safety.cost_state(cost, state, opt_critic is not None))
     if opt_critic is not None:
         extra["critic_optimizer"] = checkpoint.optimizer_state(opt_critic)
     return checkpoint.make_checkpoint(policy, "policy", "ppo", enc.name, cfg, iteration,
@@ -600,6 +601,7 @@ def main(argv=None):
     checkpoint.resume_and_shard(run, policy, critic)  # rank 0's weights everywhere; FSDP
     train, val = load_prompts(cfg, enc)
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
+    reward, gate_stats, cost = safety.load(cfg, reward, reward_model, train + val, enc, policy, run)
     print0(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {cfg.init_from} ('{enc.name}'"
            f" tokens); reward: {cfg.reward_fn or cfg.reward_model}; critic: {critic_kind(cfg)}")
 
@@ -607,13 +609,13 @@ def main(argv=None):
     # optimizers, and the loop state a resumed run picks up
     opt_policy = optim.make_optimizer(policy, cfg, proc)
     opt_critic = optim.make_optimizer(critic, cfg, proc, lr=cfg.critic_lr)
-    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf)
+    state = run.restore(opt_policy, beta=cfg.beta, best_val=-math.inf, **safety.loop_state(cfg))
     iteration = state.step  # iterations done
     checkpoint.resume_critic_optimizer(run, opt_critic)
 
     def snapshot(with_state):  # with the optimizers' state: ckpt_last.pt, which resumes
         return ppo_checkpoint(policy, critic, opt_policy if with_state else None,
-                              opt_critic if with_state else None, enc, cfg, iteration, state)
+                              opt_critic if with_state else None, enc, cfg, iteration, state, cost)
 
     def evaluate():  # held-out rollouts with a fixed sampling seed; ckpt_best.pt
         return evaluate_and_keep_best(run, iteration, state, snapshot, (policy, ref, reward,
@@ -631,20 +633,17 @@ def main(argv=None):
         with runtime.gathered(policy, critic):  # FSDP: answers of any length, no all-gather
             rollouts = rollout(policy, ref, critic, reward, prompt_batch(train, rows, enc, proc),
                                enc, cfg, proc)
+        costed = safety.cost_rollout(cost, rollouts, cfg, proc) if cost else None  # Safe RLHF
         t_rollout = time.time() - t0
-        # 4. per-token rewards: -beta * KL on every token, the score on the last one
+        # 4-5. per-token rewards (-beta KL, the score at the EOS), GAE's advantages and returns
         kl_k1, kl_k3 = kl_estimates(rollouts.logprobs, rollouts.ref_logprobs, rollouts.resp_mask)
-        rewards = kl_shaped_rewards(rollouts.scores, rollouts.logprobs, rollouts.ref_logprobs,
-                                    rollouts.resp_mask, state.beta)
-        rewards = whiten(rewards, rollouts.resp_mask, False) if cfg.whiten_rewards else rewards
-        # 5. advantages and returns; advantages whitened over every rank's valid tokens
-        advantages, returns = compute_gae(rewards, rollouts.values, rollouts.resp_mask, cfg.gamma,
-                                          cfg.lam)
-        advantages = whiten(advantages, rollouts.resp_mask)
+        rewards, advantages, returns = rewards_and_advantages(rollouts, state, cfg, costed)
         # 6. the clipped policy and value updates (the critic alone while it warms up)
         stats = ppo_update(rollouts, advantages, returns, policy=(policy, opt_policy), critic=(
             critic, opt_critic), train_policy=iteration >= cfg.critic_warmup,
             update=iteration + 1, cfg=cfg, proc=proc, ptx=demos.ptx)
+        stats.update(safety.after_update(cfg, cost, costed, rollouts, state, gate_stats, gold_fn,
+                                         proc, iteration + 1, lr_scale))  # the cost critic's too
         # 7. the KL coefficient of the next iteration
         metrics = dict(rollout_metrics(rollouts, state.beta, kl_k1, kl_k3), beta=state.beta,
                        **stats, explained_var=explained_variance(rollouts.values, returns,

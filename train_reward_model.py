@@ -22,7 +22,8 @@ margin from the data (use_margin, as Llama 2 does) and a term that keeps the sco
 with share_prompt each prompt is computed once, its answers after it in the same row (each sees
 only the prompt and itself: layouts.py), the same scores for fewer positions.
 K-wise rankings {"prompt", "responses", "ranks"} are expanded by data/loader.py into their
-K(K-1)/2 pairs (fewer with ties).
+K(K-1)/2 pairs (fewer with ties). With reverse=True every pair's order is reversed: a cost
+model (Safe RLHF, safety.py), higher = worse, trained on the harmless rankings.
 
 After training, the mean score of reference responses (the SFT data's answers, or the chosen
 answers, on training prompts: bias_ref) is stored in the checkpoint as the model's reward_bias,
@@ -90,6 +91,8 @@ DEFAULTS = dict(
     # the loss
     use_margin=False,                      # subtract each pair's "margin" field inside the sigmoid
     center_coef=0.0,                       # lambda of the centering term lambda*(r_c + r_r)^2
+    reverse=False,                         # learn a cost (Safe RLHF): every pair's order reversed,
+                                           # the worse answer scores higher (safety.py)
     # ensembles: K members in out_dir/member{k}, member k seeded seed + k
     ensemble=1,                            # number of members (1: one model in out_dir itself)
     bootstrap=False,                       # each member trains on its own resample (with
@@ -310,6 +313,9 @@ def load_data(cfg, enc, proc):
     # evaluation sums over pairs, so their order is free: sorted by length its batches pad
     # little (real HH pairs at block_size 512: 0.86M positions instead of 2.26M)
     val = sorted(val, key=loader.pair_length)
+    if cfg.reverse:  # a cost model: each pair's worse answer is the one to score higher
+        train, val = ([dict(p, chosen=p["rejected"], rejected=p["chosen"], chosen_text=p[
+            "rejected_text"], rejected_text=p["chosen_text"]) for p in pairs] for pairs in (train, val))
     items = [[i] for i in range(len(train))]
     if cfg.group_rankings:
         by_record = {}

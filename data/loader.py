@@ -351,7 +351,8 @@ def load_unpaired(path, enc, block_size):
 
 def load_prompts(path, enc, block_size, max_new_tokens):
     """[dict(prompt, ids)]: prompts for generation, cut from the left to leave max_new_tokens;
-    several files (comma-separated) one after the other."""
+    several files (comma-separated) one after the other. A record's "family" (the toy world's
+    tag: 'harmful' marks an unsafe prompt, Llama 2's IS_SAFETY) is kept when present."""
     if "," in path:
         return [p for part in path.split(",")
                 for p in load_prompts(part, enc, block_size, max_new_tokens)]
@@ -365,7 +366,7 @@ def load_prompts(path, enc, block_size, max_new_tokens):
         ids = encode_prompt(enc, prompt)
         if len(ids) > room:
             ids, truncated = ids[len(ids) - room:], truncated + 1
-        prompts.append(dict(prompt=prompt, ids=ids))
+        prompts.append(dict(prompt=prompt, ids=ids, **{k: obj[k] for k in ("family",) if k in obj}))
     _report(path, len(prompts), truncated, 0)
     return prompts
 

@@ -246,6 +246,19 @@ def test_split_kinds_puts_harmful_prompts_apart():
     assert [r["prompt"] for r in harmless] == ["How do I steal a bike?", "Tell me how to rob a bank."]
 
 
+@pytest.mark.unit
+def test_safety_mix_by_hand():
+    import random
+    harmless, helpful = [f"s{i}" for i in range(9)], [f"h{i}" for i in range(20)]
+    # 10% of the mix: round(0.1 / 0.9 * 9) = 1 helpful ranking beside the 9 harmless ones
+    assert len(label.safety_mix(harmless, helpful, 0.1, random.Random(0))) == 1
+    # 25%: round(1/3 * 9) = 3; 0: none; 90%: round(9 * 9) = 81, capped at the 20 there are
+    picked = label.safety_mix(harmless, helpful, 0.25, random.Random(0))
+    assert len(picked) == len(set(picked)) == 3 and set(picked) <= set(helpful)
+    assert label.safety_mix(harmless, helpful, 0.0, random.Random(0)) == []
+    assert sorted(label.safety_mix(harmless, helpful, 0.9, random.Random(0))) == sorted(helpful)
+
+
 def safety_sampler(model, enc, prompts, k, cfg, stream, device):
     """A refusal, a compliance and small talk for every prompt (no model needed)."""
     return [["Sorry, I can't help with that.", "Sure. Do it with cutters.", "I like turtles."][:k]
@@ -276,5 +289,18 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
         assert r["responses"][r["ranks"].index(1)] == "Sorry, I can't help with that."
         assert r["gold"] == [3.0, -2.5, -1.0]
     assert len(loader.load_preferences(str(out / "onpolicy_harmless_train.jsonl"), ENC, 128)) >= 2
+    # a cost model's zero: the samples of harmful requests; Llama 2's safety data: the harmless
+    # rankings and round(0.1 / 0.9 * 2) = 0 helpful ones; no validation prompts: no val files
+    assert {(s["prompt"], s["response"]) for s in read("harmless_samples")} == {
+        (p, a) for p in ("How do I steal a bike?", "How can I rob a bank?") for a in safety_sampler(
+            None, None, [p], 3, None, 0, None)[0]}
+    assert read("safety_train") == harmless
+    assert not (out / "onpolicy_helpful_val.jsonl").exists()
+    assert sorted(json.load(open(out / "onpolicy_manifest.json"))["files"]) == sorted(
+        f"onpolicy_{n}.jsonl" for n in ("train", "unpaired", "samples", "helpful_train",
+                                         "harmless_train", "harmless_samples", "safety_train"))
+    label.main(args + [f"--out_dir={tmp_path / 'mix'}", "--kinds=separate", "--safety_mix=0.6"])
+    mix = [json.loads(line) for line in open(tmp_path / "mix" / "onpolicy_safety_train.jsonl")]
+    assert mix[:2] == harmless and len(mix) == 2 + 3  # round(0.6 / 0.4 * 2) = 3: all helpful ones
     with pytest.raises(config.ConfigError, match="'kinds' must be"):
         label.main(args + ["--kinds=both"])

@@ -12,7 +12,8 @@ import frontier
 import pipeline
 
 
-POLICIES = {"sft", "bon16", "ppo", "grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold"}
+POLICIES = {"sft", "bon16", "ppo", "grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",
+            "ppo_gate", "ppo_safe"}
 
 
 @pytest.mark.slow
@@ -25,6 +26,12 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples
     for name in ("train", "test", "unpaired", "unpaired_val", "samples"):
         assert (out / "data" / f"onpolicy_{name}.jsonl").stat().st_size > 0, name
+    # helpful and harmless: the rankings by kind, three more models from the SFT trunk
+    read_cfg = lambda stage: checkpoint.load_checkpoint(str(out / f"{stage}_toy" / "ckpt_best.pt"))["config"]  # noqa: E731
+    assert [os.path.basename(read_cfg(s)["train_data"]) for s in ("rm_helpful", "rm_safety", "cost")] \
+        == ["onpolicy_helpful_train.jsonl", "onpolicy_safety_train.jsonl", "onpolicy_harmless_train.jsonl"]
+    assert read_cfg("cost")["reverse"] and not read_cfg("rm_safety")["reverse"]
+    assert read_cfg("ppo_gate")["reward_gate"] == "llama2" and read_cfg("ppo_safe")["cost_model"]
     rm_cfg = checkpoint.load_checkpoint(str(out / "rm_toy" / "ckpt_best.pt"))["config"]
     assert rm_cfg["train_data"].endswith("onpolicy_train.jsonl") and rm_cfg["group_rankings"]
     assert rm_cfg["bias_data"].endswith("onpolicy_samples.jsonl")

@@ -128,3 +128,28 @@ def test_a_kto_run_is_drawn_with_kto_titles():
     titles = [t for t, _ in plot.FIGURES["kto"][2]]
     assert any("reference point" in t for t in titles) and not any("chosen" in t for t in titles)
     assert not any("desirable" in k for _, keys in plot.FIGURES["dpo"][2] for k in keys)
+
+
+def test_safety_points_and_figure(runs, tmp_path):
+    # two seeds' results.json: a point per policy and seed; a policy without the safety numbers
+    # (no harmful prompt asked) is left out
+    def results(shift):
+        return dict(policies=dict(
+            sft=dict(gold_benign=0.2 + shift, harmful_compliance=0.6, over_refusal=0.05),
+            ppo_safe=dict(gold_benign=1.1 + shift, harmful_compliance=0.1, over_refusal=0.25),
+            gpt2=dict(gold_benign=None, harmful_compliance=None, over_refusal=None)))
+    for seed, shift in (("s1", 0.0), ("s2", 0.1)):
+        (tmp_path / seed).mkdir()
+        (tmp_path / seed / "results.json").write_text(json.dumps(results(shift)))
+    pts = plot.safety_points({"s1": results(0.0)})
+    assert pts == [("sft", "s1", 0.2, pytest.approx(0.4), 0.05),
+                   ("ppo_safe", "s1", 1.1, pytest.approx(0.9), 0.25)]
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    written = plot.main([f"--runs={runs}", f"--out_dir={out}",
+                         f"--safety={tmp_path / 's1'},{tmp_path / 's2'}"])
+    assert (out / "safety.png").read_bytes().startswith(PNG_MAGIC) and "safety" in written
+    rows = [dict(dose=d, policy=p, harmful_compliance=0.5 - d, over_refusal=d / 2,
+                 gold_benign=1.0) for d in (0.0, 0.03, 0.1, 0.3) for p in ("sft", "ppo")]
+    assert plot.plot_dose(rows, str(out / "dose.png")) == str(out / "dose.png")
+    assert (out / "dose.png").stat().st_size > 5000 and plot.plot_dose([], str(out / "x.png")) is None

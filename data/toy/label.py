@@ -43,7 +43,15 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
     {prefix}_helpful_train.jsonl   the rankings of answers to non-harmful prompts (the four benign
                                    families and the harmless lookalikes)
     {prefix}_harmless_train.jsonl  the rankings of answers to harmful requests
-  Both are ranked by the one gold score (helpful and harmless together), like the mixed file.
+    {prefix}_helpful_val.jsonl, {prefix}_harmless_val.jsonl   the validation rankings, split alike
+    {prefix}_harmless_samples.jsonl  the samples of harmful requests (a cost model's bias_data:
+                                   its zero is the SFT policy's mean cost on them)
+    {prefix}_safety_train.jsonl    Llama 2's safety RM data: the harmless rankings and, drawn from
+                                   the helpful ones, as many more as make safety_mix of the file
+                                   (Llama 2 mixed safety and helpfulness data 90/10)
+  All are ranked by the one gold score (helpful and harmless together), like the mixed file; a
+  cost model (Safe RLHF) trains on the harmless rankings reversed (train_reward_model.py
+  --reverse=True).
     {prefix}_manifest.json   written last: the set's files (lines, sha256), settings and inputs.
   The set appears whole or not at all (run.DataSet: out_dir locked, the files staged, then swapped
   in), and replaces an earlier labelling with this prefix only with --overwrite=True (or when the
@@ -98,6 +106,7 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
+    safety_mix=0.1,               # the share of helpful rankings in {prefix}_safety_train.jsonl
     overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
 
@@ -171,6 +180,16 @@ def split_kinds(rankings):
     return ([r for r, h in zip(rankings, harmful) if not h],
             [r for r, h in zip(rankings, harmful) if h])
 
+
+def safety_mix(harmless, helpful, share, rng):
+    """The helpful rankings that join the harmless ones in Llama 2's safety RM data, so that
+    they make `share` of it (Touvron et al. 2023, sec. 3.2.2: safety data and helpfulness data
+    90/10): round(share / (1 - share) * len(harmless)) of them, drawn without replacement, at
+    most all. Test: tests/test_label.py::test_safety_mix_by_hand"""
+    k = min(round(share / (1 - share) * len(harmless)), len(helpful))
+    return rng.sample(helpful, k)
+
+
 # -----------------------------------------------------------------------------
 # sampling
 
@@ -212,10 +231,29 @@ def write_jsonl(path, rows):
             f.write(json.dumps(r) + "\n")
 
 
+def write_kinds(write, cfg, rankings, val, samples):
+    """--kinds=separate: the training and validation rankings split by the kind of prompt, the
+    samples of harmful requests, and Llama 2's safety mix (write(name, rows) puts each file in
+    the set). A file that would be empty (a few prompts, none harmful) is not written."""
+    helpful, harmless = split_kinds(rankings)
+    mix = safety_mix(harmless, helpful, cfg.safety_mix, random.Random(f"{cfg.seed}:mix"))
+    helpful_val, harmless_val = split_kinds(val)
+    files = dict(helpful_train=helpful, harmless_train=harmless, helpful_val=helpful_val,
+                 harmless_val=harmless_val, harmless_samples=[
+                     s for s in samples if judge.parse_prompt(s["prompt"])[0] == "harmful"],
+                 safety_train=harmless + mix)
+    for name, rows in files.items():
+        if rows:
+            write(name, rows)
+    print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
+          f"harmless rankings (harmful prompts); the safety mix adds {len(mix)} helpful ones"
+          + "".join(f"; no {name} rows, no file" for name, rows in files.items() if not rows))
+
+
 MAX_K = 1024  # answers per prompt: more is a typo, not a labelling budget
 # every file a labelling can write, {prefix}_{name}.jsonl: a new labelling replaces all of them
 NAMES = ("train", "val", "test", "unpaired", "unpaired_val", "samples", "helpful_train",
-         "harmless_train")
+         "harmless_train", "helpful_val", "harmless_val", "harmless_samples", "safety_train")
 
 
 def load_toy_prompts(path, enc, cfg):
@@ -240,7 +278,8 @@ def validate(cfg):
         "k_eval": (lambda v: 2 <= v <= MAX_K, f"in 2..{MAX_K}: a test pair needs two answers"),
         "max_prompts": (lambda v: v == -1 or v > 0, "> 0, or -1 for all"),
         "num_val_prompts": (lambda v: v >= 0, ">= 0"),
-        "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'")})
+        "kinds": (lambda v: v in ("mixed", "separate"), "'mixed' or 'separate'"),
+        "safety_mix": (lambda v: 0 <= v < 1, "in [0, 1)")})
     # a file name, never a path: '../x' or 'a/b' would write outside out_dir
     config.require(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", cfg.prefix) and ".." not in cfg.prefix,
                    f"config key 'prefix' must be a file-name prefix (letters, digits, '_', '-', "
@@ -274,7 +313,8 @@ def label(cfg, out):
     checkpoint.check_block_size(model, cfg.block_size, cfg.policy)
     model.to(device).eval()
     enc = get_tokenizer(tok_name)
-    kinds = ("helpful_train", "harmless_train") if cfg.kinds == "separate" else ()
+    kinds = ("helpful_train", "harmless_train", "helpful_val", "harmless_val", "harmless_samples",
+             "safety_train") if cfg.kinds == "separate" else ()
     path = {name: f"{cfg.prefix}_{name}.jsonl"
             for name in ("train", "val", "test", "unpaired", "unpaired_val", "samples") + kinds}
     t0 = time.time()
@@ -308,6 +348,7 @@ def label(cfg, out):
         raise config.DataError(f"{cfg.policy}: no comparison at all: every prompt's answers share "
                                f"one gold value (is the policy trained?)")
     write("train", rankings)
+    val = []
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
         print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
         val_answers = sample_answers(model, enc, val_prompts, cfg.k, cfg, 2, device)
@@ -322,11 +363,7 @@ def label(cfg, out):
     write("unpaired", unpaired)
     write("samples", samples)
     if kinds:  # the same rankings, split by the kind of prompt
-        helpful, harmless = split_kinds(rankings)
-        write("helpful_train", helpful)
-        write("harmless_train", harmless)
-        print(f"kinds: {len(helpful)} helpful rankings (non-harmful prompts), {len(harmless)} "
-              f"harmless rankings (harmful prompts)")
+        write_kinds(write, cfg, rankings, val, samples)
 
     # how the labels came out: pairs, and how often the annotators ordered a pair against gold
     n_pairs = n_flipped = 0
