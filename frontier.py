@@ -41,7 +41,7 @@ DEFAULTS = dict(
     seed=1337,
     reward_model="",          # the RL methods' and best-of-N's reward model: '' = the pipeline's
                               # ({out}/rm_toy/ckpt_best.pt, or {out}/rm_toy's ensemble members)
-    reward_agg="uwo",         # an ensemble's aggregation: 'mean' | 'min' | 'uwo' (the pipeline's)
+    reward_agg="mean",        # an ensemble's aggregation: 'mean' | 'min' | 'uwo' (the pipeline's)
     uwo_lambda=1.0,
 )
 

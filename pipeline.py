@@ -52,7 +52,7 @@ DEFAULTS = dict(
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
-    reward_agg="uwo",         # how PPO, GRPO and eval combine the members: mean | min | uwo
+    reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
