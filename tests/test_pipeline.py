@@ -119,3 +119,34 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
         assert (out / f"{stage}_toy" / "ckpt_last.pt").exists(), stage
     res = json.loads((out / "eval" / "results.json").read_text())
     assert set(res["policies"]) == {"sft", "bon16", "ppo"}
+
+
+def test_spin_runs_its_iterations_in_a_chain_beside_an_sft_control(tmp_path):
+    cfg = config.parse_config(pipeline.DEFAULTS, ["--methods=spin", "--spin_iters=3",
+                                                  f"--out={tmp_path}/o", f"--data_dir={tmp_path}/d"])
+    stages, _ = pipeline.build_stages(cfg, {"spin"})
+    args = {name: dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--"))
+            for name, (_, cmd) in stages.items()}
+    # iteration t: pi_{t-1}'s answers against the demonstrations, then DPO from pi_{t-1} and
+    # against it (no reference given: the init's weights), beta = the paper's lambda
+    assert stages["spin_data1"][0] == ["sft"] and args["spin_data1"]["policy"].endswith("sft_toy/ckpt_best.pt")
+    for t in (2, 3):
+        assert stages[f"spin_data{t}"][0] == [f"spin{t - 1}"]
+        assert args[f"spin_data{t}"]["policy"] == args[f"spin{t}"]["init_from"] == \
+            f"{args[f'spin{t - 1}']['out_dir']}/ckpt_last.pt"
+        assert args[f"spin_data{t}"]["seed"] == str(1337 + t - 1)
+    for t in (1, 2, 3):
+        assert stages[f"spin{t}"][1][:2] == ["train_dpo.py", "config/spin_toy.py"]
+        assert "reference" not in args[f"spin{t}"]
+        assert args[f"spin{t}"]["train_data"].endswith(f"spin/spin{t}_train.jsonl")
+    # the control: as many SFT steps as the three iterations together
+    assert int(args["sft_more"]["max_iters"]) == 3 * int(args["spin1"]["max_iters"])
+    assert args["sft_more"]["init_from"] == args["spin_data1"]["policy"]
+    names = [p.split(":")[0] for p in args["eval"]["policies"].split(",")]
+    assert names[-4:] == ["sft_more", "spin1", "spin2", "spin3"]
+    # the default run has none of it
+    stages, _ = pipeline.build_stages(config.parse_config(pipeline.DEFAULTS, []),
+                                      {"grpo", "dpo", "kto"})
+    assert not any(n.startswith(("spin", "sft_more")) for n in stages)
+    with pytest.raises(config.ConfigError, match="spin_iters"):
+        pipeline.main(["--spin_iters=0", f"--out={tmp_path}"])
