@@ -14,6 +14,7 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
     python pipeline.py --methods=spin        # also SPIN, self-play on the demonstrations, and
                                              # its control (docs/AI_FEEDBACK.md)
+    python pipeline.py --methods=dpo,rlaif   # also DPO on a learned judge's labels (RLAIF)
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
@@ -50,7 +51,7 @@ DEFAULTS = dict(
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
                               # grpo_gold, or 'all' (about 1.6x the time; with data='static' all
                               # but kto, whose labelled answers come from label.py); the
-                              # AI-feedback methods only by name: spin (ai_stages.py)
+                              # AI-feedback methods only by name: spin, rlaif (ai_stages.py)
     spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
@@ -283,6 +284,8 @@ def build_stages(cfg, methods):
             + common_args + extra("dpo"))
     if "spin" in methods:  # self-play on the demonstrations, and its control
         ai_stages.add_spin(stages, cfg, d, data, sft, common_args, extra)
+    if "rlaif" in methods:  # a judge learned from a few labels ranks the SFT policy's answers
+        ai_stages.add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra)
     return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
 
 
@@ -366,6 +369,11 @@ def main(argv=None):
         with open(os.path.join(ROOT, eval_dir, "spin.md"), "w") as f:
             f.write(table)
         print(f"SPIN, iteration by iteration ({eval_dir}/spin.md):\n{table}")
+    if "rlaif" in methods:  # the judge's labels against the people's, and what each trained
+        table = ai_stages.rlaif_table(ROOT, eval_dir, stage_path(cfg.data_dir), "dpo" in methods)
+        with open(os.path.join(ROOT, eval_dir, "rlaif.md"), "w") as f:
+            f.write(table)
+        print(f"RLAIF ({eval_dir}/rlaif.md):\n{table}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",
     kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
-    annotator="toy",              # who ranks: 'toy' (the noise model on the gold judge) or
-                                  # 'path/to/file.py:function' (the contract above)
+    annotator="toy",              # who ranks: 'toy' (the noise model on the gold judge),
+                                  # 'path/to/file.py:function' (the contract above), or a judge
+                                  # trained here, 'judge:CKPT' / 'judge1:CKPT' (data/toy/rlaif.py)
     overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
 
@@ -220,12 +221,23 @@ def annotator_contract(fn, name):
 
 
 def load_annotator(spec):
-    """None for 'toy' (label_prompt's noise model), else the annotator of 'file.py:function'
-    under the contract."""
+    """None for 'toy' (label_prompt's noise model), else the annotator of 'file.py:function', or
+    the judge of 'judge:CKPT' (both orders) or 'judge1:CKPT' (one order; data/toy/rlaif.py),
+    under the contract. A judge's .summary() says how it judged, measured against gold."""
     if spec == "toy":
         return None
-    fn = load_file_function(spec, "annotator", "'toy' or 'path/to/file.py:function'")
-    return annotator_contract(fn, f"annotator={spec!r}")
+    kind, _, ckpt = spec.partition(":")
+    if kind in ("judge", "judge1"):
+        from data.toy import rlaif
+        config.require(os.path.isfile(ckpt), f"annotator={spec!r}: no checkpoint {ckpt} (train "
+                       f"one: python data/toy/rlaif.py && python train_sft.py config/judge_toy.py)")
+        fn = rlaif.judge_annotator(ckpt, 2 if kind == "judge" else 1, gold=GOLD)
+    else:
+        fn = load_file_function(spec, "annotator", "'toy', 'judge:CKPT', 'judge1:CKPT' or "
+                                                   "'path/to/file.py:function'")
+    checked = annotator_contract(fn, f"annotator={spec!r}")
+    checked.summary = getattr(fn, "summary", dict)
+    return checked
 
 
 def split_kinds(rankings):
@@ -319,7 +331,8 @@ def main(argv=None):
     # what the labels depend on: a re-run with all of it the same writes the same bytes
     settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")
                 and (k != "annotator" or v != "toy")}  # the toy annotator's manifest as before
-    annotator_file = cfg.annotator.rpartition(":")[0]
+    kind, _, ckpt = cfg.annotator.partition(":")
+    annotator_file = ckpt if kind in ("judge", "judge1") else cfg.annotator.rpartition(":")[0]
     inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts, annotator_file,
                                              *cfg.eval_prompts.split(",")] if p and os.path.isfile(p)}
     # out_dir locked, an earlier labelling kept unless --overwrite=True; the files are written to
@@ -423,8 +436,11 @@ def label(cfg, out, annotate=None):
         write("unpaired_val", val)
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
+    judged = annotate.summary() if annotate is not None else {}
+    if judged:  # a judge's position bias and agreements (data/toy/rlaif.py), measured
+        print("the judge: " + ", ".join(f"{k} {v}" for k, v in judged.items()))
     out.commit(counts={name: len(open(out.path(p)).readlines()) for name, p in path.items()
-                       if os.path.isfile(out.path(p))})
+                       if os.path.isfile(out.path(p))}, **({"judge": judged} if judged else {}))
     for name, p in path.items():
         if os.path.isfile(os.path.join(cfg.out_dir, p)):
             print(f"wrote {os.path.join(cfg.out_dir, p)}")

@@ -24,9 +24,9 @@ Writes, in out_dir:
     {prefix}_manifest.json   written last (run.DataSet): the files, settings, inputs and what the
                              gold judge says of the pairs
 A sample identical to its demonstration makes no pair (its log-ratios cancel: no gradient), nor
-does an empty one; both are counted. The gold judge never chooses anything here; it only measures how often the sample
-SPIN pushes away from is better than the demonstration it pulls towards (the toy world's
-demonstrations are mediocre on purpose: 70% are flawed).
+does an empty one; both are counted. The gold judge never chooses anything here; it only
+measures how often the sample SPIN pushes away from is better than the demonstration it pulls
+towards (the toy world's demonstrations are mediocre on purpose: 70% are flawed).
 
 Deliberately left out: mixing the pairs of earlier iterations into later ones (the paper's
 appendix tries it), and any filtering of the demonstrations.
