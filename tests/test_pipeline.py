@@ -150,3 +150,19 @@ def test_spin_runs_its_iterations_in_a_chain_beside_an_sft_control(tmp_path):
     assert not any(n.startswith(("spin", "sft_more")) for n in stages)
     with pytest.raises(config.ConfigError, match="spin_iters"):
         pipeline.main(["--spin_iters=0", f"--out={tmp_path}"])
+
+
+def test_rlaif_ranks_the_peoples_samples_with_a_judge_of_its_own(tmp_path):
+    cfg = config.parse_config(pipeline.DEFAULTS, ["--methods=dpo,rlaif", f"--out={tmp_path}/o",
+                                                  f"--data_dir={tmp_path}/d"])
+    stages, _ = pipeline.build_stages(cfg, {"dpo", "rlaif"})
+    args = {name: dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--"))
+            for name, (_, cmd) in stages.items()}
+    assert stages["judge"][1][:2] == ["train_sft.py", "config/judge_toy.py"]
+    assert args["label_rlaif"]["annotator"] == f"judge:{args['judge']['out_dir']}/ckpt_best.pt"
+    # the same answers as the people's: the same policy, prompts and seed
+    for key in ("policy", "train_prompts", "seed"):
+        assert args["label_rlaif"][key] == args["label"][key], key
+    assert args["label_rlaif"]["out_dir"] != args["label"]["out_dir"]  # no lock between them
+    assert args["rlaif_dpo"]["train_data"].endswith("rlaif/rlaif_train.jsonl")
+    assert [p.split(":")[0] for p in args["eval"]["policies"].split(",")][-2:] == ["dpo", "rlaif_dpo"]
