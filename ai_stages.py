@@ -31,6 +31,14 @@ MINI = {
 }
 
 
+def add_stages(stages, cfg, methods, d, data, sft, held_out, common_args, extra):
+    """The stages of the AI-feedback methods in `methods` (none in the default run)."""
+    if "spin" in methods:  # self-play on the demonstrations, and its control
+        add_spin(stages, cfg, d, data, sft, common_args, extra)
+    if "rlaif" in methods:  # a judge learned from a few labels ranks the SFT policy's answers
+        add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra)
+
+
 def add_spin(stages, cfg, d, data, sft, common_args, extra):
     """SPIN's stages and its control into stages ({name: (needs, command)}); d(name) is a run's
     out_dir, data the toy world's folder, sft the SFT checkpoint, common_args the seed and

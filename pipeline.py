@@ -282,10 +282,7 @@ def build_stages(cfg, methods):
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
-    if "spin" in methods:  # self-play on the demonstrations, and its control
-        ai_stages.add_spin(stages, cfg, d, data, sft, common_args, extra)
-    if "rlaif" in methods:  # a judge learned from a few labels ranks the SFT policy's answers
-        ai_stages.add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra)
+    ai_stages.add_stages(stages, cfg, methods, d, data, sft, held_out, common_args, extra)
     return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
 
 

@@ -6,8 +6,8 @@
 # with --init_from=out/spin1_toy/ckpt_last.pt and the spin2 files (pipeline.py --methods=spin).
 out_dir = "out/spin1_toy"
 init_from = "out/sft_toy/ckpt_best.pt"   # pi_t; the reference is the same weights (reference '')
-train_data = "data/toy/out/spin1_train.jsonl"
-val_data = "data/toy/out/spin1_val.jsonl"  # val_accuracy here is SPIN's accuracy
+train_data = "data/toy/out/spin/spin1_train.jsonl"
+val_data = "data/toy/out/spin/spin1_val.jsonl"  # val_accuracy here is SPIN's accuracy
 block_size = 128
 
 loss_type = "sigmoid"         # SPIN's logistic loss l(t) = log(1 + exp(-t)), Eq. 4.7

@@ -79,6 +79,7 @@ import re
 import statistics
 import sys
 import time
+from functools import partial
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -201,6 +202,13 @@ def label_prompt_by(annotate, prompt, answers):
                    gold=[GOLD(prompt, a) for a in distinct])
     median = statistics.median(rank_of[a] for a in answers)
     return ranking, [dict(prompt=prompt, completion=a, label=rank_of[a] < median) for a in distinct]
+
+
+def label_with(annotate, tau, prompt, answers, rng):
+    """label_prompt (the toy annotators, annotate None) or label_prompt_by (any other)."""
+    if annotate is None:
+        return label_prompt(prompt, answers, tau, rng)
+    return label_prompt_by(annotate, prompt, answers)
 
 
 def annotator_contract(fn, name):
@@ -347,9 +355,7 @@ def label(cfg, out, annotate=None):
     """The labelling itself: the policy and every prompt loaded and checked, then the samples,
     the annotators' labels and the files (written into the DataSet out, then committed).
     annotate: an annotator under the contract (load_annotator), or None for the toy one."""
-    def label_one(prompt, answers, rng):
-        return label_prompt(prompt, answers, cfg.tau, rng) if annotate is None else \
-            label_prompt_by(annotate, prompt, answers)
+    label_one = partial(label_with, annotate, cfg.tau)
 
     torch.manual_seed(cfg.seed)
     device = runtime.pick_device(cfg.device)
@@ -436,8 +442,8 @@ def label(cfg, out, annotate=None):
         write("unpaired_val", val)
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
-    judged = annotate.summary() if annotate is not None else {}
-    if judged:  # a judge's position bias and agreements (data/toy/rlaif.py), measured
+    judged = annotate.summary() if annotate is not None else {}  # a judge's (data/toy/rlaif.py)
+    if judged:
         print("the judge: " + ", ".join(f"{k} {v}" for k, v in judged.items()))
     out.commit(counts={name: len(open(out.path(p)).readlines()) for name, p in path.items()
                        if os.path.isfile(out.path(p))}, **({"judge": judged} if judged else {}))

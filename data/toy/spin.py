@@ -6,10 +6,11 @@ trains on them unchanged, from pi_t and with pi_t as its reference (beta = the p
 0.1); the result is pi_{t+1}, whose samples make the next iteration's pairs.
 
     python data/toy/spin.py --policy=out/sft_toy/ckpt_best.pt --prefix=spin1        # iteration 1
-    python train_dpo.py config/dpo_toy.py --init_from=out/sft_toy/ckpt_best.pt --beta=0.1 \
-        --train_data=data/toy/out/spin1_train.jsonl --val_data=data/toy/out/spin1_val.jsonl \
-        --out_dir=out/spin1_toy
+    python train_dpo.py config/spin_toy.py              # from the SFT policy, against it
     python data/toy/spin.py --policy=out/spin1_toy/ckpt_last.pt --prefix=spin2 --seed=1338
+    python train_dpo.py config/spin_toy.py --init_from=out/spin1_toy/ckpt_last.pt \
+        --train_data=data/toy/out/spin/spin2_train.jsonl \
+        --val_data=data/toy/out/spin/spin2_val.jsonl --out_dir=out/spin2_toy       # iteration 2
     python data/toy/spin.py --help                      # every config key and its default
 
 (`python pipeline.py --methods=spin` runs spin_iters iterations and an SFT control.)
@@ -56,7 +57,7 @@ DEFAULTS = dict(
     policy="out/sft_toy/ckpt_best.pt",      # pi_t: its samples are the rejected answers
     demos="data/toy/out/sft_train.jsonl",   # the demonstrations {"prompt", "response"}: chosen
     val_demos="data/toy/out/sft_val.jsonl",  # held-out demonstrations: SPIN's accuracy ('' = none)
-    out_dir="data/toy/out",
+    out_dir="data/toy/out/spin",            # a folder of its own (label.py writes to data/toy/out)
     prefix="spin1",                         # file names: {prefix}_train.jsonl, ...
     max_pairs=2000,                         # the first N demonstrations (-1 = all)
     max_val_pairs=200,                      # the first N held-out demonstrations (-1 = all)
