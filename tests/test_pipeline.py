@@ -166,3 +166,25 @@ def test_rlaif_ranks_the_peoples_samples_with_a_judge_of_its_own(tmp_path):
     assert args["label_rlaif"]["out_dir"] != args["label"]["out_dir"]  # no lock between them
     assert args["rlaif_dpo"]["train_data"].endswith("rlaif/rlaif_train.jsonl")
     assert [p.split(":")[0] for p in args["eval"]["policies"].split(",")][-2:] == ["dpo", "rlaif_dpo"]
+
+
+def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
+    import ai_stages
+    (tmp_path / "data" / "rlaif").mkdir(parents=True)
+    (tmp_path / "eval").mkdir()
+    write = lambda path, obj: (tmp_path / path).write_text(json.dumps(obj) + "\n")  # noqa: E731
+    write("data/rlaif/rlaif_manifest.json", dict(judge=dict(
+        slot1_share=0.6, agreement=0.5, agree_gold_one_order=0.5, agree_gold=0.75)))
+    write("data/rlaif/judge_manifest.json", dict(labelled_pairs=400))
+    m = dict(gold_reward=0.5, win_rate_vs_sft=0.5, kl=0.1, distinct=90)
+    write("eval/results.json", dict(policies=dict(sft=m, dpo=m, rlaif_dpo=m)))
+    write("data/onpolicy_train.jsonl", dict(prompt="p", responses=["a", "b", "c"], ranks=[1, 2, 3],
+                                            gold=[3.0, 1.5, 1.5]))
+    write("data/rlaif/rlaif_train.jsonl", dict(prompt="p", responses=["a", "b", "c"],
+                                               ranks=[2, 1, 3], gold=[3.0, 1.5, 0.0]))
+    # the judge's ranking: b over a against gold, a and b over c with it: 2 of 3
+    assert ai_stages.ranking_agreement(str(tmp_path / "data/rlaif/rlaif_train.jsonl")) == 2 / 3
+    table = ai_stages.rlaif_table(str(tmp_path), "eval", "data", have_dpo=True)
+    assert "slot 1 in 60.0%" in table and "the judge's 66.7%, the simulated people's 100.0%" in table
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and
+            "policy" not in line] == ["| sft", "| dpo", "| rlaif_dpo"]
