@@ -12,6 +12,9 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --rounds=2            # Llama-2-style: round 2 labels round 1's PPO policy
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
+    python pipeline.py --methods=spin        # also SPIN, self-play on the demonstrations, and
+                                             # its control (docs/AI_FEEDBACK.md)
+    python pipeline.py --methods=dpo,rlaif   # also DPO on a learned judge's labels (RLAIF)
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import time
 
+import ai_stages
 import config
 import run
 
@@ -48,7 +52,9 @@ DEFAULTS = dict(
                               # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
                               # or 'all' (about 1.6x the time without the last two; with
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
-                              # answers come from label.py)
+                              # answers come from label.py); the AI-feedback methods only by
+                              # name: spin, rlaif (ai_stages.py)
+    spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
@@ -193,7 +199,8 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
         stages.pop(name, None)
     names = ["ppo"] + [m for m in OPTIONAL if m in methods]
     policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
-        f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names])
+        f"{n}:{d(n + (last if n == 'ppo' else ''))}/ckpt_last.pt" for n in names]
+        + ai_stages.eval_policies(cfg, methods, d))
     pairs = f"{data}/prefs_test.jsonl" + (f",{data}/onpolicy_test.jsonl" if kto else "")
     sweeps = [d("ppo" + last)] + [d("grpo")] * ("grpo" in methods)
     stages["eval"] = (list(stages), [
@@ -340,6 +347,7 @@ def build_stages(cfg, methods):
             "train_kto.py", "config/kto_toy.py", f"--out_dir={d('kto')}", f"--init_from={sft}",
             f"--train_data={kto}", f"--val_data={data}/onpolicy_unpaired_val.jsonl"]
             + common_args + extra("dpo"))
+    ai_stages.add_stages(stages, cfg, methods, d, data, sft, held_out, common_args, extra)
     return stages, add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out)
 
 
@@ -347,7 +355,8 @@ def check_stages(cfg, stages):
     """Before anything runs: every stage's out_dir must be free (not a file, not locked by a
     running process) and hold nothing a stage would refuse to replace without --overwrite=True
     (a training run, a world of other settings, a labelling), or a ConfigError lists them all."""
-    from data.toy import label, prepare
+    from data.toy import label, prepare, spin
+    data_sets = {"data/toy/label.py": label.NAMES, "data/toy/spin.py": spin.NAMES}
     problems = []
     for name, (_, cmd) in stages.items():
         args = dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--") and "=" in a)
@@ -373,11 +382,12 @@ def check_stages(cfg, stages):
             if held and not same:
                 problems.append(f"prepare: {args['out_dir']} holds a toy world of other "
                                 f"settings than seed {cfg.seed}'s")
-        elif name.startswith("label"):
+        elif cmd[0] in data_sets:
             prefix = args["prefix"]
-            held = [f"{prefix}_{n}.jsonl" for n in label.NAMES] + [f"{prefix}_manifest.json"]
+            held = [f"{prefix}_{n}.jsonl" for n in data_sets[cmd[0]]] + [f"{prefix}_manifest.json"]
             if any(os.path.exists(os.path.join(d, n)) for n in held):
-                problems.append(f"{name}: {args['out_dir']} holds a labelling ({prefix}_*)")
+                what = "a labelling" if name.startswith("label") else "a data set"
+                problems.append(f"{name}: {args['out_dir']} holds {what} ({prefix}_*)")
     if problems:
         overwritable = all(p.endswith(("a run", "_*)")) or "other settings" in p for p in problems)
         raise config.ConfigError(
@@ -394,12 +404,14 @@ def main(argv=None):
         "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1"),
         "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
         "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
-        "uwo_lambda": (lambda v: v >= 0, ">= 0")})
+        "uwo_lambda": (lambda v: v >= 0, ">= 0"),
+        "spin_iters": (lambda v: 1 <= v <= 20, "in 1..20")})
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy'")
     methods = set(OPTIONAL) if cfg.methods == "all" else {m for m in cfg.methods.split(",") if m}
-    config.require(methods <= set(OPTIONAL), f"config key 'methods' must be a comma-separated "
-                   f"list of {', '.join(OPTIONAL)}, or 'all', got {cfg.methods!r}")
+    config.require(methods <= set(OPTIONAL + ai_stages.AI_METHODS), f"config key 'methods' must "
+                   f"be a comma-separated list of {', '.join(OPTIONAL + ai_stages.AI_METHODS)}, "
+                   f"or 'all', got {cfg.methods!r}")
     if cfg.methods == "all" and cfg.data == "static":
         methods -= {"kto", *SAFETY}  # 'all' is every method the data allows
     config.require("kto" not in methods or cfg.data == "onpolicy", "methods: kto learns from "
@@ -419,6 +431,17 @@ def main(argv=None):
           ", ".join(f"{n} {s:.0f}s" for n, s in times.items()) + f"); results in {eval_dir}/results.md")
     with open(os.path.join(ROOT, eval_dir, "results.md")) as f:
         print(f.read())
+    if "spin" in methods:  # SPIN's iterations side by side, beside the results
+        table = ai_stages.spin_table(cfg, ROOT, eval_dir, stage_path(cfg.data_dir),
+                                     lambda name: os.path.join(out, f"{name}_toy"))
+        with open(os.path.join(ROOT, eval_dir, "spin.md"), "w") as f:
+            f.write(table)
+        print(f"SPIN, iteration by iteration ({eval_dir}/spin.md):\n{table}")
+    if "rlaif" in methods:  # the judge's labels against the people's, and what each trained
+        table = ai_stages.rlaif_table(ROOT, eval_dir, stage_path(cfg.data_dir), "dpo" in methods)
+        with open(os.path.join(ROOT, eval_dir, "rlaif.md"), "w") as f:
+            f.write(table)
+        print(f"RLAIF ({eval_dir}/rlaif.md):\n{table}")
 
 
 if __name__ == "__main__":

@@ -45,23 +45,30 @@ def load_reward_fn(spec):
         char = spec[-1]
         fn = lambda prompt, response: float(response.count(char))  # noqa: E731
     else:
-        path, sep, name = spec.rpartition(":")
-        config.require(sep and path.endswith(".py") and name.isidentifier(),
-                       f"reward_fn={spec!r}: expected '', 'toy_gold', 'byte_count:<one character>' "
-                       f"or 'path/to/file.py:function'")
-        config.require(os.path.isfile(path), f"reward_fn={spec!r}: the file {path} does not exist")
-        try:
-            module_spec = importlib.util.spec_from_file_location("reward_fn_module", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        except BaseException as e:  # a syntax error, an import error, a sys.exit in the file
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            raise config.ConfigError(f"reward_fn={spec!r}: {path} failed to run: {e!r}") from None
-        fn = getattr(module, name, None)
-        config.require(callable(fn), f"reward_fn={spec!r}: {path} has no function {name!r}")
-
+        fn = load_file_function(spec, "reward_fn", "'', 'toy_gold', 'byte_count:<one character>' "
+                                                    "or 'path/to/file.py:function'")
     return reward_contract(fn, f"reward_fn={spec!r}")
+
+
+def load_file_function(spec, key, expected):
+    """The function `name` of the Python file `path`, from a spec 'path.py:name' given as config
+    key `key` (expected: what the key accepts, for the error), or a ConfigError naming the key:
+    a bad spec, a missing file, a file that fails to run, no such function."""
+    path, sep, name = spec.rpartition(":")
+    config.require(sep and path.endswith(".py") and name.isidentifier(),
+                   f"{key}={spec!r}: expected {expected}")
+    config.require(os.path.isfile(path), f"{key}={spec!r}: the file {path} does not exist")
+    try:
+        module_spec = importlib.util.spec_from_file_location(f"{key}_module", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except BaseException as e:  # a syntax error, an import error, a sys.exit in the file
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise config.ConfigError(f"{key}={spec!r}: {path} failed to run: {e!r}") from None
+    fn = getattr(module, name, None)
+    config.require(callable(fn), f"{key}={spec!r}: {path} has no function {name!r}")
+    return fn
 
 
 def toy_gold_judge():

@@ -304,3 +304,70 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
     assert mix[:2] == harmless and len(mix) == 2 + 3  # round(0.6 / 0.4 * 2) = 3: all helpful ones
     with pytest.raises(config.ConfigError, match="'kinds' must be"):
         label.main(args + ["--kinds=both"])
+
+# -----------------------------------------------------------------------------
+# other annotators: one contract, annotate(prompt, answers) -> ranks, lower = better
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "toy",
+                       "annotators_example.py")
+
+
+@pytest.mark.unit
+def test_a_rule_based_annotator_gives_the_expected_rankings():
+    annotate = label.load_annotator(f"{EXAMPLE}:rules")
+    answers = [ANSWERS["rude"], ANSWERS["best"], ANSWERS["off"], ANSWERS["best"], ANSWERS["wrong"]]
+    ranking, unpaired = label.label_prompt_by(annotate, PROMPT, answers)
+    # distinct answers, in sample order; rules: a closing +1, a rude word -1, then shorter first
+    assert ranking["responses"] == [ANSWERS[k] for k in ("rude", "best", "off", "wrong")]
+    # best (+1, 36 chars) and wrong (+1, 33 chars): wrong first; off 0; rude -1
+    assert ranking["ranks"] == [4, 2, 3, 1]  # the files' dense ranks, 1 = best
+    assert ranking["gold"] == [gold_reward(PROMPT, a) for a in ranking["responses"]]  # measured
+    # desirable: rank beats the median rank of the 5 samples (4, 2, 3, 2, 1 -> 2)
+    assert [r["label"] for r in unpaired] == [False, False, False, True]
+
+
+@pytest.mark.unit
+def test_ties_and_any_rank_base_follow_the_contract():
+    zero_based = label.annotator_contract(lambda p, a: [0, 2, 2], "z")
+    assert zero_based("q", ["a", "b", "c"]) == [1, 2, 2]
+    ranking, unpaired = label.label_prompt_by(label.annotator_contract(lambda p, a: [5] * len(a), "t"),
+                                              PROMPT, [ANSWERS["best"], ANSWERS["off"]])
+    assert ranking is None and unpaired == []  # all alike: no comparison
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("fn, words", [
+    (lambda p, a: 1.0, "returned 1.0, not a list of 2 ints"),
+    (lambda p, a: [0], "returned [0], not a list of 2 ints"),
+    (lambda p, a: [0, 1.5], "not a list of 2 ints"),
+    (lambda p, a: [True, False], "not a list of 2 ints"),
+    (lambda p, a: 1 / 0, "raised ZeroDivisionError: division by zero"),
+])
+def test_a_bad_annotator_is_one_line_naming_it(fn, words):
+    with pytest.raises(config.ConfigError, match="annotator='mine.py:f' on the prompt 'What color"
+                       ) as e:
+        label.annotator_contract(fn, "annotator='mine.py:f'")(PROMPT, ["a", "b"])
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_annotator_key_labels_through_the_contract_and_toy_stays_the_default(tmp_path,
+                                                                                 monkeypatch):
+    _, policy = tiny_policy(tmp_path)
+    train = write_jsonl(tmp_path / "prompts_train.jsonl",
+                        [dict(prompt=p) for p in ["What color is a crow?", "What does a dog say?",
+                                                  "What is 2 plus 2?", "What color is a lime?"] * 3])
+    monkeypatch.setattr(label, "sample_answers", fake_sampler)
+    args = [f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=", "--k=4",
+            "--num_val_prompts=0"]
+    label.main(args + [f"--out_dir={tmp_path / 'toy'}"])
+    label.main(args + [f"--out_dir={tmp_path / 'toy2'}", "--annotator=toy"])
+    assert (tmp_path / "toy" / "onpolicy_manifest.json").read_bytes() == \
+        (tmp_path / "toy2" / "onpolicy_manifest.json").read_bytes()  # toy is the default
+    label.main(args + [f"--out_dir={tmp_path / 'rules'}", f"--annotator={EXAMPLE}:rules"])
+    rules = label.load_annotator(f"{EXAMPLE}:rules")
+    for r in map(json.loads, open(tmp_path / "rules" / "onpolicy_train.jsonl")):
+        assert r["ranks"] == rules(r["prompt"], r["responses"])
+    with pytest.raises(config.ConfigError, match="annotator='nope.py:f': the file nope.py does not"):
+        label.main(args + [f"--out_dir={tmp_path / 'x'}", "--annotator=nope.py:f"])
+    with pytest.raises(config.ConfigError, match="has no function 'nope'"):
+        label.main(args + [f"--out_dir={tmp_path / 'x'}", f"--annotator={EXAMPLE}:nope"])

@@ -184,3 +184,72 @@ def test_a_stage_that_runs_alone_overlaps_no_other(tmp_path):
         active += 1 if e.startswith("start") else -1
         most = max(most, active)
     assert most == 2 and len(events) == 10, events  # the others: two at a time
+
+
+def test_spin_runs_its_iterations_in_a_chain_beside_an_sft_control(tmp_path):
+    cfg = config.parse_config(pipeline.DEFAULTS, ["--methods=spin", "--spin_iters=3",
+                                                  f"--out={tmp_path}/o", f"--data_dir={tmp_path}/d"])
+    stages, _ = pipeline.build_stages(cfg, {"spin"})
+    args = {name: dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--"))
+            for name, (_, cmd) in stages.items()}
+    # iteration t: pi_{t-1}'s answers against the demonstrations, then DPO from pi_{t-1} and
+    # against it (no reference given: the init's weights), beta = the paper's lambda
+    assert stages["spin_data1"][0] == ["sft"] and args["spin_data1"]["policy"].endswith("sft_toy/ckpt_best.pt")
+    for t in (2, 3):
+        assert stages[f"spin_data{t}"][0] == [f"spin{t - 1}"]
+        assert args[f"spin_data{t}"]["policy"] == args[f"spin{t}"]["init_from"] == \
+            f"{args[f'spin{t - 1}']['out_dir']}/ckpt_last.pt"
+        assert args[f"spin_data{t}"]["seed"] == str(1337 + t - 1)
+    for t in (1, 2, 3):
+        assert stages[f"spin{t}"][1][:2] == ["train_dpo.py", "config/spin_toy.py"]
+        assert "reference" not in args[f"spin{t}"]
+        assert args[f"spin{t}"]["train_data"].endswith(f"spin/spin{t}_train.jsonl")
+    # the control: as many SFT steps as the three iterations together
+    assert int(args["sft_more"]["max_iters"]) == 3 * int(args["spin1"]["max_iters"])
+    assert args["sft_more"]["init_from"] == args["spin_data1"]["policy"]
+    names = [p.split(":")[0] for p in args["eval"]["policies"].split(",")]
+    assert names[-4:] == ["sft_more", "spin1", "spin2", "spin3"]
+    # the default run has none of it
+    stages, _ = pipeline.build_stages(config.parse_config(pipeline.DEFAULTS, []),
+                                      {"grpo", "dpo", "kto"})
+    assert not any(n.startswith(("spin", "sft_more")) for n in stages)
+    with pytest.raises(config.ConfigError, match="spin_iters"):
+        pipeline.main(["--spin_iters=0", f"--out={tmp_path}"])
+
+
+def test_rlaif_ranks_the_peoples_samples_with_a_judge_of_its_own(tmp_path):
+    cfg = config.parse_config(pipeline.DEFAULTS, ["--methods=dpo,rlaif", f"--out={tmp_path}/o",
+                                                  f"--data_dir={tmp_path}/d"])
+    stages, _ = pipeline.build_stages(cfg, {"dpo", "rlaif"})
+    args = {name: dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--"))
+            for name, (_, cmd) in stages.items()}
+    assert stages["judge"][1][:2] == ["train_sft.py", "config/judge_toy.py"]
+    assert args["label_rlaif"]["annotator"] == f"judge:{args['judge']['out_dir']}/ckpt_best.pt"
+    # the same answers as the people's: the same policy, prompts and seed
+    for key in ("policy", "train_prompts", "seed"):
+        assert args["label_rlaif"][key] == args["label"][key], key
+    assert args["label_rlaif"]["out_dir"] != args["label"]["out_dir"]  # no lock between them
+    assert args["rlaif_dpo"]["train_data"].endswith("rlaif/rlaif_train.jsonl")
+    assert [p.split(":")[0] for p in args["eval"]["policies"].split(",")][-2:] == ["dpo", "rlaif_dpo"]
+
+
+def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
+    import ai_stages
+    (tmp_path / "data" / "rlaif").mkdir(parents=True)
+    (tmp_path / "eval").mkdir()
+    write = lambda path, obj: (tmp_path / path).write_text(json.dumps(obj) + "\n")  # noqa: E731
+    write("data/rlaif/rlaif_manifest.json", dict(judge=dict(
+        slot1_share=0.6, agreement=0.5, agree_gold_one_order=0.5, agree_gold=0.75)))
+    write("data/rlaif/judge_manifest.json", dict(labelled_pairs=400))
+    m = dict(gold_reward=0.5, win_rate_vs_sft=0.5, kl=0.1, distinct=90)
+    write("eval/results.json", dict(policies=dict(sft=m, dpo=m, rlaif_dpo=m)))
+    write("data/onpolicy_train.jsonl", dict(prompt="p", responses=["a", "b", "c"], ranks=[1, 2, 3],
+                                            gold=[3.0, 1.5, 1.5]))
+    write("data/rlaif/rlaif_train.jsonl", dict(prompt="p", responses=["a", "b", "c"],
+                                               ranks=[2, 1, 3], gold=[3.0, 1.5, 0.0]))
+    # the judge's ranking: b over a against gold, a and b over c with it: 2 of 3
+    assert ai_stages.ranking_agreement(str(tmp_path / "data/rlaif/rlaif_train.jsonl")) == 2 / 3
+    table = ai_stages.rlaif_table(str(tmp_path), "eval", "data", have_dpo=True)
+    assert "slot 1 in 60.0%" in table and "the judge's 66.7%, the simulated people's 100.0%" in table
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and
+            "policy" not in line] == ["| sft", "| dpo", "| rlaif_dpo"]

@@ -58,6 +58,21 @@ Writes, in out_dir ({prefix} = 'onpolicy' unless --prefix says otherwise):
   earlier one was made with the same settings and inputs). Every prompt is read and checked (a
   toy-world question) before anything is sampled.
 
+Other annotators (--annotator): 'toy' is the noise model above (the default), and any labeller
+can take its place, rules, a person at the terminal, a call to a language-model server, as one
+Python function under one contract:
+
+    annotate(prompt: str, answers: list[str]) -> list[int]
+
+answers: the prompt's distinct answers (duplicates merged), in sample order; the result: one rank
+per answer, lower = better, equal ranks a tie (0 = best or 1 = best: only the order counts; the
+files hold the dense ranks, 1 = best). Give it as --annotator=path/to/file.py:function
+(data/toy/annotators_example.py holds a rule-based one and one that asks a person). A prompt it
+ranks all alike holds no comparison; an answer is desirable (unpaired files) when its rank
+beats the median rank of the prompt's samples. The gold judge still writes the "gold" field and
+the test pairs: it measures the labels, it never makes them. Anything else it returns, or an
+exception inside it, stops the run with one line naming the annotator and the prompt.
+
 Deterministic for a seed: the sampling noise of sample j of prompt i comes from its own generator
 (model.row_generators), whatever the batch, and the annotators' noise of prompt i from its own
 random.Random. Deliberately left out: annotators who disagree with each other (one noise draw per
@@ -72,6 +87,7 @@ import re
 import statistics
 import sys
 import time
+from functools import partial
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -84,7 +100,7 @@ import runtime  # noqa: E402
 from data import loader  # noqa: E402
 from data.toy import judge  # noqa: E402
 from model import row_generators  # noqa: E402
-from rollout import toy_gold_judge  # noqa: E402
+from rollout import load_file_function, toy_gold_judge  # noqa: E402
 from tokenizer import decode_response, get_tokenizer  # noqa: E402
 
 DEFAULTS = dict(
@@ -107,6 +123,9 @@ DEFAULTS = dict(
     device="auto",
     kinds="mixed",                # 'separate': also write the helpful and harmless rankings apart
     safety_mix=0.1,               # the share of helpful rankings in {prefix}_safety_train.jsonl
+    annotator="toy",              # who ranks: 'toy' (the noise model on the gold judge),
+                                  # 'path/to/file.py:function' (the contract above), or a judge
+                                  # trained here, 'judge:CKPT' / 'judge1:CKPT' (data/toy/rlaif.py)
     overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
 
@@ -173,6 +192,70 @@ def gold_unpaired(prompt, answers):
         return []
     median = statistics.median(golds)
     return [dict(prompt=prompt, completion=a, label=g > median) for a, g in gold_of.items()]
+
+def label_prompt_by(annotate, prompt, answers):
+    """
+    label_prompt for any annotator: annotate(prompt, distinct answers) -> dense ranks (1 = best;
+    load_annotator checks the contract). Returns the ranking record (None when the annotator
+    ranks every answer alike) and the unpaired records: desirable when the answer's rank beats
+    the median rank of the K samples (duplicates count in the median, as in label_prompt).
+    """
+    distinct = list(dict.fromkeys(answers))
+    if len(distinct) < 2:
+        return None, []
+    ranks = annotate(prompt, distinct)
+    if len(set(ranks)) < 2:
+        return None, []
+    rank_of = dict(zip(distinct, ranks))
+    ranking = dict(prompt=prompt, responses=distinct, ranks=ranks,
+                   gold=[GOLD(prompt, a) for a in distinct])
+    median = statistics.median(rank_of[a] for a in answers)
+    return ranking, [dict(prompt=prompt, completion=a, label=rank_of[a] < median) for a in distinct]
+
+
+def label_with(annotate, tau, prompt, answers, rng):
+    """label_prompt (the toy annotators, annotate None) or label_prompt_by (any other)."""
+    if annotate is None:
+        return label_prompt(prompt, answers, tau, rng)
+    return label_prompt_by(annotate, prompt, answers)
+
+
+def annotator_contract(fn, name):
+    """fn(prompt, answers) checked against the annotator contract (the docstring): returns the
+    dense ranks, 1 = best, or raises a ConfigError naming `name` and the prompt."""
+    def checked(prompt, answers):
+        where = f"{name} on the prompt {prompt[:80]!r}"
+        try:
+            ranks = fn(prompt, list(answers))
+        except (Exception, SystemExit) as e:  # one line, never a traceback or a silent exit
+            raise config.ConfigError(f"{where}: raised {type(e).__name__}: {str(e)[:200]}") from None
+        if not (isinstance(ranks, (list, tuple)) and len(ranks) == len(answers) and all(
+                isinstance(r, int) and not isinstance(r, bool) for r in ranks)):
+            raise config.ConfigError(f"{where}: returned {str(ranks)[:80]}, not a list of "
+                                     f"{len(answers)} ints (one rank per answer, lower = better)")
+        return dense_ranks(list(ranks), higher_is_better=False)
+    return checked
+
+
+def load_annotator(spec):
+    """None for 'toy' (label_prompt's noise model), else the annotator of 'file.py:function', or
+    the judge of 'judge:CKPT' (both orders) or 'judge1:CKPT' (one order; data/toy/rlaif.py),
+    under the contract. A judge's .summary() says how it judged, measured against gold."""
+    if spec == "toy":
+        return None
+    kind, _, ckpt = spec.partition(":")
+    if kind in ("judge", "judge1"):
+        from data.toy import rlaif
+        config.require(os.path.isfile(ckpt), f"annotator={spec!r}: no checkpoint {ckpt} (train "
+                       f"one: python data/toy/rlaif.py && python train_sft.py config/judge_toy.py)")
+        fn = rlaif.judge_annotator(ckpt, 2 if kind == "judge" else 1, gold=GOLD)
+    else:
+        fn = load_file_function(spec, "annotator", "'toy', 'judge:CKPT', 'judge1:CKPT' or "
+                                                   "'path/to/file.py:function'")
+    checked = annotator_contract(fn, f"annotator={spec!r}")
+    checked.summary = getattr(fn, "summary", dict)
+    return checked
+
 
 def split_kinds(rankings):
     """(helpful, harmless): the rankings of answers to non-harmful prompts, and to harmful ones."""
@@ -293,19 +376,26 @@ def main(argv=None):
     validate(cfg)
     names = [f"{cfg.prefix}_{name}.jsonl" for name in NAMES]
     # what the labels depend on: a re-run with all of it the same writes the same bytes
-    settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")}
-    inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts,
+    settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")
+                and (k != "annotator" or v != "toy")}  # the toy annotator's manifest as before
+    kind, _, ckpt = cfg.annotator.partition(":")
+    annotator_file = ckpt if kind in ("judge", "judge1") else cfg.annotator.rpartition(":")[0]
+    inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts, annotator_file,
                                              *cfg.eval_prompts.split(",")] if p and os.path.isfile(p)}
     # out_dir locked, an earlier labelling kept unless --overwrite=True; the files are written to
     # out_dir/.staging-{prefix} and replace the earlier set only once every one is written
+    annotate = load_annotator(cfg.annotator)  # a bad spec or file fails before anything runs
     with run.DataSet(cfg.out_dir, cfg.prefix, names, f"a labelling (prefix {cfg.prefix!r})",
                      settings, inputs, cfg.overwrite) as out:
-        label(cfg, out)
+        label(cfg, out, annotate)
 
 
-def label(cfg, out):
+def label(cfg, out, annotate=None):
     """The labelling itself: the policy and every prompt loaded and checked, then the samples,
-    the annotators' labels and the files (written into the DataSet out, then committed)."""
+    the annotators' labels and the files (written into the DataSet out, then committed).
+    annotate: an annotator under the contract (load_annotator), or None for the toy one."""
+    label_one = partial(label_with, annotate, cfg.tau)
+
     torch.manual_seed(cfg.seed)
     device = runtime.pick_device(cfg.device)
     model, tok_name = checkpoint.init_policy(cfg.policy)  # NaN or inf weights: refused here
@@ -330,15 +420,15 @@ def label(cfg, out):
     # training prompts: K samples each, ranked by the noisy annotators
     n = len(prompts) if cfg.max_prompts < 0 else min(cfg.max_prompts, len(prompts))
     prompts, val_prompts = prompts[:n], prompts[n:n + cfg.num_val_prompts]
+    who = f"tau {cfg.tau}" if annotate is None else f"annotator {cfg.annotator}"
     print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
-          f"(temperature {cfg.temperature}, tau {cfg.tau})")
+          f"(temperature {cfg.temperature}, {who})")
     answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
     rankings, unpaired, samples, n_tied = [], [], [], 0
     for i, (p, ans) in enumerate(zip(prompts, answers)):
         golds = [GOLD(p["prompt"], a) for a in ans]
         samples += [dict(prompt=p["prompt"], response=a, gold=g) for a, g in zip(ans, golds)]
-        ranking, rows = label_prompt(p["prompt"], ans, cfg.tau,
-                                     random.Random(f"{cfg.seed}:label:{i}"))
+        ranking, rows = label_one(p["prompt"], ans, random.Random(f"{cfg.seed}:label:{i}"))
         if ranking is None:
             n_tied += 1
             continue
@@ -352,7 +442,7 @@ def label(cfg, out):
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
         print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
         val_answers = sample_answers(model, enc, val_prompts, cfg.k, cfg, 2, device)
-        val = [label_prompt(p["prompt"], ans, cfg.tau, random.Random(f"{cfg.seed}:val:{i}"))[0]
+        val = [label_one(p["prompt"], ans, random.Random(f"{cfg.seed}:val:{i}"))[0]
                for i, (p, ans) in enumerate(zip(val_prompts, val_answers))]
         val = [r for r in val if r is not None]
         if not val:
@@ -389,8 +479,11 @@ def label(cfg, out):
         write("unpaired_val", val)
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
+    judged = annotate.summary() if annotate is not None else {}  # a judge's (data/toy/rlaif.py)
+    if judged:
+        print("the judge: " + ", ".join(f"{k} {v}" for k, v in judged.items()))
     out.commit(counts={name: len(open(out.path(p)).readlines()) for name, p in path.items()
-                       if os.path.isfile(out.path(p))})
+                       if os.path.isfile(out.path(p))}, **({"judge": judged} if judged else {}))
     for name, p in path.items():
         if os.path.isfile(os.path.join(cfg.out_dir, p)):
             print(f"wrote {os.path.join(cfg.out_dir, p)}")
