@@ -110,14 +110,21 @@ def _same_path(a, b):
     return True
 
 
-def check_same_run(stored, cfg, path):
+def check_same_run(stored, cfg, path, world_sizes=(None, None)):
     """Refuse to resume the run saved at path under a config that changes what the run is: one
     line naming the differing keys and both values. Keys missing on either side (a checkpoint of
-    an older version) are not compared."""
+    an older version) are not compared. batch_size and grad_accum may change together when the
+    step's global batch, batch_size x grad_accum x processes (world_sizes: the run's, now's),
+    stays the same: another split of the same step (a sharded run resumed in one process)."""
     if not isinstance(stored, dict):
         return
     new = vars(cfg)
-    differ = [k for k in new if k in stored and k not in RESUME_MAY_CHANGE
+    may_change = set(RESUME_MAY_CHANGE)
+    if None not in world_sizes and all(k in stored and k in new for k in ("batch_size", "grad_accum")):
+        old_global = stored["batch_size"] * stored["grad_accum"] * world_sizes[0]
+        if old_global == new["batch_size"] * new["grad_accum"] * world_sizes[1]:
+            may_change |= {"batch_size", "grad_accum"}
+    differ = [k for k in new if k in stored and k not in may_change
               and stored[k] != new[k] and not _same_path(stored[k], new[k])]
     if differ:
         changes = ", ".join(f"{k}={stored[k]!r} -> {new[k]!r}" for k in differ[:6])
@@ -363,7 +370,8 @@ class Run:
         self.resume = load_checkpoint(resume_path, expect_stage=stage) if resume_path else None
         if self.resume is not None:
             require_keys(self.resume, resume_path, "step", "rng", "optimizer")
-            check_same_run(self.resume.get("config"), cfg, resume_path)
+            check_same_run(self.resume.get("config"), cfg, resume_path,
+                           (self.resume.get("world_size"), self.proc.world_size))
         self.resume_path = resume_path
         resume_step = self.resume["step"] if self.resume else None
         self.logger = MetricsLogger(self.dir, "log", resume_step, enabled=self.master)
@@ -410,6 +418,7 @@ class Run:
         if not self.master:
             return
         check_finite_weights(ckpt, ckpt.get("step"), name)
+        ckpt.setdefault("world_size", self.proc.world_size)  # resume compares the global batch
         save_checkpoint(self.path(name), ckpt)
         if self.staged and ckpt.get("step", 0) >= 1:  # proved itself: the old run may go now
             swap_in(self.out_dir)

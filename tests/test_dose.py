@@ -11,6 +11,7 @@ import pytest
 
 import checkpoint
 import dose
+import pipeline
 
 
 @pytest.mark.unit
@@ -47,7 +48,8 @@ def test_mini_dose_sweep_then_skip(tmp_path):
     assert json.loads((out / "dose.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (out / "dose.png").stat().st_size > 5000
     before = {p: os.path.getmtime(p) for p in out.glob("*/*_toy/ckpt_last.pt")}
-    assert len(before) == 2 * 4  # sft, rm, ppo, dpo per dose
+    # sft, the pipeline's reward models (an ensemble by default), ppo and dpo per dose
+    assert len(before) == 2 * (3 + pipeline.DEFAULTS["rm_members"])
     assert checkpoint.load_checkpoint(str(out / "dose30" / "ppo_toy" / "ckpt_last.pt"))["step"] == 2
     dose.main(args)
     assert {p: os.path.getmtime(p) for p in out.glob("*/*_toy/ckpt_last.pt")} == before

@@ -234,7 +234,8 @@ RL = ["--device=cpu", "--dtype=float32", "--block_size=96", "--max_new_tokens=8"
 def rl_args(world):
     return [f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'rm.pt'}",
             f"--train_prompts={world / 'prompts_train.jsonl'}",
-            f"--val_prompts={world / 'prompts_eval.jsonl'}", *RL]
+            f"--val_prompts={world / 'prompts_eval.jsonl'}",
+            f"--demo_val_data={world / 'sft_val.jsonl'}", *RL]
 
 
 @pytest.mark.parametrize("script, extra", [

@@ -587,3 +587,21 @@ def test_a_data_set_swap_cut_short_is_completed_or_undone(tmp_path, phase):
     want = {n: "old" for n in names} if phase == "staging" else \
         {"x_train.jsonl": "new", "x_manifest.json": "new"}
     assert files == {**want, "other.jsonl": "not the set's"}
+
+
+@pytest.mark.unit
+def test_resume_may_split_the_same_global_batch_otherwise():
+    from types import SimpleNamespace
+    from run import check_same_run
+    stored = dict(batch_size=2, grad_accum=2, lr=1e-3)
+    cfg = lambda **kw: SimpleNamespace(**{**stored, **kw})  # noqa: E731
+    # two processes of 2 x 2 are one of 8 x 1, or one of 4 x 2: the same step
+    check_same_run(stored, cfg(batch_size=8, grad_accum=1), "ckpt", (2, 1))
+    check_same_run(stored, cfg(batch_size=4, grad_accum=2), "ckpt", (2, 1))
+    for new, sizes in ((dict(batch_size=8, grad_accum=1), (1, 1)),   # twice the batch
+                       (dict(batch_size=1, grad_accum=1), (2, 1)),   # an eighth of it
+                       (dict(batch_size=8, grad_accum=1), (None, 1))):  # an older checkpoint
+        with pytest.raises(ConfigError, match="batch_size=2 -> "):
+            check_same_run(stored, cfg(**new), "ckpt", sizes)
+    with pytest.raises(ConfigError, match="lr=0.001 -> 0.002"):
+        check_same_run(stored, cfg(batch_size=8, grad_accum=1, lr=2e-3), "ckpt", (2, 1))

@@ -41,7 +41,7 @@ def script_args(world, stage):
              f"--val_data={world / 'prefs_val.jsonl'}", "--max_iters=3", "--warmup_iters=0",
              "--log_interval=1", "--eval_interval=3", "--batch_size=4", "--lr=1e-3"]
     rl = [f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'rm.pt'}",
-          f"--train_prompts={world / 'prompts_train.jsonl'}", "--val_prompts=",
+          f"--train_prompts={world / 'prompts_train.jsonl'}", "--val_prompts=", "--demo_val_data=",
           "--gold_judge=", "--max_new_tokens=8", "--max_iters=2", "--num_iterations=2",
           "--rollout_batch_size=8", "--micro_batch_size=4", "--save_every=0", "--lr=1e-3",
           "--num_samples=0"]
