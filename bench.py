@@ -115,7 +115,7 @@ from data.bench_rows import (GROUP, SIZES, batch_flops, checked_shapes, data_fil
 from model import GPT, GPTConfig, ScalarModel, sample_next
 
 # -----------------------------------------------------------------------------
-# default config: the CPU comparison (dev/bench_trl.py runs Hugging Face TRL at the same sizes)
+# default config: the CPU comparison (tests/bench_trl.py runs Hugging Face TRL at the same sizes)
 DEFAULTS = dict(
     sizes="tiny,gpt2",          # comma-separated: micro (the tests) | tiny | gpt2 (124M) |
                                 # gpt2-medium (355M) | gpt2-large (774M) | gpt2-xl (1.56B)

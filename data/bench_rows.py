@@ -2,7 +2,7 @@
 The batches bench.py times, built the way the scripts build theirs: random token ids of fixed
 shapes, or (--data) the rows of a real preference file through the scripts' own loader, in the
 batches of the epoch the scripts would draw (loader.batch_indices), length-bucketed as the HH
-recipes do. dev/bench_trl.py hands Hugging Face TRL exactly these rows. And what a batch costs:
+recipes do. tests/bench_trl.py hands Hugging Face TRL exactly these rows. And what a batch costs:
 its model FLOPs, counted as bench.py's docstring says.
 """
 
@@ -210,7 +210,7 @@ def batch_flops(config, attention_mask, loss_mask=None):
 
 def checked_shapes(cfg):
     """The sizes and stages lists of cfg, once they and the shape keys are checked (bench.py and
-    dev/bench_trl.py share these keys)."""
+    tests/bench_trl.py share these keys)."""
     sizes = [s.strip() for s in cfg.sizes.split(",") if s.strip()]
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     config.require(sizes and all(s in SIZES for s in sizes),

@@ -1,6 +1,6 @@
 """
 The first GPU run: turns the HH configs' ESTIMATES into measurements. A development tool, like
-dev/bench_trl.py: nothing in nanoRLHF imports it.
+tests/bench_trl.py: nothing in nanoRLHF imports it.
 
 Run it on a machine with one CUDA GPU or more (13 minutes in all, by design):
     python dev/gpu_check.py --out=out/gpu_check.json          # H100 / H200: peak 989 TFLOP/s

@@ -3,7 +3,7 @@ bench.py: every stage runs at a micro size and reports sane numbers (never how f
 not asserted), the FLOPs formula matches the models' real weights, and the KV-free generation it
 compares against produces the same tokens as GPT.generate. --data on a tiny HH-shaped file: the
 batches are the scripts' (loader, length policy, bucketing), the counts are their real tokens,
-the full-logits variant computes the same log-probs, and dev/bench_trl.py hands TRL exactly
+the full-logits variant computes the same log-probs, and tests/bench_trl.py hands TRL exactly
 those rows. dev/gpu_check.py: its plan, its refusal without a GPU, and (slow) the whole plan on
 the CPU.
 """
@@ -134,12 +134,12 @@ def test_bad_config_is_a_clear_error():
 
 @pytest.mark.unit
 def test_trl_script_imports_without_trl(monkeypatch):
-    # the TRL comparison (dev/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
+    # the TRL comparison (tests/bench_trl.py) is a development tool: importing it (for --help) needs neither TRL nor
     # transformers, and it measures bench.py's shapes
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
-    monkeypatch.delitem(sys.modules, "dev.bench_trl", raising=False)
-    bench_trl = importlib.import_module("dev.bench_trl")
+    monkeypatch.delitem(sys.modules, "bench_trl", raising=False)
+    bench_trl = importlib.import_module("bench_trl")
     for key in ("sizes", "batch_size", "block_size", "prompt_len", "gen_tokens", "num_iterations",
                 "steps", "warmup"):
         assert bench_trl.DEFAULTS[key] == bench.DEFAULTS[key]
@@ -284,7 +284,7 @@ def test_trl_gets_the_same_rows_as_text(tmp_path, monkeypatch):
     # bench_trl's text columns are bench.py's rows, token for token, in bench.py's batches
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)
-    bench_trl = importlib.import_module("dev.bench_trl")
+    bench_trl = importlib.import_module("bench_trl")
     path = hh_like_file(tmp_path / "prefs.jsonl")
     cfg = SimpleNamespace(**{**bench_trl.DEFAULTS, "data": path, "batch_size": 2, "block_size": 96,
                              "steps": 2, "warmup": 1})
@@ -422,7 +422,7 @@ def test_gpu_check_smoke_runs_every_phase_on_the_cpu(tmp_path):
 def test_side_by_side_summary_reads_the_step_by_step_ratios(monkeypatch):
     for name in ("trl", "transformers", "datasets", "accelerate"):
         monkeypatch.setitem(sys.modules, name, None)
-    bench_trl = importlib.import_module("dev.bench_trl")
+    bench_trl = importlib.import_module("bench_trl")
     assert bench_trl.spread([3.0, 1.0, 2.0, 10.0]) == (2.0, 1.0, 10.0)  # the lower middle
     summary = [dict(setting="defaults", size="gpt2", ours="sft", trl="sft", ours_s=[1.0, 2.0],
                     trl_s=[2.0, 5.0], paired=[0.4, 0.5, 0.6, 0.45], rounds=[0.5, 0.4],

@@ -15,8 +15,8 @@ saying so):
 
 Run it:
     python bench.py --out=out/bench_cpu.json                           # nanoRLHF, then
-    ../trl112-venv/bin/python dev/bench_trl.py --compare=out/bench_cpu.json   # TRL, the ratios
-    ../trl-venv/bin/python dev/bench_trl.py --data=hh --block_size=512 --sizes=gpt2 \
+    ../trl112-venv/bin/python tests/bench_trl.py --compare=out/bench_cpu.json   # TRL, the ratios
+    ../trl-venv/bin/python tests/bench_trl.py --data=hh --block_size=512 --sizes=gpt2 \
         --stages=sft,rm,dpo --dtype=bfloat16 --batch_size=8 --steps=5 --repeats=3 \
         --vs=defaults,fast,fast_precompute --variants=shared_prompt --out=out/bench_trl_hh.json
                           # side by side: nanoRLHF's and TRL's step in turn, 3 rounds, the spread
