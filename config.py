@@ -6,6 +6,7 @@ a config names.
 """
 
 import ast
+import gc
 import inspect
 import math
 import os
@@ -59,6 +60,10 @@ def cli(main):
     alone prints it."""
     try:
         main()
+        # free the cycles a run leaves (FSDP's hooks, a process group's pending work) while the
+        # interpreter is whole: freed during its shutdown, a gloo thread that then asks for the
+        # GIL aborts the process ("terminate called without an active exception") after success
+        gc.collect()
     except UserError as e:
         quiet = isinstance(e, ConfigError) and os.environ.get("RANK", "0") != "0"
         sys.exit(1 if quiet else f"error: {e}")
