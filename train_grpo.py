@@ -212,6 +212,14 @@ def settings(cfg):
     return baseline, scale, cfg.loss_agg or agg, cfg.kl_in or kl_in, cfg.kl_estimator or est
 
 
+def describe(cfg, device):
+    """The start-up line: the advantage preset as resolved, where the KL is paid, the reward."""
+    baseline, scale, loss_agg, kl_in, kl_estimator = settings(cfg)
+    print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
+           f"{f'{kl_estimator} in the {kl_in}' if cfg.beta > 0 else 'none'}, group of "
+           f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {device}")
+
+
 def validate(cfg):
     """Bad values fail here, naming the key, before anything is loaded or written."""
     validate_rl(cfg, {
@@ -245,9 +253,7 @@ def main(argv=None):
     train, val = load_prompts(cfg, enc)
     reward, gate_stats, _ = safety.load(cfg, reward, rm, train + val, enc, policy, run)  # the gate
     demos = load_demos(cfg, enc, proc)  # PPO-ptx's rows, and held-out demonstrations
-    print0(f"{cfg.advantage}: baseline {baseline}, scale {scale}, loss {loss_agg}, KL "
-           f"{'none' if ref is None else f'{kl_estimator} in the {kl_in}'}, group of "
-           f"{cfg.group_size}; reward {cfg.reward_fn or cfg.reward_model}; device {proc.device}")
+    describe(cfg, proc.device)
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up
