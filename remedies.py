@@ -11,9 +11,10 @@ For each seed, the pipeline's own stages (prepare, SFT, labelling, one reward mo
   - more reward models on the same rankings, member k seeded S + k ({out}/seed{S}/rm{k}; member
     0 is the pipeline's reward model): ensembles of K = 3 and 5 (Coste et al. 2023);
   - PPO against each remedy (VARIANTS): the ensembles' mean, worst case (min) and uncertainty-
-    weighted (uwo) scores, uwo with a small KL coefficient, a length penalty, the pretraining
-    mix (PPO-ptx) -- every other setting the pipeline's (config/ppo_toy.py);
-  - eval.py on every policy (the same prompts and noise), with the 5-member ensemble's mean as
+    weighted (uwo) scores, uwo with a small KL coefficient, the mean with a large one, a length
+    penalty, the pretraining mix (PPO-ptx) -- every other setting the pipeline's
+    (config/ppo_toy.py);
+  - eval.py on every policy (the same prompts and noise, eval_samples answers each), with the 5-member ensemble's mean as
     the common yardstick of "RM score" and its members' disagreement;
   - the reward models' accuracy on the held-out on-policy pairs, one model and ensembles;
   - the over-optimisation curves with one reward model and with the ensemble: best-of-N to
@@ -46,8 +47,11 @@ DEFAULTS = dict(
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
     variants="all",           # the VARIANTS to run beside 'none' (comma-separated), or 'all'
     small_beta=0.05,          # the KL coefficient of 'uwo*_beta' (Coste et al.: UWO needs less KL)
+    large_beta=0.4,           # the KL coefficient of 'mean3_kl': twice the default anchor
     length_penalty=0.01,      # per response token, for 'length'
     ptx_coef=0.5,             # PPO-ptx's gamma, for 'ptx'
+    eval_samples=8,           # answers per held-out prompt and policy: one answer's mean gold over
+                              # 96 prompts moves by ~0.16 between sampling seeds (docs/RESULTS.md)
     overopt=True,             # the over-optimisation curves (best-of-N and PPO at beta 0.02),
                               # on the first seed
 )
@@ -57,6 +61,7 @@ VARIANTS = {
     "none": (1, "mean", []),
     "mean3": (3, "mean", []), "min3": (3, "min", []), "uwo3": (3, "uwo", []),
     "mean5": (5, "mean", []), "min5": (5, "min", []), "uwo5": (5, "uwo", []),
+    "mean3_kl": (3, "mean", ["--beta={large_beta}"]),
     "uwo3_beta": (3, "uwo", ["--beta={small_beta}"]), "uwo5_beta": (5, "uwo", ["--beta={small_beta}"]),
     "length": (1, "mean", ["--length_penalty={length_penalty}"]),
     "ptx": (1, "mean", ["--ptx_coef={ptx_coef}", "--ptx_data={data}/sft_train.jsonl"]),
@@ -153,7 +158,8 @@ def evaluate_seed(cfg, seed, ran, times, overopt=True):
     common += ["--eval_examples=8", "--max_new_tokens=16"] * mini
     stages = {"eval": ([], ["eval.py", f"--out_dir={ran.run}/eval", f"--reward_model="
                             f"{','.join(ran.members)}", "--reward_agg=mean", "--policies=" +
-                            ",".join(f"{n}:{p}" for n, p in policies.items())] + common)}
+                            ",".join(f"{n}:{p}" for n, p in policies.items())] + common
+                            + [f"--num_samples_per_prompt={1 if mini else cfg.eval_samples}"])}
     if cfg.overopt and overopt:  # best-of-N and PPO's snapshots, scored by the reward model they optimised
         for name, rm, agg in (("overopt_one", ran.members[0], "mean"),
                               ("overopt_ens", ",".join(ran.members), "uwo")):

@@ -59,12 +59,15 @@ def test_the_variants_run_are_those_named_within_the_ensembles_size():
     from types import SimpleNamespace
     cfg = lambda **kw: SimpleNamespace(**{**remedies.DEFAULTS, **kw})  # noqa: E731
     assert remedies.chosen(cfg(members=3)) == [
-        "mean3", "min3", "uwo3", "uwo3_beta", "length", "ptx"]
+        "mean3", "min3", "uwo3", "mean3_kl", "uwo3_beta", "length", "ptx"]
     assert remedies.chosen(cfg(members=5, variants="uwo5,length")) == ["uwo5", "length"]
     assert remedies.chosen(cfg(members=3, variants="uwo5,length")) == ["length"]
     stages, _ = remedies.seed_stages(cfg(members=3, variants="uwo3_beta"), 9, overopt=False)
     assert {n for n in stages if "ppo_" in n or "overopt" in n} == {"s9_ppo_uwo3_beta"}
     cmd = stages["s9_ppo_uwo3_beta"][1]
     assert "--beta=0.05" in cmd and "--reward_agg=uwo" in cmd
+    stages, _ = remedies.seed_stages(cfg(members=3, variants="mean3_kl"), 9, overopt=False)
+    cmd = stages["s9_ppo_mean3_kl"][1]
+    assert "--beta=0.4" in cmd and "--reward_agg=mean" in cmd and "config/ppo_toy.py" in cmd
     with pytest.raises(config.ConfigError, match="variants"):
         remedies.main(["--variants=uwo7"])
