@@ -60,6 +60,9 @@ DEFAULTS = dict(
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
     reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
     uwo_lambda=1.0,           # uwo: the members' mean - uwo_lambda * their variance
+    eval_samples=4,           # answers per held-out prompt and policy in the evaluation: one
+                              # answer's mean gold over 96 prompts moves by ~0.16 between
+                              # sampling seeds, four halve that (docs/RESULTS.md)
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
@@ -80,7 +83,8 @@ MINI = {
            "--eval_examples=4", "--save_every=1", "--num_samples=1"],
     "dpo": ["--max_iters=4", "--warmup_iters=1", "--batch_size=4", "--eval_interval=2",
             "--eval_examples=4", "--log_interval=1"],
-    "eval": ["--eval_examples=8", "--max_new_tokens=16", "--bon_sweep=4"],
+    "eval": ["--eval_examples=8", "--max_new_tokens=16", "--bon_sweep=4",
+             "--num_samples_per_prompt=1"],
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
@@ -207,7 +211,8 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
         "eval.py", f"--policies={policies}", *rm, f"--reference={sft}",
         f"--prompts={held_out}", f"--pairs={pairs}", f"--out_dir={eval_dir}",
         f"--demo_val_data={data}/sft_val.jsonl",
-        f"--sweep={','.join(sweeps)}", "--bon_sweep=64"] + extra("eval"))
+        f"--sweep={','.join(sweeps)}", "--bon_sweep=64",
+        f"--num_samples_per_prompt={cfg.eval_samples}"] + extra("eval"))
     if cfg.plots and importlib.util.find_spec("matplotlib") is None:  # a requirement, but
         print("note: matplotlib is not installed (pip install -r requirements.txt): no plots")
     elif cfg.plots:
@@ -404,7 +409,7 @@ def main(argv=None):
         "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1"),
         "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
         "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
-        "uwo_lambda": (lambda v: v >= 0, ">= 0"),
+        "uwo_lambda": (lambda v: v >= 0, ">= 0"), "eval_samples": (lambda v: v >= 1, ">= 1"),
         "spin_iters": (lambda v: 1 <= v <= 20, "in 1..20")})
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy'")

@@ -8,6 +8,7 @@ import pytest
 
 import config
 import checkpoint
+import eval as eval_script
 import frontier
 import pipeline
 
@@ -97,9 +98,19 @@ def test_frontier_curves_average_seeds_and_add_their_spread():
 
 def test_bad_config_is_rejected(tmp_path):
     for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft",
-                "--rm_members=0", "--reward_agg=max"):
+                "--rm_members=0", "--reward_agg=max", "--eval_samples=0"):
         with pytest.raises(config.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
+
+
+@pytest.mark.unit
+def test_the_evaluation_asks_eval_samples_answers_per_prompt_and_the_mini_run_one():
+    def samples(*argv):
+        cfg = config.parse_config(pipeline.DEFAULTS, list(argv))
+        cmd = pipeline.build_stages(cfg, {"dpo"})[0]["eval"][1]
+        return config.parse_config(eval_script.DEFAULTS, cmd[1:]).num_samples_per_prompt
+    assert samples() == pipeline.DEFAULTS["eval_samples"] == 4
+    assert samples("--eval_samples=2") == 2 and samples("--scale=mini") == 1
 
 
 @pytest.mark.unit
