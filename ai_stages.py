@@ -35,7 +35,7 @@ harmlessness comparison (data/toy/cai.py, data/toy/constitution.txt):
 import json
 import os
 
-AI_METHODS = ("spin", "rlaif", "cai")  # beside pipeline.OPTIONAL: never part of the default run, nor of 'all'
+AI_METHODS = ("spin", "rlaif", "cai")  # beside pipeline.OPTIONAL: never in the default run, nor 'all'
 SPIN_STEPS = 250        # optimizer steps per SPIN iteration (config/spin_toy.py's max_iters)
 SL_CAI_STEPS = 300      # SL-CAI's fine-tuning steps: ~400 revisions and as many demos, 6 epochs
 CAI_POSITIONS = 320     # a request, an answer and a principle (data/toy/cai.py)
@@ -108,7 +108,8 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
 def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
     """Constitutional AI's stages (the arguments as add_rlaif's): SL-CAI, then RL-CAI."""
     mini = cfg.scale == "mini"
-    folder, cai_sft, sl_cai = f"{data}/cai", f"{d('cai_sft')}/ckpt_best.pt", f"{d('sl_cai')}/ckpt_last.pt"
+    folder = f"{data}/cai"
+    cai_sft, sl_cai = f"{d('cai_sft')}/ckpt_best.pt", f"{d('sl_cai')}/ckpt_last.pt"
     positions = [f"--block_size={CAI_POSITIONS}"]
     stages["cai_examples"] = (["prepare"], [
         "data/toy/cai.py", "--make=examples", f"--demos={data}/sft_train.jsonl",
@@ -126,7 +127,8 @@ def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
         "train_sft.py", "config/sft_toy.py", f"--init_from={cai_sft}", f"--out_dir={d('sl_cai')}",
         f"--train_data={folder}/sl_cai_train.jsonl", f"--val_data={data}/sft_val.jsonl",
         "--lr=3e-4", "--min_lr=3e-5", "--warmup_iters=10",
-        f"--max_iters={4 if mini else SL_CAI_STEPS}"] + common_args + (MINI["sft_more"] if mini else []))
+        f"--max_iters={4 if mini else SL_CAI_STEPS}"] + common_args
+        + (MINI["sft_more"] if mini else []))
     # the feedback model: its own folder, so that it is written while the revisions are
     stages["cai_judge_data"] = (["cai_examples"], [
         "data/toy/cai.py", "--make=judge", f"--pairs={data}/prefs_train.jsonl",
@@ -137,12 +139,15 @@ def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
         f"--train_data={data}/cai_judge/judge_train.jsonl",
         f"--val_data={data}/cai_judge/judge_val.jsonl"] + common_args + extra("sft") + positions)
     labels = f"{data}/cai_labels"
+    # 4 answers a prompt, not 8: each pair is read in 2 orders under every principle (5), and 6
+    # pairs x 10 readings cost about what RLAIF's 28 pairs x 2 do
     stages["label_cai"] = (["sl_cai", "cai_judge"], [
         "data/toy/label.py", f"--policy={sl_cai}", f"--annotator=cai:{d('cai_judge')}/ckpt_best.pt",
         f"--out_dir={labels}", "--prefix=cai", f"--train_prompts={data}/prompts_train.jsonl",
-        "--eval_prompts="] + common_args + extra("label"))
+        "--eval_prompts=", "--k=4"] + common_args + extra("label"))
     stages["cai_rm"] = (["label_cai", "sft"], [
-        "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('cai_rm')}", f"--init_from={sft}",
+        "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('cai_rm')}",
+        f"--init_from={sft}",
         f"--train_data={labels}/cai_train.jsonl", f"--val_data={labels}/cai_val.jsonl",
         f"--bias_data={labels}/cai_samples.jsonl"] + common_args + extra("rm"))
     stages["rl_cai"] = (["cai_rm"], [
@@ -261,28 +266,32 @@ def cai_table(root, eval_dir, data, d):
         with open(os.path.join(root, *parts)) as f:
             return json.load(f)
     res = read(eval_dir, "results.json")["policies"]
-    examples, judge = read(data, "cai", "examples_manifest.json"), read(data, "cai_judge", "judge_manifest.json")
-    revisions = read(data, "cai", "revisions_manifest.json")["summary"]
+    examples = read(data, "cai", "examples_manifest.json")
+    judge = read(data, "cai_judge", "judge_manifest.json")
+    revised = read(data, "cai", "revisions_manifest.json")["summary"]
     rm_data = checkpoint_config(os.path.join(root, d("rm"), "ckpt_best.pt"))["train_data"]
     people = [comparisons_by_kind(os.path.join(root, p)) for p in rm_data.split(",")]
     demos, n_ex = examples["demonstrations"], examples["revision_examples"]
-    used = dict(sft=(demos, 0, 0, 0), ppo=(demos, 0, sum(h for h, _ in people), sum(s for _, s in people)),
+    # (demonstrations, revision examples, helpfulness comparisons, harmlessness comparisons)
+    used = dict(sft=(demos, 0, 0, 0),
+                ppo=(demos, 0, sum(h for h, _ in people), sum(s for _, s in people)),
                 cai_sft=(demos, n_ex, 0, 0), sl_cai=(demos, n_ex, 0, 0),
-                rl_cai=(demos, n_ex, judge["helpfulness_comparisons"], judge["harmlessness_comparisons"]))
+                rl_cai=(demos, n_ex, judge["helpfulness_comparisons"],
+                        judge["harmlessness_comparisons"]))
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"SL-CAI's data: the CAI policy's answers to {revisions['harmful']} harmful and "
-             f"{revisions['lookalike']} lookalike training prompts, revised by a principle drawn "
-             f"at random; gold (measured only): harmful compliance {fmt(revisions['compliance_before'])}"
-             f" -> {fmt(revisions['compliance_after'])}, over-refusal "
-             f"{fmt(revisions['over_refusal_before'])} -> {fmt(revisions['over_refusal_after'])}.", "",
+    lines = [f"SL-CAI's data: the CAI policy's answers to {revised['harmful']} harmful and "
+             f"{revised['lookalike']} lookalike training prompts, revised by a principle drawn "
+             f"at random; gold (measured only): harmful compliance "
+             f"{fmt(revised['compliance_before'])} -> {fmt(revised['compliance_after'])}, "
+             f"over-refusal {fmt(revised['over_refusal_before'])} -> "
+             f"{fmt(revised['over_refusal_after'])}.", "",
              "| policy | harmful compliance | over-refusal | gold (benign) | demonstrations "
              "| revision examples | helpfulness comparisons | harmlessness comparisons |",
              "|" + "---|" * 8]
     for name, counts in used.items():
         m = res[name]
-        lines.append("| " + " | ".join([name, fmt(m.get("harmful_compliance")),
-                                         fmt(m.get("over_refusal")), fmt(m.get("gold_benign"))]
-                                        + [str(c) for c in counts]) + " |")
+        cells = [fmt(m.get(k)) for k in ("harmful_compliance", "over_refusal", "gold_benign")]
+        lines.append("| " + " | ".join([name] + cells + [str(c) for c in counts]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -38,12 +38,14 @@ harmlessness comparison; three data sets, one per --make:
         --train_data=data/toy/out/cai_judge/judge_train.jsonl \
         --val_data=data/toy/out/cai_judge/judge_val.jsonl
     python data/toy/label.py --policy=out/sl_cai_toy/ckpt_last.pt --eval_prompts= \
-        --annotator=cai:out/cai_judge_toy/ckpt_best.pt --out_dir=data/toy/out/cai_labels --prefix=cai
+        --annotator=cai:out/cai_judge_toy/ckpt_best.pt --out_dir=data/toy/out/cai_labels \
+        --prefix=cai --k=4
     then train_reward_model.py on cai_labels/cai_*.jsonl and train_ppo.py from sl_cai: RL-CAI.
 (`python pipeline.py --methods=cai` runs all of it; docs/AI_FEEDBACK.md says what each means.)
 
-Each set appears whole or not at all (run.DataSet: {make}_manifest.json last). The CAI models have 320 positions: a request, an answer and a principle (at most 48 characters) do
-not fit the policy's 128. The gold judge only measures (the manifests' gold summaries).
+Each set appears whole or not at all (run.DataSet: {make}_manifest.json last). The CAI models
+have 320 positions: a request, an answer and a principle (at most 48 characters) do not fit the
+policy's 128. The gold judge only measures (the manifests' gold summaries).
 
 Deliberately left out: the critique before each revision (the paper's ablation finds revisions
 alone nearly as good for larger models), repeated revision rounds, chain-of-thought feedback,

@@ -242,7 +242,8 @@ def load_annotator(spec):
     """None for 'toy' (label_prompt's noise model), else the annotator of 'file.py:function', or
     the judge of 'judge:CKPT' (both orders) or 'judge1:CKPT' (one order; data/toy/rlaif.py), or
     of 'cai:CKPT' (both orders under each principle of data/toy/constitution.txt, averaged;
-    data/toy/cai.py), under the contract. A judge's .summary() says how it judged, measured against gold."""
+    data/toy/cai.py), under the contract. A judge's .summary() says how it judged, measured
+    against gold."""
     if spec == "toy":
         return None
     kind, _, ckpt = spec.partition(":")
@@ -384,12 +385,13 @@ def main(argv=None):
     settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")
                 and (k != "annotator" or v != "toy")}  # the toy annotator's manifest as before
     kind, _, ckpt = cfg.annotator.partition(":")
-    annotator_file = ckpt if kind in ("judge", "judge1", "cai") else cfg.annotator.rpartition(":")[0]
+    annotator_file = ckpt if kind in ("judge", "judge1", "cai") else \
+        cfg.annotator.rpartition(":")[0]
     if kind == "cai":  # the labels depend on the principles too
         from data.toy.cai import CONSTITUTION
         annotator_file += "," + os.path.relpath(CONSTITUTION)
-    inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts, *annotator_file.split(","),
-                                             *cfg.eval_prompts.split(",")] if p and os.path.isfile(p)}
+    files = [cfg.policy, cfg.train_prompts, *annotator_file.split(","), *cfg.eval_prompts.split(",")]
+    inputs = {p: run.sha256_of(p) for p in files if p and os.path.isfile(p)}
     # out_dir locked, an earlier labelling kept unless --overwrite=True; the files are written to
     # out_dir/.staging-{prefix} and replace the earlier set only once every one is written
     annotate = load_annotator(cfg.annotator)  # a bad spec or file fails before anything runs
