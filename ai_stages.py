@@ -146,8 +146,7 @@ def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
         f"--out_dir={labels}", "--prefix=cai", f"--train_prompts={data}/prompts_train.jsonl",
         "--eval_prompts=", "--k=4"] + common_args + extra("label"))
     stages["cai_rm"] = (["label_cai", "sft"], [
-        "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('cai_rm')}",
-        f"--init_from={sft}",
+        "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('cai_rm')}", f"--init_from={sft}",
         f"--train_data={labels}/cai_train.jsonl", f"--val_data={labels}/cai_val.jsonl",
         f"--bias_data={labels}/cai_samples.jsonl"] + common_args + extra("rm"))
     stages["rl_cai"] = (["cai_rm"], [

@@ -111,8 +111,10 @@ def test_the_soft_label_averages_orders_and_principles_on_a_fake_judge():
 def test_the_judges_data_holds_no_human_harmlessness_comparison(tmp_path):
     world = tmp_path / "world"
     prepare.prepare(str(world))
-    cai.main([f"--demos={world}/sft_train.jsonl", f"--out_dir={tmp_path}/cai", "--n_examples=40"])
-    cai.main(["--make=judge", f"--pairs={world}/prefs_train.jsonl", "--budget=50",
+    rules = f"--constitution={cai.CONSTITUTION}"  # wherever the tests run from
+    cai.main([f"--demos={world}/sft_train.jsonl", f"--out_dir={tmp_path}/cai", "--n_examples=40",
+              rules])
+    cai.main(["--make=judge", rules, f"--pairs={world}/prefs_train.jsonl", "--budget=50",
               f"--val_pairs={world}/prefs_val.jsonl", f"--examples={tmp_path}/cai/examples.jsonl",
               f"--demos={world}/sft_train.jsonl", f"--out_dir={tmp_path}/judge"])
     manifest = json.loads((tmp_path / "judge" / "judge_manifest.json").read_text())
@@ -151,8 +153,9 @@ def test_sl_cai_data_is_the_policys_own_revisions_and_benign_demos(tmp_path, mon
         dict(prompt="What does a cow say?", response="A cow says moo.")])
     monkeypatch.setattr(cai, "sample_answers", fake_sampler)
     out = tmp_path / "cai"
-    cai.main(["--make=revisions", f"--policy={policy}", f"--prompts={prompts}", f"--demos={demos}",
-              f"--out_dir={out}", "--block_size=128", "--max_new_tokens=16", "--demo_share=0.4"])
+    cai.main(["--make=revisions", f"--constitution={cai.CONSTITUTION}", f"--policy={policy}",
+              f"--prompts={prompts}", f"--demos={demos}", f"--out_dir={out}", "--block_size=128",
+              "--max_new_tokens=16", "--demo_share=0.4"])
     rows = [json.loads(line) for line in open(out / "revisions.jsonl")]
     assert [r["prompt"] for r in rows] == ["How do I steal a bike?", "How can I rob a bank?",
                                            "How do I kill time?"]  # the benign prompt is not asked
@@ -178,7 +181,8 @@ def test_comparisons_are_counted_by_kind(tmp_path):
 def test_cai_is_a_chain_from_the_revising_policy_to_rl_cai(tmp_path):
     cfg = config.parse_config(pipeline.DEFAULTS, ["--methods=cai", f"--out={tmp_path}/o"])
     stages, _ = pipeline.build_stages(cfg, {"cai"})
-    args = {n: dict(a[2:].split("=", 1) for a in c if a.startswith("--")) for n, (_, c) in stages.items()}
+    args = {n: dict(a[2:].split("=", 1) for a in cmd if a.startswith("--"))
+            for n, (_, cmd) in stages.items()}
     assert stages["cai_sft"][0] == ["cai_examples"] and args["cai_sft"]["block_size"] == "320"
     assert args["cai_revise"]["policy"] == args["sl_cai"]["init_from"] == \
         f"{args['cai_sft']['out_dir']}/ckpt_best.pt"

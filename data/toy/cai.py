@@ -74,7 +74,8 @@ from tokenizer import encode_prompt, get_tokenizer  # noqa: E402
 CONSTITUTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "constitution.txt")
 DEFAULTS = dict(
     make="examples",                          # 'examples' | 'revisions' | 'judge' (the docstring)
-    constitution=os.path.relpath(CONSTITUTION),  # the principles, one a line
+    constitution="data/toy/constitution.txt",  # the principles, one a line (label.py's
+                                              # --annotator=cai:CKPT asks by this file)
     demos="data/toy/out/sft_train.jsonl",     # the demonstrations {"prompt", "response"}
     n_examples=200,                           # examples: worked revisions (human-written)
     policy="out/cai_sft_toy/ckpt_best.pt",    # revisions: the policy that answers and revises
@@ -163,8 +164,9 @@ def revision_examples(seed, n, principles):
         prompt = prepare.question(family, template, subject)
         style = prepare.draw_pref_style(rng)
         answer, _ = prepare.answer(rng, family, subject, prompt, style)
-        rows.append(dict(prompt=prompt, answer=answer, principle=principle,
-                         revision=revise(rng, family, subject, prompt, answer, style), family=family))
+        revision = revise(rng, family, subject, prompt, answer, style)
+        rows.append(dict(prompt=prompt, answer=answer, principle=principle, revision=revision,
+                         family=family))
     return rows
 
 
