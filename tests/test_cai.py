@@ -60,7 +60,7 @@ def test_principles_are_drawn_seeded_and_cover_the_constitution():
     assert {r["principle"] for r in cai.revision_examples(1, 50, PRINCIPLES)} == set(PRINCIPLES)
 
 
-def test_a_bad_constitution_fails_in_one_line_naming_its_line(tmp_path):
+def test_a_bad_constitution_or_record_fails_in_one_line_naming_its_line(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("# a comment\nBe kind.\n" + "x" * 49 + "\n")
     with pytest.raises(config.ConfigError, match=r"c\.txt:3: a principle of 49 characters"):
@@ -68,6 +68,11 @@ def test_a_bad_constitution_fails_in_one_line_naming_its_line(tmp_path):
     path.write_text("# nothing but a comment\n\n")
     with pytest.raises(config.ConfigError, match="no principle"):
         cai.read_constitution(str(path))
+    bad = write_jsonl(tmp_path / "e.jsonl", [dict(prompt="How do I kill time?", answer="a",
+                                                  principle="p", revision="b"),
+                                             dict(prompt="How do I kill time?", answer="a")])
+    with pytest.raises(config.DataError, match=r"e\.jsonl:2: a record needs the text fields"):
+        cai.read_records(bad, ("prompt", "answer", "principle", "revision"))
 
 
 @pytest.mark.unit

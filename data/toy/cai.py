@@ -134,7 +134,7 @@ def revision_prompt(request, answer, principle):
 
 def draw_principles(principles, n, seed, stream):
     """n principles drawn uniformly at random, with replacement, from a generator of their own
-    (seed, stream): the same draw whatever else is sampled (Bai et al. 2022 sec. 3.1)."""
+    (seed, stream): the same draw whatever else is sampled (Bai et al. 2022 sec. 3)."""
     rng = random.Random(f"{seed}:principles:{stream}")
     return [rng.choice(principles) for _ in range(n)]
 
@@ -209,7 +209,8 @@ def is_benign(prompt):
 
 def read_demos(path):
     """The demonstrations of a file as {"prompt", "response"} records."""
-    return [dict(prompt=o["prompt"], response=o["response"]) for _, o in loader.read_jsonl(path)]
+    return [dict(prompt=o["prompt"], response=o["response"])
+            for o in read_records(path, ("prompt", "response"))]
 
 
 def make_examples(cfg, out, principles):
@@ -279,10 +280,27 @@ def make_revisions(cfg, out, principles):
           f"{summary['over_refusal_after']}")
 
 
+def read_records(path, keys):
+    """The records of a JSONL file, each with the text fields `keys` and a toy-world prompt, or a
+    DataError naming the file and line."""
+    rows = []
+    for lineno, obj in loader.read_jsonl(path):
+        if not all(isinstance(obj.get(k), str) for k in keys):
+            raise config.DataError(f"{path}:{lineno}: a record needs the text fields {keys}")
+        try:
+            judge.parse_prompt(obj["prompt"])
+        except ValueError:
+            raise config.DataError(f"{path}:{lineno}: {obj['prompt'][:60]!r} is not a toy-world "
+                                   f"prompt") from None
+        rows.append(obj)
+    return rows
+
+
 def benign_pairs(path, n):
     """The first n comparisons of a pair file whose prompt is of a benign family; fewer is a
     DataError. A harmful or lookalike comparison is never read into the judge."""
-    rows = [o for _, o in loader.read_jsonl(path) if is_benign(o["prompt"])][:n]
+    pairs = read_records(path, ("prompt", "chosen", "rejected"))
+    rows = [o for o in pairs if is_benign(o["prompt"])][:n]
     if len(rows) < n:
         raise config.DataError(f"{path}: {len(rows)} benign comparisons, fewer than the {n} "
                                f"asked for")
@@ -302,7 +320,8 @@ def make_judge(cfg, out, principles):
     """The feedback model's data: benign human comparisons and the worked revisions, by
     principle, beside the demonstrations; validation on held-out benign comparisons."""
     helpful = benign_pairs(cfg.pairs, cfg.budget)
-    revisions = revision_pairs([o for _, o in loader.read_jsonl(cfg.examples)])
+    revisions = revision_pairs(read_records(cfg.examples, ("prompt", "answer", "principle",
+                                                           "revision")))
     train = judge_data(helpful, principles, cfg.seed, "judge") + \
         judge_data(revisions, principles, cfg.seed, "judge_revisions")
     val = judge_data(benign_pairs(cfg.val_pairs, rlaif.N_VAL), principles, cfg.seed, "judge_val")
