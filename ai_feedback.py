@@ -11,6 +11,9 @@ test can show the two are one.
 RLAIF (Lee et al. 2023) reads a judge's preference from its next-token log-probs of "1" and "2"
 after a prompt that shows both answers; a judge that has learned from labels is a generative
 reward model, not zero-shot feedback (docs/AI_FEEDBACK.md).
+
+Constitutional AI (Bai et al. 2022) asks the same judge once per principle of a constitution and
+averages: `principle_ensemble`.
 """
 
 import torch
@@ -53,6 +56,20 @@ def debiased_preference(p_first_ab, p_first_ba):
     Test: tests/test_ai_feedback.py::test_debiasing_averages_both_orders
     """
     return 0.5 * (p_first_ab + (1.0 - p_first_ba))
+
+
+def principle_ensemble(p_first_ab, p_first_ba):
+    """
+    P(a is better than b) by a whole constitution: the judge's P(slot 1 is better) read under
+    each of P principles, in both orders, (P, N) each, debiased per principle
+    (debiased_preference) and averaged over the principles -> (N,). Bai et al. 2022
+    ("Constitutional AI: Harmlessness from AI Feedback", sec. 4.1) use the feedback model's
+    normalised probabilities as soft labels and find ensembling over principles makes the
+    preference model more robust; a principle the judge reads as irrelevant (0.5) dilutes the
+    others rather than flipping them.
+    Test: tests/test_cai.py::test_principle_ensemble_by_hand
+    """
+    return debiased_preference(p_first_ab, p_first_ba).mean(0)
 
 
 def position_stats(p_first_ab, p_first_ba):

@@ -17,15 +17,31 @@ RLAIF (Lee et al. 2023) with a judge trained here (a generative reward model):
     label_rlaif   data/toy/label.py --annotator=judge:...: the SFT policy's answers (the same
                   samples the people rank in `label`), ranked by the judge, both orders averaged
     rlaif_dpo     train_dpo.py config/dpo_toy.py on the judge's rankings, as `dpo` on the people's
+
+Constitutional AI (Bai et al. 2022) on the harmful and lookalike requests, with no human
+harmlessness comparison (data/toy/cai.py, data/toy/constitution.txt):
+    cai_examples  cai.py --make=examples: the constitution's worked revisions, and the demos
+    cai_sft       train_sft.py on both, 320 positions: the helpful-only policy that can revise
+    cai_revise    cai.py --make=revisions: it answers the harmful and lookalike training prompts
+                  and revises each answer by a principle drawn at random
+    sl_cai        train_sft.py from cai_sft on the revisions and benign demos: SL-CAI
+    cai_judge_data, cai_judge   cai.py --make=judge, train_sft.py: the feedback model
+    label_cai     label.py --annotator=cai:...: SL-CAI's answers ranked by the judge's soft
+                  labels, averaged over both orders and every principle
+    cai_rm        train_reward_model.py on those rankings, from the SFT trunk
+    rl_cai        train_ppo.py from sl_cai against cai_rm: RL-CAI
 """
 
 import json
 import os
 
-AI_METHODS = ("spin", "rlaif")  # beside pipeline.OPTIONAL: never part of the default run, nor of 'all'
+AI_METHODS = ("spin", "rlaif", "cai")  # beside pipeline.OPTIONAL: never in the default run, nor 'all'
 SPIN_STEPS = 250        # optimizer steps per SPIN iteration (config/spin_toy.py's max_iters)
+SL_CAI_STEPS = 300      # SL-CAI's fine-tuning steps: ~400 revisions and as many demos, 6 epochs
+CAI_POSITIONS = 320     # a request, an answer and a principle (data/toy/cai.py)
 MINI = {
     "spin_data": ["--max_pairs=48", "--max_val_pairs=16", "--max_new_tokens=16"],
+    "cai_revise": ["--max_prompts=16", "--max_new_tokens=16"],
     "sft_more": ["--warmup_iters=1", "--eval_interval=2", "--eval_examples=16", "--log_interval=1",
                  "--num_samples=1", "--sample_tokens=8", "--ckpt_interval=4"],
 }
@@ -37,6 +53,8 @@ def add_stages(stages, cfg, methods, d, data, sft, held_out, common_args, extra)
         add_spin(stages, cfg, d, data, sft, common_args, extra)
     if "rlaif" in methods:  # a judge learned from a few labels ranks the SFT policy's answers
         add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra)
+    if "cai" in methods:  # a constitution in place of human harmlessness labels
+        add_cai(stages, cfg, d, data, sft, held_out, common_args, extra)
 
 
 def add_spin(stages, cfg, d, data, sft, common_args, extra):
@@ -87,12 +105,66 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
         + common_args + extra("dpo"))
 
 
+def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
+    """Constitutional AI's stages (the arguments as add_rlaif's): SL-CAI, then RL-CAI."""
+    mini = cfg.scale == "mini"
+    folder = f"{data}/cai"
+    cai_sft, sl_cai = f"{d('cai_sft')}/ckpt_best.pt", f"{d('sl_cai')}/ckpt_last.pt"
+    positions = [f"--block_size={CAI_POSITIONS}"]
+    stages["cai_examples"] = (["prepare"], [
+        "data/toy/cai.py", "--make=examples", f"--demos={data}/sft_train.jsonl",
+        f"--out_dir={folder}"] + common_args)
+    stages["cai_sft"] = (["cai_examples"], [
+        "train_sft.py", "config/sft_toy.py", f"--out_dir={d('cai_sft')}",
+        f"--train_data={folder}/examples_train.jsonl", f"--val_data={data}/sft_val.jsonl"]
+        + common_args + extra("sft") + positions)
+    stages["cai_revise"] = (["cai_sft"], [
+        "data/toy/cai.py", "--make=revisions", f"--policy={cai_sft}",
+        f"--prompts={data}/prompts_train.jsonl", f"--demos={data}/sft_train.jsonl",
+        f"--out_dir={folder}"] + common_args + (MINI["cai_revise"] if mini else []))
+    # SL-CAI: fine-tuned from the policy that revised, at sft_more's learning rate
+    stages["sl_cai"] = (["cai_revise"], [
+        "train_sft.py", "config/sft_toy.py", f"--init_from={cai_sft}", f"--out_dir={d('sl_cai')}",
+        f"--train_data={folder}/sl_cai_train.jsonl", f"--val_data={data}/sft_val.jsonl",
+        "--lr=3e-4", "--min_lr=3e-5", "--warmup_iters=10",
+        f"--max_iters={4 if mini else SL_CAI_STEPS}"] + common_args
+        + (MINI["sft_more"] if mini else []))
+    # the feedback model: its own folder, so that it is written while the revisions are
+    stages["cai_judge_data"] = (["cai_examples"], [
+        "data/toy/cai.py", "--make=judge", f"--pairs={data}/prefs_train.jsonl",
+        f"--val_pairs={data}/prefs_val.jsonl", f"--examples={folder}/examples.jsonl",
+        f"--demos={data}/sft_train.jsonl", f"--out_dir={data}/cai_judge"] + common_args)
+    stages["cai_judge"] = (["cai_judge_data"], [
+        "train_sft.py", "config/judge_toy.py", f"--out_dir={d('cai_judge')}",
+        f"--train_data={data}/cai_judge/judge_train.jsonl",
+        f"--val_data={data}/cai_judge/judge_val.jsonl"] + common_args + extra("sft") + positions)
+    labels = f"{data}/cai_labels"
+    # 4 answers a prompt, not 8: each pair is read in 2 orders under every principle (5), and 6
+    # pairs x 10 readings cost about what RLAIF's 28 pairs x 2 do
+    stages["label_cai"] = (["sl_cai", "cai_judge"], [
+        "data/toy/label.py", f"--policy={sl_cai}", f"--annotator=cai:{d('cai_judge')}/ckpt_best.pt",
+        f"--out_dir={labels}", "--prefix=cai", f"--train_prompts={data}/prompts_train.jsonl",
+        "--eval_prompts=", "--k=4"] + common_args + extra("label"))
+    stages["cai_rm"] = (["label_cai", "sft"], [
+        "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d('cai_rm')}", f"--init_from={sft}",
+        f"--train_data={labels}/cai_train.jsonl", f"--val_data={labels}/cai_val.jsonl",
+        f"--bias_data={labels}/cai_samples.jsonl"] + common_args + extra("rm"))
+    stages["rl_cai"] = (["cai_rm"], [
+        "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('rl_cai')}", f"--init_from={sl_cai}",
+        f"--reward_model={d('cai_rm')}/ckpt_best.pt", f"--train_prompts={data}/prompts_train.jsonl",
+        f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"]
+        + common_args + extra("rl"))
+
+
 def eval_policies(cfg, methods, d):
     """The evaluation's name:checkpoint items of the AI-feedback methods."""
     items = [f"rlaif_dpo:{d('rlaif_dpo')}/ckpt_last.pt"] if "rlaif" in methods else []
     if "spin" in methods:
         items.append(f"sft_more:{d('sft_more')}/ckpt_last.pt")
         items += [f"spin{t}:{d(f'spin{t}')}/ckpt_last.pt" for t in range(1, cfg.spin_iters + 1)]
+    if "cai" in methods:
+        items += [f"cai_sft:{d('cai_sft')}/ckpt_best.pt", f"sl_cai:{d('sl_cai')}/ckpt_last.pt",
+                  f"rl_cai:{d('rl_cai')}/ckpt_last.pt"]
     return items
 
 
@@ -168,3 +240,61 @@ def rlaif_table(root, eval_dir, data, have_dpo):
         lines.append(f"| {name} | {labels} | {m['gold_reward']:.3f} | {m['win_rate_vs_sft']:.3f} | "
                      f"{m['kl']:.2f} | {m['distinct']} |")
     return "\n".join(lines) + "\n"
+
+
+def comparisons_by_kind(path):
+    """(helpfulness, harmlessness) comparisons a preference file holds: one per pair record, and
+    per ranking record one per pair of answers of different rank; a comparison of answers to a
+    harmful request is a harmlessness one (label.split_kinds' split)."""
+    from data.toy.judge import parse_prompt
+    counts = [0, 0]
+    with open(path) as f:
+        for r in map(json.loads, f):
+            ranks = r.get("ranks")
+            n = 1 if ranks is None else sum(a < b for a in ranks for b in ranks)
+            counts[parse_prompt(r["prompt"])[0] == "harmful"] += n
+    return tuple(counts)
+
+
+def cai_table(root, eval_dir, data, d):
+    """Constitutional AI beside SFT and RLHF, as markdown: per policy harmful compliance,
+    over-refusal and the benign families' gold (eval.py's safety metrics), and the human labels
+    it used: demonstrations, worked revisions, and comparisons of helpfulness and of harmlessness
+    (RLHF's: the people's rankings the reward model learned from; CAI's: its judge's budget)."""
+    def read(*parts):
+        with open(os.path.join(root, *parts)) as f:
+            return json.load(f)
+    res = read(eval_dir, "results.json")["policies"]
+    examples = read(data, "cai", "examples_manifest.json")
+    judge = read(data, "cai_judge", "judge_manifest.json")
+    revised = read(data, "cai", "revisions_manifest.json")["summary"]
+    rm_data = checkpoint_config(os.path.join(root, d("rm"), "ckpt_best.pt"))["train_data"]
+    people = [comparisons_by_kind(os.path.join(root, p)) for p in rm_data.split(",")]
+    demos, n_ex = examples["demonstrations"], examples["revision_examples"]
+    # (demonstrations, revision examples, helpfulness comparisons, harmlessness comparisons)
+    used = dict(sft=(demos, 0, 0, 0),
+                ppo=(demos, 0, sum(h for h, _ in people), sum(s for _, s in people)),
+                cai_sft=(demos, n_ex, 0, 0), sl_cai=(demos, n_ex, 0, 0),
+                rl_cai=(demos, n_ex, judge["helpfulness_comparisons"],
+                        judge["harmlessness_comparisons"]))
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"SL-CAI's data: the CAI policy's answers to {revised['harmful']} harmful and "
+             f"{revised['lookalike']} lookalike training prompts, revised by a principle drawn "
+             f"at random; gold (measured only): harmful compliance "
+             f"{fmt(revised['compliance_before'])} -> {fmt(revised['compliance_after'])}, "
+             f"over-refusal {fmt(revised['over_refusal_before'])} -> "
+             f"{fmt(revised['over_refusal_after'])}.", "",
+             "| policy | harmful compliance | over-refusal | gold (benign) | demonstrations "
+             "| revision examples | helpfulness comparisons | harmlessness comparisons |",
+             "|" + "---|" * 8]
+    for name, counts in used.items():
+        m = res[name]
+        cells = [fmt(m.get(k)) for k in ("harmful_compliance", "over_refusal", "gold_benign")]
+        lines.append("| " + " | ".join([name] + cells + [str(c) for c in counts]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def checkpoint_config(path):
+    """The config a checkpoint was trained with."""
+    import checkpoint
+    return checkpoint.load_checkpoint(path)["config"]

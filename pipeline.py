@@ -15,6 +15,7 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --methods=spin        # also SPIN, self-play on the demonstrations, and
                                              # its control (docs/AI_FEEDBACK.md)
     python pipeline.py --methods=dpo,rlaif   # also DPO on a learned judge's labels (RLAIF)
+    python pipeline.py --methods=cai         # also Constitutional AI: SL-CAI and RL-CAI
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
@@ -53,7 +54,7 @@ DEFAULTS = dict(
                               # or 'all' (about 1.6x the time without the last two; with
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
                               # answers come from label.py); the AI-feedback methods only by
-                              # name: spin, rlaif (ai_stages.py)
+                              # name: spin, rlaif, cai (ai_stages.py)
     spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
@@ -360,8 +361,9 @@ def check_stages(cfg, stages):
     """Before anything runs: every stage's out_dir must be free (not a file, not locked by a
     running process) and hold nothing a stage would refuse to replace without --overwrite=True
     (a training run, a world of other settings, a labelling), or a ConfigError lists them all."""
-    from data.toy import label, prepare, spin
-    data_sets = {"data/toy/label.py": label.NAMES, "data/toy/spin.py": spin.NAMES}
+    from data.toy import cai, label, prepare, spin
+    data_sets = {"data/toy/label.py": label.NAMES, "data/toy/spin.py": spin.NAMES,
+                 "data/toy/cai.py": ()}
     problems = []
     for name, (_, cmd) in stages.items():
         args = dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--") and "=" in a)
@@ -388,8 +390,9 @@ def check_stages(cfg, stages):
                 problems.append(f"prepare: {args['out_dir']} holds a toy world of other "
                                 f"settings than seed {cfg.seed}'s")
         elif cmd[0] in data_sets:
-            prefix = args["prefix"]
+            prefix = args.get("prefix") or args["make"]  # cai.py's sets are named by --make
             held = [f"{prefix}_{n}.jsonl" for n in data_sets[cmd[0]]] + [f"{prefix}_manifest.json"]
+            held += list(cai.NAMES.get(prefix, ())) if cmd[0] == "data/toy/cai.py" else []
             if any(os.path.exists(os.path.join(d, n)) for n in held):
                 what = "a labelling" if name.startswith("label") else "a data set"
                 problems.append(f"{name}: {args['out_dir']} holds {what} ({prefix}_*)")
@@ -447,6 +450,12 @@ def main(argv=None):
         with open(os.path.join(ROOT, eval_dir, "rlaif.md"), "w") as f:
             f.write(table)
         print(f"RLAIF ({eval_dir}/rlaif.md):\n{table}")
+    if "cai" in methods:  # CAI beside SFT and RLHF, and the human labels each used
+        table = ai_stages.cai_table(ROOT, eval_dir, stage_path(cfg.data_dir),
+                                    lambda name: os.path.join(out, f"{name}_toy"))
+        with open(os.path.join(ROOT, eval_dir, "cai.md"), "w") as f:
+            f.write(table)
+        print(f"Constitutional AI ({eval_dir}/cai.md):\n{table}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ DEFAULTS = dict(
     annotator="toy",              # who ranks: 'toy' (the noise model on the gold judge),
                                   # 'path/to/file.py:function' (the contract above), or a judge
                                   # trained here, 'judge:CKPT' / 'judge1:CKPT' (data/toy/rlaif.py)
+                                  # or 'cai:CKPT' (by a constitution's principles, data/toy/cai.py)
     overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
 
@@ -239,16 +240,21 @@ def annotator_contract(fn, name):
 
 def load_annotator(spec):
     """None for 'toy' (label_prompt's noise model), else the annotator of 'file.py:function', or
-    the judge of 'judge:CKPT' (both orders) or 'judge1:CKPT' (one order; data/toy/rlaif.py),
-    under the contract. A judge's .summary() says how it judged, measured against gold."""
+    the judge of 'judge:CKPT' (both orders) or 'judge1:CKPT' (one order; data/toy/rlaif.py), or
+    of 'cai:CKPT' (both orders under each principle of data/toy/constitution.txt, averaged;
+    data/toy/cai.py), under the contract. A judge's .summary() says how it judged, measured
+    against gold."""
     if spec == "toy":
         return None
     kind, _, ckpt = spec.partition(":")
-    if kind in ("judge", "judge1"):
-        from data.toy import rlaif
+    if kind in ("judge", "judge1", "cai"):
+        from data.toy import cai, rlaif
         config.require(os.path.isfile(ckpt), f"annotator={spec!r}: no checkpoint {ckpt} (train "
                        f"one: python data/toy/rlaif.py && python train_sft.py config/judge_toy.py)")
-        fn = rlaif.judge_annotator(ckpt, 2 if kind == "judge" else 1, gold=GOLD)
+        # cai: both orders under every principle of the constitution, averaged (data/toy/cai.py)
+        principles = cai.read_constitution(cai.CONSTITUTION) if kind == "cai" else (None,)
+        fn = rlaif.judge_annotator(ckpt, 1 if kind == "judge1" else 2, gold=GOLD,
+                                   principles=principles)
     else:
         fn = load_file_function(spec, "annotator", "'toy', 'judge:CKPT', 'judge1:CKPT' or "
                                                    "'path/to/file.py:function'")
@@ -379,9 +385,13 @@ def main(argv=None):
     settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")
                 and (k != "annotator" or v != "toy")}  # the toy annotator's manifest as before
     kind, _, ckpt = cfg.annotator.partition(":")
-    annotator_file = ckpt if kind in ("judge", "judge1") else cfg.annotator.rpartition(":")[0]
-    inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.train_prompts, annotator_file,
-                                             *cfg.eval_prompts.split(",")] if p and os.path.isfile(p)}
+    annotator_file = ckpt if kind in ("judge", "judge1", "cai") else \
+        cfg.annotator.rpartition(":")[0]
+    if kind == "cai":  # the labels depend on the principles too
+        from data.toy.cai import CONSTITUTION
+        annotator_file += "," + os.path.relpath(CONSTITUTION)
+    files = [cfg.policy, cfg.train_prompts, *annotator_file.split(","), *cfg.eval_prompts.split(",")]
+    inputs = {p: run.sha256_of(p) for p in files if p and os.path.isfile(p)}
     # out_dir locked, an earlier labelling kept unless --overwrite=True; the files are written to
     # out_dir/.staging-{prefix} and replace the earlier set only once every one is written
     annotate = load_annotator(cfg.annotator)  # a bad spec or file fails before anything runs

@@ -65,17 +65,20 @@ N_VAL = 200  # held-out pairs in judge_val.jsonl
 VERDICT = "Better: {}"
 
 
-def judge_prompt(question, first, second):
-    """The judge format's prompt: the question and two numbered answers."""
-    return f"{question}\n1: {first}\n2: {second}\nWhich answer is better?"
+def judge_prompt(question, first, second, principle=None):
+    """The judge format's prompt: the question and two numbered answers, and the question asked
+    of them, by a principle of a constitution when one is given (data/toy/cai.py)."""
+    ask = "Which answer is better?" if principle is None else \
+        f"Which answer is better by this principle? {principle}"
+    return f"{question}\n1: {first}\n2: {second}\n{ask}"
 
 
-def judge_records(pair, both_orders, rng):
+def judge_records(pair, both_orders, rng, principle=None):
     """One labelled pair as judge-format SFT records {"prompt", "response"}: chosen in slot 1
-    and in slot 2 (both_orders), or in the slot a coin picks."""
+    and in slot 2 (both_orders), or in the slot a coin picks; asked by `principle` if given."""
     q, c, r = pair["prompt"], pair["chosen"], pair["rejected"]
-    both = [dict(prompt=judge_prompt(q, c, r), response=VERDICT.format(1)),
-            dict(prompt=judge_prompt(q, r, c), response=VERDICT.format(2))]
+    both = [dict(prompt=judge_prompt(q, c, r, principle), response=VERDICT.format(1)),
+            dict(prompt=judge_prompt(q, r, c, principle), response=VERDICT.format(2))]
     return both if both_orders else [both[rng.random() < 0.5]]
 
 
@@ -148,14 +151,16 @@ def slot1_preference(model, enc, texts, batch_size=64):
     return torch.cat(out)
 
 
-def judge_annotator(judge, orders=2, gold=None):
+def judge_annotator(judge, orders=2, gold=None, principles=(None,)):
     """
     annotate(prompt, answers) -> ranks under label.py's contract (ints), from a judge (a
     checkpoint, or a (model, tokenizer name) pair): every
     pair of answers judged (in both orders, or with the earlier answer in slot 1 for orders=1),
-    each answer scored by its mean soft win probability against the others (a Borda count of
-    soft labels), ranked by it. gold(prompt, answer), when given, only measures: .summary()
-    returns position bias, the agreement of the two orders and the labels' agreement with gold.
+    under each of `principles` (a constitution's, data/toy/cai.py; None: the plain question) and
+    averaged over them, each answer scored by its mean soft win probability against the others
+    (a Borda count of soft labels), ranked by it. gold(prompt, answer), when given, only
+    measures: .summary() returns position bias, the agreement of the two orders and the labels'
+    agreement with gold (of the soft labels averaged over the principles).
     """
     model, tok = checkpoint.init_policy(judge) if isinstance(judge, str) else judge
     model.eval()
@@ -165,13 +170,16 @@ def judge_annotator(judge, orders=2, gold=None):
     def annotate(prompt, answers):
         K = len(answers)
         pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
-        texts = [judge_prompt(prompt, answers[i], answers[j]) for i, j in pairs]
-        if orders == 2:
-            texts += [judge_prompt(prompt, answers[j], answers[i]) for i, j in pairs]
-        p = slot1_preference(model, enc, texts)
-        ab = p[:len(pairs)]
-        ba = p[len(pairs):] if orders == 2 else 1.0 - ab
-        better = ai_feedback.debiased_preference(ab, ba)  # P(i beats j), (pairs,)
+        texts = []
+        for c in principles:  # per principle: the pairs in one order, then in the other
+            texts += [judge_prompt(prompt, answers[i], answers[j], c) for i, j in pairs]
+            if orders == 2:
+                texts += [judge_prompt(prompt, answers[j], answers[i], c) for i, j in pairs]
+        p = slot1_preference(model, enc, texts).view(len(principles), orders, len(pairs))
+        ab_all = p[:, 0]                                        # (principles, pairs)
+        ba_all = p[:, 1] if orders == 2 else 1.0 - ab_all
+        better = ai_feedback.principle_ensemble(ab_all, ba_all)  # P(i beats j), (pairs,)
+        ab, ba = ab_all.mean(0), ba_all.mean(0)                  # what .summary() measures
         wins = torch.zeros(K, dtype=torch.float64)
         for (i, j), b in zip(pairs, better.tolist()):
             wins[i] += b
