@@ -193,6 +193,20 @@ def last_step(log_dir, name):
     return f"step {steps[-1]}" if steps else "starting"
 
 
+def critic_free_and_gold_stages(d, rm_names, rm, rl):
+    """GRPO and RLOO against the reward model (rm: its arguments, rm_names: its stages), and PPO
+    and GRPO against the gold judge itself; rl: the RL runs' common arguments."""
+    return {
+        "grpo": (rm_names, ["train_grpo.py", f"--out_dir={d('grpo')}"] + rm + rl),
+        "rloo": (rm_names, ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}"]
+                 + rm + rl),
+        "ppo_gold": (["sft"], ["train_ppo.py", "config/ppo_toy.py", "--reward_fn=toy_gold",
+                               f"--out_dir={d('ppo_gold')}"] + rl),
+        "grpo_gold": (["sft"], ["train_grpo.py", "--reward_fn=toy_gold",
+                                f"--out_dir={d('grpo_gold')}"] + rl),
+    }
+
+
 def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out):
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
@@ -334,15 +348,7 @@ def build_stages(cfg, methods):
           f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
         + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
-    stages.update({
-        "grpo": (ppo_needs, ["train_grpo.py", f"--out_dir={d('grpo')}"] + rm + rl),
-        "rloo": (ppo_needs, ["train_grpo.py", "--advantage=rloo", f"--out_dir={d('rloo')}"]
-                 + rm + rl),
-        "ppo_gold": (["sft"], ["train_ppo.py", "config/ppo_toy.py", "--reward_fn=toy_gold",
-                               f"--out_dir={d('ppo_gold')}"] + rl),
-        "grpo_gold": (["sft"], ["train_grpo.py", "--reward_fn=toy_gold",
-                                f"--out_dir={d('grpo_gold')}"] + rl),
-    })
+    stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl))
     # 7. the RL-free path on the same comparisons: DPO on the pairs, KTO on single answers
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",

@@ -371,3 +371,12 @@ def test_the_annotator_key_labels_through_the_contract_and_toy_stays_the_default
         label.main(args + [f"--out_dir={tmp_path / 'x'}", "--annotator=nope.py:f"])
     with pytest.raises(config.ConfigError, match="has no function 'nope'"):
         label.main(args + [f"--out_dir={tmp_path / 'x'}", f"--annotator={EXAMPLE}:nope"])
+
+
+def test_pairs_against_gold_by_hand():
+    # ranks 0 < 1 < 2 over golds 1, 3, 2: pairs (0,1) (0,2) (1,2); (0,1) and (0,2) are flipped
+    # (the better-ranked answer has less gold); the tied ranks of the second ranking make no pair
+    rankings = [dict(responses=["a", "b", "c"], ranks=[0, 1, 2], gold=[1.0, 3.0, 2.0]),
+                dict(responses=["d", "e"], ranks=[0, 0], gold=[1.0, 2.0]),
+                dict(responses=["f", "g"], ranks=[1, 0], gold=[2.0, 2.0])]
+    assert label.pairs_against_gold(rankings) == (4, 2)

@@ -400,6 +400,30 @@ def main(argv=None):
         label(cfg, out, annotate)
 
 
+def pairs_against_gold(rankings):
+    """(ordered pairs, those the annotators ordered against gold) over rankings {"responses",
+    "ranks", "gold"}: a pair (a, b) with rank a < rank b counts, flipped when gold a < gold b;
+    ties in gold are never flipped. Test: tests/test_label.py::test_pairs_against_gold_by_hand"""
+    n_pairs = n_flipped = 0
+    for r in rankings:
+        for a in range(len(r["responses"])):
+            for b in range(len(r["responses"])):
+                if r["ranks"][a] < r["ranks"][b]:
+                    n_pairs += 1
+                    n_flipped += r["gold"][a] < r["gold"][b]
+    return n_pairs, n_flipped
+
+
+def load_policy(cfg):
+    """The policy to sample from, checked (NaN or inf weights, its vocabulary, block_size), in
+    eval mode on its device; its tokenizer; the device."""
+    device = runtime.pick_device(cfg.device)
+    model, tok_name = checkpoint.init_policy(cfg.policy)  # NaN or inf weights: refused here
+    checkpoint.check_sampling_vocab(model, tok_name, cfg.policy)
+    checkpoint.check_block_size(model, cfg.block_size, cfg.policy)
+    return model.to(device).eval(), get_tokenizer(tok_name), device
+
+
 def label(cfg, out, annotate=None):
     """The labelling itself: the policy and every prompt loaded and checked, then the samples,
     the annotators' labels and the files (written into the DataSet out, then committed).
@@ -407,12 +431,7 @@ def label(cfg, out, annotate=None):
     label_one = partial(label_with, annotate, cfg.tau)
 
     torch.manual_seed(cfg.seed)
-    device = runtime.pick_device(cfg.device)
-    model, tok_name = checkpoint.init_policy(cfg.policy)  # NaN or inf weights: refused here
-    checkpoint.check_sampling_vocab(model, tok_name, cfg.policy)
-    checkpoint.check_block_size(model, cfg.block_size, cfg.policy)
-    model.to(device).eval()
-    enc = get_tokenizer(tok_name)
+    model, enc, device = load_policy(cfg)
     kinds = ("helpful_train", "harmless_train", "helpful_val", "harmless_val", "harmless_samples",
              "safety_train") if cfg.kinds == "separate" else ()
     path = {name: f"{cfg.prefix}_{name}.jsonl"
@@ -466,13 +485,7 @@ def label(cfg, out, annotate=None):
         write_kinds(write, cfg, rankings, val, samples)
 
     # how the labels came out: pairs, and how often the annotators ordered a pair against gold
-    n_pairs = n_flipped = 0
-    for r in rankings:
-        for a in range(len(r["responses"])):
-            for b in range(len(r["responses"])):
-                if r["ranks"][a] < r["ranks"][b]:
-                    n_pairs += 1
-                    n_flipped += r["gold"][a] < r["gold"][b]
+    n_pairs, n_flipped = pairs_against_gold(rankings)
     mean_gold = statistics.fmean(s["gold"] for s in samples) if samples else float("nan")
     print(f"{len(prompts) - n_tied} prompts ranked, {n_tied} left out (all answers one gold "
           f"value); {n_pairs} pairs, {n_flipped / max(n_pairs, 1):.1%} ordered against gold; "
@@ -489,7 +502,14 @@ def label(cfg, out, annotate=None):
         write("unpaired_val", val)
         print(f"{len(test)} noise-free test pairs; {len(val)} noise-free unpaired answers "
               f"({sum(r['label'] for r in val)} desirable)")
-    judged = annotate.summary() if annotate is not None else {}  # a judge's (data/toy/rlaif.py)
+    commit(cfg, out, path, annotate)
+    print(f"done in {time.time() - t0:.1f}s")
+
+
+def commit(cfg, out, path, annotate):
+    """The manifest written last (the set is complete), with each file's count and a judge's
+    summary (data/toy/rlaif.py), and what was written."""
+    judged = annotate.summary() if annotate is not None else {}
     if judged:
         print("the judge: " + ", ".join(f"{k} {v}" for k, v in judged.items()))
     out.commit(counts={name: len(open(out.path(p)).readlines()) for name, p in path.items()
@@ -498,7 +518,6 @@ def label(cfg, out, annotate=None):
         if os.path.isfile(os.path.join(cfg.out_dir, p)):
             print(f"wrote {os.path.join(cfg.out_dir, p)}")
     print(f"wrote {os.path.join(cfg.out_dir, out.manifest)} (the set is complete)")
-    print(f"done in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":
