@@ -62,14 +62,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
 import config  # noqa: E402
 import run  # noqa: E402
-import runtime  # noqa: E402
 from data import loader  # noqa: E402
 from data.toy import judge, prepare, rlaif  # noqa: E402
-from data.toy.label import load_toy_prompts, safety_mix, sample_answers  # noqa: E402
-from tokenizer import encode_prompt, get_tokenizer  # noqa: E402
+from data.toy.label import load_policy, load_toy_prompts, safety_mix, sample_answers  # noqa: E402
+from tokenizer import encode_prompt  # noqa: E402
 
 CONSTITUTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "constitution.txt")
 DEFAULTS = dict(
@@ -230,14 +228,6 @@ def make_examples(cfg, out, principles):
           f"{summary['over_refusal_after']}")
 
 
-def load_policy(cfg):
-    """The policy, checked for sampling, on the device, and its tokenizer."""
-    model, tok_name = checkpoint.init_policy(cfg.policy)
-    checkpoint.check_sampling_vocab(model, tok_name, cfg.policy)
-    checkpoint.check_block_size(model, cfg.block_size, cfg.policy)
-    return model.to(runtime.pick_device(cfg.device)).eval(), get_tokenizer(tok_name)
-
-
 def first_samples(model, enc, rows, cfg, stream):
     """One sample per row (dicts with 'ids'), None where it was empty."""
     device = next(model.parameters()).device
@@ -248,7 +238,7 @@ def make_revisions(cfg, out, principles):
     """SL-CAI's data: the policy answers the harmful and lookalike training prompts, revises each
     answer by a principle drawn at random, and the revisions join benign demonstrations."""
     torch.manual_seed(cfg.seed)
-    model, enc = load_policy(cfg)
+    model, enc, _ = load_policy(cfg)  # checked for sampling, on its device
     prompts = [p for p in load_toy_prompts(cfg.prompts, enc, cfg) if not is_benign(p["prompt"])]
     prompts = prompts[:None if cfg.max_prompts < 0 else cfg.max_prompts]
     config.require(prompts, f"{cfg.prompts}: no harmful or lookalike prompt to revise answers to")
