@@ -350,8 +350,9 @@ def build_stages(cfg, methods):
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl))
     # 7. the RL-free path on the same comparisons: DPO on the pairs, KTO on single answers
+    # (after the last round's labels: the pairs are every round's)
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
-    stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
+    stages["dpo"] = (stages[f"rm{last}"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
                                        f"--init_from={sft}", f"--train_data={prefs}"] + pair_data)
     add_safety_stages(cfg, stages, methods, data, d)  # 7b. Llama 2's gate, Safe RLHF's cost
     if "kto" in methods:

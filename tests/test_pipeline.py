@@ -145,6 +145,10 @@ def test_an_ensemble_is_one_stage_per_member_and_every_consumer_gets_all_members
     two = stages(rounds=2, rm_members=2)
     assert arg(two["ppo_r2"][1], "reward_model") == [
         "out/rm_r2_toy/ckpt_best.pt,out/rm_m1_r2_toy/ckpt_best.pt"]
+    # DPO learns from both rounds' pairs, so it waits for round 2's labels
+    assert arg(two["dpo"][1], "train_data") == [
+        "data/toy/out/onpolicy_train.jsonl,data/toy/out/onpolicy_r2_train.jsonl"]
+    assert two["dpo"][0] == ["label_r2"]
 
 
 @pytest.mark.slow
