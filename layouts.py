@@ -163,9 +163,9 @@ def shared_prompt_logprobs(model, batch, autocast=None):
     """
     mask = shared_prompt_mask(batch["segments"])  # (R, 1, T, T)
     with autocast or nullcontext():
-        logits = model(batch["idx"], attention_mask=mask, position_ids=batch["position_ids"],
-                       logits_at=(batch["src_rows"], batch["src_pos"]))  # (n, V)
-    logp = ops.logprobs_of(logits, batch["targets"])  # (n,) float32
+        logp = model(batch["idx"], attention_mask=mask, position_ids=batch["position_ids"],
+                     logits_at=(batch["src_rows"], batch["src_pos"]),
+                     targets=batch["targets"])  # (n,) float32
     A = batch["last_rows"].numel()
     total = logp.new_zeros(A).index_add(0, batch["owner"], logp)  # (A,)
     return total, torch.bincount(batch["owner"], minlength=A)

@@ -38,6 +38,65 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
 
 # -----------------------------------------------------------------------------
+# the log-prob of a token
+
+
+def logprobs_of(logits, targets):
+    """
+    log softmax(logits)[target] of every row, in float32: logits (..., V), targets (...) ->
+    (...). The function every log-prob of the project goes through. Equal to
+    log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1) (tests check the
+    values and gradients), but computed as
+        log p = logit[target] - logsumexp(logits),   d log p / d logits = onehot(target) - softmax
+    so that no (..., V) log-softmax is stored and its backward needs no zero-filled gather
+    gradient: with GPT-2's 50257-token vocabulary those passes cost more than the language-model
+    head's matmul on a CPU. Every exp() is of logit - logsumexp <= 0: huge logits stay finite.
+    Test: tests/test_ops.py::test_token_logprobs_values_and_gradients_match_log_softmax
+    """
+    return _LogprobsOf.apply(logits, targets)
+
+
+class _LogprobsOf(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        x = logits.float()
+        lse = torch.logsumexp(x, dim=-1)  # (...)
+        target = targets.unsqueeze(-1)    # (..., 1)
+        ctx.save_for_backward(logits, target, lse)
+        return x.gather(-1, target).squeeze(-1) - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, target, lse = ctx.saved_tensors
+        # grad (...) -> (..., V): grad * (onehot(target) - softmax), in place in one buffer
+        out = logits.to(torch.float32, copy=True)
+        out.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        out.scatter_add_(-1, target, grad.unsqueeze(-1))
+        return out.to(logits.dtype), None
+
+
+def head_logprobs(lm_head, h, targets, chunk=0):
+    """
+    logprobs_of(lm_head(h), targets): hidden states h (..., C), targets (...) -> (...) float32.
+    With chunk > 0 (gradient checkpointing), the head and its log-softmax run on `chunk` rows at
+    a time under checkpointing, so the (n, V) logits never exist whole: each chunk's are freed
+    after its forward and recomputed, one chunk at a time, in the backward (one more LM-head
+    matmul in all). With GPT-2's vocabulary the logits of a batch outweigh the blocks' kept
+    inputs (8 x 512 positions: 3.1 GB of bf16 logits and their float32 gradient; docs/SCALE.md).
+    Test: tests/test_model.py::test_chunked_head_logprobs_equal_the_whole_head
+    """
+    if not chunk:
+        return logprobs_of(lm_head(h), targets)
+    flat_h, flat_t = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (n, C), (n,)
+    parts = [torch.utils.checkpoint.checkpoint(lambda a, b: logprobs_of(lm_head(a), b), hc, tc,
+                                               use_reentrant=False)
+             for hc, tc in zip(flat_h.split(chunk), flat_t.split(chunk))]
+    return torch.cat(parts).view(targets.shape)
+
+
+# -----------------------------------------------------------------------------
 # masks and positions
 
 
@@ -244,7 +303,11 @@ class GPT(nn.Module):
         """Final hidden states after ln_f, (B, T, C)."""
         return self.transformer(idx, attention_mask, position_ids)
 
-    def forward(self, idx, attention_mask=None, position_ids=None, logits_at=None):
+    # positions of the LM head at a time when checkpointing: with GPT-2's vocabulary a chunk's
+    # bf16 logits and their float32 gradient are 512 x 50257 x 6 bytes = 150 MB
+    logprob_chunk = 512
+
+    def forward(self, idx, attention_mask=None, position_ids=None, logits_at=None, targets=None):
         """
         idx (B, T) token ids; attention_mask (B, T) 1 = real token, 0 = pad, left or right
         padding; position_ids (B, T), by default counted over real tokens only.
@@ -259,9 +322,16 @@ class GPT(nn.Module):
         A RIGHT-padded batch needs no mask: causal attention never lets a real token see the pads
         after it, and real positions are 0..n-1 either way, so attention_mask=None gives the
         same logits at real positions and keeps SDPA's fast causal kernel.
+        targets, the token each returned position predicts ((B, T) or (n,)), asks for their
+        log-probs instead of the logits (float32, head_logprobs): with gradient checkpointing
+        the LM head then runs a chunk of positions at a time, and the logits are never whole.
         """
         h = self.transformer(idx, attention_mask, position_ids)  # (B, T, C)
-        return self.lm_head(h if logits_at is None else h[logits_at])
+        h = h if logits_at is None else h[logits_at]
+        if targets is None:
+            return self.lm_head(h)
+        chunked = self.transformer.grad_checkpoint and torch.is_grad_enabled()
+        return head_logprobs(self.lm_head, h, targets, self.logprob_chunk if chunked else 0)
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):

@@ -9,46 +9,11 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from model import logprobs_of  # noqa: F401  (the log-prob of a token lives beside the LM head)
 from runtime import all_reduce_sum
 
 # -----------------------------------------------------------------------------
 # tensor helpers shared by the losses
-
-
-def logprobs_of(logits, targets):
-    """
-    log softmax(logits)[target] of every row, in float32: logits (..., V), targets (...) ->
-    (...). The function every log-prob of the project goes through. Equal to
-    log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1) (tests check the
-    values and gradients), but computed as
-        log p = logit[target] - logsumexp(logits),   d log p / d logits = onehot(target) - softmax
-    so that no (..., V) log-softmax is stored and its backward needs no zero-filled gather
-    gradient: with GPT-2's 50257-token vocabulary those passes cost more than the language-model
-    head's matmul on a CPU. Every exp() is of logit - logsumexp <= 0: huge logits stay finite.
-    Test: tests/test_ops.py::test_token_logprobs_values_and_gradients_match_log_softmax
-    """
-    return _LogprobsOf.apply(logits, targets)
-
-
-class _LogprobsOf(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, logits, targets):
-        x = logits.float()
-        lse = torch.logsumexp(x, dim=-1)  # (...)
-        target = targets.unsqueeze(-1)    # (..., 1)
-        ctx.save_for_backward(logits, target, lse)
-        return x.gather(-1, target).squeeze(-1) - lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        logits, target, lse = ctx.saved_tensors
-        # grad (...) -> (..., V): grad * (onehot(target) - softmax), in place in one buffer
-        out = logits.to(torch.float32, copy=True)
-        out.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
-        out.scatter_add_(-1, target, grad.unsqueeze(-1))
-        return out.to(logits.dtype), None
 
 
 def token_logprobs(logits, idx):
@@ -78,11 +43,11 @@ def trained_logprobs(model, idx, loss_mask, position_ids=None, autocast=None):
     Test: tests/test_sft.py::test_masked_positions_get_exactly_zero_gradient
     """
     at = predicting_positions(loss_mask)  # (B, T)
-    with autocast or nullcontext():
-        logits = model(idx, position_ids=position_ids, logits_at=at)  # (n, V)
     targets = idx[:, 1:][at[:, :-1]]  # (n,): the token each selected position predicts
+    with autocast or nullcontext():
+        logp = model(idx, position_ids=position_ids, logits_at=at, targets=targets)  # (n,)
     out = torch.zeros(idx.size(0), idx.size(1) - 1, device=idx.device)
-    return out.masked_scatter(at[:, :-1], logprobs_of(logits, targets))
+    return out.masked_scatter(at[:, :-1], logp)
 
 
 def sequence_logprobs(logprobs, loss_mask, average=False):

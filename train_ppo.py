@@ -32,9 +32,11 @@ to the proxy 'score': when the score keeps rising while gold falls, PPO is hacki
 The rollout and the log-probs (steps 1-3) are rollout.py's; the clipped loss and the update are
 shared with train_grpo.py.
 
-Deliberately left out: InstructGPT's pretraining-mix loss (PPO-ptx), several samples per prompt
-(see train_grpo.py), reward-model ensembles, torch.compile (the shapes change every iteration),
-and a DDP wrapper: under torchrun each rank rolls out its own prompts (rollout_batch_size each)
+Beside the recipe, as keys: reward-model ensembles (reward_model = several checkpoints,
+reward_agg), a length penalty, InstructGPT's pretraining mix (ptx_coef), Llama 2's gated helpful
+and safety models, and Safe RLHF's cost model with its Lagrange multiplier.
+Deliberately left out: several samples per prompt (see train_grpo.py), torch.compile (the shapes
+change every iteration), and a DDP wrapper: under torchrun each rank rolls out its own prompts (rollout_batch_size each)
 and the gradients are summed by hand (each rank's loss is its share of the global one); the
 whitening statistics, the adaptive controller's KL and the logged metrics are reduced over all
 ranks, so that every rank takes the same decisions.

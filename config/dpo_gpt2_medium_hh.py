@@ -5,9 +5,9 @@
 #   torchrun --standalone --nproc_per_node=8 train_dpo.py config/dpo_gpt2_medium_hh.py \
 #       --fsdp=True --grad_accum=1          # 8 GPUs, FSDP: the same 64 pairs per step
 # Memory per GPU, COMPUTED by dev/scale_memory.py (not measured on a GPU; docs/SCALE.md):
-# 6.5 GB on one GPU with grad_checkpoint (weights, gradients and AdamW state 16 bytes a
+# 6.0 GB on one GPU with grad_checkpoint (weights, gradients and AdamW state 16 bytes a
 # parameter, activations of 8 pairs, each prompt once, the logits of their answer tokens; the
-# reference's log-probs are precomputed and the reference freed), 9.2 GB without it; 2.1
+# reference's log-probs are precomputed and the reference freed), 9.2 GB without it; 1.7
 # GB per GPU on 8 GPUs with FSDP. Time: not measured. The DPO paper's settings, as for 124M.
 out_dir = "out/dpo_gpt2_medium_hh"
 init_from = "out/sft_gpt2_medium_hh/ckpt_best.pt"

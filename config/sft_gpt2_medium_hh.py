@@ -3,9 +3,9 @@
 #   torchrun --standalone --nproc_per_node=8 train_sft.py config/sft_gpt2_medium_hh.py \
 #       --fsdp=True --grad_accum=1          # 8 GPUs, FSDP: the same 64 rows per step
 # Memory per GPU, COMPUTED by dev/scale_memory.py (not measured on a GPU; docs/SCALE.md):
-# 6.3 GB on one GPU with grad_checkpoint (weights, gradients and AdamW state 16 bytes a
+# 6.0 GB on one GPU with grad_checkpoint (weights, gradients and AdamW state 16 bytes a
 # parameter, activations of 8 x 512 tokens, the logits of the answer tokens), 9.0 GB
-# without it; 1.9 GB per GPU on 8 GPUs with FSDP. Time: not measured. The learning rate
+# without it; 1.7 GB per GPU on 8 GPUs with FSDP. Time: not measured. The learning rate
 # is scaled down from 124M's 2e-5 as a starting point, not tuned.
 out_dir = "out/sft_gpt2_medium_hh"
 init_from = "gpt2-medium"

@@ -17,7 +17,8 @@ What it counts, in bytes (bf16 autocast over float32 master weights, as the reci
                    tensors a block keeps for its backward), with it 4 * d per block (the block's
                    input, fp32) plus one block's ACT_PLAIN * d while it is recomputed
   logits           (2 + 4 + 4) * V per position whose log-prob is read: the bf16 logits, their
-                   fp32 copy (ops.logprobs_of) and its gradient
+                   fp32 copy (model.logprobs_of) and its gradient; with checkpointing only for
+                   GPT.logprob_chunk positions at a time (model.head_logprobs)
   PPO's rollout    the KV cache of a whole rollout (2 * L * rows * (P + N) * d * 2 bytes, bf16) and,
                    under FSDP, the policy's and critic's whole weights (runtime.gathered)
 The peak is the larger of the update's (states, activations, logits) and, for PPO, the
@@ -80,7 +81,8 @@ def memory(size, stage, gpus=1, checkpointing=True):
     per_block = ACT_CKPT * d * L + ACT_PLAIN * d if checkpointing else ACT_PLAIN * d * L
     models_in_backward = 2 if stage == "ppo" else 1  # PPO: policy and critic in one backward
     acts = models_in_backward * tokens * per_block
-    logits = r["rows"] * r["read"] * V * (2 + 4 + 4)
+    read = r["rows"] * r["read"]  # positions whose log-prob is read
+    logits = (min(read, GPT.logprob_chunk) if checkpointing else read) * V * (2 + 4 + 4)
     out = dict(params=N, trained=trained, frozen=frozen, activations=acts, logits=logits)
     update = trained + frozen + acts + logits
     rollout = 0.0

@@ -229,6 +229,43 @@ def test_grad_checkpoint_gives_the_plain_gradients(kind):
 
 
 @pytest.mark.unit
+def test_chunked_head_logprobs_equal_the_whole_head():
+    # with checkpointing, GPT.forward(targets=...) runs the LM head a chunk of positions at a
+    # time and again in the backward: the log-probs and every gradient of the whole head's
+    # (fp32, <= 1e-6), for selected positions (n,) and for every position (B, T)
+    torch.manual_seed(0)
+    plain, ckpt = GPT(tiny_config()), GPT(tiny_config())
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.transformer.grad_checkpoint, ckpt.logprob_chunk = True, 4
+    idx = torch.randint(0, plain.config.vocab_size, (3, 6))
+    at = torch.rand(3, 6) < 0.6  # 10 positions here: chunks of 4, 4 and 2
+    at[0, :4] = True
+    for logits_at in (at, None):
+        targets = torch.randint(0, plain.config.vocab_size, tuple(idx[at].shape if logits_at
+                                                                 is not None else idx.shape))
+        outs, grads, calls = [], [], []
+        for model in (plain, ckpt):
+            model.zero_grad(set_to_none=True)
+            hook = model.lm_head.register_forward_hook(lambda m, i, o: calls.append(o.size(0)))
+            logp = model(idx, logits_at=logits_at, targets=targets)
+            (logp * torch.linspace(-1, 1, logp.numel()).view(logp.shape)).sum().backward()
+            hook.remove()
+            outs.append(logp)
+            grads.append({n: p.grad for n, p in model.named_parameters()})
+        assert outs[1].shape == targets.shape and outs[1].dtype == torch.float32
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(outs[0], M.logprobs_of(plain(idx, logits_at=logits_at),
+                                                          targets), atol=1e-6, rtol=0)
+        for name, g in grads[0].items():
+            torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=0, msg=name)
+        n = targets.numel()
+        chunks = [min(4, n - k) for k in range(0, n, 4)]
+        # the whole head once (plain), then each chunk in the forward and again in the backward
+        lead = [idx.size(0)] if logits_at is None else [n]
+        assert calls == lead + chunks + chunks[::-1], calls
+
+
+@pytest.mark.unit
 def test_attention_mask_4d_by_hand():
     m = M.attention_mask_4d(torch.tensor([[0, 1, 1]]), 3)[0, 0].long()
     # row 0 is a pad query: only itself; rows 1, 2 see real keys up to themselves
