@@ -13,8 +13,8 @@ import frontier
 import pipeline
 
 
-POLICIES = {"sft", "bon16", "ppo", "grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",
-            "ppo_gate", "ppo_safe"}
+POLICIES = {"sft", "bon16", "ppo", "ppo_r1", "grpo", "rloo", "dpo", "kto", "ppo_gold",
+            "grpo_gold", "ppo_gate", "ppo_safe"}
 
 
 @pytest.mark.slow
@@ -22,10 +22,11 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)  # the stages must not depend on the caller's directory
     pipeline.main(["--scale=mini", "--out=runs", "--data_dir=runs/data", "--methods=all"])
     out = tmp_path / "runs"
-    for stage in POLICIES - {"sft", "bon16"} | {"sft", "rm"}:
+    for stage in POLICIES - {"sft", "bon16", "ppo_r1"} | {"sft", "rm", "ppo_r2"}:
         assert (out / f"{stage}_toy" / "log.jsonl").stat().st_size > 0, stage
-    # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples
-    for name in ("train", "test", "unpaired", "unpaired_val", "samples"):
+    # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples, and
+    # round 2's reward models also from round 1's PPO policy's (two rounds: the default)
+    for name in ("train", "test", "unpaired", "unpaired_val", "samples", "r2_train"):
         assert (out / "data" / f"onpolicy_{name}.jsonl").stat().st_size > 0, name
     # helpful and harmless: the rankings by kind, three more models from the SFT trunk
     read_cfg = lambda stage: checkpoint.load_checkpoint(str(out / f"{stage}_toy" / "ckpt_best.pt"))["config"]  # noqa: E731
@@ -50,9 +51,9 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert res["policies"]["sft"]["win_rate_vs_sft_shared"] == 0.5  # the baseline against itself
     assert res["policies"]["sft"]["kl"] == 0.0                # the reference is the SFT policy
     sweep = json.loads((out / "eval" / "overoptimization.json").read_text())
-    # the reference at KL 0, then PPO's checkpoints, then GRPO's
+    # the reference at KL 0, then the last round's PPO checkpoints, then GRPO's
     assert [(os.path.basename(r), i) for r, i in zip(sweep["run"], sweep["iter"])] == [
-        ("reference", 0), ("ppo_toy", 1), ("ppo_toy", 2), ("grpo_toy", 1), ("grpo_toy", 2)]
+        ("reference", 0), ("ppo_r2_toy", 1), ("ppo_r2_toy", 2), ("grpo_toy", 1), ("grpo_toy", 2)]
     pngs = sorted(os.listdir(out / "plots"))
     assert {"sft.png", "rm.png", "ppo.png", "grpo.png", "dpo.png", "kto.png",
             "overoptimization.png"} <= set(pngs), pngs
@@ -118,7 +119,7 @@ def test_an_ensemble_is_one_stage_per_member_and_every_consumer_gets_all_members
     from types import SimpleNamespace
 
     def stages(**kw):
-        cfg = SimpleNamespace(**{**pipeline.DEFAULTS, **kw})
+        cfg = SimpleNamespace(**{**pipeline.DEFAULTS, "rounds": 1, **kw})
         return pipeline.build_stages(cfg, {"grpo", "dpo", "kto"})[0]
 
     def arg(cmd, key):
@@ -145,17 +146,28 @@ def test_an_ensemble_is_one_stage_per_member_and_every_consumer_gets_all_members
     two = stages(rounds=2, rm_members=2)
     assert arg(two["ppo_r2"][1], "reward_model") == [
         "out/rm_r2_toy/ckpt_best.pt,out/rm_m1_r2_toy/ckpt_best.pt"]
-    # DPO learns from both rounds' pairs, so it waits for round 2's labels
-    assert arg(two["dpo"][1], "train_data") == [
+    assert arg(two["rm_r2"][1], "train_data") == [
         "data/toy/out/onpolicy_train.jsonl,data/toy/out/onpolicy_r2_train.jsonl"]
-    assert two["dpo"][0] == ["label_r2"]
+    # DPO and KTO learn from round 1's comparisons (the SFT policy's answers), as with one round
+    for name in ("dpo", "kto"):
+        assert two[name] == one[name], name
+    # the evaluation judges the last round's PPO as 'ppo', and round 1's beside it; two rounds
+    # are the default
+    policies = dict(p.split(":") for p in arg(two["eval"][1], "policies")[0].split(","))
+    assert (policies["ppo"], policies["ppo_r1"]) == ("out/ppo_r2_toy/ckpt_last.pt",
+                                                     "out/ppo_toy/ckpt_last.pt")
+    assert "ppo_r1" not in arg(one["eval"][1], "policies")[0]
+    default = pipeline.build_stages(SimpleNamespace(**pipeline.DEFAULTS), {"grpo", "dpo", "kto"})[0]
+    assert default == stages(rounds=2)
 
 
 @pytest.mark.slow
 def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(config.ConfigError, match="rounds=1"):  # no policy's answers to label
+        pipeline.main(["--out=static", "--data=static"])
     pipeline.main(["--scale=mini", "--out=static", "--data_dir=static/data", "--data=static",
-                   "--methods=dpo", "--plots=False"])
+                   "--rounds=1", "--methods=dpo", "--plots=False"])
     assert not (tmp_path / "static" / "data" / "onpolicy_train.jsonl").exists()  # no labelling
     rm_cfg = checkpoint.load_checkpoint(str(tmp_path / "static" / "rm_toy" / "ckpt_best.pt"))["config"]
     assert rm_cfg["train_data"].endswith("prefs_train.jsonl") and not rm_cfg["group_rankings"]
@@ -175,7 +187,7 @@ def test_mini_pipeline_with_static_pairs_and_with_two_rounds(tmp_path, monkeypat
     for stage in ("rm", "ppo", "rm_r2", "ppo_r2"):
         assert (out / f"{stage}_toy" / "ckpt_last.pt").exists(), stage
     res = json.loads((out / "eval" / "results.json").read_text())
-    assert set(res["policies"]) == {"sft", "bon16", "ppo"}
+    assert set(res["policies"]) == {"sft", "bon16", "ppo", "ppo_r1"}
 
 
 def test_a_stage_that_runs_alone_overlaps_no_other(tmp_path):

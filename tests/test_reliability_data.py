@@ -295,7 +295,7 @@ def test_pipeline_checks_every_stage_before_it_runs_one(world, tmp_path, args, w
 
 def test_pipeline_rejects_kto_on_static_data(tmp_path):
     with pytest.raises(ConfigError, match="kto .*data='onpolicy'"):
-        pipeline.main([f"--out={tmp_path}", "--data=static", "--methods=kto"])
+        pipeline.main([f"--out={tmp_path}", "--data=static", "--rounds=1", "--methods=kto"])
     assert not os.listdir(tmp_path)
 
 
