@@ -54,7 +54,8 @@ def dose_stages(cfg, dose):
     run = os.path.join(stage_path(cfg.out), dose_name(dose))
     base = SimpleNamespace(**{**pipeline.DEFAULTS, "out": run, "data_dir": os.path.join(run, "data"),
                               "seed": cfg.seed, "scale": cfg.budget, "plots": False,
-                              "rounds": 1})  # one round: the dose's effect, not the round's
+                              "rounds": 1, "ppo_rollouts": 64})  # one round, as measured:
+    # the dose's effect, not the round's
     stages, _ = pipeline.build_stages(base, {"dpo"})
     stages.pop("eval")
     needs, cmd = stages["prepare"]

@@ -9,8 +9,9 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
                as single labelled answers: DPO's own setting, samples of its reference)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: two rounds of labels (below)
-    python pipeline.py --rounds=1            # one round: PPO then trails DPO (docs/RESULTS.md)
+    python pipeline.py                       # the default: two rounds of labels; about 24
+                                             # minutes of stages on a 2-core CPU
+    python pipeline.py --rounds=1            # one round, about 13: PPO then trails DPO more
     python pipeline.py --data=static --rounds=1  # the hand-made comparisons instead of labels
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
@@ -62,6 +63,8 @@ DEFAULTS = dict(
                               # name: spin, rlaif, cai (ai_stages.py)
     spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
+    ppo_rollouts=128,         # answers per iteration of the last round's PPO (a multiple of 4;
+                              # earlier rounds: config/ppo_toy.py's 64): +0.16 gold (RESULTS.md)
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
     reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
@@ -342,12 +345,17 @@ def build_stages(cfg, methods):
                 + rm_data + [f"--seed={cfg.seed + k}"] + common_args[1:] + extra("rm"))
         rm = reward_model_args(cfg, d, members)
         round1 = round1 if r > 1 else (prefs, rm_val)  # DPO's and KTO's comparisons
-        # 5. PPO against the reward model, KL-anchored to the SFT policy
+        # 5. PPO against the reward model, KL-anchored to the SFT policy; the last round's (the
+        # policy the pipeline delivers) with ppo_rollouts answers an iteration in minibatches of
+        # a quarter (the same 16 steps), earlier rounds' (answers to label) with the config's 64
+        n = cfg.ppo_rollouts
+        more = [f"--rollout_batch_size={n}", f"--minibatch_size={n // 4}",
+                f"--micro_batch_size={n // 4}"] if r == cfg.rounds else []
         stages[f"ppo{tag}"] = (members, [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
             f"--train_prompts={data}/prompts_train.jsonl",
             f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + rm
-            + common_args + extra("rl"))
+            + more + common_args + extra("rl"))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
     ppo_needs = stages[f"ppo{last}"][0]  # the last round's reward models
@@ -426,6 +434,7 @@ def main(argv=None):
         "scale": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
         "data": (lambda v: v in ("onpolicy", "static"), "'onpolicy' or 'static'"),
         "rounds": (lambda v: v >= 1, ">= 1"), "jobs": (lambda v: v >= 1, ">= 1"),
+        "ppo_rollouts": (lambda v: v >= 4 and v % 4 == 0, "a multiple of 4"),
         "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
         "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
         "uwo_lambda": (lambda v: v >= 0, ">= 0"), "eval_samples": (lambda v: v >= 1, ">= 1"),

@@ -96,8 +96,10 @@ def seed_stages(cfg, seed, overopt=True):
     run = os.path.join(stage_path(cfg.out), f"seed{seed}")
     base = SimpleNamespace(**{**pipeline.DEFAULTS, "out": run, "data_dir": os.path.join(run, "data"),
                               "seed": seed, "scale": cfg.budget, "plots": False,
-                              "rm_members": 1, "rounds": 1})  # 'none': the one reward model;
-    # every remedy against round 1's labels (the second round is measured in docs/RESULTS.md)
+                              "rm_members": 1, "rounds": 1,  # 'none': the one reward model
+                              "ppo_rollouts": 64})
+    # every remedy against round 1's labels, 64 answers an iteration (the second round and 128
+    # answers are measured in docs/RESULTS.md)
     stages, _ = pipeline.build_stages(base, {"dpo"})
     stages.pop("eval")
     data, d = stage_path(base.data_dir), lambda name: os.path.join(run, f"{name}_toy")  # noqa: E731

@@ -99,7 +99,7 @@ def test_frontier_curves_average_seeds_and_add_their_spread():
 
 def test_bad_config_is_rejected(tmp_path):
     for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft",
-                "--rm_members=0", "--reward_agg=max", "--eval_samples=0"):
+                "--rm_members=0", "--reward_agg=max", "--eval_samples=0", "--ppo_rollouts=6"):
         with pytest.raises(config.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
 
@@ -157,6 +157,12 @@ def test_an_ensemble_is_one_stage_per_member_and_every_consumer_gets_all_members
     assert (policies["ppo"], policies["ppo_r1"]) == ("out/ppo_r2_toy/ckpt_last.pt",
                                                      "out/ppo_toy/ckpt_last.pt")
     assert "ppo_r1" not in arg(one["eval"][1], "policies")[0]
+    # the last round's PPO sees ppo_rollouts answers an iteration (minibatches of a quarter),
+    # earlier rounds' the config's
+    for name, want in (("ppo", []), ("ppo_r2", ["128"])):
+        assert arg(two[name][1], "rollout_batch_size") == want, name
+        assert arg(two[name][1], "minibatch_size") == [str(int(w) // 4) for w in want], name
+    assert arg(stages(rounds=1, ppo_rollouts=64)["ppo"][1], "rollout_batch_size") == ["64"]
     default = pipeline.build_stages(SimpleNamespace(**pipeline.DEFAULTS), {"grpo", "dpo", "kto"})[0]
     assert default == stages(rounds=2)
 
