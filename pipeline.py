@@ -9,8 +9,8 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
                as single labelled answers: DPO's own setting, samples of its reference)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: two rounds of labels; about 24
-                                             # minutes of stages on a 2-core CPU
+    python pipeline.py                       # the default: two rounds of labels; about 26
+                                             # minutes on a 2-core CPU (from stage times)
     python pipeline.py --rounds=1            # one round, about 13: PPO then trails DPO more
     python pipeline.py --data=static --rounds=1  # the hand-made comparisons instead of labels
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
@@ -64,7 +64,7 @@ DEFAULTS = dict(
     spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     ppo_rollouts=128,         # answers per iteration of the last round's PPO (a multiple of 4;
-                              # earlier rounds: config/ppo_toy.py's 64): +0.16 gold (RESULTS.md)
+                              # earlier rounds: config/ppo_toy.py's 64): +0.17 gold (RESULTS.md)
     rm_members=3,             # reward models per round, seeded seed, seed+1, ... (an ensemble
                               # when > 1: rm_toy, rm_m1_toy, ...; Coste et al. 2023)
     reward_agg="mean",        # how PPO, GRPO and eval combine the members: mean | min | uwo
