@@ -294,6 +294,15 @@ def add_safety_stages(cfg, stages, methods, data, d):
         f"--cost_budget={cfg.cost_budget}"])
 
 
+def rollout_args(cfg, r):
+    """PPO's rollouts in round r: the last round's PPO (the policy the pipeline delivers) sees
+    ppo_rollouts answers an iteration in minibatches of a quarter (the same 16 optimizer steps);
+    earlier rounds' PPO, whose answers are only labelled, config/ppo_toy.py's 64."""
+    n = cfg.ppo_rollouts
+    return [f"--rollout_batch_size={n}", f"--minibatch_size={n // 4}",
+            f"--micro_batch_size={n // 4}"] if r == cfg.rounds else []
+
+
 def build_stages(cfg, methods):
     """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
     and the evaluation's out dir: each command exactly as you would run it by hand."""
@@ -345,17 +354,12 @@ def build_stages(cfg, methods):
                 + rm_data + [f"--seed={cfg.seed + k}"] + common_args[1:] + extra("rm"))
         rm = reward_model_args(cfg, d, members)
         round1 = round1 if r > 1 else (prefs, rm_val)  # DPO's and KTO's comparisons
-        # 5. PPO against the reward model, KL-anchored to the SFT policy; the last round's (the
-        # policy the pipeline delivers) with ppo_rollouts answers an iteration in minibatches of
-        # a quarter (the same 16 steps), earlier rounds' (answers to label) with the config's 64
-        n = cfg.ppo_rollouts
-        more = [f"--rollout_batch_size={n}", f"--minibatch_size={n // 4}",
-                f"--micro_batch_size={n // 4}"] if r == cfg.rounds else []
+        # 5. PPO against the reward model, KL-anchored to the SFT policy
         stages[f"ppo{tag}"] = (members, [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
             f"--train_prompts={data}/prompts_train.jsonl",
             f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + rm
-            + more + common_args + extra("rl"))
+            + rollout_args(cfg, r) + common_args + extra("rl"))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
     ppo_needs = stages[f"ppo{last}"][0]  # the last round's reward models
