@@ -52,7 +52,7 @@ DEFAULTS = dict(
     data="onpolicy",          # 'onpolicy': comparisons of SFT samples (label.py) | 'static'
     rounds=2,                 # round r > 1 labels round r-1's PPO policy's answers, and the
                               # reward models learn from every round so far: a reward model that
-                              # has seen PPO's own mistakes (+0.29 gold over six seeds,
+                              # has seen PPO's own mistakes (+0.26 gold over six seeds,
                               # docs/RESULTS.md); 1 = the SFT policy's answers only
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
@@ -353,7 +353,7 @@ def build_stages(cfg, methods):
                 f"--init_from={sft}", f"--train_data={prefs}", f"--val_data={rm_val}"]
                 + rm_data + [f"--seed={cfg.seed + k}"] + common_args[1:] + extra("rm"))
         rm = reward_model_args(cfg, d, members)
-        round1 = round1 if r > 1 else (prefs, rm_val)  # DPO's and KTO's comparisons
+        round1 = round1 if r > 1 else (prefs, rm_val)  # DPO's comparisons
         # 5. PPO against the reward model, KL-anchored to the SFT policy
         stages[f"ppo{tag}"] = (members, [
             "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
