@@ -17,6 +17,9 @@ RLAIF (Lee et al. 2023) with a judge trained here (a generative reward model):
     label_rlaif   data/toy/label.py --annotator=judge:...: the SFT policy's answers (the same
                   samples the people rank in `label`), ranked by the judge, both orders averaged
     rlaif_dpo     train_dpo.py config/dpo_toy.py on the judge's rankings, as `dpo` on the people's
+    rm_rlaif, rm_rlaif_m1, ...   train_reward_model.py on the judge's rankings: round 1's
+                  members (seeds, recipe) with the judge's rankings in place of the people's
+    ppo_rlaif     train_ppo.py against them: round 1's PPO command, its reward models swapped
 
 Constitutional AI (Bai et al. 2022) on the harmful and lookalike requests, with no human
 harmlessness comparison (data/toy/cai.py, data/toy/constitution.txt):
@@ -103,6 +106,25 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
         "train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('rlaif_dpo')}", f"--init_from={sft}",
         f"--train_data={folder}/rlaif_train.jsonl", f"--val_data={folder}/rlaif_val.jsonl"]
         + common_args + extra("dpo"))
+    # RLHF's round 1 with the judge as the labeller: as many reward models, seeded as round 1's,
+    # on the judge's rankings of the same answers, and PPO against them with round 1's command;
+    # ppo_rlaif against round 1's PPO is the labeller's difference alone (Lee et al.'s RM + RL)
+    members = [f"rm_rlaif{m[2:]}" for m in stages["ppo"][0]]  # rm, rm_m1 -> rm_rlaif, rm_rlaif_m1
+    for k, name in enumerate(members):
+        stages[name] = (["label_rlaif"], [
+            "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d(name)}", f"--init_from={sft}",
+            f"--train_data={folder}/rlaif_train.jsonl", f"--val_data={folder}/rlaif_val.jsonl",
+            f"--bias_data={folder}/rlaif_samples.jsonl", f"--seed={cfg.seed + k}"]
+            + common_args[1:] + extra("rm"))
+    stages["ppo_rlaif"] = (members, with_args(
+        stages["ppo"][1], out_dir=d("ppo_rlaif"),
+        reward_model=",".join(f"{d(name)}/ckpt_best.pt" for name in members)))
+
+
+def with_args(command, **args):
+    """command with each --key=value of args in place of its own --key=... (appended)."""
+    keys = tuple(f"--{key}=" for key in args)
+    return [a for a in command if not a.startswith(keys)] + [f"--{k}={v}" for k, v in args.items()]
 
 
 def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
@@ -158,7 +180,8 @@ def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
 
 def eval_policies(cfg, methods, d):
     """The evaluation's name:checkpoint items of the AI-feedback methods."""
-    items = [f"rlaif_dpo:{d('rlaif_dpo')}/ckpt_last.pt"] if "rlaif" in methods else []
+    items = [f"rlaif_dpo:{d('rlaif_dpo')}/ckpt_last.pt", f"ppo_rlaif:{d('ppo_rlaif')}/ckpt_last.pt"
+             ] if "rlaif" in methods else []
     if "spin" in methods:
         items.append(f"sft_more:{d('sft_more')}/ckpt_last.pt")
         items += [f"spin{t}:{d(f'spin{t}')}/ckpt_last.pt" for t in range(1, cfg.spin_iters + 1)]
@@ -234,11 +257,16 @@ def rlaif_table(root, eval_dir, data, have_dpo):
              f"the rankings written: the judge's {machine:.1%}, the simulated people's "
              f"{people:.1%}.", "",
              "| policy | labels | gold reward | win vs SFT | KL | distinct |", "|---|---|---|---|---|---|"]
+    ppo = "ppo_r1" if "ppo_r1" in res else "ppo"  # round 1's: the people's labels of these answers
     for name, labels in [("sft", "none")] + [("dpo", "the people's")] * have_dpo + [
-            ("rlaif_dpo", "the judge's")]:
+            ("rlaif_dpo", "the judge's"), (ppo, "the people's"), ("ppo_rlaif", "the judge's")]:
         m = res[name]
         lines.append(f"| {name} | {labels} | {m['gold_reward']:.3f} | {m['win_rate_vs_sft']:.3f} | "
                      f"{m['kl']:.2f} | {m['distinct']} |")
+    gain = lambda name: res[name]["gold_reward"] - res["sft"]["gold_reward"]  # noqa: E731
+    share = f": {gain('ppo_rlaif') / gain(ppo):.0%} of it" if gain(ppo) > 0 else ""
+    lines += ["", f"RLAIF's PPO gains {gain('ppo_rlaif'):+.3f} gold over SFT, RLHF's {gain(ppo):+.3f} "
+              f"with as many comparisons of the same answers{share}."]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,8 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
     python pipeline.py --methods=spin        # also SPIN, self-play on the demonstrations, and
                                              # its control (docs/AI_FEEDBACK.md)
-    python pipeline.py --methods=dpo,rlaif   # also DPO on a learned judge's labels (RLAIF)
+    python pipeline.py --methods=dpo,rlaif   # also RLAIF: a learned judge's labels, DPO and
+                                             # round 1's reward models and PPO on them
     python pipeline.py --methods=cai         # also Constitutional AI: SL-CAI and RL-CAI
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the

@@ -263,7 +263,20 @@ def test_rlaif_ranks_the_peoples_samples_with_a_judge_of_its_own(tmp_path):
         assert args["label_rlaif"][key] == args["label"][key], key
     assert args["label_rlaif"]["out_dir"] != args["label"]["out_dir"]  # no lock between them
     assert args["rlaif_dpo"]["train_data"].endswith("rlaif/rlaif_train.jsonl")
-    assert [p.split(":")[0] for p in args["eval"]["policies"].split(",")][-2:] == ["dpo", "rlaif_dpo"]
+    # RLHF's round 1 with the judge as the labeller: its members, seeds and PPO command
+    assert stages["ppo_rlaif"][0] == ["rm_rlaif", "rm_rlaif_m1", "rm_rlaif_m2"]
+    for mine, theirs in zip(stages["ppo_rlaif"][0], stages["ppo"][0]):
+        assert stages[mine][0] == ["label_rlaif"]
+        assert args[mine]["train_data"] == args["rlaif_dpo"]["train_data"]
+        assert args[mine]["bias_data"].endswith("rlaif/rlaif_samples.jsonl")
+        assert args[mine]["seed"] == args[theirs]["seed"]
+        assert args[mine]["init_from"] == args[theirs]["init_from"]
+    assert args["ppo_rlaif"]["reward_model"] == ",".join(
+        f"{args[m]['out_dir']}/ckpt_best.pt" for m in stages["ppo_rlaif"][0])
+    assert {k: v for k, v in args["ppo_rlaif"].items() if k not in ("out_dir", "reward_model")} \
+        == {k: v for k, v in args["ppo"].items() if k not in ("out_dir", "reward_model")}
+    assert [p.split(":")[0] for p in args["eval"]["policies"].split(",")][-3:] == [
+        "dpo", "rlaif_dpo", "ppo_rlaif"]
 
 
 def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
@@ -275,7 +288,9 @@ def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
         slot1_share=0.6, agreement=0.5, agree_gold_one_order=0.5, agree_gold=0.75)))
     write("data/rlaif/judge_manifest.json", dict(labelled_pairs=400))
     m = dict(gold_reward=0.5, win_rate_vs_sft=0.5, kl=0.1, distinct=90)
-    write("eval/results.json", dict(policies=dict(sft=m, dpo=m, rlaif_dpo=m)))
+    ppo = lambda gold: dict(m, gold_reward=gold)  # noqa: E731
+    write("eval/results.json", dict(policies=dict(sft=m, dpo=m, rlaif_dpo=m, ppo_r1=ppo(1.5),
+                                                  ppo=ppo(2.0), ppo_rlaif=ppo(1.3))))
     write("data/onpolicy_train.jsonl", dict(prompt="p", responses=["a", "b", "c"], ranks=[1, 2, 3],
                                             gold=[3.0, 1.5, 1.5]))
     write("data/rlaif/rlaif_train.jsonl", dict(prompt="p", responses=["a", "b", "c"],
@@ -285,4 +300,6 @@ def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
     table = ai_stages.rlaif_table(str(tmp_path), "eval", "data", have_dpo=True)
     assert "slot 1 in 60.0%" in table and "the judge's 66.7%, the simulated people's 100.0%" in table
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and
-            "policy" not in line] == ["| sft", "| dpo", "| rlaif_dpo"]
+            "policy" not in line] == ["| sft", "| dpo", "| rlaif_dpo", "| ppo_r1", "| ppo_rlaif"]
+    # round 1's PPO (+1.0 over SFT) is the comparison, not round 2's: (1.3 - 0.5) / 1.0
+    assert "RLAIF's PPO gains +0.800 gold over SFT, RLHF's +1.000" in table and ": 80% of it." in table
