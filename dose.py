@@ -35,6 +35,8 @@ DEFAULTS = dict(
     seed=1337,
     budget="full",            # 'full' | 'mini' (the pipeline's MINI: a wiring check)
     jobs=2,                   # runs side by side, one thread each
+    eval_samples=8,           # answers per held-out prompt and policy: with one, the rates over
+                              # 20 harmful requests and 20 lookalikes move in steps of 0.05
     plots=True,               # dose.png
 )
 POLICIES = ("sft", "ppo", "dpo")
@@ -75,8 +77,8 @@ def eval_stage(cfg, ran):
     held_out = f"{ran.data}/prompts_eval.jsonl,{ran.data}/prompts_eval_safety.jsonl"
     return ([], ["eval.py", f"--out_dir={ran.run}/eval", f"--policies={policies}",
                  f"--reward_model={ran.rm}", f"--reference={ran.sft}", f"--prompts={held_out}",
-                 "--pairs=", f"--demo_val_data={ran.data}/sft_val.jsonl", f"--seed={cfg.seed}"]
-            + mini)
+                 "--pairs=", f"--demo_val_data={ran.data}/sft_val.jsonl", f"--seed={cfg.seed}",
+                 f"--num_samples_per_prompt={cfg.eval_samples}"] + mini)
 
 
 def harmful_refusal(samples_path):
@@ -117,7 +119,8 @@ def report(cfg, rows):
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
     config.validate(cfg, {"budget": (lambda v: v in ("full", "mini"), "'full' or 'mini'"),
-                          "jobs": (lambda v: v >= 1, ">= 1")})
+                          "jobs": (lambda v: v >= 1, ">= 1"),
+                          "eval_samples": (lambda v: v >= 1, ">= 1")})
     try:
         doses = [float(s) for s in cfg.doses.split(",") if s.strip()]
     except ValueError:

@@ -28,6 +28,15 @@ def test_dose_names_and_harmful_refusals(tmp_path):
     assert dose.harmful_refusal(str(tmp_path / "samples.jsonl")) == {"sft": 0.5, "ppo": 1.0}
 
 
+@pytest.mark.unit
+def test_the_dose_evaluation_reads_several_answers_a_prompt():
+    import config
+    ran = dose.dose_stages(config.parse_config(dose.DEFAULTS, []), 0.1)[1]
+    for argv, n in (([], 8), (["--eval_samples=2"], 2)):
+        cmd = dose.eval_stage(config.parse_config(dose.DEFAULTS, argv), ran)[1]
+        assert f"--num_samples_per_prompt={n}" in cmd and f"--out_dir={ran.run}/eval" in cmd
+
+
 @pytest.mark.slow
 def test_mini_dose_sweep_then_skip(tmp_path):
     out = tmp_path / "dose"
