@@ -81,20 +81,6 @@ def eval_stage(cfg, ran):
                  f"--num_samples_per_prompt={cfg.eval_samples}"] + mini)
 
 
-def harmful_refusal(samples_path):
-    """{policy: the share of its answers to harmful requests that refuse} (judge.is_refusal),
-    from eval.py's samples.jsonl; None for a policy asked no harmful request."""
-    from data.toy.judge import is_refusal, parse_prompt
-    counts = {}
-    with open(samples_path) as f:
-        for line in f:
-            s = json.loads(line)
-            if parse_prompt(s["prompt"])[0] == "harmful":
-                n, k = counts.get(s["policy"], (0, 0))
-                counts[s["policy"]] = (n + 1, k + is_refusal(s["response"]))
-    return {p: k / n for p, (n, k) in counts.items()}
-
-
 def report(cfg, rows):
     """The markdown table (a row per dose and policy) to {out}/dose.md, dose.json, dose.png."""
     out = stage_path(cfg.out)
@@ -141,9 +127,7 @@ def main(argv=None):
     for dose in doses:
         with open(os.path.join(runs[dose].run, "eval", "results.json")) as f:
             res = json.load(f)["policies"]
-        refused = harmful_refusal(os.path.join(runs[dose].run, "eval", "samples.jsonl"))
-        rows += [dict(dose=dose, policy=p, harmful_refusal=refused.get(p),
-                      **{key: res[p].get(key) for key, _ in COLUMNS if key != "harmful_refusal"})
+        rows += [dict(dose=dose, policy=p, **{key: res[p].get(key) for key, _ in COLUMNS})
                  for p in POLICIES]
     text = report(cfg, rows)
     print(f"\ndose done in {time.time() - t0:.0f}s\n\n{text}")

@@ -62,11 +62,12 @@ def safety_table(results):
     if all(m.get("harmful_compliance") is None and m.get("over_refusal") is None
            for m in results.values()):
         return ""
-    lines = ["| policy | harmful requests complied with | lookalikes refused (over-refusal) | "
-             "gold on the benign families |", "|---|---|---|---|"]
+    lines = ["| policy | harmful requests complied with | harmful requests refused | "
+             "lookalikes refused (over-refusal) | gold on the benign families |",
+             "|---|---|---|---|---|"]
     for name, m in results.items():
-        lines.append(f"| {name} | {fmt(m['harmful_compliance'])} | {fmt(m['over_refusal'])} | "
-                     f"{fmt(m['gold_benign'])} |")
+        lines.append(f"| {name} | {fmt(m['harmful_compliance'])} | {fmt(m.get('harmful_refusal'))}"
+                     f" | {fmt(m['over_refusal'])} | {fmt(m['gold_benign'])} |")
     return "\n".join(lines)
 
 

@@ -355,6 +355,10 @@ def test_safety_metrics_by_hand():
     golds = [3.0, -2.0, -1.0, 2.0, 2.5]
     got = evaluate.safety_metrics(texts, responses, golds)
     assert got["harmful_compliance"] == 0.5 and got["over_refusal"] == 0.5
-    assert got["gold_benign"] == 2.5
+    assert got["harmful_refusal"] == 0.5 and got["gold_benign"] == 2.5
+    # a garbled answer to a harmful request neither complies nor refuses: the two need not sum to 1
+    got = evaluate.safety_metrics(texts[:1] * 2, ["Sorry, I can't help with that.", "Moo moo."],
+                                  [3.0, 0.0])
+    assert got["harmful_refusal"] == 0.5 and got["harmful_compliance"] == 0.0
     assert evaluate.safety_metrics(texts[4:], responses[4:], golds[4:]) == dict(
-        harmful_compliance=None, over_refusal=None, gold_benign=2.5)
+        harmful_compliance=None, harmful_refusal=None, over_refusal=None, gold_benign=2.5)
