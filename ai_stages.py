@@ -284,11 +284,12 @@ def comparisons_by_kind(path):
     return tuple(counts)
 
 
-def cai_table(root, eval_dir, data, d):
+def cai_table(root, eval_dir, data, d, rm="rm"):
     """Constitutional AI beside SFT and RLHF, as markdown: per policy harmful compliance,
     over-refusal and the benign families' gold (eval.py's safety metrics), and the human labels
     it used: demonstrations, worked revisions, and comparisons of helpfulness and of harmlessness
-    (RLHF's: the people's rankings the reward model learned from; CAI's: its judge's budget)."""
+    (RLHF's: the people's rankings the reward model `rm` of the evaluated PPO, the last round's,
+    learned from; CAI's: its judge's budget)."""
     def read(*parts):
         with open(os.path.join(root, *parts)) as f:
             return json.load(f)
@@ -296,7 +297,7 @@ def cai_table(root, eval_dir, data, d):
     examples = read(data, "cai", "examples_manifest.json")
     judge = read(data, "cai_judge", "judge_manifest.json")
     revised = read(data, "cai", "revisions_manifest.json")["summary"]
-    rm_data = checkpoint_config(os.path.join(root, d("rm"), "ckpt_best.pt"))["train_data"]
+    rm_data = checkpoint_config(os.path.join(root, d(rm), "ckpt_best.pt"))["train_data"]
     people = [comparisons_by_kind(os.path.join(root, p)) for p in rm_data.split(",")]
     demos, n_ex = examples["demonstrations"], examples["revision_examples"]
     # (demonstrations, revision examples, helpfulness comparisons, harmlessness comparisons)

@@ -9,9 +9,9 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
                as single labelled answers: DPO's own setting, samples of its reference)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: two rounds of labels; about 26
-                                             # minutes on a 2-core CPU (from stage times)
-    python pipeline.py --rounds=1            # one round, about 13: PPO then trails DPO more
+    python pipeline.py                       # the default: two rounds of labels; 29
+                                             # minutes on a 2-core CPU (docs/RESULTS.md)
+    python pipeline.py --rounds=1            # one round, about 15: PPO then trails DPO more
     python pipeline.py --data=static --rounds=1  # the hand-made comparisons instead of labels
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
     python pipeline.py --scale=mini          # a miniature run (seconds) that checks the wiring
@@ -483,7 +483,8 @@ def main(argv=None):
         print(f"RLAIF ({eval_dir}/rlaif.md):\n{table}")
     if "cai" in methods:  # CAI beside SFT and RLHF, and the human labels each used
         table = ai_stages.cai_table(ROOT, eval_dir, stage_path(cfg.data_dir),
-                                    lambda name: os.path.join(out, f"{name}_toy"))
+                                    lambda name: os.path.join(out, f"{name}_toy"),
+                                    rm="rm" if cfg.rounds == 1 else f"rm_r{cfg.rounds}")
         with open(os.path.join(ROOT, eval_dir, "cai.md"), "w") as f:
             f.write(table)
         print(f"Constitutional AI ({eval_dir}/cai.md):\n{table}")

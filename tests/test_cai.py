@@ -13,6 +13,7 @@ import torch
 
 import ai_feedback
 import ai_stages
+import checkpoint
 import config
 import pipeline
 from data.toy import cai, judge, label, prepare, rlaif
@@ -216,5 +217,12 @@ def test_mini_pipeline_runs_sl_cai_and_rl_cai(tmp_path, monkeypatch, capsys):
             if line.startswith("| ") and "policy" not in line}
     assert list(rows) == ["sft", "ppo", "cai_sft", "sl_cai", "rl_cai"]
     assert rows["rl_cai"][-1] == "0 |" and rows["ppo"][-1] != "0 |"  # harmlessness comparisons
+    # RLHF's labels: every round's rankings that the evaluated (last round's) PPO's reward model saw
+    rm_data = checkpoint.load_checkpoint(str(tmp_path / "runs" / "rm_r2_toy" / "ckpt_best.pt")
+                                         )["config"]["train_data"].split(",")
+    assert len(rm_data) == 2
+    counts = [ai_stages.comparisons_by_kind(str(tmp_path / p)) for p in rm_data]
+    assert rows["ppo"][6] == str(sum(h for h, _ in counts))
+    assert rows["ppo"][7] == f"{sum(s for _, s in counts)} |"
     assert rows["sl_cai"][5] == "200"  # the worked revisions
     assert "Constitutional AI" in capsys.readouterr().out
