@@ -56,12 +56,10 @@ def dose_stages(cfg, dose):
     run = os.path.join(stage_path(cfg.out), dose_name(dose))
     base = SimpleNamespace(**{**pipeline.DEFAULTS, "out": run, "data_dir": os.path.join(run, "data"),
                               "seed": cfg.seed, "scale": cfg.budget, "plots": False,
-                              "rounds": 1, "ppo_rollouts": 64})  # one round, as measured:
-    # the dose's effect, not the round's
+                              "rounds": 1, "ppo_rollouts": 64,  # one round, as measured:
+                              "refusal_share": dose})  # the dose's effect, not the round's
     stages, _ = pipeline.build_stages(base, {"dpo"})
     stages.pop("eval")
-    needs, cmd = stages["prepare"]
-    stages["prepare"] = (needs, cmd + [f"--refusal_share={dose}"])
     data, d = stage_path(base.data_dir), lambda name: os.path.join(run, f"{name}_toy")  # noqa: E731
     ran = SimpleNamespace(run=run, data=data, sft=f"{d('sft')}/ckpt_best.pt",
                           rm=f"{d('rm')}/ckpt_best.pt", ppo=f"{d('ppo')}/ckpt_last.pt",

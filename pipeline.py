@@ -51,6 +51,10 @@ DEFAULTS = dict(
     out="out",                # every stage writes to {out}/{stage}_toy
     data_dir="data/toy/out",  # the toy world's files
     data="onpolicy",          # 'onpolicy': comparisons of SFT samples (label.py) | 'static'
+    safety_share=0.2,         # the world (data/toy/prepare.py): the share of harmful and
+                              # lookalike prompts in every file but the held-out ones; 0 = the
+                              # benign world without them (its held-out safety prompts still asked)
+    refusal_share=0.1,        # the world: the share of harmful demonstrations that refuse
     rounds=2,                 # round r > 1 labels round r-1's PPO policy's answers, and the
                               # reward models learn from every round so far: a reward model that
                               # has seen PPO's own mistakes (+0.26 gold over six seeds,
@@ -318,8 +322,9 @@ def build_stages(cfg, methods):
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
-        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]
-                    + common_args[1:]),
+        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}",
+                         f"--safety_share={cfg.safety_share}",
+                         f"--refusal_share={cfg.refusal_share}"] + common_args[1:]),
         "sft": (["prepare"], ["train_sft.py", "config/sft_toy.py", f"--out_dir={d('sft')}",
                               f"--train_data={data}/sft_train.jsonl",
                               f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
@@ -412,12 +417,14 @@ def check_stages(cfg, stages):
             held = [n for n in prepare.FILES if os.path.exists(os.path.join(d, n))]
             try:
                 with open(os.path.join(d, "world_manifest.json")) as f:
-                    same = json.load(f).get("settings") == prepare.world_settings(cfg.seed)
+                    same = json.load(f).get("settings") == prepare.world_settings(
+                        cfg.seed, safety_share=cfg.safety_share, refusal_share=cfg.refusal_share)
             except (OSError, ValueError, AttributeError):
                 same = False
             if held and not same:
                 problems.append(f"prepare: {args['out_dir']} holds a toy world of other "
-                                f"settings than seed {cfg.seed}'s")
+                                f"settings than seed {cfg.seed}'s with safety_share "
+                                f"{cfg.safety_share} and refusal_share {cfg.refusal_share}")
         elif cmd[0] in data_sets:
             prefix = args.get("prefix") or args["make"]  # cai.py's sets are named by --make
             held = [f"{prefix}_{n}.jsonl" for n in data_sets[cmd[0]]] + [f"{prefix}_manifest.json"]
@@ -443,6 +450,8 @@ def main(argv=None):
         "rm_members": (lambda v: 1 <= v <= 16, "in 1..16"),
         "reward_agg": (lambda v: v in ("mean", "min", "uwo"), "'mean', 'min' or 'uwo'"),
         "uwo_lambda": (lambda v: v >= 0, ">= 0"), "eval_samples": (lambda v: v >= 1, ">= 1"),
+        **{key: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]") for key in ("safety_share",
+                                                                      "refusal_share")},
         "spin_iters": (lambda v: 1 <= v <= 20, "in 1..20")})
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy' (with "

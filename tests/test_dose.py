@@ -15,9 +15,16 @@ import pipeline
 
 
 @pytest.mark.unit
-def test_dose_names():
+def test_dose_names_and_each_dose_its_own_world():
+    import config
+    from data.toy import prepare
     assert [dose.dose_name(x) for x in (0.0, 0.03, 0.1, 0.3)] == ["dose0", "dose3", "dose10",
                                                                   "dose30"]
+    for x in (0.0, 0.3):
+        stages, ran = dose.dose_stages(config.parse_config(dose.DEFAULTS, []), x)
+        world = config.parse_config(prepare.DEFAULTS, stages[f"{dose.dose_name(x)}_prepare"][1][1:])
+        assert (world.refusal_share, world.safety_share) == (x, prepare.SAFETY_SHARE)
+        assert world.out_dir == ran.data
 
 
 @pytest.mark.unit

@@ -99,9 +99,33 @@ def test_frontier_curves_average_seeds_and_add_their_spread():
 
 def test_bad_config_is_rejected(tmp_path):
     for arg in ("--scale=huge", "--data=both", "--rounds=0", "--methods=ppo,sft",
-                "--rm_members=0", "--reward_agg=max", "--eval_samples=0", "--ppo_rollouts=6"):
+                "--rm_members=0", "--reward_agg=max", "--eval_samples=0", "--ppo_rollouts=6",
+                "--safety_share=1.5", "--refusal_share=-0.1"):
         with pytest.raises(config.ConfigError, match=arg[2:].split("=")[0]):
             pipeline.main([arg, f"--out={tmp_path}"])
+
+
+@pytest.mark.unit
+def test_the_world_keys_reach_prepare_and_a_world_of_other_shares_is_refused(tmp_path):
+    from data.toy import prepare
+
+    def world(*argv):
+        cfg = config.parse_config(pipeline.DEFAULTS, [f"--data_dir={tmp_path}/data", *argv])
+        cmd = pipeline.build_stages(cfg, {"dpo"})[0]["prepare"][1]
+        got = config.parse_config(prepare.DEFAULTS, cmd[1:])
+        return cfg, (got.safety_share, got.refusal_share)
+    cfg, shares = world()
+    assert shares == (prepare.SAFETY_SHARE, prepare.REFUSAL_SHARE) == (0.2, 0.1)
+    assert world("--safety_share=0", "--refusal_share=0.3")[1] == (0.0, 0.3)
+    # a world of seed 1337's default shares on disk: the same keys pass, other shares are refused
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sft_train.jsonl").write_text("")
+    (tmp_path / "data" / "world_manifest.json").write_text(
+        json.dumps(dict(settings=prepare.world_settings(1337))))
+    pipeline.check_stages(cfg, {"prepare": pipeline.build_stages(cfg, {"dpo"})[0]["prepare"]})
+    cfg = world("--safety_share=0")[0]
+    with pytest.raises(config.ConfigError, match="other settings .* safety_share 0.0"):
+        pipeline.check_stages(cfg, {"prepare": pipeline.build_stages(cfg, {"dpo"})[0]["prepare"]})
 
 
 @pytest.mark.unit
