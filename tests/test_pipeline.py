@@ -261,8 +261,13 @@ def test_spin_runs_its_iterations_in_a_chain_beside_an_sft_control(tmp_path):
         assert stages[f"spin{t}"][1][:2] == ["train_dpo.py", "config/spin_toy.py"]
         assert "reference" not in args[f"spin{t}"]
         assert args[f"spin{t}"]["train_data"].endswith(f"spin/spin{t}_train.jsonl")
-    # the control: as many SFT steps as the three iterations together
+    # the control: as many SFT steps as the three iterations together, at SPIN's learning rates
     assert int(args["sft_more"]["max_iters"]) == 3 * int(args["spin1"]["max_iters"])
+    import train_dpo
+    spin = config.parse_config(train_dpo.DEFAULTS, [os.path.join(pipeline.ROOT, "config",
+                                                                 "spin_toy.py")])
+    assert (float(args["sft_more"]["lr"]), float(args["sft_more"]["min_lr"])) == \
+        (spin.lr, spin.min_lr) == (3e-5, 3e-6)
     assert args["sft_more"]["init_from"] == args["spin_data1"]["policy"]
     names = [p.split(":")[0] for p in args["eval"]["policies"].split(",")]
     assert names[-4:] == ["sft_more", "spin1", "spin2", "spin3"]
