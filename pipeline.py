@@ -308,6 +308,11 @@ def rollout_args(cfg, r):
             f"--micro_batch_size={n // 4}"] if r == cfg.rounds else []
 
 
+def world_args(cfg):
+    """The world's shares (safety_share, refusal_share) as data/toy/prepare.py's arguments."""
+    return [f"--{key}={getattr(cfg, key)}" for key in ("safety_share", "refusal_share")]
+
+
 def build_stages(cfg, methods):
     """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
     and the evaluation's out dir: each command exactly as you would run it by hand."""
@@ -322,9 +327,8 @@ def build_stages(cfg, methods):
 
     # 1-2. the toy world, and SFT: a byte-level GPT from scratch learns to answer in the template
     stages = {
-        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}",
-                         f"--safety_share={cfg.safety_share}",
-                         f"--refusal_share={cfg.refusal_share}"] + common_args[1:]),
+        "prepare": ([], ["data/toy/prepare.py", f"--out_dir={data}", f"--seed={cfg.seed}"]
+                    + world_args(cfg) + common_args[1:]),
         "sft": (["prepare"], ["train_sft.py", "config/sft_toy.py", f"--out_dir={d('sft')}",
                               f"--train_data={data}/sft_train.jsonl",
                               f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
