@@ -284,20 +284,23 @@ def comparisons_by_kind(path):
     return tuple(counts)
 
 
-def cai_table(root, eval_dir, data, d, rm="rm"):
+def cai_table(root, eval_dir, data):
     """Constitutional AI beside SFT and RLHF, as markdown: per policy harmful compliance,
     over-refusal and the benign families' gold (eval.py's safety metrics), and the human labels
     it used: demonstrations, worked revisions, and comparisons of helpfulness and of harmlessness
-    (RLHF's: the people's rankings the reward model `rm` of the evaluated PPO, the last round's,
-    learned from; CAI's: its judge's budget)."""
+    (RLHF's: the people's rankings the reward model of the evaluated `ppo` checkpoint learned
+    from; CAI's: its judge's budget)."""
     def read(*parts):
         with open(os.path.join(root, *parts)) as f:
             return json.load(f)
-    res = read(eval_dir, "results.json")["policies"]
+    results = read(eval_dir, "results.json")
+    res = results["policies"]
     examples = read(data, "cai", "examples_manifest.json")
     judge = read(data, "cai_judge", "judge_manifest.json")
     revised = read(data, "cai", "revisions_manifest.json")["summary"]
-    rm_data = checkpoint_config(os.path.join(root, d(rm), "ckpt_best.pt"))["train_data"]
+    ppo = dict(p.split(":", 1) for p in results["config"]["policies"].split(","))["ppo"]
+    rm = checkpoint_config(os.path.join(root, ppo))["reward_model"].split(",")[0]
+    rm_data = checkpoint_config(os.path.join(root, rm))["train_data"]
     people = [comparisons_by_kind(os.path.join(root, p)) for p in rm_data.split(",")]
     demos, n_ex = examples["demonstrations"], examples["revision_examples"]
     # (demonstrations, revision examples, helpfulness comparisons, harmlessness comparisons)

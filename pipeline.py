@@ -495,9 +495,7 @@ def main(argv=None):
             f.write(table)
         print(f"RLAIF ({eval_dir}/rlaif.md):\n{table}")
     if "cai" in methods:  # CAI beside SFT and RLHF, and the human labels each used
-        table = ai_stages.cai_table(ROOT, eval_dir, stage_path(cfg.data_dir),
-                                    lambda name: os.path.join(out, f"{name}_toy"),
-                                    rm="rm" if cfg.rounds == 1 else f"rm_r{cfg.rounds}")
+        table = ai_stages.cai_table(ROOT, eval_dir, stage_path(cfg.data_dir))
         with open(os.path.join(ROOT, eval_dir, "cai.md"), "w") as f:
             f.write(table)
         print(f"Constitutional AI ({eval_dir}/cai.md):\n{table}")
