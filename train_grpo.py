@@ -66,6 +66,7 @@ DEFAULTS = dict(
     # I/O
     out_dir="out/grpo_toy",
     init_from="out/sft_toy/ckpt_best.pt",    # the SFT policy: a .pt checkpoint, 'gpt2', an HF dir
+    ref_from="",              # the KL anchor: '' = init_from | another policy checkpoint
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
     reward_fn="",             # '' = reward_model | 'toy_gold' | 'byte_count:c' | 'file.py:function'
     reward_agg="mean",        # an ensemble's scores: 'mean' | 'min' (worst case) | 'uwo'

@@ -74,6 +74,9 @@ DEFAULTS = dict(
     # I/O
     out_dir="out/ppo_toy",
     init_from="out/sft_toy/ckpt_best.pt",    # the SFT policy: a .pt checkpoint, 'gpt2', an HF dir
+    ref_from="",              # the KL anchor: '' = init_from, the policy's own start | another
+                              # policy checkpoint (a later round starting from round 1's policy,
+                              # still anchored to SFT); the same tokenizer and sizes
     reward_model="out/rm_toy/ckpt_best.pt",  # a scalar checkpoint from train_reward_model.py
     reward_fn="",             # '' = reward_model | 'toy_gold' (the toy judge: PPO against the true
                               # reward) | 'byte_count:c' (count of c) | 'file.py:function'
@@ -487,6 +490,7 @@ def validate(cfg, rules=None):
     config.require(cfg.max_new_tokens < cfg.block_size, f"max_new_tokens={cfg.max_new_tokens} "
                    f"leaves no room for a prompt in block_size={cfg.block_size}")
     config.require_files(cfg, "train_prompts", "val_prompts", "init_from", "demo_val_data",
+                         *(["ref_from"] * (cfg.ref_from != "")),
                          *(["reward_model"] * (cfg.reward_fn == "")),
                          *(["ptx_data"] * (cfg.ptx_coef > 0)), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
@@ -503,7 +507,7 @@ def load_models(cfg, proc, with_reference=True):
     policy, tok_name = checkpoint.init_policy(cfg.init_from, dropout=0.0)
     checkpoint.check_block_size(policy, cfg.block_size)
     checkpoint.check_sampling_vocab(policy, tok_name, cfg.init_from)  # it samples the rollouts
-    ref = copy.deepcopy(policy).requires_grad_(False) if with_reference else None
+    ref = load_reference(cfg, policy, tok_name) if with_reference else None
     reward_model = None
     if cfg.reward_fn == "":  # a trained reward model: a policy checkpoint here is a mistake
         reward_model = checkpoint.load_reward_model(cfg.reward_model, tok_name,
@@ -518,6 +522,19 @@ def load_models(cfg, proc, with_reference=True):
     reward = make_reward(reward_model, load_reward_fn(cfg.reward_fn), cfg.micro_batch_size)
     gold_fn = toy_gold_judge() if cfg.gold_judge == "toy" else None
     return policy, ref, reward_model, reward, gold_fn, get_tokenizer(tok_name)
+
+
+def load_reference(cfg, policy, tok_name):
+    """The frozen KL anchor: a copy of the policy's start, or ref_from's policy, which must read
+    the same tokens at the same sizes (its log-probs are compared token by token)."""
+    if not cfg.ref_from:
+        return copy.deepcopy(policy).requires_grad_(False)
+    ref, ref_tok = checkpoint.init_policy(cfg.ref_from, dropout=0.0)
+    config.require(ref_tok == tok_name and ref.config.vocab_size == policy.config.vocab_size,
+                   f"ref_from={cfg.ref_from}: tokenizer '{ref_tok}' ({ref.config.vocab_size} "
+                   f"tokens) is not the policy's '{tok_name}' ({policy.config.vocab_size})")
+    checkpoint.check_block_size(ref, cfg.block_size, f"ref_from {cfg.ref_from}")
+    return ref.requires_grad_(False)
 
 
 def critic_kind(cfg):
