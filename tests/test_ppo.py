@@ -346,3 +346,28 @@ def test_ptx_and_the_demonstrations_nll(world, tmp_path):
     sft_nll = train_ppo.ptx_loss(policy, tuple(train_ppo.load_demos(cfg, enc, proc).val[0]))
     assert nll[0] == pytest.approx(sft_nll.item(), abs=1e-5)
     assert out["val_demo_nll"] != nll[0]  # the policy moved
+
+
+def test_ref_from_anchors_the_kl_to_another_policy(world, tmp_path):
+    """A later round starting from round 1's policy, anchored to SFT: the reference is ref_from's
+    weights, not a copy of the start; the rollout's KL is the start's distance from it."""
+    start = checkpoint.load_checkpoint(str(world / "sft.pt"))
+    torch.manual_seed(1)
+    start["model"] = {k: v + 0.05 * torch.randn_like(v) for k, v in start["model"].items()}
+    checkpoint.save_checkpoint(str(tmp_path / "start.pt"), start)
+    cfg = config.parse_config(train_ppo.DEFAULTS, ppo_args(
+        world, tmp_path / "unused", init_from=tmp_path / "start.pt", ref_from=world / "sft.pt"))
+    proc = runtime.init_runtime(cfg)
+    policy, ref, *_ = train_ppo.load_models(cfg, proc)
+    sft, _ = checkpoint.init_policy(str(world / "sft.pt"))
+    for k, v in sft.state_dict().items():
+        assert torch.equal(ref.state_dict()[k], v), k
+        assert not torch.equal(policy.state_dict()[k], v), k
+    assert not any(p.requires_grad for p in ref.parameters())
+    out = train_ppo.main(ppo_args(world, tmp_path / "run", max_iters=1,
+                                  init_from=tmp_path / "start.pt", ref_from=world / "sft.pt"))
+    assert out["kl"] > 0.01  # the default (ref = the start) gives 0: test_first_update_invariants
+    with pytest.raises(config.ConfigError, match="ref_from"):  # a missing file, named
+        train_ppo.main(ppo_args(world, tmp_path / "bad", ref_from=tmp_path / "missing.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="rm.pt"):  # a reward model is no policy
+        train_ppo.main(ppo_args(world, tmp_path / "bad2", ref_from=world / "rm.pt"))
