@@ -62,7 +62,9 @@ DEFAULTS = dict(
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
     methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
                               # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
-                              # or 'all' (about 1.6x the time without the last two; with
+                              # rs (Llama 2's rejection sampling: best-of-8 by the reward models
+                              # as demonstrations, then PPO from that policy: rs, ppo_rs),
+                              # or 'all' (about 1.6x the time without the last three; with
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
                               # answers come from label.py); the AI-feedback methods only by
                               # name: spin, rlaif, cai (ai_stages.py)
@@ -99,11 +101,14 @@ MINI = {
             "--eval_examples=4", "--log_interval=1"],
     "eval": ["--eval_examples=8", "--max_new_tokens=16", "--bon_sweep=4",
              "--num_samples_per_prompt=1"],
+    "rs_data": ["--k=2", "--max_new_tokens=8", "--num_val_prompts=8"],
+    "rs": ["--max_iters=4", "--warmup_iters=1", "--eval_interval=2", "--eval_examples=4",
+           "--log_interval=1", "--num_samples=1", "--sample_tokens=8"],
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
 OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",  # the stages `methods` picks
-            "ppo_gate", "ppo_safe")
+            "ppo_gate", "ppo_safe", "rs")
 SAFETY = ("ppo_gate", "ppo_safe")  # helpful and harmless: label --kinds=separate, and more models
 
 
@@ -220,6 +225,29 @@ def critic_free_and_gold_stages(d, rm_names, rm, rl):
     }
 
 
+def rejection_sampling_stages(cfg, methods, d, data, sft, rm_names, rm, rl, common_args):
+    """Llama 2's rejection-sampling fine-tuning (methods 'rs'): the SFT policy writes 8 answers to
+    every RL prompt and the last round's reward models keep their favourite (rs_data), SFT on the
+    kept answers from the SFT policy (rs: best-of-8 learned once), and PPO from that policy,
+    KL-anchored to it, with the last round's reward models and rollouts (ppo_rs)."""
+    if "rs" not in methods:
+        return {}
+    extra = (lambda stage: MINI[stage]) if cfg.scale == "mini" else (lambda stage: [])
+    start = f"{d('rs')}/ckpt_last.pt"
+    return {
+        "rs_data": (rm_names, ["rejection_sampling.py", f"--policy={sft}", *rm,
+                               f"--prompts={data}/prompts_train.jsonl", f"--out_dir={data}",
+                               "--prefix=rs"] + common_args + extra("rs_data")),
+        "rs": (["rs_data"], ["train_sft.py", "config/rs_toy.py", f"--out_dir={d('rs')}",
+                             f"--init_from={sft}", f"--train_data={data}/rs_train.jsonl",
+                             f"--val_data={data}/rs_val.jsonl"] + common_args + extra("rs")),
+        "ppo_rs": (["rs"], ["train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo_rs')}",
+                            f"--init_from={start}"] + rm
+                   + [a for a in rl if not a.startswith("--init_from=")]
+                   + rollout_args(cfg, cfg.rounds)),
+    }
+
+
 def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out):
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
@@ -230,7 +258,8 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     for name in set(OPTIONAL) - methods:
         stages.pop(name, None)
     # the last round's PPO, and round 1's beside it: what the later rounds bought
-    names = ["ppo"] + ["ppo_r1"] * (cfg.rounds > 1) + [m for m in OPTIONAL if m in methods]
+    names = ["ppo"] + ["ppo_r1"] * (cfg.rounds > 1) + [m for m in OPTIONAL if m in methods] \
+        + ["ppo_rs"] * ("rs" in methods)
     runs = {"ppo": "ppo" + last, "ppo_r1": "ppo"}
     policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
         f"{n}:{d(runs.get(n, n))}/ckpt_last.pt" for n in names]
@@ -378,7 +407,8 @@ def build_stages(cfg, methods):
           f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
         + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
-    stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl))
+    stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl), **rejection_sampling_stages(
+        cfg, methods, d, data, sft, ppo_needs, rm, rl, common_args))  # and best-of-8 learned
     # 7. the RL-free path on round 1's comparisons (answers of the SFT policy, its reference):
     # DPO on the pairs, KTO on single answers
     prefs, rm_val = round1
@@ -399,9 +429,10 @@ def check_stages(cfg, stages):
     """Before anything runs: every stage's out_dir must be free (not a file, not locked by a
     running process) and hold nothing a stage would refuse to replace without --overwrite=True
     (a training run, a world of other settings, a labelling), or a ConfigError lists them all."""
+    import rejection_sampling
     from data.toy import cai, label, prepare, spin
     data_sets = {"data/toy/label.py": label.NAMES, "data/toy/spin.py": spin.NAMES,
-                 "data/toy/cai.py": ()}
+                 "data/toy/cai.py": (), "rejection_sampling.py": rejection_sampling.NAMES}
     problems = []
     for name, (_, cmd) in stages.items():
         args = dict(a[2:].split("=", 1) for a in cmd[1:] if a.startswith("--") and "=" in a)

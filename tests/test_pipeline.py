@@ -11,10 +11,11 @@ import checkpoint
 import eval as eval_script
 import frontier
 import pipeline
+import train_ppo
 
 
 POLICIES = {"sft", "bon16", "ppo", "ppo_r1", "grpo", "rloo", "dpo", "kto", "ppo_gold",
-            "grpo_gold", "ppo_gate", "ppo_safe"}
+            "grpo_gold", "ppo_gate", "ppo_safe", "rs", "ppo_rs"}
 
 
 @pytest.mark.slow
@@ -38,6 +39,13 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     assert rm_cfg["train_data"].endswith("onpolicy_train.jsonl") and rm_cfg["group_rankings"]
     assert rm_cfg["bias_data"].endswith("onpolicy_samples.jsonl")
     assert (out / "ppo_toy" / "ckpt_iter1.pt").exists() and (out / "ppo_toy" / "ckpt_iter2.pt").exists()
+    # rejection sampling: SFT on the last round's reward models' favourites, then PPO from it
+    assert read_cfg("rs")["train_data"].endswith("rs_train.jsonl")
+    rs_ppo = checkpoint.load_checkpoint(str(out / "ppo_rs_toy" / "ckpt_last.pt"))["config"]
+    assert rs_ppo["init_from"].endswith("rs_toy/ckpt_last.pt") and rs_ppo["ref_from"] == ""
+    assert "rm_r2_toy" in rs_ppo["reward_model"]
+    kept = [json.loads(line) for line in open(out / "data" / "rs_train.jsonl")]
+    assert len(kept) > 100 and all(r["response"].strip() for r in kept)
     res = json.loads((out / "eval" / "results.json").read_text())
     assert set(res["policies"]) == POLICIES
     assert res["n_prompts"] == 8
@@ -332,3 +340,23 @@ def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
             "policy" not in line] == ["| sft", "| dpo", "| rlaif_dpo", "| ppo_r1", "| ppo_rlaif"]
     # round 1's PPO (+1.0 over SFT) is the comparison, not round 2's: (1.3 - 0.5) / 1.0
     assert "RLAIF's PPO gains +0.800 gold over SFT, RLHF's +1.000" in table and ": 80% of it." in table
+
+
+@pytest.mark.unit
+def test_rejection_sampling_stages_and_a_set_on_disk_is_refused(tmp_path):
+    cfg = config.parse_config(pipeline.DEFAULTS, [f"--data_dir={tmp_path}/data",
+                                                  f"--out={tmp_path}/o", "--methods=rs"])
+    stages = pipeline.build_stages(cfg, {"rs"})[0]
+    assert "rs" not in pipeline.build_stages(cfg, {"dpo"})[0]  # only when asked for
+    # the last round's reward models pick; PPO starts from the RS policy with 128 rollouts
+    assert stages["rs_data"][0] == ["rm_r2", "rm_m1_r2", "rm_m2_r2"]
+    assert stages["rs"][0] == ["rs_data"] and stages["ppo_rs"][0] == ["rs"]
+    ppo = config.parse_config(train_ppo.DEFAULTS, stages["ppo_rs"][1][1:])
+    assert ppo.init_from.endswith("rs_toy/ckpt_last.pt") and ppo.rollout_batch_size == 128
+    eval_cmd = " ".join(stages["eval"][1])
+    assert "rs:" in eval_cmd and "ppo_rs:" in eval_cmd
+    pipeline.check_stages(cfg, {"rs_data": stages["rs_data"]})  # nothing there yet
+    os.makedirs(tmp_path / "data")
+    open(tmp_path / "data" / "rs_train.jsonl", "w").close()
+    with pytest.raises(config.ConfigError, match=r"rs_data: .* holds a data set \(rs_\*\)"):
+        pipeline.check_stages(cfg, {"rs_data": stages["rs_data"]})
