@@ -409,8 +409,7 @@ def build_stages(cfg, methods):
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl), **rejection_sampling_stages(
         cfg, methods, d, data, sft, ppo_needs, rm, rl, common_args))  # and best-of-8 learned
-    # 7. the RL-free path on round 1's comparisons (answers of the SFT policy, its reference):
-    # DPO on the pairs, KTO on single answers
+    # 7. the RL-free path on round 1's comparisons (of SFT answers): DPO on pairs, KTO on answers
     prefs, rm_val = round1
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
     stages["dpo"] = (stages["rm"][0], ["train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('dpo')}",
