@@ -15,7 +15,8 @@ import train_sft
 SCRIPTS = {"sft": train_sft, "rm": train_reward_model, "ppo": train_ppo, "dpo": train_dpo,
            "kto": train_kto}
 SCRIPT_OF = {**SCRIPTS, "spin": train_dpo,  # config/spin_toy.py: SPIN is DPO on its pairs
-             "judge": train_sft}  # config/judge_toy.py: RLAIF's judge is SFT on its format
+             "judge": train_sft,  # config/judge_toy.py: RLAIF's judge is SFT on its format
+             "rs": train_sft}  # config/rs_toy.py: rejection sampling's SFT on the kept answers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 
