@@ -20,6 +20,8 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --methods=dpo,rlaif   # also RLAIF: a learned judge's labels, DPO and
                                              # round 1's reward models and PPO on them
     python pipeline.py --methods=cai         # also Constitutional AI: SL-CAI and RL-CAI
+    python pipeline.py --methods=grpo,dpo,kto,rs  # also rejection sampling (Llama 2), then PPO
+                                             # from that policy (docs/RESULTS.md)
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
