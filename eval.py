@@ -190,7 +190,8 @@ def win_rate(a, b):
 @torch.inference_mode()
 def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None, *,
                        max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0, batch_size=64,
-                       seed=1337, device="cpu", autocast=None, samples_per_prompt=1):
+                       seed=1337, device="cpu", autocast=None, samples_per_prompt=1,
+                       progress=None):
     """
     Sample one answer per row of prompt_ids (a list of token-id lists, prompt-major: row
     i * samples_per_prompt + j is sample j of prompt i) from model, in batches of left-padded
@@ -198,7 +199,7 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
     (seed, i, j) alone: two policies given the same seed and prompts draw the same noise, and the
     same policy draws the same answers whatever the batch size.
     Returns per-row lists: tokens (answer ids, EOS included), rm (score or None), kl (or None),
-    length (tokens) and eos (0/1).
+    length (tokens) and eos (0/1). progress(rows done, rows), if given, after every batch.
     """
     autocast = autocast or nullcontext()
     k = samples_per_prompt
@@ -232,6 +233,8 @@ def generate_and_score(model, prompt_ids, enc, reward_model=None, reference=None
         out["tokens"] += [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), resp_mask.cpu())]
         out["length"] += resp_mask.sum(1).tolist()
         out["eos"] += ended.long().tolist()
+        if progress is not None:
+            progress(rows.stop, len(prompt_ids))
     for key in ("rm", "rm_members", "kl"):
         out[key] = out[key] or None
     return out

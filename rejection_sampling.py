@@ -113,7 +113,11 @@ def main(argv=None):
             got = generate_and_score(policy, [p["ids"] for p in prompts for _ in range(k)], enc,
                                      reward_model, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, batch_size=cfg.batch_size,
-                                     seed=cfg.seed, device=device, samples_per_prompt=k)
+                                     seed=cfg.seed, device=device, samples_per_prompt=k,
+                                     progress=lambda done, n: print(
+                                         f"\r  {done}/{n} answers ({time.time() - t0:.0f}s)",
+                                         end="", flush=True))
+        print()
         texts = [decode_response(enc, t) for t in got["tokens"]]
         usable = [bool(e) and bool(t.strip()) for e, t in zip(got["eos"], texts)]
         # 2. the reward model keeps each prompt's favourite
