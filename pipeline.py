@@ -5,12 +5,15 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
             -> label_r2 (round 1's PPO policy's answers, ranked: Llama 2's iterated rounds)
             -> reward models on both rounds -> PPO again from SFT, and GRPO (with
                --methods=all also RLOO, and PPO and GRPO on the gold judge, the true reward)
+            -> rejection sampling (the last round's reward models' favourite of 8 SFT answers
+               as demonstrations: the rs policy), and PPO again from it (ppo_rs)
             -> DPO and KTO (on round 1's comparisons, the SFT policy's answers, as pairs and
                as single labelled answers: DPO's own setting, samples of its reference)
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
-    python pipeline.py                       # the default: two rounds of labels; 29
-                                             # minutes on a 2-core CPU (docs/RESULTS.md)
+    python pipeline.py                       # the default: two rounds of labels and
+                                             # rejection sampling; 34 minutes on a 2-core
+                                             # CPU, 29 without rs (docs/RESULTS.md)
     python pipeline.py --rounds=1            # one round, about 15: PPO then trails DPO more
     python pipeline.py --data=static --rounds=1  # the hand-made comparisons instead of labels
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge
@@ -20,8 +23,8 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --methods=dpo,rlaif   # also RLAIF: a learned judge's labels, DPO and
                                              # round 1's reward models and PPO on them
     python pipeline.py --methods=cai         # also Constitutional AI: SL-CAI and RL-CAI
-    python pipeline.py --methods=grpo,dpo,kto,rs  # also rejection sampling (Llama 2), then PPO
-                                             # from that policy (docs/RESULTS.md)
+    python pipeline.py --methods=grpo,dpo,kto  # without rejection sampling (Llama 2) and
+                                             # the PPO from its policy (docs/RESULTS.md)
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
@@ -62,10 +65,11 @@ DEFAULTS = dict(
                               # has seen PPO's own mistakes (+0.26 gold over six seeds,
                               # docs/RESULTS.md); 1 = the SFT policy's answers only
     scale="full",             # 'full' (the documented result) or 'mini' (a wiring check)
-    methods="grpo,dpo,kto",   # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
+    methods="grpo,dpo,kto,rs",  # beside PPO (always run): any of grpo, rloo, dpo, kto, ppo_gold,
                               # grpo_gold, ppo_gate (Llama 2's gated RMs), ppo_safe (Safe RLHF),
                               # rs (Llama 2's rejection sampling: best-of-8 by the reward models
-                              # as demonstrations, then PPO from that policy: rs, ppo_rs),
+                              # as demonstrations, then PPO from that policy: rs, ppo_rs; its
+                              # wins and gold above the PPO from SFT on six seeds, +5 minutes),
                               # or 'all' (about 1.6x the time without the last three; with
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
                               # answers come from label.py); the AI-feedback methods only by

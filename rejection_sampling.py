@@ -7,7 +7,7 @@ what best-of-N does at every query, learned once.
     python rejection_sampling.py                     # 8 SFT answers to each toy RL prompt, ~4 min
     python train_sft.py config/rs_toy.py             # the SFT step on the kept answers
     python train_ppo.py config/ppo_toy.py --init_from=out/rs_toy/ckpt_last.pt   # and PPO from it
-    python pipeline.py --methods=grpo,dpo,kto,rs     # all three beside the default run
+    python pipeline.py                               # all three, in the default run
 
 The reward model picks; the gold judge never does (with gold_judge='toy' it only reports the gold
 of the kept answers against all of them). Only answers that end (EOS) and are not empty can be
@@ -99,7 +99,8 @@ def main(argv=None):
     prompts = loader.load_prompts(cfg.prompts, enc, cfg.block_size, cfg.max_new_tokens)
     config.require(len(prompts) > cfg.num_val_prompts, f"{cfg.prompts}: {len(prompts)} prompts, "
                    f"not more than num_val_prompts={cfg.num_val_prompts}")
-    settings = {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "overwrite", "batch_size")}
+    settings = {k: v for k, v in vars(cfg).items()
+                if k not in ("out_dir", "overwrite", "batch_size")}
     inputs = {p: run.sha256_of(p) for p in [cfg.policy, cfg.prompts,
                                             *checkpoint.reward_model_paths(cfg.reward_model)]}
     with run.DataSet(cfg.out_dir, cfg.prefix, [f"{cfg.prefix}_{n}.jsonl" for n in NAMES],
@@ -127,7 +128,8 @@ def main(argv=None):
             if j < 0:
                 continue
             p = prompts[i]
-            rows.append(dict(prompt=p["prompt"], response=texts[i * k + j], score=got["rm"][i * k + j]))
+            rows.append(dict(prompt=p["prompt"], response=texts[i * k + j],
+                             score=got["rm"][i * k + j]))
             if gold is not None:
                 answers = [texts[i * k + a] for a in range(k) if usable[i * k + a]]
                 gold_kept.append(gold(p["prompt"], texts[i * k + j]))
