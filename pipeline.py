@@ -231,14 +231,13 @@ def critic_free_and_gold_stages(d, rm_names, rm, rl):
     }
 
 
-def rejection_sampling_stages(cfg, methods, d, data, sft, rm_names, rm, rl, common_args):
+def rejection_sampling_stages(cfg, methods, d, data, sft, rm_names, rm, rl, common_args, extra):
     """Llama 2's rejection-sampling fine-tuning (methods 'rs'): the SFT policy writes 8 answers to
     every RL prompt and the last round's reward models keep their favourite (rs_data), SFT on the
     kept answers from the SFT policy (rs: best-of-8 learned once), and PPO from that policy,
     KL-anchored to it, with the last round's reward models and rollouts (ppo_rs)."""
     if "rs" not in methods:
         return {}
-    extra = (lambda stage: MINI[stage]) if cfg.scale == "mini" else (lambda stage: [])
     start = f"{d('rs')}/ckpt_last.pt"
     return {
         "rs_data": (rm_names, ["rejection_sampling.py", f"--policy={sft}", *rm,
@@ -414,7 +413,7 @@ def build_stages(cfg, methods):
         + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl), **rejection_sampling_stages(
-        cfg, methods, d, data, sft, ppo_needs, rm, rl, common_args))  # and best-of-8 learned
+        cfg, methods, d, data, sft, ppo_needs, rm, rl, common_args, extra))
     # 7. the RL-free path on round 1's comparisons (of SFT answers): DPO on pairs, KTO on answers
     prefs, rm_val = round1
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
