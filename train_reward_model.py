@@ -238,14 +238,15 @@ def rm_step(model, micro_batches, pair_scores, cfg, proc):
 
 
 @torch.no_grad()
-def evaluate(model, val, layout, cfg, proc, pad_id):
+def evaluate(model, val_batches, layout, cfg, proc, pad_id):
     """Held-out accuracy (r_c > r_r), mean margin, loss, and the mean and std of all scores,
-    over every rank's share of the pairs, laid out by layout (collate, forward)."""
+    over every rank's share of the batches (lists of pairs, val_batches), laid out by layout
+    (collate, forward)."""
     model.eval()
     s = dict(n=0.0, correct=0.0, margin=0.0, loss=0.0, r=0.0, r2=0.0)
     with runtime.gathered(model):  # FSDP: ranks may hold different numbers of batches
-        for start in range(proc.rank * cfg.batch_size, len(val), cfg.batch_size * proc.world_size):
-            batch = to_device(layout.collate(val[start:start + cfg.batch_size], pad_id), proc)
+        for pairs in val_batches[proc.rank::proc.world_size]:
+            batch = to_device(layout.collate(pairs, pad_id), proc)
             rc, rr = layout.forward(model, batch, proc.autocast)
             _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                      cfg.center_coef)
@@ -316,12 +317,7 @@ def load_data(cfg, enc, proc):
     if cfg.reverse:  # a cost model: each pair's worse answer is the one to score higher
         train, val = ([dict(p, chosen=p["rejected"], rejected=p["chosen"], chosen_text=p[
             "rejected_text"], rejected_text=p["chosen_text"]) for p in pairs] for pairs in (train, val))
-    items = [[i] for i in range(len(train))]
-    if cfg.group_rankings:
-        by_record = {}
-        for i, p in enumerate(train):
-            by_record.setdefault(p["record"], []).append(i)
-        items = list(by_record.values())
+    items = ranking_items(train) if cfg.group_rankings else [[i] for i in range(len(train))]
     if cfg.bootstrap:  # an ensemble member's own resample of the rankings (or pairs)
         rng = random.Random(cfg.seed)
         items = [items[rng.randrange(len(items))] for _ in items]
@@ -340,7 +336,28 @@ def load_data(cfg, enc, proc):
            f"({max_iters * per_step / len(items):.2f} epochs)")
     lengths = tuple(max(loader.pair_length(train[i]) for i in u)
                     for u in items) if cfg.length_buckets else None
-    return train, val, items, max_iters, reference_rows(cfg, enc, train), lengths
+    return (train, val_batches(val, cfg), items, max_iters, reference_rows(cfg, enc, train),
+            lengths)
+
+
+def ranking_items(pairs):
+    """The pairs' indices grouped by the ranking (loader 'record') they came from, in order of
+    each ranking's first pair: [[i, ...], ...]."""
+    by_record = {}
+    for i, p in enumerate(pairs):
+        by_record.setdefault(p["record"], []).append(i)
+    return list(by_record.values())
+
+
+def val_batches(val, cfg):
+    """The held-out pairs (sorted by length) as evaluation batches of batch_size pairs, or with
+    group_rankings of batch_size whole rankings, as training lays them out: each answer of a
+    ranking is then scored once for all its pairs, not once per pair (on the toy world's rankings
+    of 7 answers, 6 times fewer rows). Evaluation sums over pairs, so how they are batched does
+    not change what it measures."""
+    items = ranking_items(val) if cfg.group_rankings else [[i] for i in range(len(val))]
+    return [[val[i] for item in items[start:start + cfg.batch_size] for i in item]
+            for start in range(0, len(items), cfg.batch_size)]
 
 def main(argv=None):
     cfg = config.parse_config(DEFAULTS, argv, __doc__)
@@ -373,9 +390,9 @@ def train(cfg):
     model, enc = load_model(cfg, run)
     train, val, items, max_iters, ref_rows, lengths = load_data(cfg, enc, proc)
     runtime.shard(model, proc, cfg.compile)  # FSDP: each rank keeps its share of the weights
-    # the batch layouts: training batches as cfg says, held-out pairs one by one (layouts.py)
-    collate, pair_scores = layouts.score_layout(cfg.share_prompt, cfg.group_rankings)
-    val_layout = layouts.score_layout(cfg.share_prompt)
+    # the batch layouts (layouts.py): training and held-out batches as cfg says
+    layout = layouts.score_layout(cfg.share_prompt, cfg.group_rankings)
+    collate, pair_scores = layout
 
     # -------------------------------------------------------------------------
     # optimizer, and the loop state a resumed run picks up (one with reward_bias has finished)
@@ -396,7 +413,7 @@ def train(cfg):
     # of the step alone (loader.batch_indices), so resuming needs no data-loader state.
     t_start = time.time()
     if step == 0:
-        evaluate_and_keep_best(run, model, val, val_layout, cfg, enc, step, state, snapshot)
+        evaluate_and_keep_best(run, model, val, layout, cfg, enc, step, state, snapshot)
     model.train()
     while step < max_iters:
         t0 = time.time()
@@ -418,7 +435,7 @@ def train(cfg):
             run.log(step, **state.train_metrics, lr=lr, grad_norm=grad_norm,
                     ms_per_iter=round(1000 * (time.time() - t0), 1))
         if step % cfg.eval_interval == 0 or step == max_iters:
-            evaluate_and_keep_best(run, model, val, val_layout, cfg, enc, step, state, snapshot)
+            evaluate_and_keep_best(run, model, val, layout, cfg, enc, step, state, snapshot)
         stopping = run.should_stop(step)
         if (step % cfg.ckpt_interval == 0 or stopping) and step < max_iters:
             run.save("ckpt_last.pt", snapshot())

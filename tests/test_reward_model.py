@@ -350,6 +350,42 @@ def test_a_step_is_the_mean_over_its_pairs_however_it_is_split(tmp_path):
 
 
 @pytest.mark.unit
+def test_held_out_rankings_are_scored_once_with_the_pairs_metrics(tmp_path):
+    # group_rankings: evaluation batches hold whole rankings (7 distinct answers for 11 pairs
+    # here), each pair exactly once, and measure what the pair-by-pair batches measure
+    from data import loader
+    from types import SimpleNamespace
+    enc = get_tokenizer("byte")
+    pairs = loader.load_preferences(write_jsonl(tmp_path / "r.jsonl", UNEVEN_RANKINGS), enc, 128)
+    proc = SimpleNamespace(autocast=None, world_size=1, rank=0, device="cpu", fsdp=False)
+    torch.manual_seed(0)
+    model = ScalarModel(GPTConfig(block_size=128, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
+    out = {}
+    for grouped in (False, True):
+        cfg = SimpleNamespace(batch_size=1 if grouped else 4, group_rankings=grouped,
+                              use_margin=False, center_coef=0.0)
+        batches = train_reward_model.val_batches(pairs, cfg)
+        assert sorted(id(p) for b in batches for p in b) == sorted(id(p) for p in pairs)
+        if grouped:  # one ranking per batch: 5 answers, then 2
+            assert [len(b) for b in batches] == [10, 1]
+            rows = [layouts.collate_rankings(b, enc.eot_token)["idx"].size(0) for b in batches]
+            assert rows == [5, 2]
+        out[grouped] = train_reward_model.evaluate(model, batches, layouts.score_layout(
+            False, grouped), cfg, proc, enc.eot_token)
+    with torch.no_grad():  # accuracy by hand, from each answer scored alone
+        score = {}
+        for p in pairs:
+            for side in ("chosen", "rejected"):
+                ids = tuple(p[side][0])
+                score[ids] = model(torch.tensor([ids])).item()
+        want = sum(score[tuple(p["chosen"][0])] > score[tuple(p["rejected"][0])]
+                   for p in pairs) / len(pairs)
+    assert out[True]["val_accuracy"] == pytest.approx(want, abs=1e-6)  # float32 batch means
+    for k in out[False]:
+        assert out[True][k] == pytest.approx(out[False][k], abs=1e-5), k
+
+
+@pytest.mark.unit
 def test_aggregate_rewards_by_hand():
     # three members' scores of two answers
     s = torch.tensor([[1.0, -2.0], [3.0, 0.0], [2.0, 2.0]])
