@@ -65,10 +65,10 @@ above its size before the stage's models were built, once glibc has handed back 
 earlier stages); act MB (the peak above state_mb: every model's weights, the trained ones'
 gradients and AdamW state, counted from the tensors; what is left is activations, logits and
 the allocator's slack, the part --grad_checkpoint=True shrinks); TFLOP/s achieved and MFU =
-TFLOP/s / peak_flops (only when peak_flops is given); pad (the share of the padded batch
-positions that is padding: 0 on random ids; ppo: of the positions its micro-batches compute,
-each without its padding columns). The JSON rows also hold step_s, the seconds of every timed
-step, and state_mb.
+TFLOP/s / peak_flops (only when peak_flops is given; -1: the measured matmul_ceiling); pad (the
+share of the padded batch positions that is padding: 0 on random ids; ppo: of the positions its
+micro-batches compute, each without its padding columns). The JSON rows also hold step_s, the
+seconds of every timed step, and state_mb.
 
 Model FLOPs, PaLM appendix B (Chowdhury et al. 2022), as nanoGPT's estimate_mfu: a forward costs
 per token 2 FLOPs per matmul weight, 2 * (12 * L * d^2 + d * V) with the LM head (d^2 terms: qkv
@@ -134,7 +134,8 @@ DEFAULTS = dict(
                                 # the backward (less activation memory, ~1/3 more compute)
     micro_batch_size=0,         # ppo, grpo: rows per scoring and update forward (0 = batch_size);
                                 # rows of similar prompt lengths, each without its padding columns
-    peak_flops=0.0,             # device peak FLOP/s for MFU: 989e12 = H100 SXM bf16; 0 = no MFU
+    peak_flops=0.0,             # device peak FLOP/s for MFU: 989e12 = H100 SXM bf16; 0 = no MFU;
+                                # -1 = this device's measured matmul rate at each size's width
     data="",                    # '' random ids | 'hh' (data/hh/out/prefs_train.jsonl) | a prefs JSONL
     length_buckets=True,        # with data: batch rows of similar lengths, as the HH recipes do
     variants="",                # also time, step by step beside the default: full_logits,
@@ -160,6 +161,23 @@ def timed(fn, proc):
     out = fn()
     sync(proc)
     return out, time.perf_counter() - t0
+
+
+def matmul_ceiling(n_embd, proc, rows=1024, repeats=20):
+    """
+    FLOP/s of this device's fastest dense matmul at a model's width: a (rows, d) x (d, 4d)
+    product (the MLP's first layer, the biggest of a block) in the run's dtype, best of `repeats`.
+    What a stage could reach if all its counted FLOPs ran at the speed of its largest matmuls;
+    with peak_flops=-1 it is the MFU's denominator, where a spec sheet's peak means little (a
+    CPU's depends on its vector units, clocks and threads).
+    """
+    dtype = torch.bfloat16 if proc.dtype == "bfloat16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, n_embd, generator=g).to(proc.device, dtype)
+    b = torch.randn(n_embd, 4 * n_embd, generator=g).to(proc.device, dtype)
+    a @ b  # warm-up: thread pool, kernel choice
+    best = min(timed(lambda: a @ b, proc)[1] for _ in range(repeats))
+    return 2 * rows * n_embd * 4 * n_embd / best
 
 
 def state_mb(models, optimizers):
@@ -647,10 +665,17 @@ def main(argv=None):
     rl = dict(ppo=bench_ppo, grpo=bench_grpo)
     rows = []
     for size in sizes:
+        size_cfg = cfg
+        if cfg.peak_flops == -1:  # MFU against what this device's matmuls reach at this width
+            ceiling = matmul_ceiling(SIZES[size]["n_embd"], proc)
+            meta.setdefault("matmul_ceiling_flops", {})[size] = ceiling
+            size_cfg = SimpleNamespace(**{**vars(cfg), "peak_flops": ceiling})
+            print(f"  {size}: matmul ceiling {ceiling / 1e12:.3f} TFLOP/s ({proc.dtype})",
+                  flush=True)
         for stage in stages:
             t0 = time.time()
-            rows += bench_training(stage, size, cfg, proc, gen) if stage in TRAINING else \
-                rl[stage](size, cfg, proc, gen)
+            rows += bench_training(stage, size, size_cfg, proc, gen) if stage in TRAINING else \
+                rl[stage](size, size_cfg, proc, gen)
             print(f"  {size} {stage}: {time.time() - t0:.1f}s", flush=True)
     print(format_table(rows))
     for size in sizes:

@@ -235,5 +235,6 @@ def checked_shapes(cfg):
     config.validate(cfg, {"prompt_len": positive, "gen_tokens": positive, "steps": positive,
                           "warmup": (lambda v: v >= 0, ">= 0"),
                           "micro_batch_size": (lambda v: v >= 0, ">= 0 (0: batch_size)"),
-                          "peak_flops": (lambda v: v >= 0, ">= 0")})
+                          "peak_flops": (lambda v: v >= 0 or v == -1,
+                                         ">= 0, or -1 to measure the matmul ceiling")})
     return sizes, stages

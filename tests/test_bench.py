@@ -125,6 +125,23 @@ def test_no_cache_generation_equals_the_kv_cache():
     assert sampled.tolist() == tokens.tolist()
 
 
+def test_measured_matmul_ceiling_is_the_mfu_denominator(monkeypatch):
+    # the ceiling counts 2 * rows * d * 4d FLOPs over the best of its timings, and
+    # peak_flops=-1 makes every row's MFU its TFLOP/s over that ceiling
+    times = iter([0.5, 0.25, 0.4])
+    monkeypatch.setattr(bench, "timed", lambda fn, proc: (fn(), next(times)))
+    proc = SimpleNamespace(dtype="float32", device="cpu", device_type="cpu")
+    assert bench.matmul_ceiling(8, proc, rows=16, repeats=3) == 2 * 16 * 8 * 32 / 0.25
+    monkeypatch.undo()
+    out = bench.main(MICRO + ["--stages=sft", "--peak_flops=-1"])
+    ceiling = out["meta"]["matmul_ceiling_flops"]["micro"]
+    assert math.isfinite(ceiling) and ceiling > 0
+    (row,) = out["rows"]
+    assert row["mfu"] == pytest.approx(row["tflops"] * 1e12 / ceiling)
+    with pytest.raises(ValueError, match="peak_flops"):
+        bench.main(MICRO + ["--peak_flops=-2"])
+
+
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="sizes"):
         bench.main(["--sizes=gpt3"])
