@@ -25,6 +25,9 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
     python pipeline.py --methods=cai         # also Constitutional AI: SL-CAI and RL-CAI
     python pipeline.py --methods=grpo,dpo,kto  # without rejection sampling (Llama 2) and
                                              # the PPO from its policy (docs/RESULTS.md)
+    python pipeline.py --methods=grpo,dpo,kto,rs,relabel  # a third round of labels, of
+                                             # ppo_rs's answers, and PPO from rs against
+                                             # reward models trained on it: ppo_rs_r3
 
 Each stage is its own script with its own config, run exactly as you would run it by hand (the
 command is printed). Stages that do not depend on each other run side by side, `jobs` at a time,
@@ -70,6 +73,9 @@ DEFAULTS = dict(
                               # rs (Llama 2's rejection sampling: best-of-8 by the reward models
                               # as demonstrations, then PPO from that policy: rs, ppo_rs; its
                               # wins and gold above the PPO from SFT on six seeds, +5 minutes),
+                              # relabel (with rs: a further round labels ppo_rs's answers, and
+                              # PPO from rs learns against reward models that have seen them:
+                              # ppo_rs_r3; docs/RESULTS.md, about +13 minutes),
                               # or 'all' (about 1.6x the time without the last three; with
                               # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
                               # answers come from label.py); the AI-feedback methods only by
@@ -114,7 +120,7 @@ MINI = {
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # the stages run from here, wherever we are
 OPTIONAL = ("grpo", "rloo", "dpo", "kto", "ppo_gold", "grpo_gold",  # the stages `methods` picks
-            "ppo_gate", "ppo_safe", "rs")
+            "ppo_gate", "ppo_safe", "rs", "relabel")  # (relabel: stages named by round)
 SAFETY = ("ppo_gate", "ppo_safe")  # helpful and harmless: label --kinds=separate, and more models
 
 
@@ -253,6 +259,30 @@ def rejection_sampling_stages(cfg, methods, d, data, sft, rm_names, rm, rl, comm
     }
 
 
+def add_relabel_stages(cfg, stages, methods, d, data):
+    """One more round of Llama 2's iterated labels, of the rejection-sampling PPO's answers
+    (methods 'relabel', with 'rs'): round R = rounds + 1 ranks ppo_rs's answers (label_rR), the
+    last round's reward models are trained again with these rankings added (rm_rR, rm_m1_rR, ...,
+    validated on them) and PPO starts from the rs policy once more, against them (ppo_rs_rR): a
+    reward model that has seen the mistakes of PPO from rs, not only those of PPO from SFT."""
+    if "relabel" not in methods:
+        return
+    last, tag = "" if cfg.rounds == 1 else f"_r{cfg.rounds}", f"_r{cfg.rounds + 1}"
+    stages[f"label{tag}"] = (["ppo_rs"], ai_stages.with_args(
+        stages[f"label{last}"][1], policy=f"{d('ppo_rs')}/ckpt_last.pt", prefix=f"onpolicy{tag}",
+        seed=cfg.seed + cfg.rounds))
+    members = [name.removesuffix(last) + tag for name in stages[f"ppo{last}"][0]]
+    for name, before in zip(members, stages[f"ppo{last}"][0]):
+        command = stages[before][1]
+        train = next(a for a in command if a.startswith("--train_data="))[len("--train_data="):]
+        stages[name] = ([f"label{tag}"], ai_stages.with_args(
+            command, out_dir=d(name), train_data=f"{train},{data}/onpolicy{tag}_train.jsonl",
+            val_data=f"{data}/onpolicy{tag}_val.jsonl"))
+    stages[f"ppo_rs{tag}"] = (members, ai_stages.with_args(
+        stages["ppo_rs"][1], out_dir=d(f"ppo_rs{tag}"),
+        reward_model=",".join(f"{d(name)}/ckpt_best.pt" for name in members)))
+
+
 def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out):
     """The evaluation stage (after every other) and the plots: every policy, best-of-N and the
     over-optimisation sweeps. Returns the evaluation's out dir."""
@@ -263,8 +293,9 @@ def add_evaluation(cfg, stages, methods, out, data, d, sft, kto, extra, held_out
     for name in set(OPTIONAL) - methods:
         stages.pop(name, None)
     # the last round's PPO, and round 1's beside it: what the later rounds bought
-    names = ["ppo"] + ["ppo_r1"] * (cfg.rounds > 1) + [m for m in OPTIONAL if m in methods] \
-        + ["ppo_rs"] * ("rs" in methods)
+    names = ["ppo"] + ["ppo_r1"] * (cfg.rounds > 1) + [m for m in OPTIONAL if m in methods
+                                                       and m in stages] \
+        + ["ppo_rs"] * ("rs" in methods) + [f"ppo_rs_r{cfg.rounds + 1}"] * ("relabel" in methods)
     runs = {"ppo": "ppo" + last, "ppo_r1": "ppo"}
     policies = ",".join([f"sft:{sft}", f"bon16:{sft}"] + [
         f"{n}:{d(runs.get(n, n))}/ckpt_last.pt" for n in names]
@@ -367,6 +398,10 @@ def build_stages(cfg, methods):
                               f"--train_data={data}/sft_train.jsonl",
                               f"--val_data={data}/sft_val.jsonl"] + common_args + extra("sft")),
     }
+    # every RL run's start, prompts and held-out data
+    rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
+          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
+        + extra("rl")
     # 3. the comparisons: the SFT policy's own answers ranked by the toy world's annotators
     # (or the hand-made pairs); round r > 1 ranks round r - 1's PPO policy
     prefs, kto, rm_needs = f"{data}/prefs_train.jsonl", None, ["sft"]
@@ -399,21 +434,17 @@ def build_stages(cfg, methods):
         rm = reward_model_args(cfg, d, members)
         round1 = round1 if r > 1 else (prefs, rm_val)  # DPO's comparisons
         # 5. PPO against the reward model, KL-anchored to the SFT policy
-        stages[f"ppo{tag}"] = (members, [
-            "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('ppo' + tag)}", f"--init_from={sft}",
-            f"--train_prompts={data}/prompts_train.jsonl",
-            f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + rm
-            + rollout_args(cfg, r) + common_args + extra("rl"))
+        stages[f"ppo{tag}"] = (members, ["train_ppo.py", "config/ppo_toy.py",
+                                         f"--out_dir={d('ppo' + tag)}"] + rl + rm
+                               + rollout_args(cfg, r))
         policy, rm_needs = f"{d('ppo' + tag)}/ckpt_last.pt", [f"ppo{tag}"]
     last = "" if cfg.rounds == 1 else f"_r{cfg.rounds}"
     ppo_needs = stages[f"ppo{last}"][0]  # the last round's reward models
     rm = reward_model_args(cfg, d, ppo_needs)
-    rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
-          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
-        + extra("rl")
     # 6. the critic-free family beside PPO, and both against the true reward (the gold judge)
     stages.update(critic_free_and_gold_stages(d, ppo_needs, rm, rl), **rejection_sampling_stages(
         cfg, methods, d, data, sft, ppo_needs, rm, rl, common_args, extra))
+    add_relabel_stages(cfg, stages, methods, d, data)  # 6b. a round of PPO-from-rs's answers
     # 7. the RL-free path on round 1's comparisons (of SFT answers): DPO on pairs, KTO on answers
     prefs, rm_val = round1
     pair_data = [f"--val_data={rm_val}"] + common_args + extra("dpo")
@@ -500,10 +531,13 @@ def main(argv=None):
                    f"be a comma-separated list of {', '.join(OPTIONAL + ai_stages.AI_METHODS)}, "
                    f"or 'all', got {cfg.methods!r}")
     if cfg.methods == "all" and cfg.data == "static":
-        methods -= {"kto", *SAFETY}  # 'all' is every method the data allows
+        methods -= {"kto", "relabel", *SAFETY}  # 'all' is every method the data allows
     config.require("kto" not in methods or cfg.data == "onpolicy", "methods: kto learns from "
                    "labelled single answers, which only label.py writes: it needs data='onpolicy' "
                    "(or drop kto from --methods)")
+    config.require("relabel" not in methods or ("rs" in methods and cfg.data == "onpolicy"),
+                   "methods: relabel ranks the answers of PPO from the rs policy: it needs rs in "
+                   "--methods and data='onpolicy'")
     config.require(not methods & set(SAFETY) or cfg.data == "onpolicy", "methods: ppo_gate and "
                    "ppo_safe learn from rankings split by kind, which only label.py writes: they "
                    "need data='onpolicy' (or drop them from --methods)")

@@ -12,10 +12,12 @@ import eval as eval_script
 import frontier
 import pipeline
 import train_ppo
+import train_reward_model
+from data.toy import label as label_script
 
 
 POLICIES = {"sft", "bon16", "ppo", "ppo_r1", "grpo", "rloo", "dpo", "kto", "ppo_gold",
-            "grpo_gold", "ppo_gate", "ppo_safe", "rs", "ppo_rs"}
+            "grpo_gold", "ppo_gate", "ppo_safe", "rs", "ppo_rs", "ppo_rs_r3"}
 
 
 @pytest.mark.slow
@@ -27,7 +29,7 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
         assert (out / f"{stage}_toy" / "log.jsonl").stat().st_size > 0, stage
     # the reward model, DPO and KTO learned from the annotators' rankings of SFT samples, and
     # round 2's reward models also from round 1's PPO policy's (two rounds: the default)
-    for name in ("train", "test", "unpaired", "unpaired_val", "samples", "r2_train"):
+    for name in ("train", "test", "unpaired", "unpaired_val", "samples", "r2_train", "r3_train"):
         assert (out / "data" / f"onpolicy_{name}.jsonl").stat().st_size > 0, name
     # helpful and harmless: the rankings by kind, three more models from the SFT trunk
     read_cfg = lambda stage: checkpoint.load_checkpoint(str(out / f"{stage}_toy" / "ckpt_best.pt"))["config"]  # noqa: E731
@@ -44,6 +46,11 @@ def test_mini_pipeline_runs_every_stage_then_the_frontier(tmp_path, monkeypatch,
     rs_ppo = checkpoint.load_checkpoint(str(out / "ppo_rs_toy" / "ckpt_last.pt"))["config"]
     assert rs_ppo["init_from"].endswith("rs_toy/ckpt_last.pt") and rs_ppo["ref_from"] == ""
     assert "rm_r2_toy" in rs_ppo["reward_model"]
+    # relabel: a third round ranks ppo_rs's answers; its reward models learn from all three
+    # rounds and PPO starts from rs again against them
+    assert read_cfg("rm_m1_r3")["train_data"].split(",")[-1].endswith("onpolicy_r3_train.jsonl")
+    r3_ppo = checkpoint.load_checkpoint(str(out / "ppo_rs_r3_toy" / "ckpt_last.pt"))["config"]
+    assert r3_ppo["init_from"].endswith("rs_toy/ckpt_last.pt") and "rm_r3_toy" in r3_ppo["reward_model"]
     kept = [json.loads(line) for line in open(out / "data" / "rs_train.jsonl")]
     assert len(kept) > 100 and all(r["response"].strip() for r in kept)
     res = json.loads((out / "eval" / "results.json").read_text())
@@ -343,6 +350,36 @@ def test_the_rlaif_table_reads_the_judge_and_counts_agreement_by_hand(tmp_path):
 
 
 @pytest.mark.unit
+def test_relabel_stages_rank_ppo_rs_answers_and_need_rs(tmp_path):
+    args = [f"--data_dir={tmp_path}/data", f"--out={tmp_path}/o"]
+    cfg = config.parse_config(pipeline.DEFAULTS, args)
+    stages = pipeline.build_stages(cfg, {"rs", "relabel"})[0]
+    assert "label_r3" not in pipeline.build_stages(cfg, {"rs"})[0]  # only when asked for
+    # round 3 labels PPO-from-rs's answers with the next seed; its reward models are round 2's
+    # commands with these rankings added and validated on, and PPO starts from rs against them
+    label = config.parse_config(label_script.DEFAULTS, stages["label_r3"][1][1:])
+    assert stages["label_r3"][0] == ["ppo_rs"] and label.policy.endswith("ppo_rs_toy/ckpt_last.pt")
+    assert (label.prefix, label.seed) == ("onpolicy_r3", 1339)
+    for k, name in enumerate(["rm_r3", "rm_m1_r3", "rm_m2_r3"]):
+        rm = config.parse_config(train_reward_model.DEFAULTS, stages[name][1][2:])
+        before = config.parse_config(train_reward_model.DEFAULTS,
+                                     stages[name.replace("_r3", "_r2")][1][2:])
+        assert stages[name][0] == ["label_r3"] and rm.seed == before.seed == 1337 + k
+        assert rm.train_data == before.train_data + f",{tmp_path}/data/onpolicy_r3_train.jsonl"
+        assert rm.val_data.endswith("onpolicy_r3_val.jsonl") and rm.out_dir.endswith(f"{name}_toy")
+    ppo = config.parse_config(train_ppo.DEFAULTS, stages["ppo_rs_r3"][1][1:])
+    rs = config.parse_config(train_ppo.DEFAULTS, stages["ppo_rs"][1][1:])
+    assert stages["ppo_rs_r3"][0] == ["rm_r3", "rm_m1_r3", "rm_m2_r3"]
+    assert ppo.reward_model.split(",") == [f"{tmp_path}/o/{n}_toy/ckpt_best.pt"
+                                           for n in ("rm_r3", "rm_m1_r3", "rm_m2_r3")]
+    assert {**vars(ppo), "reward_model": "", "out_dir": ""} == \
+        {**vars(rs), "reward_model": "", "out_dir": ""}  # the same PPO as ppo_rs's otherwise
+    assert "ppo_rs_r3:" in " ".join(stages["eval"][1])
+    for methods, data in (("dpo,relabel", "onpolicy"), ("rs,relabel", "static")):
+        with pytest.raises(config.ConfigError, match="relabel"):
+            pipeline.main(args + [f"--methods={methods}", f"--data={data}", "--rounds=1"])
+
+
 def test_rejection_sampling_stages_and_a_set_on_disk_is_refused(tmp_path):
     cfg = config.parse_config(pipeline.DEFAULTS, [f"--data_dir={tmp_path}/data",
                                                   f"--out={tmp_path}/o", "--methods=rs"])
