@@ -76,10 +76,9 @@ DEFAULTS = dict(
                               # relabel (with rs: a further round labels ppo_rs's answers, and
                               # PPO from rs learns against reward models that have seen them:
                               # ppo_rs_r3; docs/RESULTS.md, about +13 minutes),
-                              # or 'all' (about 1.6x the time without the last three; with
-                              # data='static' all but kto, ppo_gate and ppo_safe, whose labelled
-                              # answers come from label.py); the AI-feedback methods only by
-                              # name: spin, rlaif, cai (ai_stages.py)
+                              # or 'all' (with data='static' all but kto, ppo_gate, ppo_safe
+                              # and relabel, whose labelled answers come from label.py); the
+                              # AI-feedback methods only by name: spin, rlaif, cai (ai_stages.py)
     spin_iters=2,             # SPIN's iterations (methods=spin), each a policy spin1, spin2, ...
     cost_budget=-0.1,         # ppo_safe's d, in the cost model's units per answer
     ppo_rollouts=128,         # answers per iteration of the last round's PPO (a multiple of 4;
