@@ -12,8 +12,8 @@ The whole RLHF recipe on the offline toy world, as the seeds teach it:
             -> evaluation (every policy, best-of-N, the over-optimisation sweeps) -> plots
 
     python pipeline.py                       # the default: two rounds of labels and
-                                             # rejection sampling; 34 minutes on a 2-core
-                                             # CPU, 29 without rs (docs/RESULTS.md)
+                                             # rejection sampling; 30 minutes on a 2-core
+                                             # CPU, 5 fewer without rs (docs/RESULTS.md)
     python pipeline.py --rounds=1            # one round, about 15: PPO then trails DPO more
     python pipeline.py --data=static --rounds=1  # the hand-made comparisons instead of labels
     python pipeline.py --methods=all         # also RLOO, and PPO and GRPO on the gold judge

@@ -251,9 +251,11 @@ def evaluate(model, val_batches, layout, cfg, proc, pad_id):
             _, m = reward_model_loss(rc, rr, batch["margin"] if cfg.use_margin else None,
                                      cfg.center_coef)
             n = rc.numel()
-            for key, v in (("n", 1), ("correct", m["accuracy"]), ("margin", m["margin"]),
-                           ("loss", m["loss"])):
+            for key, v in (("n", 1), ("margin", m["margin"]), ("loss", m["loss"])):
                 s[key] += v * n
+            # a count, not a float mean times n: two checkpoints right on as many pairs tie
+            # exactly (and the held-out loss decides), however the pairs are batched
+            s["correct"] += (rc > rr).sum().item()
             s["r"] += (rc.sum() + rr.sum()).item()
             s["r2"] += (rc.pow(2).sum() + rr.pow(2).sum()).item()
     model.train()
