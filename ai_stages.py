@@ -101,7 +101,8 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
     stages["label_rlaif"] = (["sft", "judge"], [
         "data/toy/label.py", f"--policy={sft}", f"--annotator=judge:{d('judge')}/ckpt_best.pt",
         f"--out_dir={folder}", "--prefix=rlaif", f"--train_prompts={data}/prompts_train.jsonl",
-        f"--eval_prompts={held_out}"] + common_args + extra("label"))
+        f"--eval_prompts={held_out}", f"--max_prompts={cfg.label_prompts}"] + common_args
+        + extra("label"))
     stages["rlaif_dpo"] = (["label_rlaif"], [
         "train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('rlaif_dpo')}", f"--init_from={sft}",
         f"--train_data={folder}/rlaif_train.jsonl", f"--val_data={folder}/rlaif_val.jsonl"]
@@ -114,7 +115,8 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
         stages[name] = (["label_rlaif"], [
             "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d(name)}", f"--init_from={sft}",
             f"--train_data={folder}/rlaif_train.jsonl", f"--val_data={folder}/rlaif_val.jsonl",
-            f"--bias_data={folder}/rlaif_samples.jsonl", f"--seed={cfg.seed + k}"]
+            f"--bias_data={folder}/rlaif_samples.jsonl", f"--num_epochs={cfg.rm_epochs:.6g}",
+            f"--seed={cfg.seed + k}"]
             + common_args[1:] + extra("rm"))
     stages["ppo_rlaif"] = (members, with_args(
         stages["ppo"][1], out_dir=d("ppo_rlaif"),

@@ -380,6 +380,32 @@ def test_relabel_stages_rank_ppo_rs_answers_and_need_rs(tmp_path):
             pipeline.main(args + [f"--methods={methods}", f"--data={data}", "--rounds=1"])
 
 
+def test_label_prompts_and_rm_epochs_reach_every_labelling_and_reward_model(tmp_path):
+    args = [f"--data_dir={tmp_path}/data", f"--out={tmp_path}/o", "--label_prompts=900",
+            "--rm_epochs=2.5"]
+    cfg = config.parse_config(pipeline.DEFAULTS, args)
+    stages = pipeline.build_stages(cfg, {"rs", "relabel", "ppo_gate", "ppo_safe", "rlaif"})[0]
+    labels = ["label", "label_r2", "label_r3", "label_rlaif"]
+    for name in labels:  # every round's annotators rank the answers to the first 900 prompts
+        assert config.parse_config(label_script.DEFAULTS, stages[name][1][1:]).max_prompts == 900
+    models = [n for n, (_, cmd) in stages.items() if cmd[0] == "train_reward_model.py"]
+    assert len(models) == 15  # three rounds of three, the RLAIF three, helpful, safety, cost
+    for name in models:
+        rm = config.parse_config(train_reward_model.DEFAULTS, stages[name][1][2:])
+        # the safety and cost models see a tenth of the rankings: four times the epochs
+        assert rm.num_epochs == (10.0 if name in ("rm_safety", "cost") else 2.5), name
+    # the static pairs keep their one epoch; the miniature its few prompts and steps
+    static = pipeline.build_stages(config.parse_config(
+        pipeline.DEFAULTS, args + ["--data=static", "--rounds=1"]), set())[0]
+    assert config.parse_config(train_reward_model.DEFAULTS, static["rm"][1][2:]).num_epochs == 1
+    mini = pipeline.build_stages(config.parse_config(pipeline.DEFAULTS, args + ["--scale=mini"]),
+                                 set())[0]
+    assert config.parse_config(label_script.DEFAULTS, mini["label"][1][1:]).max_prompts == 96
+    for key in ("--label_prompts=0", "--rm_epochs=0"):
+        with pytest.raises(config.ConfigError, match=key[2:].split("=")[0]):
+            pipeline.main(args[:2] + [key])
+
+
 def test_rejection_sampling_stages_and_a_set_on_disk_is_refused(tmp_path):
     cfg = config.parse_config(pipeline.DEFAULTS, [f"--data_dir={tmp_path}/data",
                                                   f"--out={tmp_path}/o", "--methods=rs"])
