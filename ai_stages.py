@@ -115,7 +115,7 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
         stages[name] = (["label_rlaif"], [
             "train_reward_model.py", "config/rm_toy.py", f"--out_dir={d(name)}", f"--init_from={sft}",
             f"--train_data={folder}/rlaif_train.jsonl", f"--val_data={folder}/rlaif_val.jsonl",
-            f"--bias_data={folder}/rlaif_samples.jsonl", f"--num_epochs={cfg.rm_epochs:.6g}",
+            f"--bias_data={folder}/rlaif_samples.jsonl", f"--num_epochs={cfg.rm_epochs}",
             f"--seed={cfg.seed + k}"]
             + common_args[1:] + extra("rm"))
     stages["ppo_rlaif"] = (members, with_args(

@@ -349,7 +349,7 @@ def add_safety_stages(cfg, stages, methods, data, d):
                                                             "--reward_agg=", "--uwo_lambda="))]
     # the harmless rankings are a tenth of all: four times the epochs, about half the steps of
     # the helpful model's
-    epochs = f"--num_epochs={4 * cfg.rm_epochs:.6g}"
+    epochs = f"--num_epochs={4 * cfg.rm_epochs}"
     models = dict(rm_helpful=("helpful_train", "helpful_val", "samples", []),
                   rm_safety=("safety_train", "harmless_val", "samples", [epochs]),
                   cost=("harmless_train", "harmless_val", "harmless_samples",
@@ -421,17 +421,15 @@ def build_stages(cfg, methods):
         tag = "" if r == 1 else f"_r{r}"
         if cfg.data == "onpolicy":
             prefix = "onpolicy" if r == 1 else f"onpolicy_r{r}"
-            stages[f"label{tag}"] = (rm_needs, ["data/toy/label.py", f"--policy={policy}",
-                                                f"--out_dir={data}", f"--prefix={prefix}",
-                                                f"--train_prompts={data}/prompts_train.jsonl",
-                                                f"--eval_prompts={held_out}",
-                                                f"--seed={cfg.seed + r - 1}",
-                                                f"--max_prompts={cfg.label_prompts}"]
-                                               + common_args[1:] + extra("label"))
+            stages[f"label{tag}"] = (rm_needs, [
+                "data/toy/label.py", f"--policy={policy}", f"--out_dir={data}",
+                f"--prefix={prefix}", f"--train_prompts={data}/prompts_train.jsonl",
+                f"--eval_prompts={held_out}", f"--seed={cfg.seed + r - 1}",
+                f"--max_prompts={cfg.label_prompts}"] + common_args[1:] + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl",  # the SFT policy's answers
-                       f"--num_epochs={cfg.rm_epochs:.6g}"]
+                       f"--num_epochs={cfg.rm_epochs}"]
             rm_val = f"{data}/{prefix}_val.jsonl"  # the best checkpoint: on the policy's answers
         # 4. the reward model: the SFT trunk and a scalar head, on every comparison so far;
         # an ensemble's members differ in seed only (each its own stage, run side by side)
