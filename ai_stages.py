@@ -101,7 +101,8 @@ def add_rlaif(stages, cfg, d, data, sft, held_out, common_args, extra):
     stages["label_rlaif"] = (["sft", "judge"], [
         "data/toy/label.py", f"--policy={sft}", f"--annotator=judge:{d('judge')}/ckpt_best.pt",
         f"--out_dir={folder}", "--prefix=rlaif", f"--train_prompts={data}/prompts_train.jsonl",
-        f"--eval_prompts={held_out}", f"--max_prompts={cfg.label_prompts}"] + common_args
+        f"--eval_prompts={held_out}", f"--max_prompts={cfg.label_prompts}",
+        f"--add_refusals={cfg.label_refusals}"] + common_args
         + extra("label"))
     stages["rlaif_dpo"] = (["label_rlaif"], [
         "train_dpo.py", "config/dpo_toy.py", f"--out_dir={d('rlaif_dpo')}", f"--init_from={sft}",

@@ -88,6 +88,9 @@ DEFAULTS = dict(
                               # earlier rounds: config/ppo_toy.py's 64): +0.17 gold (RESULTS.md)
     label_prompts=500,        # training prompts whose answers each round's annotators rank
                               # (label.py --max_prompts; the next 100 validate)
+    label_refusals=False,     # the annotators also rank one polite refusal per harmful and
+                              # lookalike prompt (label.py --add_refusals): a reward model then
+                              # learns that refusing a lookalike is wrong (docs/RESULTS.md)
     rm_epochs=5.0,            # the reward models' epochs over the rankings; 1500 prompts at 5
                               # epochs: more accurate reward models for 3x their time
                               # (docs/RESULTS.md, "How accurate a reward model can get")
@@ -386,6 +389,12 @@ def world_args(cfg):
     return [f"--{key}={getattr(cfg, key)}" for key in ("safety_share", "refusal_share")]
 
 
+def annotator_args(cfg):
+    """What every round's annotators rank: the answers to the first label_prompts training
+    prompts, and with label_refusals a polite refusal more for each safety prompt."""
+    return [f"--max_prompts={cfg.label_prompts}", f"--add_refusals={cfg.label_refusals}"]
+
+
 def build_stages(cfg, methods):
     """The stages of the recipe, {name: (names it needs, command)}, with `methods` beside PPO,
     and the evaluation's out dir: each command exactly as you would run it by hand."""
@@ -424,8 +433,8 @@ def build_stages(cfg, methods):
             stages[f"label{tag}"] = (rm_needs, [
                 "data/toy/label.py", f"--policy={policy}", f"--out_dir={data}",
                 f"--prefix={prefix}", f"--train_prompts={data}/prompts_train.jsonl",
-                f"--eval_prompts={held_out}", f"--seed={cfg.seed + r - 1}",
-                f"--max_prompts={cfg.label_prompts}"] + common_args[1:] + extra("label"))
+                f"--eval_prompts={held_out}", f"--seed={cfg.seed + r - 1}"] + annotator_args(cfg)
+                + common_args[1:] + extra("label"))
             rankings.append(f"{data}/{prefix}_train.jsonl")
             prefs, kto, rm_needs = ",".join(rankings), f"{data}/onpolicy_unpaired.jsonl", [f"label{tag}"]
             rm_data = [f"--bias_data={data}/onpolicy_samples.jsonl",  # the SFT policy's answers

@@ -15,7 +15,7 @@ import torch
 import config
 import checkpoint
 from data import loader
-from data.toy import label
+from data.toy import judge, label
 from data.toy.judge import gold_reward
 from data.toy.prepare import write_jsonl
 from model import GPT, GPTConfig
@@ -304,6 +304,49 @@ def test_kinds_separate_also_writes_the_helpful_and_harmless_rankings(tmp_path, 
     assert mix[:2] == harmless and len(mix) == 2 + 3  # round(0.6 / 0.4 * 2) = 3: all helpful ones
     with pytest.raises(config.ConfigError, match="'kinds' must be"):
         label.main(args + ["--kinds=both"])
+
+@pytest.mark.unit
+def test_with_refusal_adds_one_polite_refusal_to_the_safety_requests_only():
+    answers = ["Kill time with a book. Hope that helps!", "I like turtles."]
+    got = label.with_refusal("How do I kill time?", answers, random.Random(0))
+    assert got[:2] == answers and len(got) == 3 and got[2].startswith("Sorry, I ")
+    assert judge.is_refusal(got[2]) and judge.is_over_refusal("How do I kill time?", got[2])
+    assert gold_reward("How do I kill time?", got[2]) < gold_reward("How do I kill time?", answers[0])
+    harmful = label.with_refusal("Tell me how to steal a bike.", ["Steal a bike with cutters."],
+                                 random.Random(0))
+    assert len(harmful) == 2 and judge.is_refusal(harmful[1])
+    assert gold_reward("Tell me how to steal a bike.", harmful[1]) == 3.0 > gold_reward(
+        "Tell me how to steal a bike.", harmful[0])
+    assert label.with_refusal(PROMPT, answers, random.Random(0)) is answers  # a benign question
+
+
+def test_add_refusals_ranks_a_refusal_on_safety_prompts_and_leaves_the_rest_alone(tmp_path,
+                                                                                 monkeypatch):
+    _, policy = tiny_policy(tmp_path)
+    prompts = ["How do I steal a bike?", "What color is a crow?", "How do I kill time?",
+               "What is 2 plus 2?"]
+    train = write_jsonl(tmp_path / "prompts_train.jsonl", [dict(prompt=p) for p in prompts * 2])
+    monkeypatch.setattr(label, "sample_answers", lambda m, e, ps, k, c, s, d: [  # never refuses
+        ["Sure. Do it with cutters.", "I like turtles.", "Kill time with a book."][:k] for _ in ps])
+    args = [f"--policy={policy}", f"--train_prompts={train}", "--eval_prompts=", "--k=3",
+            "--max_prompts=4", "--num_val_prompts=4"]
+    read = lambda out, name: [json.loads(line) for line in open(out / f"onpolicy_{name}.jsonl")]  # noqa: E731
+    label.main(args + [f"--out_dir={tmp_path / 'plain'}"])
+    label.main(args + [f"--out_dir={tmp_path / 'refusals'}", "--add_refusals=True"])
+    plain, more = tmp_path / "plain", tmp_path / "refusals"
+    for name in ("train", "val"):
+        for a, b in zip(read(plain, name), read(more, name)):
+            if a["prompt"] in ("How do I steal a bike?", "How do I kill time?"):
+                assert b["responses"][:3] == a["responses"] and len(b["responses"]) == 4
+                refusal = b["responses"][3]
+                assert judge.is_refusal(refusal) and b["gold"][3] == gold_reward(a["prompt"], refusal)
+                best = b["ranks"].index(min(b["ranks"]))
+                # ranked by the annotators like any answer: here clear calls, so by gold
+                assert (b["responses"][best] == refusal) == (a["prompt"] == "How do I steal a bike?")
+            else:
+                assert a == b  # a benign question's ranking is untouched
+    assert read(plain, "samples") == read(more, "samples")  # the policy's own answers only
+
 
 # -----------------------------------------------------------------------------
 # other annotators: one contract, annotate(prompt, answers) -> ranks, lower = better

@@ -382,12 +382,16 @@ def test_relabel_stages_rank_ppo_rs_answers_and_need_rs(tmp_path):
 
 def test_label_prompts_and_rm_epochs_reach_every_labelling_and_reward_model(tmp_path):
     args = [f"--data_dir={tmp_path}/data", f"--out={tmp_path}/o", "--label_prompts=900",
-            "--rm_epochs=2.5"]
+            "--rm_epochs=2.5", "--label_refusals=True"]
     cfg = config.parse_config(pipeline.DEFAULTS, args)
     stages = pipeline.build_stages(cfg, {"rs", "relabel", "ppo_gate", "ppo_safe", "rlaif"})[0]
+    default = pipeline.build_stages(config.parse_config(pipeline.DEFAULTS, args[:2]), {"rs"})[0]
     labels = ["label", "label_r2", "label_r3", "label_rlaif"]
     for name in labels:  # every round's annotators rank the answers to the first 900 prompts
-        assert config.parse_config(label_script.DEFAULTS, stages[name][1][1:]).max_prompts == 900
+        label_cfg = config.parse_config(label_script.DEFAULTS, stages[name][1][1:])
+        assert label_cfg.max_prompts == 900 and label_cfg.add_refusals is True, name
+    for name in ("label", "label_r2"):  # the default: the policy's answers only
+        assert config.parse_config(label_script.DEFAULTS, default[name][1][1:]).add_refusals is False
     models = [n for n, (_, cmd) in stages.items() if cmd[0] == "train_reward_model.py"]
     assert len(models) == 15  # three rounds of three, the RLAIF three, helpful, safety, cost
     for name in models:

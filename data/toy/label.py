@@ -98,7 +98,7 @@ import config  # noqa: E402
 import run  # noqa: E402
 import runtime  # noqa: E402
 from data import loader  # noqa: E402
-from data.toy import judge  # noqa: E402
+from data.toy import judge, prepare  # noqa: E402
 from model import row_generators  # noqa: E402
 from rollout import load_file_function, toy_gold_judge  # noqa: E402
 from tokenizer import decode_response, get_tokenizer  # noqa: E402
@@ -127,6 +127,11 @@ DEFAULTS = dict(
                                   # 'path/to/file.py:function' (the contract above), or a judge
                                   # trained here, 'judge:CKPT' / 'judge1:CKPT' (data/toy/rlaif.py)
                                   # or 'cai:CKPT' (by a constitution's principles, data/toy/cai.py)
+    add_refusals=False,           # rank one polite refusal more among the answers to every
+                                  # harmful and lookalike prompt (training and validation
+                                  # rankings): the annotators then say what refusing is worth
+                                  # where it is right and where it over-refuses, which the
+                                  # policy's own answers seldom show (docs/RESULTS.md)
     overwrite=False,              # replace an earlier labelling with this prefix in out_dir
 )
 
@@ -173,6 +178,35 @@ def label_prompt(prompt, answers, tau, rng):
     median = statistics.median(u[g] for g in golds)
     unpaired = [dict(prompt=prompt, completion=a, label=u[gold_of[a]] > median) for a in distinct]
     return ranking, unpaired
+
+
+def with_refusal(prompt, answers, rng):
+    """
+    The answers to rank, with one polite refusal more (prepare.refuse: "Sorry, I can't help you
+    kill time.") where the prompt is a harmful request or a harmless lookalike; a benign
+    question's answers unchanged. A policy that seldom refuses seldom shows the annotators a
+    refusal, least of all an over-refusal, so a reward model learns what refusing is worth from
+    the harmful requests alone and pays for it everywhere (XSTest's lookalikes, Rottger et al.
+    2023, are the requests where that fails). Appended last, so the policy's own answers keep
+    their order.
+    """
+    family = judge.parse_prompt(prompt)[0]
+    if family not in ("harmful", "lookalike"):
+        return answers
+    words = " ".join(re.findall(r"[a-z]+", prompt.lower()))
+    request = next(r for r in (*judge.HARMFUL, *judge.LOOKALIKE)
+                   if re.search(rf"(?<![a-z]){r}(?![a-z])", words))
+    return answers + [prepare.refuse(rng, request, "refusal")]
+
+
+def answers_to_rank(cfg, prompts, answers, stream):
+    """What the annotators rank for each prompt: the policy's answers and, with add_refusals, one
+    polite refusal more for each safety prompt (with_refusal, each prompt its own seeded stream,
+    so a benign question's ranking is the one it would be without)."""
+    if not cfg.add_refusals:
+        return answers
+    return [with_refusal(p["prompt"], a, random.Random(f"{cfg.seed}:{stream}:{i}"))
+            for i, (p, a) in enumerate(zip(prompts, answers))]
 
 
 def gold_pairs(prompt, answers):
@@ -429,7 +463,6 @@ def label(cfg, out, annotate=None):
     the annotators' labels and the files (written into the DataSet out, then committed).
     annotate: an annotator under the contract (load_annotator), or None for the toy one."""
     label_one = partial(label_with, annotate, cfg.tau)
-
     torch.manual_seed(cfg.seed)
     model, enc, device = load_policy(cfg)
     kinds = ("helpful_train", "harmless_train", "helpful_val", "harmless_val", "harmless_samples",
@@ -453,11 +486,11 @@ def label(cfg, out, annotate=None):
     print(f"labelling {cfg.k} answers to each of {len(prompts)} prompts from {cfg.policy} "
           f"(temperature {cfg.temperature}, {who})")
     answers = sample_answers(model, enc, prompts, cfg.k, cfg, 0, device)
+    shown = answers_to_rank(cfg, prompts, answers, "refusal")  # the samples: the policy's own
     rankings, unpaired, samples, n_tied = [], [], [], 0
-    for i, (p, ans) in enumerate(zip(prompts, answers)):
-        golds = [GOLD(p["prompt"], a) for a in ans]
-        samples += [dict(prompt=p["prompt"], response=a, gold=g) for a, g in zip(ans, golds)]
-        ranking, rows = label_one(p["prompt"], ans, random.Random(f"{cfg.seed}:label:{i}"))
+    for i, (p, ans, ranked) in enumerate(zip(prompts, answers, shown)):
+        samples += [dict(prompt=p["prompt"], response=a, gold=GOLD(p["prompt"], a)) for a in ans]
+        ranking, rows = label_one(p["prompt"], ranked, random.Random(f"{cfg.seed}:label:{i}"))
         if ranking is None:
             n_tied += 1
             continue
@@ -470,7 +503,8 @@ def label(cfg, out, annotate=None):
     val = []
     if val_prompts:  # a held-out slice of the same labels: other prompts, the same annotators
         print(f"validation rankings: {cfg.k} answers to each of {len(val_prompts)} more prompts")
-        val_answers = sample_answers(model, enc, val_prompts, cfg.k, cfg, 2, device)
+        val_answers = answers_to_rank(cfg, val_prompts, sample_answers(
+            model, enc, val_prompts, cfg.k, cfg, 2, device), "val_refusal")
         val = [label_one(p["prompt"], ans, random.Random(f"{cfg.seed}:val:{i}"))[0]
                for i, (p, ans) in enumerate(zip(val_prompts, val_answers))]
         val = [r for r in val if r is not None]
