@@ -283,9 +283,32 @@ def load_demos(cfg, enc, proc):
     return SimpleNamespace(ptx=ptx, val=demo_val)
 
 
+def family_weights(spec):
+    """{family: k} from prompt_weights' 'harmful=3,lookalike=3' ('' = {}), or a ConfigError
+    naming the key."""
+    weights = {}
+    for part in filter(None, spec.split(",")):
+        name, _, k = part.partition("=")
+        if not name or not k.isdigit() or int(k) < 1:
+            raise config.ConfigError(f"config key 'prompt_weights' must be family=k pairs, k a "
+                                     f"whole number >= 1 ('harmful=3,lookalike=3'), got {spec!r}")
+        weights[name] = int(k)
+    return weights
+
+
+def repeat_by_family(prompts, weights):
+    """The prompts with each one of a weighted family written k times in its place, so that
+    sampling the list draws that family k times as often (weights {family: k}; a prompt of no
+    weighted family, or with none, appears once). Llama 2 and Safe RLHF give RL its own share of
+    safety prompts; here the toy world's 'family' tag picks them."""
+    return [p for p in prompts for _ in range(weights.get(p.get("family"), 1))]
+
+
 def load_prompts(cfg, enc):
-    """Training and held-out prompts, cut from the left to leave max_new_tokens of room."""
+    """Training and held-out prompts, cut from the left to leave max_new_tokens of room; the
+    training prompts of prompt_weights' families repeated (repeat_by_family)."""
     train = loader.load_prompts(cfg.train_prompts, enc, cfg.block_size, cfg.max_new_tokens)
+    train = repeat_by_family(train, family_weights(cfg.prompt_weights))
     val = loader.load_prompts(cfg.val_prompts, enc, cfg.block_size, cfg.max_new_tokens) \
         if cfg.val_prompts else []
     return train, val[:cfg.eval_examples] if cfg.eval_examples > 0 else val

@@ -77,6 +77,8 @@ DEFAULTS = dict(
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records
     train_prompts="data/toy/out/prompts_train.jsonl",
+    prompt_weights="",        # 'harmful=3,lookalike=3': each training prompt of a family k times
+                              # (its "family" tag), drawn k times as often; '' = as in the file
     val_prompts="data/toy/out/prompts_eval.jsonl",  # '' = no held-out evaluation
     block_size=128,
     # rollout

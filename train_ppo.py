@@ -60,8 +60,8 @@ from data import loader
 from model import position_ids_from_mask
 from ops import masked_mean
 from rl_report import evaluate_and_keep_best, rollout_metrics, show_iteration
-from rollout import (load_demos, load_prompts, load_reward_fn, make_reward, policy_forward,
-                     prompt_batch, rollout, toy_gold_judge)
+from rollout import (family_weights, load_demos, load_prompts, load_reward_fn, make_reward,
+                     policy_forward, prompt_batch, rollout, toy_gold_judge)
 from run import Run
 from runtime import print0
 from tokenizer import get_tokenizer
@@ -95,6 +95,8 @@ DEFAULTS = dict(
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
+    prompt_weights="",        # 'harmful=3,lookalike=3': each training prompt of a family k times
+                              # (its "family" tag), drawn k times as often; '' = as in the file
     val_prompts="data/toy/out/prompts_eval.jsonl",  # '' = no held-out evaluation
     block_size=128,           # prompt + response tokens; longer prompts lose tokens on the left
     # rollout
@@ -495,6 +497,7 @@ def validate(cfg, rules=None):
                          *(["ptx_data"] * (cfg.ptx_coef > 0)), hint="toy: python "
                          "data/toy/prepare.py, then train_sft.py, label.py, train_reward_model.py")
     load_reward_fn(cfg.reward_fn)  # a bad spec, file or function fails now
+    family_weights(cfg.prompt_weights)  # and a bad prompt_weights
     safety.validate(cfg)  # the gate's and Safe RLHF's keys
 
 

@@ -371,3 +371,34 @@ def test_ref_from_anchors_the_kl_to_another_policy(world, tmp_path):
         train_ppo.main(ppo_args(world, tmp_path / "bad", ref_from=tmp_path / "missing.pt"))
     with pytest.raises(checkpoint.CheckpointError, match="rm.pt"):  # a reward model is no policy
         train_ppo.main(ppo_args(world, tmp_path / "bad2", ref_from=world / "rm.pt"))
+
+
+@pytest.mark.unit
+def test_repeat_by_family_writes_a_weighted_familys_prompts_k_times_in_place():
+    prompts = [dict(prompt="a", family="color"), dict(prompt="b", family="harmful"),
+               dict(prompt="c"), dict(prompt="d", family="lookalike")]
+    weights = rollout.family_weights("harmful=3,lookalike=2")
+    assert weights == {"harmful": 3, "lookalike": 2} and rollout.family_weights("") == {}
+    assert [p["prompt"] for p in rollout.repeat_by_family(prompts, weights)] == list("abbbcdd")
+    assert rollout.repeat_by_family(prompts, {}) == prompts
+    for bad in ("harmful", "harmful=0", "=3", "harmful=x", "harmful=1.5"):
+        with pytest.raises(config.ConfigError, match="prompt_weights"):
+            rollout.family_weights(bad)
+
+
+def test_prompt_weights_reach_the_training_prompts_and_a_bad_one_fails_first(world, tmp_path):
+    tagged = tmp_path / "tagged.jsonl"
+    rows = [json.loads(line) for line in open(world / "train.jsonl")]
+    with open(tagged, "w") as f:  # every fourth prompt tagged harmful
+        for i, row in enumerate(rows):
+            f.write(json.dumps(dict(row, family="harmful") if i % 4 == 0 else row) + "\n")
+    enc = get_tokenizer("byte")
+    for spec, n in (("", 64), ("harmful=3", 64 + 2 * 16)):
+        cfg = config.parse_config(train_ppo.DEFAULTS, ppo_args(world, tmp_path / "o", train_prompts=tagged,
+                                                               prompt_weights=spec))
+        train, val = train_ppo.load_prompts(cfg, enc)
+        assert len(train) == n and len(val) == 16
+        assert sum(p.get("family") == "harmful" for p in train) == (16 if spec == "" else 48)
+    with pytest.raises(config.ConfigError, match="prompt_weights"):
+        train_ppo.main(ppo_args(world, tmp_path / "bad", prompt_weights="harmful=0"))
+    assert not (tmp_path / "bad").exists()  # nothing written
