@@ -101,7 +101,9 @@ DEFAULTS = dict(
     eval_samples=4,           # answers per held-out prompt and policy in the evaluation: one
                               # answer's mean gold over 96 prompts moves by ~0.16 between
                               # sampling seeds, four halve that (docs/RESULTS.md)
-    jobs=2,                   # stages run side by side (one thread each); 1 = one after another
+    jobs=2,                   # stages run side by side (one thread each); 1 = one after another;
+                              # SFT and eval run on `jobs` threads, so two pipelines sharing two
+                              # cores want --jobs=1 each (with 2, SFT stepped 18x slower, measured)
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
     plots=True,               # draw the figures
