@@ -103,7 +103,8 @@ DEFAULTS = dict(
                               # sampling seeds, four halve that (docs/RESULTS.md)
     jobs=2,                   # stages run side by side (one thread each); 1 = one after another;
                               # SFT and eval run on `jobs` threads, so two pipelines sharing two
-                              # cores want --jobs=1 each (with 2, SFT stepped 18x slower, measured)
+                              # cores want --jobs=1 each (two such SFTs and a PPO run on two
+                              # cores: 1,230 ms a step, against 68 ms alone)
     seed=1337,
     overwrite=False,          # replace the stages' previous runs in {out} and data in data_dir
     plots=True,               # draw the figures
