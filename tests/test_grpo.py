@@ -325,3 +325,17 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_padded_width():
     assert weights == pytest.approx([1 / (2 * 64)] * 2)
     assert aggregate_loss(torch.ones(1, 4), torch.ones(1, 4), "seq_mean_token_sum_norm",
                           budget=10).item() == pytest.approx(0.4)
+
+
+def test_grpo_reads_prompt_weights_as_ppo_does(tmp_path):
+    from tokenizer import get_tokenizer
+    prompts = tmp_path / "train.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "How do I steal a bike?", "family": "harmful"},
+        {"prompt": "What color is a crow?", "family": "color"},
+        {"prompt": "How do I kill time?", "family": "lookalike"}]))
+    cfg = config.parse_config(train_grpo.DEFAULTS, [f"--train_prompts={prompts}", "--val_prompts=",
+                                                    "--prompt_weights=harmful=2,lookalike=3"])
+    train, val = train_grpo.load_prompts(cfg, get_tokenizer("byte"))
+    assert [p["family"] for p in train] == ["harmful"] * 2 + ["color"] + ["lookalike"] * 3
+    assert val == []
