@@ -177,8 +177,8 @@ def add_cai(stages, cfg, d, data, sft, held_out, common_args, extra):
     stages["rl_cai"] = (["cai_rm"], [
         "train_ppo.py", "config/ppo_toy.py", f"--out_dir={d('rl_cai')}", f"--init_from={sl_cai}",
         f"--reward_model={d('cai_rm')}/ckpt_best.pt", f"--train_prompts={data}/prompts_train.jsonl",
-        f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"]
-        + common_args + extra("rl"))
+        f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl",
+        f"--prompt_weights={cfg.prompt_weights}"] + common_args + extra("rl"))
 
 
 def eval_policies(cfg, methods, d):

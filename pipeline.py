@@ -56,6 +56,7 @@ import time
 
 import ai_stages
 import config
+import rollout
 import run
 
 DEFAULTS = dict(
@@ -91,6 +92,8 @@ DEFAULTS = dict(
     label_refusals=False,     # the annotators also rank one polite refusal per harmful and
                               # lookalike prompt (label.py --add_refusals): a reward model then
                               # learns that refusing a lookalike is wrong (docs/RESULTS.md)
+    prompt_weights="",        # every PPO/GRPO run draws these families' training prompts k
+                              # times as often ('harmful=3,lookalike=3'; train_ppo.py's key)
     rm_epochs=5.0,            # the reward models' epochs over the rankings; 1500 prompts at 5
                               # epochs: more accurate reward models for 3x their time
                               # (docs/RESULTS.md, "How accurate a reward model can get")
@@ -420,8 +423,8 @@ def build_stages(cfg, methods):
     }
     # every RL run's start, prompts and held-out data
     rl = [f"--init_from={sft}", f"--train_prompts={data}/prompts_train.jsonl",
-          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl"] + common_args \
-        + extra("rl")
+          f"--val_prompts={held_out}", f"--demo_val_data={data}/sft_val.jsonl",
+          f"--prompt_weights={cfg.prompt_weights}"] + common_args + extra("rl")
     # 3. the comparisons: the SFT policy's own answers ranked by the toy world's annotators
     # (or the hand-made pairs); round r > 1 ranks round r - 1's PPO policy
     prefs, kto, rm_needs = f"{data}/prefs_train.jsonl", None, ["sft"]
@@ -544,6 +547,7 @@ def main(argv=None):
         **{key: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]") for key in ("safety_share",
                                                                       "refusal_share")},
         "spin_iters": (lambda v: 1 <= v <= 20, "in 1..20")})
+    rollout.family_weights(cfg.prompt_weights)  # a bad value fails before any stage runs
     config.require(cfg.rounds == 1 or cfg.data == "onpolicy",
                    "rounds > 1 labels the policies' answers: it needs data='onpolicy' (with "
                    "data='static' pass --rounds=1)")

@@ -11,6 +11,7 @@ import checkpoint
 import eval as eval_script
 import frontier
 import pipeline
+import train_grpo
 import train_ppo
 import train_reward_model
 from data.toy import label as label_script
@@ -408,6 +409,26 @@ def test_label_prompts_and_rm_epochs_reach_every_labelling_and_reward_model(tmp_
     for key in ("--label_prompts=0", "--rm_epochs=0"):
         with pytest.raises(config.ConfigError, match=key[2:].split("=")[0]):
             pipeline.main(args[:2] + [key])
+
+
+def test_prompt_weights_reach_every_rl_run_and_a_bad_one_fails_before_any_stage(tmp_path):
+    args = [f"--data_dir={tmp_path}/data", f"--out={tmp_path}/o"]
+    cfg = config.parse_config(pipeline.DEFAULTS, args + ["--prompt_weights=harmful=3,lookalike=2"])
+    stages = pipeline.build_stages(cfg, {"grpo", "rloo", "rs", "relabel", "ppo_gate", "ppo_safe",
+                                         "ppo_gold", "grpo_gold", "rlaif", "cai"})[0]
+    rl = [n for n, (_, cmd) in stages.items() if cmd[0] in ("train_ppo.py", "train_grpo.py")]
+    assert {"ppo", "ppo_r2", "grpo", "rloo", "ppo_rs", "ppo_rs_r3", "ppo_gate", "ppo_safe",
+            "ppo_gold", "grpo_gold", "ppo_rlaif", "rl_cai"} <= set(rl)
+    for name in rl:
+        script = train_ppo if stages[name][1][0] == "train_ppo.py" else train_grpo
+        run_cfg = config.parse_config(script.DEFAULTS, [a for a in stages[name][1][1:]
+                                                        if not a.endswith(".py")])
+        assert run_cfg.prompt_weights == "harmful=3,lookalike=2", name
+    default = pipeline.build_stages(config.parse_config(pipeline.DEFAULTS, args), set())[0]
+    assert config.parse_config(train_ppo.DEFAULTS, default["ppo"][1][2:]).prompt_weights == ""
+    with pytest.raises(config.ConfigError, match="prompt_weights"):
+        pipeline.main(args + ["--prompt_weights=harmful=0"])
+    assert not os.path.exists(f"{tmp_path}/o")  # nothing ran
 
 
 def test_rejection_sampling_stages_and_a_set_on_disk_is_refused(tmp_path):
