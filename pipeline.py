@@ -93,7 +93,9 @@ DEFAULTS = dict(
                               # lookalike prompt (label.py --add_refusals): a reward model then
                               # learns that refusing a lookalike is wrong (docs/RESULTS.md)
     prompt_weights="",        # every PPO/GRPO run draws these families' training prompts k
-                              # times as often ('harmful=3,lookalike=3'; train_ppo.py's key)
+                              # times as often ('harmful=3,lookalike=3'; train_ppo.py's key);
+                              # with label_refusals, ppo_rs complied with 0.15 of harmful
+                              # requests on three seeds, the default 0.26 (docs/RESULTS.md)
     rm_epochs=5.0,            # the reward models' epochs over the rankings; 1500 prompts at 5
                               # epochs: more accurate reward models for 3x their time
                               # (docs/RESULTS.md, "How accurate a reward model can get")
