@@ -95,7 +95,8 @@ DEFAULTS = dict(
     prompt_weights="",        # every PPO/GRPO run draws these families' training prompts k
                               # times as often ('harmful=3,lookalike=3'; train_ppo.py's key);
                               # with label_refusals, ppo_rs complied with 0.15 of harmful
-                              # requests on three seeds, the default 0.26 (docs/RESULTS.md)
+                              # requests on three seeds, the default 0.26, but PPO lost 0.2
+                              # benign gold on the seed run both ways (docs/RESULTS.md)
     rm_epochs=5.0,            # the reward models' epochs over the rankings; 1500 prompts at 5
                               # epochs: more accurate reward models for 3x their time
                               # (docs/RESULTS.md, "How accurate a reward model can get")
