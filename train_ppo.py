@@ -92,8 +92,8 @@ DEFAULTS = dict(
     cost_budget=0.0,          # d: E[cost] <= d, in the cost model's units (0 = the SFT's mean)
     lambda_init=1.0,          # the Lagrange multiplier's start, learned in log space
     lambda_lr=1.0,            # log lambda += lambda_lr * (mean cost - d), every iteration
-                              # (from the rs policy 1.0 swings lambda between ~0 and hundreds,
-                              # 0.1 settles near 2: docs/RESULTS.md, Safe RLHF from rs)
+                              # (from the rs policy 1.0 swung lambda between ~0 and hundreds;
+                              # 0.1 let it settle near 2 on two seeds: docs/RESULTS.md)
     gold_judge="toy",         # 'toy': also score every rollout with data/toy/judge.py | ''
     # data: JSONL {"prompt"} records, read by data/loader.py
     train_prompts="data/toy/out/prompts_train.jsonl",
